@@ -103,7 +103,7 @@ IFM_HD StringPair string_pair(const StringQuery& q, double r2) {
   const double r = sqrt(r2);
   if (r2 > 0.0 && q.kappa != 0.0) {
     const double tan_a = r * q.kappa;
-    if (isinf(tan_a)) {
+    if (fabs(tan_a) == INFINITY) {
       cos_a = 0.0;
       sin_a = tan_a > 0.0 ? 1.0 : -1.0;
     } else {

@@ -1,0 +1,112 @@
+// Operator schemas of the `ifm` library and their CPU implementations.
+//
+// The schemas are documented in docs/DESIGN.md. The CPU implementations wrap the torch-free
+// kernels of csrc/cpu/ (raw pointers); CUDA implementations are registered by
+// csrc/cuda/bindings_cuda.cpp when the extension is built with CUDA. Fake (meta) kernels are
+// registered from Python (python/ifm/_ops.py).
+#include <Python.h>
+#include <torch/library.h>
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <optional>
+
+#include "cpu/kernels.h"
+
+namespace {
+
+void check_cpu_input(const at::Tensor& t, const char* name, const at::Tensor& points) {
+  TORCH_CHECK(t.device().is_cpu(), "ifm (cpu): ", name, " must be a CPU tensor");
+  TORCH_CHECK(t.dim() == 2, "ifm (cpu): ", name, " must be 2-D [n, D+1], got ", t.dim(), "-D");
+  TORCH_CHECK(t.size(1) == points.size(1), "ifm (cpu): ", name, " must have ", points.size(1),
+              " columns, got ", t.size(1));
+  TORCH_CHECK(t.scalar_type() == points.scalar_type(), "ifm (cpu): ", name, " has dtype ",
+              t.scalar_type(), ", points has ", points.scalar_type());
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
+              "ifm (cpu): ", name, " must be float32 or float64");
+}
+
+ifm::NormParams norm_params(bool normalize, double scale, double eps) {
+  ifm::NormParams n;
+  n.normalize = normalize;
+  n.scale = scale;
+  n.eps = eps;
+  return n;
+}
+
+at::Tensor string_field_cpu(const at::Tensor& points_in, const at::Tensor& quarks_in,
+                            const at::Tensor& antiquarks_in, double L, double sigma0, double K,
+                            double d, bool stable, bool normalize, double norm_scale,
+                            double norm_eps) {
+  check_cpu_input(points_in, "points", points_in);
+  check_cpu_input(quarks_in, "quarks", points_in);
+  check_cpu_input(antiquarks_in, "antiquarks", points_in);
+  TORCH_CHECK(quarks_in.size(0) == antiquarks_in.size(0),
+              "ifm (cpu): quarks and antiquarks must have the same number of rows");
+  const at::Tensor points = points_in.contiguous();
+  const at::Tensor quarks = quarks_in.contiguous();
+  const at::Tensor antiquarks = antiquarks_in.contiguous();
+  at::Tensor out = at::empty_like(points);
+  const int64_t b = points.size(0), B = quarks.size(0);
+  if (b == 0) return out;
+  ifm::StringParams p{L, sigma0, K, d, points.size(1) - 1};
+  const ifm::NormParams np = norm_params(normalize, norm_scale, norm_eps);
+  const int threads = at::get_num_threads();
+  AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "ifm_string_field_cpu", [&] {
+    ifm::cpu::string_field<scalar_t>(points.data_ptr<scalar_t>(), quarks.data_ptr<scalar_t>(),
+                                     antiquarks.data_ptr<scalar_t>(), b, B, p, stable, np,
+                                     out.data_ptr<scalar_t>(), threads);
+  });
+  return out;
+}
+
+at::Tensor coulomb_field_cpu(const at::Tensor& points_in, const at::Tensor& positive_in,
+                             const std::optional<at::Tensor>& negative_in,
+                             std::optional<double> plate_gamma, double sum_eps, bool normalize,
+                             double norm_scale, double norm_eps) {
+  check_cpu_input(points_in, "points", points_in);
+  check_cpu_input(positive_in, "positive", points_in);
+  if (negative_in.has_value()) check_cpu_input(*negative_in, "negative", points_in);
+  const at::Tensor points = points_in.contiguous();
+  const at::Tensor positive = positive_in.contiguous();
+  at::Tensor negative;
+  if (negative_in.has_value()) negative = negative_in->contiguous();
+  at::Tensor out = at::empty_like(points);
+  const int64_t b = points.size(0);
+  if (b == 0) return out;
+  const ifm::NormParams np = norm_params(normalize, norm_scale, norm_eps);
+  const int threads = at::get_num_threads();
+  AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "ifm_coulomb_field_cpu", [&] {
+    ifm::cpu::coulomb_field<scalar_t>(
+        points.data_ptr<scalar_t>(), b, positive.data_ptr<scalar_t>(), positive.size(0),
+        negative.defined() ? negative.data_ptr<scalar_t>() : nullptr,
+        negative.defined() ? negative.size(0) : 0, points.size(1) - 1, plate_gamma.has_value(),
+        plate_gamma.value_or(0.0), sum_eps, np, out.data_ptr<scalar_t>(), threads);
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(ifm, m) {
+  m.def(
+      "string_field(Tensor points, Tensor quarks, Tensor antiquarks, float L, float sigma0, "
+      "float K, float d, bool stable, bool normalize, float norm_scale, float norm_eps) -> Tensor");
+  m.def(
+      "coulomb_field(Tensor points, Tensor positive, Tensor? negative, float? plate_gamma, "
+      "float sum_eps, bool normalize, float norm_scale, float norm_eps) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(ifm, CPU, m) {
+  m.impl("string_field", &string_field_cpu);
+  m.impl("coulomb_field", &coulomb_field_cpu);
+}
+
+// `import ifm._C` loads this library, which registers the ops above (extension-cpp style).
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}

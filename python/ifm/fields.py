@@ -1,0 +1,319 @@
+"""Public API: the field-matching training targets.
+
+``string_field`` (Interaction Field Matching) and ``coulomb_field`` (Electrostatic Field Matching,
+PFGM) compute, for every query point, the Monte Carlo superposition of FIELDS.md §2-§3 in one
+fused pass, optionally normalised (§4).
+
+Layout: **z-first** ``[n, D+1]`` tensors: column 0 is z, columns 1..D are the data (an image is
+flattened). This is the layout of the authors' ``GroundTruth`` functions, so with
+``normalize=False`` these functions drop into their trainers and return the same numbers.
+
+Backends (``backend=``):
+
+* ``"cpu"`` -- fused C++/OpenMP kernels (the compiled extension ``ifm._C``), CPU tensors.
+* ``"cuda"`` -- fused CUDA kernels, CUDA tensors (extension built with CUDA).
+* ``"triton"`` -- Triton kernels, CUDA tensors (CPU tensors only under ``TRITON_INTERPRET=1``).
+* ``"reference"`` -- pure PyTorch (:mod:`ifm.reference`), any device; slow, the oracle.
+* ``"auto"`` (default) -- the fastest compiled backend for the tensors' device; the reference,
+  with a one-time warning, when none is built.
+
+Targets are computed without autograd: inputs that require grad are read as constants and the
+result does not require grad (a target is a regression label, not a differentiable function).
+Half-precision inputs are computed in float32 and the result is cast back to their dtype.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+import warnings
+from typing import List, Optional, Union
+
+import torch
+
+from . import _checks, _ops, reference
+
+__all__ = [
+    "string_field",
+    "coulomb_field",
+    "available_backends",
+    "string_field_cpu",
+    "string_field_cuda",
+    "string_field_triton",
+    "string_field_reference",
+    "coulomb_field_cpu",
+    "coulomb_field_cuda",
+    "coulomb_field_triton",
+    "coulomb_field_reference",
+]
+
+BACKENDS = ("cpu", "cuda", "triton", "reference")
+PFGM_GAMMA = 5.0       # PFGM's normalisation constant (FIELDS.md §3)
+PFGM_SUM_EPS = 1e-7    # PFGM adds 1e-7 to the sum of the weights
+EFM_PLATE_GAMMA = 5.0  # EFM repository's per-plate gamma for images
+
+_DEFAULT = object()
+_warned_fallback = set()
+
+
+# --------------------------------------------------------------------------------------------
+# backends
+# --------------------------------------------------------------------------------------------
+def _triton_module():
+    try:
+        import ifm_kernels  # noqa: F401  (imports triton)
+    except ImportError:
+        return None
+    return ifm_kernels
+
+
+def _triton_usable(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return _triton_module() is not None
+    return os.environ.get("TRITON_INTERPRET") == "1" and _triton_module() is not None
+
+
+def available_backends(device: Union[str, torch.device, None] = None) -> List[str]:
+    """Names of the backends that can run on this machine (for tensors on ``device``).
+
+    Without ``device``: every backend usable for some device here (CPU, and CUDA when a GPU is
+    visible). ``"reference"`` is always available.
+    """
+    devices = [torch.device(device)] if device is not None else (
+        [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else []))
+    names = []
+    for dev in devices:
+        if dev.type == "cpu" and _ops.has_kernel("string_field", "CPU"):
+            names.append("cpu")
+        if dev.type == "cuda" and torch.cuda.is_available() and _ops.has_kernel("string_field", "CUDA"):
+            names.append("cuda")
+        if _triton_usable(dev) and (dev.type == "cpu" or torch.cuda.is_available()):
+            names.append("triton")
+    names.append("reference")
+    return list(dict.fromkeys(names))
+
+
+def _build_hint() -> str:
+    if _ops.LOAD_ERROR is not None:
+        return f"the compiled extension ifm._C could not be imported ({_ops.LOAD_ERROR})"
+    return "the compiled extension ifm._C has no such kernel"
+
+
+def _resolve_backend(backend: str, device: torch.device, fn_name: str) -> str:
+    if not isinstance(backend, str) or backend not in BACKENDS + ("auto",):
+        raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        if device.type == "cpu" and _ops.has_kernel(fn_name, "CPU"):
+            return "cpu"
+        if device.type == "cuda":
+            if _ops.has_kernel(fn_name, "CUDA"):
+                return "cuda"
+            if _triton_module() is not None:
+                return "triton"
+        key = (fn_name, device.type)
+        if key not in _warned_fallback:
+            _warned_fallback.add(key)
+            warnings.warn(f"ifm.fields.{fn_name}: no compiled backend for {device.type} tensors "
+                          f"({_build_hint()}); using the slow pure-PyTorch reference",
+                          RuntimeWarning, stacklevel=3)
+        return "reference"
+    if backend == "cpu":
+        if device.type != "cpu":
+            raise ValueError(f"backend='cpu' ({fn_name}_cpu) needs CPU tensors, got tensors on "
+                             f"{device}")
+        if not _ops.has_kernel(fn_name, "CPU"):
+            raise RuntimeError(f"backend='cpu' is unavailable: {_build_hint()}. Build it with "
+                               "`pip install --no-build-isolation -e .`")
+    elif backend == "cuda":
+        if not _ops.has_kernel(fn_name, "CUDA"):
+            raise RuntimeError(
+                f"backend='cuda' ({fn_name}_cuda) is unavailable: ifm was built without CUDA "
+                f"kernels ({_build_hint()}). Rebuild on a machine with a CUDA build of torch and "
+                "the CUDA toolkit (or IFM_FORCE_CUDA=1): `pip install --no-build-isolation -e .`")
+        if device.type != "cuda":
+            raise ValueError(f"backend='cuda' ({fn_name}_cuda) needs CUDA tensors, got tensors on "
+                             f"{device}; move them with .cuda()")
+    elif backend == "triton":
+        if _triton_module() is None:
+            raise RuntimeError("backend='triton' is unavailable: triton is not installed "
+                               "(pip install triton)")
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError(f"backend='triton' ({fn_name}_triton) needs CUDA tensors, got "
+                             f"tensors on {device} (CPU tensors run only under TRITON_INTERPRET=1)")
+    return backend
+
+
+def _prepare(named, check_finite: bool):
+    """Common tensor checks; returns contiguous tensors in the compute dtype and the out dtype."""
+    _checks.check_same_kind(named)
+    if check_finite:
+        _checks.check_finite_values(named)
+    dtype = named[0][1].dtype
+    compute = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    return [t.detach().to(compute).contiguous() for _, t in named], dtype
+
+
+# --------------------------------------------------------------------------------------------
+# string field
+# --------------------------------------------------------------------------------------------
+def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.Tensor, *,
+                 L: float, sigma0: float, K: Optional[float] = None, d: Optional[float] = None,
+                 normalize: bool = False, eps: float = 1e-5, stable: bool = False,
+                 backend: str = "auto", check_finite: bool = True) -> torch.Tensor:
+    """IFM "string" field target (FIELDS.md §2, "Shifted" form) at ``b`` query points.
+
+    Args:
+        points: ``[b, D+1]`` query points ``(z, x)``, z in column 0 (any z; queries outside
+            ``[0, L]`` get a zero row).
+        quarks: ``[B, D+1]`` quarks ``(0, A_j)`` on the plate z = 0 (column 0 must be 0).
+        antiquarks: ``[B, D+1]`` antiquarks ``(L, C_j)`` on the plate z = L (column 0 must be L);
+            row j is the partner of ``quarks[j]`` (pass ``antiquarks[pairing]`` for an OT plan).
+        L: plate distance (> 0). sigma0: string width (> 0, upstream ``SCALE``).
+        K: curvature (> 0). d: end-region length; give ``K`` or ``d`` (``d = pi / (2K)``,
+            ``d <= L/2``).
+        normalize: ``False`` returns the raw field exactly as the authors' ``GroundTruth``;
+            ``True`` returns the training target ``sqrt(D+1) * E / (||E|| + eps)``.
+        eps: normalisation constant (default 1e-5, the authors').
+        stable: compute the weights in the log domain relative to each row's largest weight.
+            The raw result is then ``E_i / max_j w_ij``: the same direction as the field,
+            finite and non-zero wherever the exact field is non-zero, even where every float
+            weight underflows (the default mode then returns a zero row, as the authors' code).
+        backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"reference"``.
+        check_finite: reject NaN/inf in the tensors (one extra pass); ``False`` skips the check.
+
+    Returns:
+        ``[b, D+1]`` field (z component first), dtype and device of ``points``; no autograd.
+    """
+    _checks.check_matrix("points", points)
+    width = points.shape[1]
+    _checks.check_matrix("quarks", quarks, width=width)
+    _checks.check_matrix("antiquarks", antiquarks, width=width)
+    if quarks.shape[0] != antiquarks.shape[0]:
+        raise ValueError(f"quarks and antiquarks must have the same number of rows (index-aligned "
+                         f"pairs), got {quarks.shape[0]} and {antiquarks.shape[0]}")
+    L, sigma0, K, d = _checks.string_geometry(L, sigma0, K, d)
+    eps = _checks.check_scalar("eps", eps, allow_zero=True)
+    if not isinstance(normalize, bool):
+        raise TypeError(f"normalize must be a bool, got {normalize!r}")
+    if not isinstance(stable, bool):
+        raise TypeError(f"stable must be a bool, got {stable!r}")
+    (p, q, a), out_dtype = _prepare([("points", points), ("quarks", quarks),
+                                     ("antiquarks", antiquarks)], check_finite)
+    _checks.check_plate_column("quarks", q, 0.0)
+    _checks.check_plate_column("antiquarks", a, L)
+    which = _resolve_backend(backend, p.device, "string_field")
+    scale = math.sqrt(width)
+    with torch.no_grad():
+        if which == "reference":
+            out = reference.string_field(p, q, a, L=L, sigma0=sigma0, K=K, d=d,
+                                         normalize=normalize, eps=eps, stable=stable)
+        elif which == "triton":
+            out = _triton_module().string_field(p, q, a, L=L, sigma0=sigma0, K=K, d=d,
+                                                stable=stable, normalize=normalize,
+                                                norm_scale=scale, norm_eps=eps)
+        else:
+            out = torch.ops.ifm.string_field(p, q, a, L, sigma0, K, d, stable, normalize, scale, eps)
+    return out.to(out_dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Coulomb field
+# --------------------------------------------------------------------------------------------
+def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
+                  negative: Optional[torch.Tensor] = None, *, stability: bool = True,
+                  plate_gamma=_DEFAULT, normalize: Union[bool, str] = False,
+                  eps: Optional[float] = None, backend: str = "auto",
+                  check_finite: bool = True) -> torch.Tensor:
+    """Coulomb field target of EFM (two plates) or PFGM (one plate), FIELDS.md §3.
+
+    Args:
+        points: ``[b, D+1]`` query points ``(z, x)``, z in column 0 (anywhere in space).
+        positive: ``[Bp, D+1]`` charges on the plate z = 0 (column 0 must be 0).
+        negative: ``[Bn, D+1]`` charges on the plate z = L (column 0 constant, = L > 0), or
+            ``None`` for PFGM's single plate.
+        stability: the authors' stabilised (``True``) or plain (``False``) weights. In exact
+            arithmetic both are the same softmax of ``-(D+1) log(d + 1e-7)``; every backend
+            evaluates that softmax in the log domain, so both give the same finite result
+            (the authors' float32 code overflows without stabilisation at image D).
+        plate_gamma: per-plate normalisation ``sqrt(D+1) E / (||E|| + plate_gamma)`` applied to
+            each plate's term before ``-E+ + E-`` (EFM repository). ``None`` skips it (the copy
+            inside the IFM repository). Default: 5.0 with two plates (EFM's image setting; its
+            toys use 1e-7), ``None`` with one plate.
+        normalize: ``False``: the raw target (``-E+ + E-``, or ``E+`` toward the charges for one
+            plate), as the authors' ``GroundTruth``. ``True``: ``sqrt(D+1) E / (||E|| + eps)``
+            (eps default 1e-5). ``"pfgm"``: PFGM's target ``sqrt(D) E / (||E|| + eps)`` with
+            eps default 5 and 1e-7 added to the sum of the weights.
+        eps: normalisation constant (see ``normalize``).
+        backend, check_finite: as in :func:`string_field`.
+
+    Returns:
+        ``[b, D+1]`` field, dtype and device of ``points``; no autograd.
+    """
+    _checks.check_matrix("points", points)
+    width = points.shape[1]
+    _checks.check_matrix("positive", positive, width=width)
+    if negative is not None:
+        _checks.check_matrix("negative", negative, width=width)
+    if not isinstance(stability, bool):
+        raise TypeError(f"stability must be a bool, got {stability!r}")
+    if plate_gamma is _DEFAULT:
+        plate_gamma = EFM_PLATE_GAMMA if negative is not None else None
+    elif plate_gamma is not None:
+        plate_gamma = _checks.check_scalar("plate_gamma", plate_gamma, allow_zero=True)
+    if normalize not in (False, True, "pfgm") or not isinstance(normalize, (bool, str)):
+        raise ValueError(f"normalize must be False, True or 'pfgm', got {normalize!r}")
+    pfgm = normalize == "pfgm"
+    if eps is None:
+        eps = PFGM_GAMMA if pfgm else 1e-5
+    eps = _checks.check_scalar("eps", eps, allow_zero=True)
+    named = [("points", points), ("positive", positive)]
+    if negative is not None:
+        named.append(("negative", negative))
+    tensors, out_dtype = _prepare(named, check_finite)
+    p, pos = tensors[0], tensors[1]
+    neg = tensors[2] if negative is not None else None
+    _checks.check_plate_column("positive", pos, 0.0)
+    if neg is not None:
+        _checks.plate_position("negative", neg)
+    which = _resolve_backend(backend, p.device, "coulomb_field")
+    scale = math.sqrt(width - 1 if pfgm else width)
+    sum_eps = PFGM_SUM_EPS if pfgm else 0.0
+    do_norm = normalize is not False
+    with torch.no_grad():
+        if which == "reference":
+            out = reference.coulomb_field(p, pos, neg, plate_gamma=plate_gamma, sum_eps=sum_eps,
+                                          normalize=do_norm, norm_scale=scale, eps=eps)
+        elif which == "triton":
+            out = _triton_module().coulomb_field(p, pos, neg, plate_gamma=plate_gamma,
+                                                 sum_eps=sum_eps, normalize=do_norm,
+                                                 norm_scale=scale, norm_eps=eps)
+        else:
+            out = torch.ops.ifm.coulomb_field(p, pos, neg, plate_gamma, sum_eps, do_norm, scale, eps)
+    return out.to(out_dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# backend-pinned names
+# --------------------------------------------------------------------------------------------
+def _pinned(fn, backend: str):
+    @functools.wraps(fn)
+    def pinned(*args, **kwargs):
+        if "backend" in kwargs:
+            raise TypeError(f"{fn.__name__}_{backend}() fixes backend={backend!r}; "
+                            f"call ifm.fields.{fn.__name__} to choose one")
+        return fn(*args, backend=backend, **kwargs)
+
+    pinned.__name__ = pinned.__qualname__ = f"{fn.__name__}_{backend}"
+    pinned.__doc__ = (f"{fn.__name__} on the {backend!r} backend (see ifm.fields.{fn.__name__}); "
+                      f"raises when that backend cannot run the given tensors.\n\n{fn.__doc__}")
+    return pinned
+
+
+string_field_cpu = _pinned(string_field, "cpu")
+string_field_cuda = _pinned(string_field, "cuda")
+string_field_triton = _pinned(string_field, "triton")
+string_field_reference = _pinned(string_field, "reference")
+coulomb_field_cpu = _pinned(coulomb_field, "cpu")
+coulomb_field_cuda = _pinned(coulomb_field, "cuda")
+coulomb_field_triton = _pinned(coulomb_field, "triton")
+coulomb_field_reference = _pinned(coulomb_field, "reference")
