@@ -1,0 +1,68 @@
+"""The torch.ops.ifm operators: schema, fake kernels (torch.compile), dispatch registration."""
+import math
+
+import pytest
+import torch
+
+import ifm
+from ifm import _ops
+
+from cases import coulomb_case, string_case
+
+needs_ext = pytest.mark.skipif(not _ops.extension_loaded(),
+                               reason=f"ifm._C not built: {_ops.LOAD_ERROR}")
+DEVICES = ["cpu"] + (["cuda"] if "cuda" in ifm.available_backends() else [])
+
+
+def _string_args(device, dtype=torch.float32):
+    p, q, a, prm = string_case(9, 7, 5, "toy", seed=0)
+    d = math.pi / (2 * prm["K"])
+    return (p.to(device, dtype), q.to(device, dtype), a.to(device, dtype), prm["L"], prm["sigma0"],
+            prm["K"], d, False, True, math.sqrt(6), 1e-5)
+
+
+def _coulomb_args(device, dtype=torch.float32, two_plates=True):
+    p, pos, neg = coulomb_case(9, 7, 5, 5, L=6.0, seed=0)
+    return (p.to(device, dtype), pos.to(device, dtype),
+            neg.to(device, dtype) if two_plates else None, 5.0 if two_plates else None,
+            0.0, True, math.sqrt(6), 1e-5)
+
+
+@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck(device, dtype):
+    torch.library.opcheck(torch.ops.ifm.string_field, _string_args(device, dtype))
+    torch.library.opcheck(torch.ops.ifm.coulomb_field, _coulomb_args(device, dtype))
+    torch.library.opcheck(torch.ops.ifm.coulomb_field, _coulomb_args(device, dtype, False))
+
+
+@needs_ext
+def test_cpu_kernels_registered():
+    for op in _ops.OPS:
+        assert _ops.has_kernel(op, "CPU")
+    assert "cpu" in ifm.available_backends("cpu")
+
+
+@needs_ext
+def test_torch_compile_traces_the_ops():
+    """A trainer step that calls the ops compiles with fullgraph (fake kernels give shapes)."""
+    s_args = _string_args("cpu")
+    c_args = _coulomb_args("cpu")
+
+    def step(p, q, a):
+        t = torch.ops.ifm.string_field(p, q, a, *s_args[3:])
+        u = torch.ops.ifm.coulomb_field(p, c_args[1], c_args[2], *c_args[3:])
+        return (t * t).sum() + (u * u).sum()
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    want = step(*s_args[:3])
+    got = compiled(*s_args[:3])
+    assert torch.equal(got, want)
+
+
+@needs_ext
+def test_auto_picks_cpu_kernels_for_cpu_tensors():
+    p, q, a, prm = string_case(4, 3, 2, "toy")
+    out = ifm.fields.string_field(p, q, a, **prm)
+    assert torch.equal(out, ifm.fields.string_field_cpu(p, q, a, **prm))
