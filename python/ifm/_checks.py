@@ -34,6 +34,9 @@ def check_matrix(name: str, t, *, width: Optional[int] = None) -> None:
     """A floating 2-D tensor ``[n, D+1]`` with ``n >= 1`` and ``D >= 1``."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape [n, D+1], got {type(t).__name__}")
+    if t.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}; "
+                        "call .to_dense() first")
     if t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must have a floating dtype (float16, bfloat16, float32, float64), "
                         f"got {t.dtype}")
@@ -59,15 +62,52 @@ def check_same_kind(named: Sequence[tuple]) -> None:
         if t.device != first.device:
             raise ValueError(f"{name} is on {t.device} but {first_name} is on {first.device}; "
                              "pass all tensors on one device")
+    if first.device.type == "meta":
+        raise ValueError(f"{first_name} is on the meta device, which holds no values; pass CPU or "
+                         "CUDA tensors (shape-only tracing: call torch.ops.ifm.* directly)")
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels compute in: half inputs are computed in float32."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def magnitude_bound(dtype: torch.dtype, width: int) -> float:
+    """Largest |value| for which no squared distance over ``width`` columns can overflow:
+    two points with coordinates below it have ``sum_k (x_k - y_k)^2 < 4 width bound^2 = max``."""
+    return math.sqrt(torch.finfo(compute_dtype(dtype)).max / (4.0 * width))
+
+
+def check_params_fit(dtype: torch.dtype, **params) -> None:
+    """Every non-zero parameter is a normal number of the compute dtype (float32 for half
+    inputs): e.g. ``sigma0 = 1e-300`` is 0 in float32 and would turn ``s / sigma0`` into 0/0."""
+    info = torch.finfo(compute_dtype(dtype))
+    for name, value in params.items():
+        if value is not None and value != 0 and not info.tiny <= abs(value) <= info.max:
+            raise ValueError(f"{name} = {value:g} is outside the range of {compute_dtype(dtype)} "
+                             f"(normal numbers {info.tiny:.3g} .. {info.max:.3g}), the precision "
+                             "of the tensors; rescale the problem or pass float64 tensors")
 
 
 def check_finite_values(named: Sequence[tuple]) -> None:
+    """No NaN/inf, and no value so large that a squared distance overflows (one pass each)."""
     for name, t in named:
+        bound = magnitude_bound(t.dtype, t.shape[1])
+        lo, hi = (float(v) for v in t.detach().aminmax())   # no temporary; NaN if any is NaN
+        biggest = math.nan if math.isnan(lo) or math.isnan(hi) else max(-lo, hi)
+        if math.isfinite(biggest) and biggest < bound:
+            continue
         bad = ~torch.isfinite(t)
         if bool(bad.any()):
             idx = tuple(int(i) for i in bad.nonzero()[0].tolist())
             raise ValueError(f"{name} has a non-finite value {t[idx].item()} at index {idx}; "
                              "pass check_finite=False to skip this check")
+        idx = tuple(int(i) for i in (t.abs() >= bound).nonzero()[0].tolist())
+        raise ValueError(
+            f"{name} has a value {t[idx].item():g} at index {idx} too large for "
+            f"{compute_dtype(t.dtype)} arithmetic: squared distances over {t.shape[1]} columns overflow unless every "
+            f"|value| < {bound:.3g} (sqrt(finfo.max / (4 (D+1)))); rescale the data, or pass "
+            "check_finite=False to skip this check")
 
 
 def check_plate_column(name: str, t: torch.Tensor, z: float) -> None:
