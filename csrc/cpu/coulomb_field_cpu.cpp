@@ -1,0 +1,181 @@
+// Fused CPU Coulomb field (EFM two plates, PFGM one plate), FIELDS.md §3-§4.
+//
+// Per plate: pass 1 d2_ij = ||x~_i - y_j||^2 over all D + 1 columns from direct differences
+// (SIMD tiles in the data precision); logits field_math.h coulomb_logit in double, log-domain
+// softmax with the row max, coefficients below skip_ratio dropped; pass 2
+// E_i = sum_j coeff_ij (y_j - x~_i) from differences in double. Then the optional per-plate
+// normalisation, -E+ + E- (two plates) and the final normalisation.
+#include <cmath>
+#include <vector>
+
+#include "field_common.h"
+#include "kernels.h"
+
+namespace ifm {
+namespace cpu {
+namespace {
+
+// Surviving (j, c2 = -coeff_j) of one query row of a plate, in increasing j (pass 2 adds
+// c2 * (x - y_j) = coeff_j * (y_j - x)). A term is skipped when its size coeff_j * d_j is below
+// skip_ratio of the row's largest term (sizes, not weights: a query on a charge gets its field
+// from charges whose weights are far below the nearest one's).
+//
+// Logits decrease with d2, so charges beyond the distance where the weight drops below
+// skip_ratio / e of the nearest charge's are not evaluated; that is exact when those far terms,
+// bounded by (skip_ratio / e) * d_thr, are below skip_ratio times the largest evaluated term.
+// Otherwise (a query on or next to a charge, or a low dimension) every charge is evaluated.
+void coulomb_row_terms(const double* d2, int64_t B, int64_t dim, double sum_eps, bool is_double,
+                       RowTerms& out) {
+  out.n = 0;
+  if (B == 0) return;
+  const double ratio = skip_ratio(is_double);
+  const double nearest = coulomb_logit(d2[argmin_row(d2, B)], dim);
+  // logit_j < nearest + log(ratio) - 1  <=>  d_j + 1e-7 > exp((1 - log(ratio) - nearest) / dim)
+  const double d_thr = std::exp((1.0 - std::log(ratio) - nearest) / (double)dim) - kCoulombDEps;
+  double thr = (d_thr > 0.0 && dim >= 2) ? d_thr * d_thr : INFINITY;
+  for (int pass = 0; pass < 2; ++pass) {
+    int64_t nc = 0;
+    double m = -INFINITY;
+    for (int64_t j = 0; j < B; ++j) {
+      if (!(d2[j] <= thr)) continue;
+      const double lg = coulomb_logit(d2[j], dim);
+      out.cand[nc] = j;
+      out.logw[nc] = lg;
+      ++nc;
+      m = std::fmax(m, lg);
+    }
+    if (!std::isfinite(m)) return;
+    double sum = 0.0, top = 0.0;
+    for (int64_t c = 0; c < nc; ++c) {
+      out.logw[c] = std::exp(out.logw[c] - m);  // now the weight e_c relative to the max
+      sum += out.logw[c];
+      top = std::fmax(top, out.logw[c] * std::sqrt(d2[out.cand[c]]));
+    }
+    if (thr != INFINITY && !(d_thr <= 2.0 * top)) {  // the prescreen bound is not tight enough
+      thr = INFINITY;
+      continue;
+    }
+    const double den = sum + sum_eps;
+    const double floor_term = ratio * top;
+    for (int64_t c = 0; c < nc; ++c)
+      if (out.logw[c] * std::sqrt(d2[out.cand[c]]) >= floor_term && out.logw[c] > 0.0)
+        out.push(out.cand[c], 0.0, -(out.logw[c] / den));
+    return;
+  }
+}
+
+// Combines the plate terms of one row into E (FIELDS.md §3): per-plate normalisation, then
+// E+ (one plate) or -E+ + E- (two plates).
+void combine_plates(double* Ep, double* En, int64_t dim, bool two, bool plate_normalize,
+                    double plate_gamma, double* E) {
+  const double scale = std::sqrt((double)dim);
+  const double fp = plate_normalize ? normalize_factor(row_norm2(Ep, dim), scale, plate_gamma) : 1.0;
+  if (!two) {
+    for (int64_t k = 0; k < dim; ++k) E[k] = Ep[k] * fp;
+    return;
+  }
+  const double fn = plate_normalize ? normalize_factor(row_norm2(En, dim), scale, plate_gamma) : 1.0;
+  for (int64_t k = 0; k < dim; ++k) E[k] = En[k] * fn - Ep[k] * fp;
+}
+
+template <typename T>
+void coulomb_field_impl(const T* points, int64_t b, const T* positive, int64_t Bp,
+                        const T* negative, int64_t Bn, int64_t D, bool plate_normalize,
+                        double plate_gamma, double sum_eps, const NormParams& norm, T* out,
+                        int num_threads) {
+  const int64_t DIM = D + 1;
+  const bool is_double = sizeof(T) == sizeof(double);
+  if (num_threads < 1) num_threads = 1;
+  const simd::DistanceKernels<T> K = simd::distance_kernels<T>();
+  const bool two = negative != nullptr;
+  const int n_plates = two ? 2 : 1;
+  const T* charges[2] = {positive, negative};
+  const int64_t counts[2] = {Bp, two ? Bn : 0};
+  const int64_t Bmax = std::max(counts[0], counts[1]);
+
+  if (DIM <= kSoaMaxDim) {
+    // Transposed layout: SIMD over charges, every pass in double.
+    std::vector<double> yT[2];
+    int64_t pad[2] = {0, 0};
+    for (int s = 0; s < n_plates; ++s) {
+      pad[s] = soa_pad(K, counts[s]);
+      yT[s].resize((size_t)(DIM * pad[s]));
+      transpose_to_double(charges[s], DIM, counts[s], DIM, pad[s], yT[s].data());
+    }
+    const int64_t padmax = std::max(pad[0], pad[1]);
+#pragma omp parallel num_threads(num_threads)
+    {
+      RowTerms terms(Bmax);
+      std::vector<double> x(DIM), d2(padmax), c2(padmax), Eplate[2] = {std::vector<double>(DIM), std::vector<double>(DIM)}, E(DIM);
+#pragma omp for schedule(dynamic, 8)
+      for (int64_t i = 0; i < b; ++i) {
+        for (int64_t k = 0; k < DIM; ++k) x[k] = (double)points[i * DIM + k];
+        for (int s = 0; s < n_plates; ++s) {
+          std::fill(Eplate[s].begin(), Eplate[s].end(), 0.0);
+          if (counts[s] == 0) continue;
+          K.pass1_soa[0](x.data(), 0.0, yT[s].data(), nullptr, DIM, pad[s], d2.data());
+          coulomb_row_terms(d2.data(), counts[s], DIM, sum_eps, is_double, terms);
+          std::fill(c2.begin(), c2.end(), 0.0);
+          for (int64_t m = 0; m < terms.n; ++m) c2[terms.js[m]] = terms.c2[m];
+          double unused = 0.0;
+          K.pass2_soa[0](x.data(), 0.0, yT[s].data(), nullptr, nullptr, c2.data(), DIM, pad[s],
+                         Eplate[s].data(), &unused);
+        }
+        combine_plates(Eplate[0].data(), Eplate[1].data(), DIM, two, plate_normalize,
+                       plate_gamma, E.data());
+        write_row(E.data(), DIM, norm, out + i * DIM);
+      }
+    }
+    return;
+  }
+
+  // Row-major layout: pass 1 per plate over the whole [b, B] matrix, then one row at a time.
+  std::vector<double> d2[2];
+  for (int s = 0; s < n_plates; ++s) {
+    d2[s].assign((size_t)(b * counts[s]), 0.0);
+    std::vector<QueryGroup<T>> groups = {{{}, charges[s], DIM}};
+    groups[0].rows.resize(b);
+    for (int64_t i = 0; i < b; ++i) groups[0].rows[i] = i;
+    pass1_matrix<T>(K, points, DIM, nullptr, groups, nullptr, 0, counts[s], DIM, d2[s].data(),
+                    num_threads);
+  }
+#pragma omp parallel num_threads(num_threads)
+  {
+    RowTerms terms(Bmax);
+    std::vector<double> Eplate[2] = {std::vector<double>(DIM), std::vector<double>(DIM)}, E(DIM);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t i = 0; i < b; ++i) {
+      for (int s = 0; s < n_plates; ++s) {
+        std::fill(Eplate[s].begin(), Eplate[s].end(), 0.0);
+        coulomb_row_terms(d2[s].data() + i * counts[s], counts[s], DIM, sum_eps, is_double,
+                          terms);
+        if (terms.n > 0)
+          K.pass2_rows[0](points + i * DIM, 0.0, charges[s], DIM, nullptr, 0, terms.js.data(),
+                          nullptr, terms.c2.data(), terms.n, DIM, Eplate[s].data());
+      }
+      combine_plates(Eplate[0].data(), Eplate[1].data(), DIM, two, plate_normalize, plate_gamma,
+                     E.data());
+      write_row(E.data(), DIM, norm, out + i * DIM);
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void coulomb_field(const T* points, int64_t b, const T* positive, int64_t Bp, const T* negative,
+                   int64_t Bn, int64_t D, bool plate_normalize, double plate_gamma, double sum_eps,
+                   const NormParams& norm, T* out, int num_threads) {
+  coulomb_field_impl<T>(points, b, positive, Bp, negative, Bn, D, plate_normalize, plate_gamma,
+                        sum_eps, norm, out, num_threads);
+}
+
+template void coulomb_field<float>(const float*, int64_t, const float*, int64_t, const float*,
+                                   int64_t, int64_t, bool, double, double, const NormParams&,
+                                   float*, int);
+template void coulomb_field<double>(const double*, int64_t, const double*, int64_t,
+                                    const double*, int64_t, int64_t, bool, double, double,
+                                    const NormParams&, double*, int);
+
+}  // namespace cpu
+}  // namespace ifm

@@ -1,0 +1,120 @@
+// The O(b * B * D) passes shared by the string and Coulomb kernels, one SIMD version per
+// instruction set, picked at run time.
+//
+// Both fields need, for a query row x_i (with a per-query scalar t_i) and a pair/charge row
+// y_j (with an optional direction row e_j), the offset
+//     rho_ij = (x_i - y_j) - t_i * e_j          (string: y = A or C, e = Delta; Coulomb: no e)
+// from direct differences, and two passes over it:
+//   pass 1:  r2_ij = sum_k rho_ijk^2
+//   pass 2:  acc_ik = sum_j c2_ij * rho_ijk + c1_ij * e_jk     (double)
+// Two layouts:
+// * row-major (large D): register tiles of QI queries x PJ pairs with SIMD over k, accumulated in
+//   the data precision per lane; pass 2 over a query's list of surviving pairs, in double.
+// * transposed "SoA" (small D, e.g. the 2-D toys): pair data as double [D][Bp] columns and SIMD
+//   over pairs, so that nothing is wasted on a vector wider than D; pass 2 dense over pairs.
+// Every output element is produced by one call in a fixed order: results do not depend on how
+// callers split the calls over threads.
+#pragma once
+
+#include <cstdint>
+
+#include "simd.h"
+
+namespace ifm {
+namespace cpu {
+namespace simd {
+
+template <typename T>
+struct DistanceKernels {
+  Isa isa;
+  int QI;  // queries per pass-1 tile
+  int PJ;  // pairs per pass-1 tile
+  int W;   // lanes of T (k-chunk lengths are multiples of it)
+  int WD;  // lanes of double (transposed layouts pad the pair count to a multiple of 4 * WD)
+  // [has_e] out[q * PJ + p] = sum_{k < n} ((x_q - y_p) - t_q * e_p)_k^2 for QI query rows xs
+  // and PJ pair rows ys / es (es unused without e).
+  void (*pass1_tile[2])(const T* const* xs, const T* ts, const T* const* ys, const T* const* es,
+                        int64_t n, double* out);
+  // [has_e] acc[k] = sum_{m < cnt} c2[m] * rho(x, y_{js[m]})_k + c1[m] * e_{js[m], k}, k < n,
+  // with y_j = y + j * ldy, e_j = e + j * lde; in double; c1 unused without e.
+  void (*pass2_rows[2])(const T* x, double t, const T* y, int64_t ldy, const T* e, int64_t lde,
+                        const int64_t* js, const double* c1, const double* c2, int64_t cnt,
+                        int64_t n, double* acc);
+  // [has_e] Transposed pass 1: r2[j] for j < Bp (a multiple of 4 * WD) from x[n] and the
+  // columns yT[k * Bp + j], eT[k * Bp + j].
+  void (*pass1_soa[2])(const double* x, double t, const double* yT, const double* eT, int64_t n,
+                       int64_t Bp, double* r2);
+  // [has_e] Transposed pass 2: acc[k] (k < n) as pass2_rows with dense c1[j], c2[j] (j < Bp);
+  // *sum_c1 = sum_j c1[j].
+  void (*pass2_soa[2])(const double* x, double t, const double* yT, const double* eT,
+                       const double* c1, const double* c2, int64_t n, int64_t Bp, double* acc,
+                       double* sum_c1);
+};
+
+}  // namespace simd
+}  // namespace cpu
+}  // namespace ifm
+
+// One copy of the kernels per instruction set, each compiled for its own target.
+namespace ifm {
+namespace cpu {
+namespace simd {
+namespace scalar {
+constexpr int kTileQ = 4, kTileP = 2;
+constexpr Isa kIsa = Isa::scalar;
+#include "distance_tiles_impl.h"
+}  // namespace scalar
+}  // namespace simd
+}  // namespace cpu
+}  // namespace ifm
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace ifm {
+namespace cpu {
+namespace simd {
+namespace avx2 {
+constexpr int kTileQ = 3, kTileP = 2;
+constexpr Isa kIsa = Isa::avx2;
+#include "distance_tiles_impl.h"
+}  // namespace avx2
+}  // namespace simd
+}  // namespace cpu
+}  // namespace ifm
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+namespace ifm {
+namespace cpu {
+namespace simd {
+namespace avx512 {
+constexpr int kTileQ = 4, kTileP = 4;
+constexpr Isa kIsa = Isa::avx512;
+#include "distance_tiles_impl.h"
+}  // namespace avx512
+}  // namespace simd
+}  // namespace cpu
+}  // namespace ifm
+#pragma GCC pop_options
+
+namespace ifm {
+namespace cpu {
+namespace simd {
+
+// The kernels of the best instruction set available (see active_isa()).
+template <typename T>
+DistanceKernels<T> distance_kernels() {
+  switch (active_isa()) {
+    case Isa::avx512:
+      return avx512::make_kernels<T>();
+    case Isa::avx2:
+      return avx2::make_kernels<T>();
+    default:
+      return scalar::make_kernels<T>();
+  }
+}
+
+}  // namespace simd
+}  // namespace cpu
+}  // namespace ifm

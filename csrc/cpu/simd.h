@@ -1,0 +1,234 @@
+// Explicit SIMD for the CPU kernels: runtime ISA choice and one small traits type per
+// (instruction set, element type).
+//
+// The build never uses -march=native. Each instruction set's traits are compiled inside a
+// `#pragma GCC target` region, and so are the kernels written against them
+// (distance_tiles_impl.h, included once per region by distance_tiles.h); active_isa() picks the
+// best one the CPU supports at run time (__builtin_cpu_supports). IFM_CPU_ISA=scalar|avx2|avx512
+// in the environment caps the choice (tests run every path).
+//
+// Traits interface (V): T (element), R (register), W (lanes), zero(), set1(T), load(p),
+// load_tail(p, n) (first n < W lanes, the rest 0, never reading past p + n), store(p, r),
+// add/sub/mul, fmadd(a, b, c) = a * b + c, fnmadd(a, b, c) = c - a * b, hsum(r) (fixed order).
+// For the double-precision sums, VD<T>::loadT(p) / loadT_tail(p, n) read W elements of type T
+// (float or double) and widen them to double.
+#pragma once
+
+// GCC 12 reports its own _mm512_undefined_* placeholders (inside the intrinsics headers) as
+// uninitialised; silence that for the header's locations only.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+namespace ifm {
+namespace cpu {
+namespace simd {
+
+enum class Isa { scalar = 0, avx2 = 1, avx512 = 2 };
+
+inline const char* isa_name(Isa isa) {
+  return isa == Isa::avx512 ? "avx512" : isa == Isa::avx2 ? "avx2" : "scalar";
+}
+
+// Best instruction set of this CPU, capped by IFM_CPU_ISA when set.
+inline Isa active_isa() {
+  __builtin_cpu_init();
+  Isa best = Isa::scalar;
+  if (__builtin_cpu_supports("avx512f")) {
+    best = Isa::avx512;
+  } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    best = Isa::avx2;
+  }
+  if (const char* env = std::getenv("IFM_CPU_ISA")) {
+    Isa want = best;
+    if (std::strcmp(env, "scalar") == 0) want = Isa::scalar;
+    if (std::strcmp(env, "avx2") == 0) want = Isa::avx2;
+    if (want < best) best = want;
+  }
+  return best;
+}
+
+// ------------------------------------------------------------------------------------------
+// Portable fallback: one lane.
+namespace scalar {
+
+template <typename Tp>
+struct V {
+  using T = Tp;
+  using R = Tp;
+  static constexpr int W = 1;
+  static R zero() { return T(0); }
+  static R set1(T a) { return a; }
+  static R load(const T* p) { return *p; }
+  static R load_tail(const T* p, int64_t n) { return n > 0 ? *p : T(0); }
+  static void store(T* p, R a) { *p = a; }
+  static R add(R a, R b) { return a + b; }
+  static R sub(R a, R b) { return a - b; }
+  static R mul(R a, R b) { return a * b; }
+  static R fmadd(R a, R b, R c) { return a * b + c; }
+  static R fnmadd(R a, R b, R c) { return c - a * b; }
+  static T hsum(R a) { return a; }
+};
+
+template <typename Src>
+struct VD : V<double> {
+  static R loadT(const Src* p) { return double(*p); }
+  static R loadT_tail(const Src* p, int64_t n) { return n > 0 ? double(*p) : 0.0; }
+};
+
+}  // namespace scalar
+
+// ------------------------------------------------------------------------------------------
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace avx2 {
+
+inline __m256i tail_mask32(int64_t n) {  // first n of 8 int32 lanes set
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+inline __m128i tail_mask32x4(int64_t n) {  // first n of 4 int32 lanes set
+  return _mm_cmpgt_epi32(_mm_set1_epi32((int)n), _mm_setr_epi32(0, 1, 2, 3));
+}
+inline __m256i tail_mask64(int64_t n) {  // first n of 4 int64 lanes set
+  return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
+}
+
+template <typename Tp>
+struct V;
+
+template <>
+struct V<float> {
+  using T = float;
+  using R = __m256;
+  static constexpr int W = 8;
+  static R zero() { return _mm256_setzero_ps(); }
+  static R set1(T a) { return _mm256_set1_ps(a); }
+  static R load(const T* p) { return _mm256_loadu_ps(p); }
+  static R load_tail(const T* p, int64_t n) { return _mm256_maskload_ps(p, tail_mask32(n)); }
+  static void store(T* p, R a) { _mm256_storeu_ps(p, a); }
+  static R add(R a, R b) { return _mm256_add_ps(a, b); }
+  static R sub(R a, R b) { return _mm256_sub_ps(a, b); }
+  static R mul(R a, R b) { return _mm256_mul_ps(a, b); }
+  static R fmadd(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
+  static R fnmadd(R a, R b, R c) { return _mm256_fnmadd_ps(a, b, c); }
+  static T hsum(R a) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+};
+
+template <>
+struct V<double> {
+  using T = double;
+  using R = __m256d;
+  static constexpr int W = 4;
+  static R zero() { return _mm256_setzero_pd(); }
+  static R set1(T a) { return _mm256_set1_pd(a); }
+  static R load(const T* p) { return _mm256_loadu_pd(p); }
+  static R load_tail(const T* p, int64_t n) { return _mm256_maskload_pd(p, tail_mask64(n)); }
+  static void store(T* p, R a) { _mm256_storeu_pd(p, a); }
+  static R add(R a, R b) { return _mm256_add_pd(a, b); }
+  static R sub(R a, R b) { return _mm256_sub_pd(a, b); }
+  static R mul(R a, R b) { return _mm256_mul_pd(a, b); }
+  static R fmadd(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
+  static R fnmadd(R a, R b, R c) { return _mm256_fnmadd_pd(a, b, c); }
+  static T hsum(R a) {
+    __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+  }
+};
+
+template <typename T>
+struct VD;
+template <>
+struct VD<double> : V<double> {
+  static R loadT(const double* p) { return load(p); }
+  static R loadT_tail(const double* p, int64_t n) { return load_tail(p, n); }
+};
+template <>
+struct VD<float> : V<double> {
+  static R loadT(const float* p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
+  static R loadT_tail(const float* p, int64_t n) {
+    return _mm256_cvtps_pd(_mm_maskload_ps(p, tail_mask32x4(n)));
+  }
+};
+
+}  // namespace avx2
+#pragma GCC pop_options
+
+// ------------------------------------------------------------------------------------------
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+namespace avx512 {
+
+inline __mmask16 tail16(int64_t n) { return (__mmask16)((1u << n) - 1u); }
+inline __mmask8 tail8(int64_t n) { return (__mmask8)((1u << n) - 1u); }
+
+template <typename Tp>
+struct V;
+
+template <>
+struct V<float> {
+  using T = float;
+  using R = __m512;
+  static constexpr int W = 16;
+  static R zero() { return _mm512_setzero_ps(); }
+  static R set1(T a) { return _mm512_set1_ps(a); }
+  static R load(const T* p) { return _mm512_loadu_ps(p); }
+  static R load_tail(const T* p, int64_t n) { return _mm512_maskz_loadu_ps(tail16(n), p); }
+  static void store(T* p, R a) { _mm512_storeu_ps(p, a); }
+  static R add(R a, R b) { return _mm512_add_ps(a, b); }
+  static R sub(R a, R b) { return _mm512_sub_ps(a, b); }
+  static R mul(R a, R b) { return _mm512_mul_ps(a, b); }
+  static R fmadd(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
+  static R fnmadd(R a, R b, R c) { return _mm512_fnmadd_ps(a, b, c); }
+  static T hsum(R a) { return _mm512_reduce_add_ps(a); }
+};
+
+template <>
+struct V<double> {
+  using T = double;
+  using R = __m512d;
+  static constexpr int W = 8;
+  static R zero() { return _mm512_setzero_pd(); }
+  static R set1(T a) { return _mm512_set1_pd(a); }
+  static R load(const T* p) { return _mm512_loadu_pd(p); }
+  static R load_tail(const T* p, int64_t n) { return _mm512_maskz_loadu_pd(tail8(n), p); }
+  static void store(T* p, R a) { _mm512_storeu_pd(p, a); }
+  static R add(R a, R b) { return _mm512_add_pd(a, b); }
+  static R sub(R a, R b) { return _mm512_sub_pd(a, b); }
+  static R mul(R a, R b) { return _mm512_mul_pd(a, b); }
+  static R fmadd(R a, R b, R c) { return _mm512_fmadd_pd(a, b, c); }
+  static R fnmadd(R a, R b, R c) { return _mm512_fnmadd_pd(a, b, c); }
+  static T hsum(R a) { return _mm512_reduce_add_pd(a); }
+};
+
+template <typename T>
+struct VD;
+template <>
+struct VD<double> : V<double> {
+  static R loadT(const double* p) { return load(p); }
+  static R loadT_tail(const double* p, int64_t n) { return load_tail(p, n); }
+};
+template <>
+struct VD<float> : V<double> {
+  static R loadT(const float* p) { return _mm512_cvtps_pd(_mm256_loadu_ps(p)); }
+  static R loadT_tail(const float* p, int64_t n) {
+    return _mm512_cvtps_pd(_mm512_castps512_ps256(_mm512_maskz_loadu_ps(tail16(n), p)));
+  }
+};
+
+}  // namespace avx512
+#pragma GCC pop_options
+
+}  // namespace simd
+}  // namespace cpu
+}  // namespace ifm

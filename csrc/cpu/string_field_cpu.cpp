@@ -1,0 +1,180 @@
+// Fused CPU string (IFM) field, FIELDS.md §2 two-pass form (DESIGN.md "Numerics").
+//
+//   pass 1   r2_ij = sum_k rho_ijk^2, rho = (x_i - base_j) - t_i * Delta_j from the nearer plate
+//            (field_math.h string_query), SIMD register tiles in the data precision;
+//   coeffs   per row in double with string_query / string_pair: logw, row max, w, skip test;
+//   pass 2   E_z = L * sum_j c1, E_x = sum_j c2 * rho_ij + c1 * Delta_j over surviving pairs, in
+//            double, then the optional normalisation.
+// Large D uses row-major tiles; small D (the toys) the transposed layout (field_common.h).
+#include <cmath>
+#include <vector>
+
+#include "field_common.h"
+#include "kernels.h"
+
+namespace ifm {
+namespace cpu {
+namespace {
+
+// Coefficients of the pairs of one query row that survive the skip test (w below
+// skip_ratio * row max weight contributes nothing at the data precision), appended to `out`
+// as (j, c1 = w cos_a nu_j, c2 = w sr) in increasing j.
+//
+// A pair whose weight is certainly below the threshold is dropped before string_pair is
+// evaluated: since den >= 1e-2, logw_j <= -r2_j / (2 s^2) - log(1e-2), and the row max is at
+// least the log-weight of the pair with the smallest r2; pairs whose bound is below that
+// maximum's skip level by a factor e are skipped by the exact test anyway.
+void string_row_terms(const StringQuery& q, const double* r2, int64_t B, const double* nu,
+                      bool stable, bool is_double, RowTerms& out) {
+  out.n = 0;
+  if (!q.inside || B == 0) return;
+  const double log_ratio = std::log(skip_ratio(is_double));
+  const StringPair nearest = string_pair(q, r2[argmin_row(r2, B)]);
+  double thr = INFINITY;
+  if (q.inv_2s2 > 0.0 && std::isfinite(nearest.logw))
+    thr = (-nearest.logw - log_ratio + 1.0 - std::log(kStringDenEps)) / q.inv_2s2;
+  // On the straight part (kappa == 0) cos_a = 1, sr = 0 and string_pair's log-weight is
+  // expo - log(den) with a den that does not depend on r: reuse it (bitwise identical, checked
+  // by csrc/tests/test_cpu_kernels.cpp).
+  const bool straight = q.kappa == 0.0 && q.s > 0.0;
+  const double logw0 = straight ? string_pair(q, 0.0).logw : 0.0;
+  int64_t nc = 0;
+  double m = -INFINITY;
+  for (int64_t j = 0; j < B; ++j) {
+    if (!(r2[j] <= thr)) continue;
+    const double lw = straight ? (-r2[j] * q.inv_2s2) + logw0 : string_pair(q, r2[j]).logw;
+    out.cand[nc] = j;
+    out.logw[nc] = lw;
+    ++nc;
+    m = std::fmax(m, lw);
+  }
+  if (m == -INFINITY) return;
+  const double wmax = stable ? 1.0 : std::exp(m);
+  const double floor_w = skip_ratio(is_double) * wmax;
+  for (int64_t c = 0; c < nc; ++c) {
+    const double w = std::exp(stable ? out.logw[c] - m : out.logw[c]);
+    if (!(w > 0.0 && w >= floor_w)) continue;
+    const int64_t j = out.cand[c];
+    if (straight) {
+      out.push(j, w * 1.0 * nu[j], 0.0);
+    } else {
+      const StringPair P = string_pair(q, r2[j]);
+      out.push(j, w * P.cos_a * nu[j], w * P.sr);
+    }
+  }
+}
+
+template <typename T>
+void string_field_impl(const T* points, const T* quarks, const T* antiquarks, int64_t b,
+                       int64_t B, const StringParams& p, bool stable, const NormParams& norm,
+                       T* out, int num_threads) {
+  const int64_t D = p.D, DIM = D + 1;
+  const bool is_double = sizeof(T) == sizeof(double);
+  if (num_threads < 1) num_threads = 1;
+  const simd::DistanceKernels<T> K = simd::distance_kernels<T>();
+
+  std::vector<StringQuery> qs(b);
+  for (int64_t i = 0; i < b; ++i) qs[i] = string_query((double)points[i * DIM], p);
+
+  // Delta_j = C_j - A_j in the data precision (as the reference) and nu_j = 1 / ||(L, Delta_j)||.
+  std::vector<T> delta((size_t)(B * D));
+  std::vector<double> nu(B);
+#pragma omp parallel for num_threads(num_threads) schedule(static)
+  for (int64_t j = 0; j < B; ++j) {
+    const T* a = quarks + j * DIM + 1;
+    const T* c = antiquarks + j * DIM + 1;
+    T* dj = delta.data() + j * D;
+    double s = p.L * p.L;
+    for (int64_t k = 0; k < D; ++k) {
+      dj[k] = c[k] - a[k];
+      s += (double)dj[k] * (double)dj[k];
+    }
+    nu[j] = 1.0 / std::sqrt(s);
+  }
+
+  if (D <= kSoaMaxDim) {
+    // Transposed layout: SIMD over pairs, every pass in double.
+    const int64_t Bp = soa_pad(K, B);
+    std::vector<double> aT((size_t)(D * Bp)), cT((size_t)(D * Bp)), dT((size_t)(D * Bp));
+    transpose_to_double(quarks + 1, DIM, B, D, Bp, aT.data());
+    transpose_to_double(antiquarks + 1, DIM, B, D, Bp, cT.data());
+    transpose_to_double(delta.data(), D, B, D, Bp, dT.data());
+#pragma omp parallel num_threads(num_threads)
+    {
+      RowTerms terms(B);
+      std::vector<double> x(D + 1), r2(Bp), c1(Bp), c2(Bp), E(DIM);
+#pragma omp for schedule(dynamic, 8)
+      for (int64_t i = 0; i < b; ++i) {
+        const StringQuery& q = qs[i];
+        std::fill(E.begin(), E.end(), 0.0);
+        if (q.inside && B > 0) {
+          for (int64_t k = 0; k < D; ++k) x[k] = (double)points[i * DIM + 1 + k];
+          const double* base = q.from_antiquark ? cT.data() : aT.data();
+          K.pass1_soa[1](x.data(), q.t, base, dT.data(), D, Bp, r2.data());
+          string_row_terms(q, r2.data(), B, nu.data(), stable, is_double, terms);
+          std::fill(c1.begin(), c1.end(), 0.0);
+          std::fill(c2.begin(), c2.end(), 0.0);
+          for (int64_t m = 0; m < terms.n; ++m) {
+            c1[terms.js[m]] = terms.c1[m];
+            c2[terms.js[m]] = terms.c2[m];
+          }
+          double sum_c1 = 0.0;
+          K.pass2_soa[1](x.data(), q.t, base, dT.data(), c1.data(), c2.data(), D, Bp,
+                         E.data() + 1, &sum_c1);
+          E[0] = p.L * sum_c1;
+        }
+        write_row(E.data(), DIM, norm, out + i * DIM);
+      }
+    }
+    return;
+  }
+
+  // Row-major layout: pass 1 over the whole [b, B] matrix, then one row at a time.
+  std::vector<T> tq(b);
+  std::vector<QueryGroup<T>> groups = {{{}, quarks + 1, DIM}, {{}, antiquarks + 1, DIM}};
+  for (int64_t i = 0; i < b; ++i) {
+    tq[i] = (T)qs[i].t;
+    if (qs[i].inside) groups[qs[i].from_antiquark ? 1 : 0].rows.push_back(i);
+  }
+  std::vector<double> r2((size_t)(b * B), 0.0);
+  pass1_matrix<T>(K, points + 1, DIM, tq.data(), groups, delta.data(), D, B, D, r2.data(),
+                  num_threads);
+#pragma omp parallel num_threads(num_threads)
+  {
+    RowTerms terms(B);
+    std::vector<double> E(DIM);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t i = 0; i < b; ++i) {
+      const StringQuery& q = qs[i];
+      std::fill(E.begin(), E.end(), 0.0);
+      string_row_terms(q, r2.data() + i * B, B, nu.data(), stable, is_double, terms);
+      if (terms.n > 0) {
+        const T* base = (q.from_antiquark ? antiquarks : quarks) + 1;
+        K.pass2_rows[1](points + i * DIM + 1, q.t, base, DIM, delta.data(), D, terms.js.data(),
+                        terms.c1.data(), terms.c2.data(), terms.n, D, E.data() + 1);
+        double sum_c1 = 0.0;
+        for (int64_t m = 0; m < terms.n; ++m) sum_c1 += terms.c1[m];
+        E[0] = p.L * sum_c1;
+      }
+      write_row(E.data(), DIM, norm, out + i * DIM);
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void string_field(const T* points, const T* quarks, const T* antiquarks, int64_t b, int64_t B,
+                  const StringParams& p, bool stable, const NormParams& norm, T* out,
+                  int num_threads) {
+  string_field_impl<T>(points, quarks, antiquarks, b, B, p, stable, norm, out, num_threads);
+}
+
+template void string_field<float>(const float*, const float*, const float*, int64_t, int64_t,
+                                  const StringParams&, bool, const NormParams&, float*, int);
+template void string_field<double>(const double*, const double*, const double*, int64_t,
+                                   int64_t, const StringParams&, bool, const NormParams&,
+                                   double*, int);
+
+}  // namespace cpu
+}  // namespace ifm
