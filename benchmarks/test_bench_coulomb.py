@@ -1,0 +1,13 @@
+"""Coulomb (EFM / PFGM) field: the fused CPU kernel against the baselines, one pytest-benchmark
+group per published shape (EFM-CIFAR, PFGM, toy). See conftest.py for inputs and what is
+recorded."""
+import pytest
+
+from baselines import COULOMB_IMPLEMENTATIONS
+from conftest import case_ids
+
+
+@pytest.mark.parametrize("impl", list(COULOMB_IMPLEMENTATIONS))
+@pytest.mark.parametrize("case", case_ids("coulomb"))
+def test_coulomb_field(benchmark, bench, case, impl):
+    bench.run(benchmark, "coulomb", case, impl)
