@@ -154,10 +154,6 @@ def test_requires_grad_inputs_give_a_constant_target():
     assert not out.requires_grad
 
 
-@pytest.mark.xfail(strict=True, reason="python/ifm/fields.py does not call "
-                   "_checks.check_params_fit(compute_dtype, L=L, sigma0=sigma0, K=K, d=d) yet "
-                   "(requested from the lead): sigma0=1e-300 is 0 in float32 and the reference "
-                   "backend returns NaN rows (s / sigma0 = 0 / 0)")
 def test_parameters_outside_float32_are_rejected():
     with pytest.raises(ValueError, match="outside the range of torch.float32"):
         call_string(sigma0=1e-300, backend="reference")

@@ -143,13 +143,20 @@ def _resolve_backend(backend: str, device: torch.device, fn_name: str) -> str:
     return backend
 
 
-def _prepare(named, check_finite: bool):
-    """Common tensor checks; returns contiguous tensors in the compute dtype and the out dtype."""
+def _prepare(named, check_finite: bool, **params):
+    """Common tensor and parameter checks.
+
+    Returns the tensors contiguous in the compute dtype (float32 for half inputs) and the
+    output dtype. ``params`` must be representable in the compute dtype.
+    """
+    if not isinstance(check_finite, bool):
+        raise TypeError(f"check_finite must be a bool, got {check_finite!r}")
     _checks.check_same_kind(named)
     if check_finite:
         _checks.check_finite_values(named)
     dtype = named[0][1].dtype
-    compute = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    compute = _checks.compute_dtype(dtype)
+    _checks.check_params_fit(compute, **params)
     return [t.detach().to(compute).contiguous() for _, t in named], dtype
 
 
@@ -179,7 +186,8 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
             finite and non-zero wherever the exact field is non-zero, even where every float
             weight underflows (the default mode then returns a zero row, as the authors' code).
         backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"reference"``.
-        check_finite: reject NaN/inf in the tensors (one extra pass); ``False`` skips the check.
+        check_finite: reject NaN/inf in the tensors, and values so large that a squared
+            distance would overflow the compute dtype (one extra pass); ``False`` skips it.
 
     Returns:
         ``[b, D+1]`` field (z component first), dtype and device of ``points``; no autograd.
@@ -198,7 +206,8 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
     if not isinstance(stable, bool):
         raise TypeError(f"stable must be a bool, got {stable!r}")
     (p, q, a), out_dtype = _prepare([("points", points), ("quarks", quarks),
-                                     ("antiquarks", antiquarks)], check_finite)
+                                     ("antiquarks", antiquarks)], check_finite,
+                                    L=L, sigma0=sigma0, K=K, d=d, eps=eps)
     _checks.check_plate_column("quarks", q, 0.0)
     _checks.check_plate_column("antiquarks", a, L)
     which = _resolve_backend(backend, p.device, "string_field")
@@ -260,7 +269,9 @@ def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
         plate_gamma = EFM_PLATE_GAMMA if negative is not None else None
     elif plate_gamma is not None:
         plate_gamma = _checks.check_scalar("plate_gamma", plate_gamma, allow_zero=True)
-    if normalize not in (False, True, "pfgm") or not isinstance(normalize, (bool, str)):
+    if not isinstance(normalize, (bool, str)):
+        raise TypeError(f"normalize must be False, True or 'pfgm', got {normalize!r}")
+    if normalize not in (False, True, "pfgm"):
         raise ValueError(f"normalize must be False, True or 'pfgm', got {normalize!r}")
     pfgm = normalize == "pfgm"
     if eps is None:
@@ -269,7 +280,7 @@ def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
     named = [("points", points), ("positive", positive)]
     if negative is not None:
         named.append(("negative", negative))
-    tensors, out_dtype = _prepare(named, check_finite)
+    tensors, out_dtype = _prepare(named, check_finite, eps=eps, plate_gamma=plate_gamma)
     p, pos = tensors[0], tensors[1]
     neg = tensors[2] if negative is not None else None
     _checks.check_plate_column("positive", pos, 0.0)
