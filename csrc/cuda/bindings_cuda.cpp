@@ -1,0 +1,101 @@
+// CUDA implementations of the `ifm` operators (schemas: csrc/ops.cpp, docs/DESIGN.md).
+//
+// Thin torch wrappers around the torch-free launchers of csrc/cuda/kernels.cuh: check the
+// tensors, make their device current, take the workspace from torch's caching allocator and
+// launch on the current stream. Compiled only when the extension is built with CUDA.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <limits>
+#include <optional>
+
+#include "kernels.cuh"
+
+namespace {
+
+void check_cuda_input(const at::Tensor& t, const char* name, const at::Tensor& points) {
+  TORCH_CHECK(t.is_cuda(), "ifm (cuda): ", name, " must be a CUDA tensor, got a tensor on ",
+              t.device());
+  TORCH_CHECK(t.device() == points.device(), "ifm (cuda): ", name, " is on ", t.device(),
+              " but points is on ", points.device(), "; pass all tensors on one device");
+  TORCH_CHECK(t.dim() == 2, "ifm (cuda): ", name, " must be 2-D [n, D+1], got ", t.dim(), "-D");
+  TORCH_CHECK(t.size(1) == points.size(1), "ifm (cuda): ", name, " must have ", points.size(1),
+              " columns, got ", t.size(1));
+  TORCH_CHECK(t.size(1) >= 2, "ifm (cuda): ", name, " must have D+1 >= 2 columns");
+  TORCH_CHECK(t.scalar_type() == points.scalar_type(), "ifm (cuda): ", name, " has dtype ",
+              t.scalar_type(), ", points has ", points.scalar_type());
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, "ifm (cuda): ",
+              name, " must be float32 or float64, got ", t.scalar_type());
+  TORCH_CHECK(t.is_contiguous(), "ifm (cuda): ", name, " must be contiguous (row-major)");
+  TORCH_CHECK(t.size(0) <= std::numeric_limits<int32_t>::max(), "ifm (cuda): ", name,
+              " has too many rows (", t.size(0), ")");
+}
+
+at::Tensor workspace(size_t bytes, const at::Tensor& like) {
+  return at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
+}
+
+at::Tensor string_field_cuda(const at::Tensor& points, const at::Tensor& quarks,
+                             const at::Tensor& antiquarks, double L, double sigma0, double K,
+                             double d, bool stable, bool normalize, double norm_scale,
+                             double norm_eps) {
+  check_cuda_input(points, "points", points);
+  check_cuda_input(quarks, "quarks", points);
+  check_cuda_input(antiquarks, "antiquarks", points);
+  TORCH_CHECK(quarks.size(0) == antiquarks.size(0),
+              "ifm (cuda): quarks and antiquarks must have the same number of rows");
+  const c10::cuda::CUDAGuard guard(points.device());
+  at::Tensor out = at::empty_like(points, at::MemoryFormat::Contiguous);
+  const int64_t b = points.size(0), B = quarks.size(0);
+  if (b == 0) return out;
+  const ifm::StringParams p{L, sigma0, K, d, points.size(1) - 1};
+  const ifm::NormParams np{normalize, norm_scale, norm_eps};
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream(points.device().index()).stream();
+  AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "ifm_string_field_cuda", [&] {
+    const size_t bytes = ifm::cuda::string_field_workspace_bytes<scalar_t>(b, B, p.D);
+    at::Tensor ws = workspace(bytes, points);
+    C10_CUDA_CHECK(ifm::cuda::string_field<scalar_t>(
+        points.data_ptr<scalar_t>(), quarks.data_ptr<scalar_t>(),
+        antiquarks.data_ptr<scalar_t>(), b, B, p, stable, np, out.data_ptr<scalar_t>(),
+        ws.data_ptr(), bytes, stream));
+  });
+  return out;
+}
+
+at::Tensor coulomb_field_cuda(const at::Tensor& points, const at::Tensor& positive,
+                              const std::optional<at::Tensor>& negative,
+                              std::optional<double> plate_gamma, double sum_eps, bool normalize,
+                              double norm_scale, double norm_eps) {
+  check_cuda_input(points, "points", points);
+  check_cuda_input(positive, "positive", points);
+  const bool two = negative.has_value() && negative->defined();
+  if (two) check_cuda_input(*negative, "negative", points);
+  const c10::cuda::CUDAGuard guard(points.device());
+  at::Tensor out = at::empty_like(points, at::MemoryFormat::Contiguous);
+  const int64_t b = points.size(0), D = points.size(1) - 1;
+  if (b == 0) return out;
+  const int64_t Bp = positive.size(0), Bn = two ? negative->size(0) : -1;
+  const ifm::NormParams np{normalize, norm_scale, norm_eps};
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream(points.device().index()).stream();
+  AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "ifm_coulomb_field_cuda", [&] {
+    const size_t bytes = ifm::cuda::coulomb_field_workspace_bytes<scalar_t>(b, Bp, Bn, D);
+    at::Tensor ws = workspace(bytes, points);
+    C10_CUDA_CHECK(ifm::cuda::coulomb_field<scalar_t>(
+        points.data_ptr<scalar_t>(), b, positive.data_ptr<scalar_t>(), Bp,
+        two ? negative->data_ptr<scalar_t>() : nullptr, Bn, D, plate_gamma.has_value(),
+        plate_gamma.value_or(0.0), sum_eps, np, out.data_ptr<scalar_t>(), ws.data_ptr(), bytes,
+        stream));
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ifm, CUDA, m) {
+  m.impl("string_field", &string_field_cuda);
+  m.impl("coulomb_field", &coulomb_field_cuda);
+}

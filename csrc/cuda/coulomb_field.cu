@@ -1,0 +1,248 @@
+// CUDA Coulomb field (EFM two plates, PFGM one plate), FIELDS.md §3 and §4; semantics of
+// docs/DESIGN.md and field_math.h.
+//
+// Launches, per chunk of query rows and per plate (see common.cuh for steps 1 and 3):
+//   distance_tiles        d2_ij partial sums over all D + 1 columns (z included), direct
+//                         differences.
+//   coulomb_coefficients  grid = rows, one block per query row: logit = coulomb_logit(d2) in
+//                         double, row max, sum of e = exp(logit - max) over every charge (fixed
+//                         tree), coeff = e / (sum + sum_eps). A charge is dropped when its term's
+//                         size e * d is below skip_ratio of the row's largest term size (sizes,
+//                         not weights, as the CPU kernel: a query on a charge gets its whole
+//                         field from charges whose weights are far below the nearest one's).
+//   pair_sums             E = sum coeff (y_j - x_i) over the kept charges, from differences:
+//                         plate 0 straight into `out`, plate 1 into a workspace row block.
+// then once per chunk (when anything is left to do):
+//   finalize_rows         per-plate sqrt(D+1) E / (||E|| + plate_gamma), -E+ + E-, and the
+//                         final normalisation; norms in double, fixed tree.
+#include <cmath>
+
+#include "common.cuh"
+
+namespace ifm {
+namespace cuda {
+namespace detail {
+
+template <typename T>
+struct CoulombCoefArgs {
+  const double* partial;  // [nslices, rows, n]
+  int64_t rows, n, nslices, dim;
+  double sum_eps;
+  PairLists lists;
+};
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) coulomb_coefficients(CoulombCoefArgs<T> a) {
+  __shared__ double red[kThreads];
+  __shared__ int scan_buf[kThreads];
+  const int64_t i = blockIdx.x;
+  auto logit = [&](int64_t j) {
+    return coulomb_logit(summed_partials(a.partial, a.nslices, a.rows, a.n, i, j), a.dim);
+  };
+
+  double m = -INFINITY;  // logits are finite (d + 1e-7 > 0), so m is finite for n >= 1
+  for (int64_t j = threadIdx.x; j < a.n; j += kThreads) {
+    const double v = logit(j);
+    m = v > m ? v : m;
+  }
+  m = block_reduce(m, red, MaxOp());
+
+  // Softmax denominator over every charge (skipped ones included) and the largest term size.
+  double s = 0.0, top = 0.0;
+  for (int64_t j = threadIdx.x; j < a.n; j += kThreads) {
+    const double d2 = summed_partials(a.partial, a.nslices, a.rows, a.n, i, j);
+    const double e = exp(coulomb_logit(d2, a.dim) - m);
+    s += e;
+    const double size = e * sqrt(d2);
+    top = size > top ? size : top;
+  }
+  s = block_reduce(s, red, SumOp());
+  top = block_reduce(top, red, MaxOp());
+  const double inv = 1.0 / (s + a.sum_eps);
+
+  const double floor_size = skip_ratio(sizeof(T) == 8) * top;
+  int filled = 0;
+  for (int64_t j0 = 0; j0 < a.n; j0 += kThreads) {
+    const int64_t j = j0 + threadIdx.x;
+    bool keep = false;
+    double c = 0.0;
+    if (j < a.n) {
+      const double d2 = summed_partials(a.partial, a.nslices, a.rows, a.n, i, j);
+      const double e = exp(coulomb_logit(d2, a.dim) - m);
+      keep = e > 0.0 && e * sqrt(d2) >= floor_size;
+      c = e * inv;
+    }
+    append_kept(a.lists, i, j, keep, c, 0.0, scan_buf, &filled);
+  }
+  if (threadIdx.x == 0) a.lists.count[i] = filled;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    finalize_rows(const T* ep, const T* en, T* out, int64_t width, bool plate_normalize,
+                  double plate_gamma, NormParams norm) {
+  __shared__ double red[kThreads];
+  const int64_t i = blockIdx.x;
+  const T* prow = ep + i * width;
+  const T* nrow = en != nullptr ? en + i * width : nullptr;
+  T* orow = out + i * width;
+
+  double fp = 1.0, fn = 1.0;
+  if (plate_normalize) {
+    double sp = 0.0, sn = 0.0;
+    for (int64_t k = threadIdx.x; k < width; k += kThreads) {
+      sp += (double)prow[k] * (double)prow[k];
+      if (nrow != nullptr) sn += (double)nrow[k] * (double)nrow[k];
+    }
+    sp = block_reduce(sp, red, SumOp());
+    sn = block_reduce(sn, red, SumOp());
+    const double scale = sqrt((double)width);
+    fp = normalize_factor(sp, scale, plate_gamma);
+    fn = normalize_factor(sn, scale, plate_gamma);
+  }
+  // Each thread rewrites the columns it read, so ep may alias out.
+  double sv = 0.0;
+  for (int64_t k = threadIdx.x; k < width; k += kThreads) {
+    const double v = nrow != nullptr ? fn * (double)nrow[k] - fp * (double)prow[k]
+                                     : fp * (double)prow[k];
+    const T vt = (T)v;
+    orow[k] = vt;
+    sv += (double)vt * (double)vt;
+  }
+  if (norm.normalize) {
+    sv = block_reduce(sv, red, SumOp());
+    const double f = normalize_factor(sv, norm.scale, norm.eps);
+    for (int64_t k = threadIdx.x; k < width; k += kThreads) orow[k] = (T)(f * (double)orow[k]);
+  }
+}
+
+template <typename T>
+cudaError_t launch_finalize_rows(const T* ep, const T* en, T* out, int64_t rows, int64_t width,
+                                 bool plate_normalize, double plate_gamma,
+                                 const NormParams& norm, cudaStream_t stream) {
+  if (rows <= 0) return cudaSuccess;
+  auto kernel = finalize_rows<T>;
+  IFM_LAUNCH(kernel, dim3((unsigned)rows), dim3(kThreads), stream, ep, en, out, width,
+             plate_normalize, plate_gamma, norm);
+  return cudaGetLastError();
+}
+
+template cudaError_t launch_finalize_rows<float>(const float*, const float*, float*, int64_t,
+                                                 int64_t, bool, double, const NormParams&,
+                                                 cudaStream_t);
+template cudaError_t launch_finalize_rows<double>(const double*, const double*, double*, int64_t,
+                                                  int64_t, bool, double, const NormParams&,
+                                                  cudaStream_t);
+
+template <typename T>
+struct CoulombLayout {
+  int64_t rc;  // query rows per chunk
+  double* partial;
+  PairLists lists;
+  T* en;       // [rc, D + 1] plate-1 term (two plates only)
+};
+
+template <typename T>
+CoulombLayout<T> coulomb_layout(Carver& cv, int64_t b, int64_t Bp, int64_t Bn, bool two,
+                                int64_t D, const Tuning& tune) {
+  CoulombLayout<T> l;
+  const int64_t width = D + 1;
+  const int64_t nmax = max64(Bp, two ? Bn : 0);
+  l.rc = rows_per_chunk(b, nmax, tune);
+  int64_t partial = max_partial_rows<T>(b, l.rc, Bp, width, tune) * Bp;
+  if (two) partial = max64(partial, max_partial_rows<T>(b, l.rc, Bn, width, tune) * Bn);
+  l.partial = cv.take<double>(partial);
+  l.lists.count = cv.take<int>(l.rc);
+  l.lists.idx = cv.take<int>(l.rc * nmax);
+  l.lists.c1 = cv.take<double>(l.rc * nmax);
+  l.lists.c2 = nullptr;
+  l.lists.n = nmax;
+  l.en = two ? cv.take<T>(l.rc * width) : nullptr;
+  return l;
+}
+
+// E of one plate for `rows` queries into target [rows, width] (raw, toward the charges).
+template <typename T>
+cudaError_t plate_field(const T* pts, int64_t rows, const T* charges, int64_t n, int64_t width,
+                        double sum_eps, const CoulombLayout<T>& l, T* target,
+                        const Tuning& tune, cudaStream_t stream) {
+  if (n == 0) return cudaMemsetAsync(target, 0, sizeof(T) * size_t(rows * width), stream);
+  PairLists lists = l.lists;
+  lists.n = n;
+  return two_pass<T, false>(
+      pts, rows, charges, nullptr, n, width, StringParams{}, l.partial, lists, target, tune,
+      stream, [&](const DistancePlan& plan) {
+        CoulombCoefArgs<T> ca;
+        ca.partial = l.partial;
+        ca.rows = rows;
+        ca.n = n;
+        ca.nslices = plan.nslices;
+        ca.dim = width;
+        ca.sum_eps = sum_eps;
+        ca.lists = lists;
+        auto coef_kernel = coulomb_coefficients<T>;
+        IFM_LAUNCH(coef_kernel, dim3((unsigned)rows), dim3(kThreads), stream, ca);
+        return cudaGetLastError();
+      });
+}
+
+}  // namespace detail
+
+template <typename T>
+size_t coulomb_field_workspace_bytes(int64_t b, int64_t Bp, int64_t Bn, int64_t D,
+                                     const Tuning& tune) {
+  detail::Carver cv(nullptr);
+  detail::coulomb_layout<T>(cv, b, Bp, Bn, Bn >= 0, D, tune);
+  return cv.bytes();
+}
+
+template <typename T>
+cudaError_t coulomb_field(const T* points, int64_t b, const T* positive, int64_t Bp,
+                          const T* negative, int64_t Bn, int64_t D, bool plate_normalize,
+                          double plate_gamma, double sum_eps, const NormParams& norm, T* out,
+                          void* workspace, size_t workspace_bytes, cudaStream_t stream,
+                          const Tuning& tune) {
+  using namespace detail;
+  const bool two = negative != nullptr;
+  if (!two) Bn = -1;  // ignored; sizes the workspace for one plate
+  if (b < 0 || Bp < 0 || D < 1 || Bp > 0x7fffffff || (two && (Bn < 0 || Bn > 0x7fffffff))) {
+    return cudaErrorInvalidValue;
+  }
+  if (b == 0) return cudaSuccess;
+  const int64_t width = D + 1;
+
+  ScopedWorkspace ws(workspace, workspace_bytes,
+                     coulomb_field_workspace_bytes<T>(b, Bp, Bn, D, tune), stream);
+  IFM_CUDA_TRY(ws.status());
+  Carver cv(align256(ws.get()));
+  const CoulombLayout<T> l = coulomb_layout<T>(cv, b, Bp, Bn, two, D, tune);
+
+  for (int64_t i0 = 0; i0 < b; i0 += l.rc) {
+    const int64_t rows = min64(l.rc, b - i0);
+    const T* pts = points + i0 * width;
+    T* o = out + i0 * width;
+    IFM_CUDA_TRY(plate_field<T>(pts, rows, positive, Bp, width, sum_eps, l, o, tune, stream));
+    if (two) {
+      IFM_CUDA_TRY(plate_field<T>(pts, rows, negative, Bn, width, sum_eps, l, l.en, tune, stream));
+    }
+    if (two || plate_normalize || norm.normalize) {
+      IFM_CUDA_TRY(launch_finalize_rows<T>(o, l.en, o, rows, width, plate_normalize, plate_gamma,
+                                           norm, stream));
+    }
+  }
+  return cudaSuccess;
+}
+
+#define IFM_INSTANTIATE_COULOMB(T)                                                              \
+  template size_t coulomb_field_workspace_bytes<T>(int64_t, int64_t, int64_t, int64_t,         \
+                                                   const Tuning&);                             \
+  template cudaError_t coulomb_field<T>(const T*, int64_t, const T*, int64_t, const T*,        \
+                                        int64_t, int64_t, bool, double, double,                \
+                                        const NormParams&, T*, void*, size_t, cudaStream_t,    \
+                                        const Tuning&);
+IFM_INSTANTIATE_COULOMB(float)
+IFM_INSTANTIATE_COULOMB(double)
+#undef IFM_INSTANTIATE_COULOMB
+
+}  // namespace cuda
+}  // namespace ifm

@@ -1,0 +1,70 @@
+// Torch-free CUDA launchers of the field targets (raw device pointers, sizes, a stream).
+//
+// Mirrors csrc/cpu/kernels.h: same layout (row-major, contiguous, z-first: points [b, D + 1],
+// quarks/antiquarks or plate charges [B, D + 1]; column 0 of a string pair is its plate's z and is
+// not read), same parameters (ifm::StringParams, ifm::NormParams), same semantics
+// (docs/DESIGN.md, csrc/field_math.h). Every pointer is device memory on the current device.
+// Each launcher enqueues its kernels on `stream` and returns the first error it meets
+// (cudaGetLastError after the launches; kernels run asynchronously, so an execution error shows
+// up at the caller's next synchronisation). Results are bitwise identical from call to call:
+// every reduction has a fixed order and no output is accumulated with atomics.
+//
+// Workspace: the kernels need scratch memory (O(S * b * B) partial distances, O(b * B)
+// coefficients; bounded by processing the queries in chunks, see Tuning). Either pass a device
+// buffer of at least *_workspace_bytes(...) bytes (the torch binding does, through the caching
+// allocator), or pass workspace == nullptr: the launcher then allocates it with cudaMallocAsync
+// on `stream` and frees it with cudaFreeAsync on the same stream (stream-ordered, no sync).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#if !defined(IFM_CUDA_EMULATION)
+#include <cuda_runtime.h>
+#endif
+
+#include "../cpu/kernels.h"  // NormParams (torch-free), StringParams via field_math.h
+#include "../field_math.h"
+
+namespace ifm {
+namespace cuda {
+
+// Launch tuning. The defaults are what the kernels are designed for; the fields exist so that
+// tests can force the rarely taken paths (query chunking, split-D) at small sizes. Results do not
+// depend on the GPU model: every choice below depends on the shapes and these numbers only.
+struct Tuning {
+  // Queries are processed in chunks of at most max(1, max_pairs_per_chunk / B) rows, which
+  // bounds the workspace (and keeps 1-D grids far below their limits) for any b.
+  int64_t max_pairs_per_chunk = int64_t(1) << 22;
+  // The distance pass splits D into slices (partial sums reduced later in a fixed order) until
+  // it has about this many blocks (a few waves on 108-132 SMs), when b * B alone gives fewer.
+  int64_t target_blocks = 528;
+};
+
+// String (IFM) field of FIELDS.md §2, then §4 (see csrc/cpu/kernels.h for the arguments).
+template <typename T>
+size_t string_field_workspace_bytes(int64_t b, int64_t B, int64_t D,
+                                    const Tuning& tune = Tuning());
+
+template <typename T>
+cudaError_t string_field(const T* points, const T* quarks, const T* antiquarks, int64_t b,
+                         int64_t B, const StringParams& p, bool stable, const NormParams& norm,
+                         T* out, void* workspace, size_t workspace_bytes, cudaStream_t stream,
+                         const Tuning& tune = Tuning());
+
+// Coulomb field of FIELDS.md §3, then §4 (see csrc/cpu/kernels.h for the arguments). One plate
+// when negative == nullptr (Bn is then ignored). For the workspace size, Bn < 0 means one plate
+// (a two-plate size is also large enough for one plate).
+template <typename T>
+size_t coulomb_field_workspace_bytes(int64_t b, int64_t Bp, int64_t Bn, int64_t D,
+                                     const Tuning& tune = Tuning());
+
+template <typename T>
+cudaError_t coulomb_field(const T* points, int64_t b, const T* positive, int64_t Bp,
+                          const T* negative, int64_t Bn, int64_t D, bool plate_normalize,
+                          double plate_gamma, double sum_eps, const NormParams& norm, T* out,
+                          void* workspace, size_t workspace_bytes, cudaStream_t stream,
+                          const Tuning& tune = Tuning());
+
+}  // namespace cuda
+}  // namespace ifm

@@ -1,0 +1,97 @@
+// C entry points of the CPU-emulated CUDA launchers (see cuda_emu.h), loaded by
+// tests/test_cuda_backend.py through ctypes. Compiled with
+//   g++ -std=c++17 -O2 -shared -fPIC -DIFM_CUDA_EMULATION -include tests/cuda_emu/cuda_emu.h
+//       -x c++ tests/cuda_emu/capi.cpp
+// The kernel sources are included verbatim: what runs here is the code nvcc compiles.
+#include "../../csrc/cuda/string_field.cu"
+#include "../../csrc/cuda/coulomb_field.cu"
+
+namespace {
+
+ifm::cuda::Tuning tuning(int64_t max_pairs_per_chunk, int64_t target_blocks) {
+  ifm::cuda::Tuning t;
+  if (max_pairs_per_chunk > 0) t.max_pairs_per_chunk = max_pairs_per_chunk;
+  if (target_blocks > 0) t.target_blocks = target_blocks;
+  return t;
+}
+
+ifm::NormParams norm_params(int normalize, double scale, double eps) {
+  ifm::NormParams n;
+  n.normalize = normalize != 0;
+  n.scale = scale;
+  n.eps = eps;
+  return n;
+}
+
+// A caller-provided workspace, deliberately 8 bytes past an aligned address.
+struct GivenWorkspace {
+  std::vector<char> buf;
+  void* ptr = nullptr;
+  size_t bytes = 0;
+  GivenWorkspace(bool use, size_t need) {
+    if (!use) return;
+    buf.resize(need + 8);
+    ptr = buf.data() + 8;
+    bytes = need;
+  }
+};
+
+template <typename T>
+int run_string(const void* points, const void* quarks, const void* antiquarks, int64_t b,
+               int64_t B, int64_t D, double L, double sigma0, double K, double d, int stable,
+               int normalize, double scale, double eps, void* out, const ifm::cuda::Tuning& tune,
+               int use_workspace) {
+  ifm::StringParams p{L, sigma0, K, d, D};
+  GivenWorkspace ws(use_workspace != 0, ifm::cuda::string_field_workspace_bytes<T>(b, B, D, tune));
+  return (int)ifm::cuda::string_field<T>(
+      static_cast<const T*>(points), static_cast<const T*>(quarks),
+      static_cast<const T*>(antiquarks), b, B, p, stable != 0, norm_params(normalize, scale, eps),
+      static_cast<T*>(out), ws.ptr, ws.bytes, nullptr, tune);
+}
+
+template <typename T>
+int run_coulomb(const void* points, int64_t b, const void* positive, int64_t Bp,
+                const void* negative, int64_t Bn, int64_t D, int plate_normalize,
+                double plate_gamma, double sum_eps, int normalize, double scale, double eps,
+                void* out, const ifm::cuda::Tuning& tune, int use_workspace) {
+  GivenWorkspace ws(use_workspace != 0, ifm::cuda::coulomb_field_workspace_bytes<T>(
+                                            b, Bp, negative ? Bn : -1, D, tune));
+  return (int)ifm::cuda::coulomb_field<T>(
+      static_cast<const T*>(points), b, static_cast<const T*>(positive), Bp,
+      static_cast<const T*>(negative), Bn, D, plate_normalize != 0, plate_gamma, sum_eps,
+      norm_params(normalize, scale, eps), static_cast<T*>(out), ws.ptr, ws.bytes, nullptr, tune);
+}
+
+}  // namespace
+
+extern "C" {
+
+int ifm_emu_string_field(int is_double, const void* points, const void* quarks,
+                         const void* antiquarks, int64_t b, int64_t B, int64_t D, double L,
+                         double sigma0, double K, double d, int stable, int normalize,
+                         double scale, double eps, void* out, int64_t max_pairs_per_chunk,
+                         int64_t target_blocks, int use_workspace) {
+  const ifm::cuda::Tuning t = tuning(max_pairs_per_chunk, target_blocks);
+  return is_double ? run_string<double>(points, quarks, antiquarks, b, B, D, L, sigma0, K, d,
+                                        stable, normalize, scale, eps, out, t, use_workspace)
+                   : run_string<float>(points, quarks, antiquarks, b, B, D, L, sigma0, K, d,
+                                       stable, normalize, scale, eps, out, t, use_workspace);
+}
+
+int ifm_emu_coulomb_field(int is_double, const void* points, int64_t b, const void* positive,
+                          int64_t Bp, const void* negative, int64_t Bn, int64_t D,
+                          int plate_normalize, double plate_gamma, double sum_eps, int normalize,
+                          double scale, double eps, void* out, int64_t max_pairs_per_chunk,
+                          int64_t target_blocks, int use_workspace) {
+  const ifm::cuda::Tuning t = tuning(max_pairs_per_chunk, target_blocks);
+  return is_double ? run_coulomb<double>(points, b, positive, Bp, negative, Bn, D,
+                                         plate_normalize, plate_gamma, sum_eps, normalize, scale,
+                                         eps, out, t, use_workspace)
+                   : run_coulomb<float>(points, b, positive, Bp, negative, Bn, D, plate_normalize,
+                                        plate_gamma, sum_eps, normalize, scale, eps, out, t,
+                                        use_workspace);
+}
+
+long ifm_emu_launches() { return ifm_emu::launches; }
+
+}  // extern "C"
