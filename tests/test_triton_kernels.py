@@ -1,0 +1,316 @@
+"""Triton-specific tests of ``ifm_kernels`` (issue 4): the launch plan derived from the shapes,
+launch counts, edge sizes (b = 1, B = 1, sizes that are not multiples of the blocks, D up to
+49152 with tiny b and B), the GPU code paths (several column slices, many tiles) run under the
+interpreter, determinism, and an offline compile of every kernel for sm_90.
+
+The launchers are called directly (the public API's parity is tests/test_fields_parity.py).
+Without a GPU, tests/conftest.py turns Triton's interpreter on; shapes stay small there.
+"""
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("no GPU and TRITON_INTERPRET is not 1", allow_module_level=True)
+
+import ifm_kernels  # noqa: E402
+from ifm import reference  # noqa: E402
+from ifm_kernels import _common as C  # noqa: E402
+
+from cases import coulomb_case, string_case  # noqa: E402
+from parity import assert_parity  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [torch.float32, torch.float64]
+H100 = C.gpu_profile(132)
+
+# published shapes (FIELDS.md tables): (name, b, B, ncols) with ncols = D (string) or D + 1
+PUBLISHED = [("string toy", 1024, 4096, 2), ("string CIFAR", 64, 256, 3072),
+             ("string W2S", 64, 256, 12288), ("string CelebA-64", 64, 64, 12288),
+             ("string CelebA-128", 64, 64, 49152), ("string CMNIST", 128, 128, 3072),
+             ("coulomb EFM-CIFAR", 64, 1024, 3073), ("coulomb PFGM", 128, 4096, 3073),
+             ("coulomb toy", 1024, 4096, 3)]
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------
+def _string(points, quarks, antiquarks, params, dtype, stable=False, normalize=False):
+    D = points.shape[1] - 1
+    args = [t.to(DEVICE, dtype) for t in (points, quarks, antiquarks)]
+    return ifm_kernels.string_field(*args, **params, d=math.pi / (2 * params["K"]),
+                                    stable=stable, normalize=normalize,
+                                    norm_scale=math.sqrt(D + 1), norm_eps=1e-5)
+
+
+def check_string(points, quarks, antiquarks, params, dtype, **mode):
+    oracle = reference.string_field(points, quarks, antiquarks, **params, **mode)
+    standin = reference.string_field(points.float(), quarks.float(), antiquarks.float(),
+                                     **params, **mode)
+    out = _string(points, quarks, antiquarks, params, dtype, **mode)
+    assert out.dtype == dtype and out.shape == points.shape
+    assert_parity(out, oracle, standin, what=f"triton string {tuple(points.shape)} {mode}")
+    return out
+
+
+def check_coulomb(points, pos, neg, dtype, plate_gamma=None, normalize=False, sum_eps=0.0):
+    DIM = points.shape[1]
+    kw = dict(plate_gamma=plate_gamma, sum_eps=sum_eps, normalize=normalize,
+              norm_scale=math.sqrt(DIM), eps=1e-5)
+    oracle = reference.coulomb_field(points, pos, neg, **kw)
+    standin = reference.coulomb_field(points.float(), pos.float(),
+                                      None if neg is None else neg.float(), **kw)
+    on = [None if t is None else t.to(DEVICE, dtype) for t in (points, pos, neg)]
+    out = ifm_kernels.coulomb_field(*on, plate_gamma=plate_gamma, sum_eps=sum_eps,
+                                    normalize=normalize, norm_scale=math.sqrt(DIM),
+                                    norm_eps=1e-5)
+    assert out.dtype == dtype and out.shape == points.shape
+    assert_parity(out, oracle, standin, what=f"triton coulomb {tuple(points.shape)}")
+    return out
+
+
+def _meta(*shape, dtype=torch.float32):
+    return torch.empty(*shape, dtype=dtype, device="meta")
+
+
+def _record_string(b, B, D, profile=H100, dtype=torch.float32, normalize=True):
+    with C.record_launches(profile) as rec:
+        ifm_kernels.string_field(_meta(b, D + 1, dtype=dtype), _meta(B, D + 1, dtype=dtype),
+                                 _meta(B, D + 1, dtype=dtype), L=20.0, sigma0=1.0,
+                                 K=math.pi / 20, d=10.0, stable=False, normalize=normalize,
+                                 norm_scale=1.0, norm_eps=1e-5)
+    return rec
+
+
+def _record_coulomb(b, Bp, Bn, D, profile=H100, plate_gamma=5.0, normalize=False):
+    with C.record_launches(profile) as rec:
+        ifm_kernels.coulomb_field(_meta(b, D + 1), _meta(Bp, D + 1),
+                                  None if Bn is None else _meta(Bn, D + 1),
+                                  plate_gamma=plate_gamma, sum_eps=0.0, normalize=normalize,
+                                  norm_scale=1.0, norm_eps=1e-5)
+    return rec
+
+
+# ----------------------------------------------------------------------------------------------
+# launch plan
+# ----------------------------------------------------------------------------------------------
+def _pow2(v):
+    return v >= 1 and (v & (v - 1)) == 0
+
+
+@pytest.mark.parametrize("profile", [H100, C.gpu_profile(108), C.INTERPRETER_PROFILE],
+                         ids=["H100", "A100", "interpreter"])
+@pytest.mark.parametrize("itemsize", [4, 8])
+@pytest.mark.parametrize("case", PUBLISHED + [("tiny", 1, 1, 1), ("odd", 37, 5, 123),
+                                              ("tall", 2, 3, 49152)], ids=lambda c: c[0])
+def test_plan_derivation(case, profile, itemsize):
+    """Block sizes are powers of two within the profile's caps and budget, grids cover the
+    shapes, column slices tile the columns, and the partial buffer stays O(b B)."""
+    _, b, B, ncols = case
+    p = C.make_plan(b, B, ncols, ncols + 1, profile, itemsize)
+    budget = profile.tile_bytes // itemsize
+    sizes = [p.dist_bi, p.dist_bj, p.dist_bk, p.coef_br, p.coef_bj, p.sums_bi, p.sums_bj,
+             p.sums_bk, p.fin_br, p.fin_bw]
+    assert all(_pow2(v) for v in sizes), sizes
+    assert p.dist_bi <= profile.dist_bi_max and p.dist_bj <= profile.dist_bj_max
+    assert p.dist_bi * p.dist_bj * p.dist_bk <= max(budget, p.dist_bi * p.dist_bj)
+    assert p.sums_bi * p.sums_bj * p.sums_bk <= max(budget, p.sums_bi * p.sums_bk)
+    assert p.sums_bk <= profile.sums_bk_max and p.sums_bi <= profile.sums_bi_max
+    assert p.coef_br * p.coef_bj <= max(profile.row_budget, p.coef_br)
+    # never more than needed: a block is at most the next power of two of its extent
+    assert p.dist_bi <= C.next_pow2(b) and p.dist_bj <= C.next_pow2(B)
+    assert p.dist_bk <= C.next_pow2(ncols) and p.sums_bk <= C.next_pow2(ncols)
+    # grids cover the shapes
+    tiles = triton.cdiv(b, p.dist_bi) * triton.cdiv(B, p.dist_bj)
+    assert p.dist_grid == (tiles, p.nslices)
+    assert p.cols_per_slice % p.dist_bk == 0
+    assert p.nslices * p.cols_per_slice >= ncols > (p.nslices - 1) * p.cols_per_slice
+    assert p.sums_grid[0] * p.sums_bi >= b and p.sums_grid[1] * p.sums_bk >= ncols
+    assert p.coef_grid[0] * p.coef_br >= b and p.fin_grid[0] * p.fin_br >= b
+    # D is split only to reach the target program count: partial buffer O(b B)
+    assert p.nslices * b * B <= max(b * B, (profile.target_programs + tiles) * p.dist_bi * p.dist_bj)
+    steps = triton.cdiv(ncols, p.dist_bk)
+    assert p.nslices <= max(1, steps // profile.min_steps_per_slice)
+    if profile is C.INTERPRETER_PROFILE:
+        assert p.nslices == 1
+
+
+def test_plan_examples_h100():
+    """The documented configurations (docs/gpu_roofline.md) for two published shapes."""
+    p = C.make_plan(64, 256, 3072, 3073, H100, 4)                  # string CIFAR
+    assert (p.dist_bi, p.dist_bj, p.dist_bk) == (16, 32, 8)
+    assert (p.sums_bi, p.sums_bj, p.sums_bk) == (4, 16, 64)
+    assert p.dist_grid[0] * p.dist_grid[1] >= H100.target_programs
+    p = C.make_plan(64, 64, 49152, 49153, H100, 4)                 # string CelebA-128
+    assert p.nslices > 1 and p.dist_grid[0] * p.dist_grid[1] >= H100.target_programs
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_string_launch_count(normalize):
+    rec = _record_string(64, 256, 3072, normalize=normalize)
+    names = [r.name for r in rec]
+    assert names == ["distance_kernel", "string_coeff_kernel", "pair_sums_kernel"] + \
+        (["finalize_kernel"] if normalize else [])
+
+
+@pytest.mark.parametrize("Bn,plate_gamma,normalize,count", [
+    (None, None, False, 3), (None, None, True, 4), (None, 5.0, False, 4),
+    (1024, None, False, 7), (1024, 5.0, True, 7)])
+def test_coulomb_launch_count(Bn, plate_gamma, normalize, count):
+    rec = _record_coulomb(64, 1024, Bn, 3072, plate_gamma=plate_gamma, normalize=normalize)
+    assert len(rec) == count
+    fin = [r for r in rec if r.name == "finalize_kernel"]
+    if fin:
+        assert fin[0].constexprs["HAS_NEG"] == (Bn is not None)
+        assert fin[0].constexprs["PLATE_NORM"] == (plate_gamma is not None)
+
+
+def test_recorded_grids_match_plan():
+    rec = _record_string(37, 5, 123)
+    p = C.make_plan(37, 5, 123, 124, H100, 4)
+    assert [r.grid for r in rec] == [p.dist_grid, p.coef_grid, p.sums_grid, p.fin_grid]
+    assert all(r.num_warps == H100.num_warps for r in rec)
+
+
+# ----------------------------------------------------------------------------------------------
+# edge sizes against the float64 reference
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 7, 33), (9, 1, 17), (1, 1, 300), (19, 13, 5)],
+                         ids=lambda s: "b{}-B{}-D{}".format(*s))
+def test_string_edge_sizes(shape, dtype):
+    points, quarks, antiquarks, params = string_case(*shape, "cifar", seed=sum(shape))
+    for mode in (dict(stable=False, normalize=False), dict(stable=True, normalize=True)):
+        check_string(points, quarks, antiquarks, params, dtype, **mode)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (1, 9, 1, 40), (11, 1, 3, 17), (3, 2, 5, 300)],
+                         ids=lambda s: "b{}-Bp{}-Bn{}-D{}".format(*s))
+def test_coulomb_edge_sizes(shape, dtype):
+    b, Bp, Bn, D = shape
+    points, pos, neg = coulomb_case(b, Bp, Bn, D, L=6.0, seed=b + D)
+    check_coulomb(points, pos, neg, dtype, plate_gamma=5.0, normalize=True)
+    check_coulomb(points, pos, None, dtype, sum_eps=1e-7)
+
+
+@pytest.mark.parametrize("D", [4099, 49152])
+def test_large_D_tiny_batch(D):
+    """Image dimension up to CelebA-128 (D = 49152) with b, B tiny: tiles over D."""
+    points, quarks, antiquarks, params = string_case(3, 2, D, "w2s", seed=D)
+    check_string(points, quarks, antiquarks, params, torch.float32)
+    check_string(points, quarks, antiquarks, params, torch.float32, stable=True, normalize=True)
+    points, pos, neg = coulomb_case(3, 2, 2, D, L=20.0, seed=D)
+    check_coulomb(points, pos, neg, torch.float32, plate_gamma=5.0)
+
+
+def test_query_on_a_charge_keeps_the_other_charges():
+    """The skip test compares contributions, not weights: a query sitting on a charge (whose term
+    y - x is 0 however large its weight) still gets the other charges' (tiny) field."""
+    points, pos, _ = coulomb_case(7, 5, 3, 2, L=6.0, seed=9)
+    out = check_coulomb(points, pos, None, torch.float32)
+    assert out[1].double().norm() > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# GPU code paths under the interpreter: many tiles, several column slices, BI halving
+# ----------------------------------------------------------------------------------------------
+SMALL_GPU_LIKE = C.Profile("gpu", tile_bytes=256, row_budget=16, dist_bi_max=4, dist_bj_max=4,
+                           sums_bi_max=4, sums_bk_max=8, min_steps_per_slice=1,
+                           target_programs=16, num_warps=1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_small_blocks_many_programs(monkeypatch, dtype):
+    """Force a GPU-like plan with tiny blocks (several slices, partial tiles everywhere)."""
+    monkeypatch.setattr(C, "device_profile", lambda device: SMALL_GPU_LIKE)
+    plan = C.make_plan(6, 5, 21, 22, SMALL_GPU_LIKE, torch.tensor([], dtype=dtype).element_size())
+    assert plan.nslices > 1 and plan.dist_grid[0] > 1 and plan.sums_grid[1] > 1
+    points, quarks, antiquarks, params = string_case(6, 5, 21, "cmnist", seed=4)
+    check_string(points, quarks, antiquarks, params, dtype, stable=True, normalize=True)
+    check_string(points, quarks, antiquarks, params, dtype)
+    points, pos, neg = coulomb_case(6, 5, 3, 20, L=6.0, seed=4)
+    check_coulomb(points, pos, neg, dtype, plate_gamma=1e-7, normalize=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# determinism, interpreter smoke
+# ----------------------------------------------------------------------------------------------
+def test_repeated_calls_are_bitwise_identical():
+    points, quarks, antiquarks, params = string_case(9, 7, 30, "toy", seed=2)
+    a = _string(points, quarks, antiquarks, params, torch.float32, stable=True)
+    b = _string(points, quarks, antiquarks, params, torch.float32, stable=True)
+    assert torch.equal(a, b)
+
+
+def test_interpreter_smoke():
+    """One tiny call per field runs and is finite (interpreter: CPU tensors in, CPU out)."""
+    points, quarks, antiquarks, params = string_case(2, 2, 3, "toy", seed=0)
+    out = _string(points, quarks, antiquarks, params, torch.float32)
+    assert out.device.type == DEVICE and torch.isfinite(out).all()
+    points, pos, neg = coulomb_case(2, 2, 2, 3, L=6.0, seed=0)
+    out = ifm_kernels.coulomb_field(points.float().to(DEVICE), pos.float().to(DEVICE), None,
+                                    plate_gamma=None, sum_eps=0.0, normalize=False,
+                                    norm_scale=1.0, norm_eps=1e-5)
+    assert torch.isfinite(out).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# offline compile for real GPUs (no GPU needed: Triton's bundled ptxas)
+# ----------------------------------------------------------------------------------------------
+_COMPILE_SCRIPT = textwrap.dedent("""
+    import json, math, sys
+    import torch
+    import ifm_kernels
+    from ifm_kernels import _common as C
+    out = {}
+    for arch in (90,):
+        prof = C.gpu_profile(132)
+        meta = lambda *s, dt: torch.empty(*s, dtype=dt, device="meta")
+        for dt in (torch.float32, torch.float64):
+            with C.record_launches(prof) as rec:
+                ifm_kernels.string_field(meta(64, 3073, dt=dt), meta(256, 3073, dt=dt),
+                                         meta(256, 3073, dt=dt), L=20.0, sigma0=1.0,
+                                         K=math.pi / 20, d=10.0, stable=True, normalize=True,
+                                         norm_scale=1.0, norm_eps=1e-5)
+                ifm_kernels.coulomb_field(meta(64, 3073, dt=dt), meta(1024, 3073, dt=dt),
+                                          meta(1024, 3073, dt=dt), plate_gamma=5.0, sum_eps=0.0,
+                                          normalize=True, norm_scale=1.0, norm_eps=1e-5)
+            seen = set()
+            for r in rec:
+                key = (r.name, tuple(sorted(r.constexprs.items())))
+                if key in seen:
+                    continue
+                seen.add(key)
+                res = C.compile_resources(r, arch=arch)
+                out[f"sm{arch}/{dt}/{r.name}/{r.constexprs}"] = res
+    json.dump(out, sys.stdout)
+""")
+
+
+def test_kernels_compile_for_sm90():
+    """Every kernel variant of a CIFAR-size string call and an EFM two-plate call compiles for
+    sm_90 (float32 and float64) without register spills."""
+    nvidia = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    if not os.path.exists(os.path.join(nvidia, "ptxas")):
+        pytest.skip("this triton build has no bundled ptxas")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([root, os.path.join(root, "python"),
+                                         env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+    res = json.loads(proc.stdout)
+    assert len(res) >= 2 * 6
+    for key, r in res.items():
+        assert r["local_bytes"] == 0, f"{key} spills: {r}"
+        assert r["registers"] <= 255 and r["shared_bytes"] <= 228 * 1024, (key, r)
