@@ -24,8 +24,9 @@ namespace {
 // skip_ratio / e of the nearest charge's are not evaluated; that is exact when those far terms,
 // bounded by (skip_ratio / e) * d_thr, are below skip_ratio times the largest evaluated term.
 // Otherwise (a query on or next to a charge, or a low dimension) every charge is evaluated.
-void coulomb_row_terms(const double* d2, int64_t B, int64_t dim, double sum_eps, bool is_double,
-                       RowTerms& out) {
+template <typename T>
+void coulomb_row_terms(const simd::DistanceKernels<T>& K, const double* d2, int64_t B, int64_t dim,
+                       double sum_eps, bool is_double, RowTerms& out) {
   out.n = 0;
   if (B == 0) return;
   const double ratio = skip_ratio(is_double);
@@ -33,33 +34,40 @@ void coulomb_row_terms(const double* d2, int64_t B, int64_t dim, double sum_eps,
   // logit_j < nearest + log(ratio) - 1  <=>  d_j + 1e-7 > exp((1 - log(ratio) - nearest) / dim)
   const double d_thr = std::exp((1.0 - std::log(ratio) - nearest) / (double)dim) - kCoulombDEps;
   double thr = (d_thr > 0.0 && dim >= 2) ? d_thr * d_thr : INFINITY;
+  const double* d2c = out.v0.data();
+  double* e = out.v1.data();
   for (int pass = 0; pass < 2; ++pass) {
-    int64_t nc = 0;
-    double m = -INFINITY;
-    for (int64_t j = 0; j < B; ++j) {
-      if (!(d2[j] <= thr)) continue;
-      const double lg = coulomb_logit(d2[j], dim);
-      out.cand[nc] = j;
-      out.logw[nc] = lg;
-      ++nc;
-      m = std::fmax(m, lg);
+    out.gather(d2, B, thr);
+    const int64_t nc = out.n;
+    K.coulomb_logits(d2c, nc, dim, e);
+    const double m = max_of(e, nc);
+    if (!std::isfinite(m)) {
+      out.n = 0;
+      return;
     }
-    if (!std::isfinite(m)) return;
-    double sum = 0.0, top = 0.0;
+    K.exp_shift(e, nc, m, e);  // weights relative to the largest
+    // sizes compared squared: term_c^2 = e_c^2 * d2_c
+    double sum = 0.0, top2 = 0.0;
+#pragma omp simd reduction(+ : sum) reduction(max : top2)
     for (int64_t c = 0; c < nc; ++c) {
-      out.logw[c] = std::exp(out.logw[c] - m);  // now the weight e_c relative to the max
-      sum += out.logw[c];
-      top = std::fmax(top, out.logw[c] * std::sqrt(d2[out.cand[c]]));
+      sum += e[c];
+      const double t2 = e[c] * e[c] * d2c[c];
+      top2 = t2 > top2 ? t2 : top2;
     }
-    if (thr != INFINITY && !(d_thr <= 2.0 * top)) {  // the prescreen bound is not tight enough
+    if (thr != INFINITY && !(d_thr * d_thr <= 4.0 * top2)) {  // prescreen bound not tight enough
       thr = INFINITY;
       continue;
     }
     const double den = sum + sum_eps;
-    const double floor_term = ratio * top;
-    for (int64_t c = 0; c < nc; ++c)
-      if (out.logw[c] * std::sqrt(d2[out.cand[c]]) >= floor_term && out.logw[c] > 0.0)
-        out.push(out.cand[c], 0.0, -(out.logw[c] / den));
+    const double floor2 = ratio * ratio * top2;
+    double* c1 = out.c1.data();
+    double* c2 = out.c2.data();
+#pragma omp simd
+    for (int64_t c = 0; c < nc; ++c) {
+      const double coeff = e[c] / den;
+      c1[c] = 0.0;
+      c2[c] = (e[c] > 0.0 && e[c] * e[c] * d2c[c] >= floor2) ? -coeff : 0.0;
+    }
     return;
   }
 }
@@ -106,7 +114,7 @@ void coulomb_field_impl(const T* points, int64_t b, const T* positive, int64_t B
 #pragma omp parallel num_threads(num_threads)
     {
       RowTerms terms(Bmax);
-      std::vector<double> x(DIM), d2(padmax), c2(padmax), Eplate[2] = {std::vector<double>(DIM), std::vector<double>(DIM)}, E(DIM);
+      std::vector<double> x(DIM), d2(padmax), c1(padmax), c2(padmax), Eplate[2] = {std::vector<double>(DIM), std::vector<double>(DIM)}, E(DIM);
 #pragma omp for schedule(dynamic, 8)
       for (int64_t i = 0; i < b; ++i) {
         for (int64_t k = 0; k < DIM; ++k) x[k] = (double)points[i * DIM + k];
@@ -114,9 +122,8 @@ void coulomb_field_impl(const T* points, int64_t b, const T* positive, int64_t B
           std::fill(Eplate[s].begin(), Eplate[s].end(), 0.0);
           if (counts[s] == 0) continue;
           K.pass1_soa[0](x.data(), 0.0, yT[s].data(), nullptr, DIM, pad[s], d2.data());
-          coulomb_row_terms(d2.data(), counts[s], DIM, sum_eps, is_double, terms);
-          std::fill(c2.begin(), c2.end(), 0.0);
-          for (int64_t m = 0; m < terms.n; ++m) c2[terms.js[m]] = terms.c2[m];
+          coulomb_row_terms(K, d2.data(), counts[s], DIM, sum_eps, is_double, terms);
+          terms.scatter(c1.data(), c2.data(), pad[s]);
           double unused = 0.0;
           K.pass2_soa[0](x.data(), 0.0, yT[s].data(), nullptr, nullptr, c2.data(), DIM, pad[s],
                          Eplate[s].data(), &unused);
@@ -147,10 +154,11 @@ void coulomb_field_impl(const T* points, int64_t b, const T* positive, int64_t B
     for (int64_t i = 0; i < b; ++i) {
       for (int s = 0; s < n_plates; ++s) {
         std::fill(Eplate[s].begin(), Eplate[s].end(), 0.0);
-        coulomb_row_terms(d2[s].data() + i * counts[s], counts[s], DIM, sum_eps, is_double,
+        coulomb_row_terms(K, d2[s].data() + i * counts[s], counts[s], DIM, sum_eps, is_double,
                           terms);
+        terms.compact();
         if (terms.n > 0)
-          K.pass2_rows[0](points + i * DIM, 0.0, charges[s], DIM, nullptr, 0, terms.js.data(),
+          K.pass2_rows[0](points + i * DIM, 0.0, charges[s], DIM, nullptr, 0, terms.cand.data(),
                           nullptr, terms.c2.data(), terms.n, DIM, Eplate[s].data());
       }
       combine_plates(Eplate[0].data(), Eplate[1].data(), DIM, two, plate_normalize, plate_gamma,

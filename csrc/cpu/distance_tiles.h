@@ -16,8 +16,10 @@
 // callers split the calls over threads.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
+#include "../field_math.h"
 #include "simd.h"
 
 namespace ifm {
@@ -49,53 +51,51 @@ struct DistanceKernels {
   void (*pass2_soa[2])(const double* x, double t, const double* yT, const double* eT,
                        const double* c1, const double* c2, int64_t n, int64_t Bp, double* acc,
                        double* sum_c1);
+  // Coefficient-pass helpers, vectorised (glibc's libmvec, see below):
+  // out[c] = coulomb_logit(d2[c], dim) (field_math.h); out[c] = exp(a[c] - shift).
+  void (*coulomb_logits)(const double* d2, int64_t n, int64_t dim, double* out);
+  void (*exp_shift)(const double* a, int64_t n, double shift, double* out);
 };
 
 }  // namespace simd
 }  // namespace cpu
 }  // namespace ifm
 
+// The coefficient helpers evaluate field_math.h's per-pair formulas in `omp simd` loops; these
+// declarations let GCC call glibc's vector exp / log (libmvec, pulled in by libm's linker
+// script; max error 4 ulp) for them, in the width of each instruction set below.
+#if defined(__GLIBC__) && defined(__x86_64__) && defined(_OPENMP)
+extern "C" {
+#pragma omp declare simd notinbranch
+double exp(double);
+#pragma omp declare simd notinbranch
+double log(double);
+}
+#endif
+
 // One copy of the kernels per instruction set, each compiled for its own target.
-namespace ifm {
-namespace cpu {
-namespace simd {
-namespace scalar {
+namespace ifm::cpu::simd::scalar {
 constexpr int kTileQ = 4, kTileP = 2;
 constexpr Isa kIsa = Isa::scalar;
 #include "distance_tiles_impl.h"
-}  // namespace scalar
-}  // namespace simd
-}  // namespace cpu
-}  // namespace ifm
+}  // namespace ifm::cpu::simd::scalar
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
-namespace ifm {
-namespace cpu {
-namespace simd {
-namespace avx2 {
+namespace ifm::cpu::simd::avx2 {
 constexpr int kTileQ = 3, kTileP = 2;
 constexpr Isa kIsa = Isa::avx2;
 #include "distance_tiles_impl.h"
-}  // namespace avx2
-}  // namespace simd
-}  // namespace cpu
-}  // namespace ifm
+}  // namespace ifm::cpu::simd::avx2
 #pragma GCC pop_options
 
 #pragma GCC push_options
 #pragma GCC target("avx512f")
-namespace ifm {
-namespace cpu {
-namespace simd {
-namespace avx512 {
+namespace ifm::cpu::simd::avx512 {
 constexpr int kTileQ = 4, kTileP = 4;
 constexpr Isa kIsa = Isa::avx512;
 #include "distance_tiles_impl.h"
-}  // namespace avx512
-}  // namespace simd
-}  // namespace cpu
-}  // namespace ifm
+}  // namespace ifm::cpu::simd::avx512
 #pragma GCC pop_options
 
 namespace ifm {

@@ -181,6 +181,16 @@ void pass2_soa(const double* x, double t, const double* yT, const double* eT, co
   *sum_c1 = Vd::hsum(Vd::add(Vd::add(s[0], s[1]), Vd::add(s[2], s[3])));
 }
 
+inline void coulomb_logits(const double* d2, int64_t n, int64_t dim, double* out) {
+#pragma omp simd
+  for (int64_t c = 0; c < n; ++c) out[c] = ::ifm::coulomb_logit(d2[c], dim);
+}
+
+inline void exp_shift(const double* a, int64_t n, double shift, double* out) {
+#pragma omp simd
+  for (int64_t c = 0; c < n; ++c) out[c] = std::exp(a[c] - shift);
+}
+
 template <typename T>
 DistanceKernels<T> make_kernels() {
   DistanceKernels<T> k;
@@ -197,5 +207,7 @@ DistanceKernels<T> make_kernels() {
   k.pass1_soa[1] = &pass1_soa<true>;
   k.pass2_soa[0] = &pass2_soa<false>;
   k.pass2_soa[1] = &pass2_soa<true>;
+  k.coulomb_logits = &coulomb_logits;
+  k.exp_shift = &exp_shift;
   return k;
 }

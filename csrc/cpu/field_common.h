@@ -20,21 +20,52 @@ namespace cpu {
 // Data dimensions up to this use the transposed layout (SIMD over pairs, everything in double).
 constexpr int64_t kSoaMaxDim = 16;
 
-// Pairs of one query row whose coefficient survives the skip test, in increasing j.
+// Coefficients of one query row: candidates cand[c] (increasing j) with c1[c], c2[c]; 0 for a
+// candidate that failed the skip test. v0..v2 are scratch of the coefficient pass.
 struct RowTerms {
-  std::vector<int64_t> js;
-  std::vector<double> c1, c2;
-  std::vector<int64_t> cand;  // scratch: candidates of the coefficient pass
-  std::vector<double> logw;   // scratch, per candidate
+  std::vector<int64_t> cand;
+  std::vector<double> c1, c2, v0, v1, v2;
   int64_t n = 0;
-  explicit RowTerms(int64_t B) : js(B), c1(B), c2(B), cand(B), logw(B) {}
-  void push(int64_t j, double a1, double a2) {
-    js[n] = j;
-    c1[n] = a1;
-    c2[n] = a2;
-    ++n;
+  explicit RowTerms(int64_t B) : cand(B), c1(B), c2(B), v0(B), v1(B), v2(B) {}
+  // Candidates: every j with v[j] <= thr, their values in v0.
+  void gather(const double* v, int64_t B, double thr) {
+    n = 0;
+    for (int64_t j = 0; j < B; ++j)
+      if (v[j] <= thr) {
+        cand[n] = j;
+        v0[n] = v[j];
+        ++n;
+      }
+  }
+  // Drops the zero terms (row-major pass 2 walks the rest).
+  void compact() {
+    int64_t m = 0;
+    for (int64_t c = 0; c < n; ++c)
+      if (c1[c] != 0.0 || c2[c] != 0.0) {
+        cand[m] = cand[c];
+        c1[m] = c1[c];
+        c2[m] = c2[c];
+        ++m;
+      }
+    n = m;
+  }
+  // Dense coefficients over all pairs (transposed pass 2); d1 and d2 hold Bp >= B entries.
+  void scatter(double* d1, double* d2, int64_t Bp) const {
+    std::fill(d1, d1 + Bp, 0.0);
+    std::fill(d2, d2 + Bp, 0.0);
+    for (int64_t c = 0; c < n; ++c) {
+      d1[cand[c]] = c1[c];
+      d2[cand[c]] = c2[c];
+    }
   }
 };
+
+inline double max_of(const double* v, int64_t n) {
+  double m = -INFINITY;
+#pragma omp simd reduction(max : m)
+  for (int64_t c = 0; c < n; ++c) m = v[c] > m ? v[c] : m;
+  return m;
+}
 
 inline int64_t argmin_row(const double* v, int64_t n) {
   int64_t best = 0;
@@ -54,9 +85,13 @@ struct QueryGroup {
 
 // Pass 1 for every (query of the groups, pair j < B): r2[i * B + j] = sum_{k < n} rho_ijk^2 with
 // rho = (x_i - y_j) - t_i * e_j (no e term when e == nullptr). Rows of queries in no group are
-// left untouched. Register tiles of QI x PJ, k split into fixed chunks (summed in double in chunk
-// order), work items of (pair tile, block of query tiles) spread over threads: every r2 entry is
-// computed by one item in a fixed order, whatever num_threads.
+// left untouched (r2 must be zero on entry).
+//
+// Blocking: register tiles of QI queries x PJ pairs; k split into fixed chunks whose partial sums
+// are added in double in chunk order; a work item is (block of query tiles, group of pair tiles)
+// and walks k chunk by chunk, so that the block's x chunk stays in L2 while the group's pair
+// tiles stream through L1. Every r2 entry gets the same chunk sums in the same order whatever
+// the items and num_threads.
 template <typename T>
 void pass1_matrix(const simd::DistanceKernels<T>& K, const T* x, int64_t ldx, const T* t,
                   const std::vector<QueryGroup<T>>& groups, const T* e, int64_t lde, int64_t B,
@@ -70,45 +105,53 @@ void pass1_matrix(const simd::DistanceKernels<T>& K, const T* x, int64_t ldx, co
   for (int g = 0; g < (int)groups.size(); ++g)
     for (int64_t f = 0; f < (int64_t)groups[g].rows.size(); f += QI) tiles.push_back({g, f});
   if (tiles.empty() || B == 0) return;
-  const int64_t n_pair_tiles = (B + PJ - 1) / PJ;
-  const int64_t tiles_per_block = 16;
+  // k chunk of 2 KB per row: a block of 64 query rows is 128 KB, a pair tile 8-16 KB.
+  const int64_t kc = std::max<int64_t>(K.W, (2048 / (int64_t)sizeof(T)) / K.W * K.W);
+  const int64_t tiles_per_block = std::max<int64_t>(1, 64 / QI);
   const int64_t n_blocks = ((int64_t)tiles.size() + tiles_per_block - 1) / tiles_per_block;
-  // k chunk: the PJ pair rows (and their e rows) of a chunk stay in L1 across a block's tiles.
-  const int64_t kc = std::max<int64_t>(K.W, (16384 / (2 * PJ * (int64_t)sizeof(T))) / K.W * K.W);
+  const int64_t n_pair_tiles = (B + PJ - 1) / PJ;
+  // pair tiles per item: up to 8, fewer when that leaves under 8 items per thread
+  const int64_t want_items = 8 * (int64_t)num_threads;
+  const int64_t per_group = std::max<int64_t>(
+      1, std::min<int64_t>(8, n_pair_tiles * n_blocks / std::max<int64_t>(1, want_items)));
+  const int64_t n_groups = (n_pair_tiles + per_group - 1) / per_group;
   const int has_e = e != nullptr ? 1 : 0;
-  const int64_t n_items = n_pair_tiles * n_blocks;
+  const int64_t n_items = n_groups * n_blocks;
 #pragma omp parallel for num_threads(num_threads) schedule(dynamic, 1)
   for (int64_t item = 0; item < n_items; ++item) {
-    const int64_t pt = item % n_pair_tiles, blk = item / n_pair_tiles;
-    const int64_t j0 = pt * PJ;
-    const int pj_valid = (int)std::min<int64_t>(PJ, B - j0);
+    const int64_t pg = item % n_groups, blk = item / n_groups;
+    const int64_t pt_end = std::min(n_pair_tiles, (pg + 1) * per_group);
+    const int64_t tile_end = std::min<int64_t>((blk + 1) * tiles_per_block, tiles.size());
     const T* xs[8];
     const T* ys[8];
     const T* es[8];
     T ts[8];
     double part[64];
-    const int64_t tile_end = std::min<int64_t>((blk + 1) * tiles_per_block, tiles.size());
     for (int64_t k0 = 0; k0 < n; k0 += kc) {
       const int64_t len = std::min(kc, n - k0);
-      for (int64_t ti = blk * tiles_per_block; ti < tile_end; ++ti) {
-        const QueryGroup<T>& grp = groups[tiles[ti].g];
-        const int64_t* rows = grp.rows.data() + tiles[ti].first;
-        const int qi_valid =
-            (int)std::min<int64_t>(QI, (int64_t)grp.rows.size() - tiles[ti].first);
-        for (int p = 0; p < PJ; ++p) {  // padded pairs repeat the last valid one
-          const int64_t j = j0 + std::min(p, pj_valid - 1);
-          ys[p] = grp.y + j * grp.ldy + k0;
-          es[p] = has_e ? e + j * lde + k0 : nullptr;
-        }
-        for (int q = 0; q < QI; ++q) {  // padded queries repeat the last valid one
-          const int64_t i = rows[std::min(q, qi_valid - 1)];
-          xs[q] = x + i * ldx + k0;
-          ts[q] = has_e ? t[i] : T(0);
-        }
-        K.pass1_tile[has_e](xs, ts, ys, es, len, part);
-        for (int q = 0; q < qi_valid; ++q) {
-          double* dst = r2 + rows[q] * B + j0;
-          for (int p = 0; p < pj_valid; ++p) dst[p] += part[q * PJ + p];
+      for (int64_t pt = pg * per_group; pt < pt_end; ++pt) {
+        const int64_t j0 = pt * PJ;
+        const int pj_valid = (int)std::min<int64_t>(PJ, B - j0);
+        for (int64_t ti = blk * tiles_per_block; ti < tile_end; ++ti) {
+          const QueryGroup<T>& grp = groups[tiles[ti].g];
+          const int64_t* rows = grp.rows.data() + tiles[ti].first;
+          const int qi_valid =
+              (int)std::min<int64_t>(QI, (int64_t)grp.rows.size() - tiles[ti].first);
+          for (int p = 0; p < PJ; ++p) {  // padded pairs repeat the last valid one
+            const int64_t j = j0 + std::min(p, pj_valid - 1);
+            ys[p] = grp.y + j * grp.ldy + k0;
+            es[p] = has_e ? e + j * lde + k0 : nullptr;
+          }
+          for (int q = 0; q < QI; ++q) {  // padded queries repeat the last valid one
+            const int64_t i = rows[std::min(q, qi_valid - 1)];
+            xs[q] = x + i * ldx + k0;
+            ts[q] = has_e ? t[i] : T(0);
+          }
+          K.pass1_tile[has_e](xs, ts, ys, es, len, part);
+          for (int q = 0; q < qi_valid; ++q) {
+            double* dst = r2 + rows[q] * B + j0;
+            for (int p = 0; p < pj_valid; ++p) dst[p] += part[q * PJ + p];
+          }
         }
       }
     }

@@ -84,6 +84,30 @@ struct VD : V<double> {
 
 }  // namespace scalar
 
+// Types and operations whose intrinsics differ only by prefix (_mm256 / _mm512) and suffix
+// (ps / pd).
+#define IFM_SIMD_COMMON_OPS(TYPE, REG, WIDTH, PFX, SFX)                              \
+  using T = TYPE;                                                                    \
+  using R = REG;                                                                     \
+  static constexpr int W = WIDTH;                                                    \
+  static R zero() { return PFX##_setzero_##SFX(); }                                  \
+  static R set1(T a) { return PFX##_set1_##SFX(a); }                                 \
+  static R load(const T* p) { return PFX##_loadu_##SFX(p); }                         \
+  static void store(T* p, R a) { PFX##_storeu_##SFX(p, a); }                         \
+  static R add(R a, R b) { return PFX##_add_##SFX(a, b); }                           \
+  static R sub(R a, R b) { return PFX##_sub_##SFX(a, b); }                           \
+  static R mul(R a, R b) { return PFX##_mul_##SFX(a, b); }                           \
+  static R fmadd(R a, R b, R c) { return PFX##_fmadd_##SFX(a, b, c); }              \
+  static R fnmadd(R a, R b, R c) { return PFX##_fnmadd_##SFX(a, b, c); }
+
+// VD<double>: double data needs no widening.
+#define IFM_SIMD_VD_DOUBLE                                                           \
+  template <>                                                                        \
+  struct VD<double> : V<double> {                                                    \
+    static R loadT(const double* p) { return load(p); }                              \
+    static R loadT_tail(const double* p, int64_t n) { return load_tail(p, n); }      \
+  };
+
 // ------------------------------------------------------------------------------------------
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
@@ -104,19 +128,8 @@ struct V;
 
 template <>
 struct V<float> {
-  using T = float;
-  using R = __m256;
-  static constexpr int W = 8;
-  static R zero() { return _mm256_setzero_ps(); }
-  static R set1(T a) { return _mm256_set1_ps(a); }
-  static R load(const T* p) { return _mm256_loadu_ps(p); }
+  IFM_SIMD_COMMON_OPS(float, __m256, 8, _mm256, ps)
   static R load_tail(const T* p, int64_t n) { return _mm256_maskload_ps(p, tail_mask32(n)); }
-  static void store(T* p, R a) { _mm256_storeu_ps(p, a); }
-  static R add(R a, R b) { return _mm256_add_ps(a, b); }
-  static R sub(R a, R b) { return _mm256_sub_ps(a, b); }
-  static R mul(R a, R b) { return _mm256_mul_ps(a, b); }
-  static R fmadd(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
-  static R fnmadd(R a, R b, R c) { return _mm256_fnmadd_ps(a, b, c); }
   static T hsum(R a) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -127,19 +140,8 @@ struct V<float> {
 
 template <>
 struct V<double> {
-  using T = double;
-  using R = __m256d;
-  static constexpr int W = 4;
-  static R zero() { return _mm256_setzero_pd(); }
-  static R set1(T a) { return _mm256_set1_pd(a); }
-  static R load(const T* p) { return _mm256_loadu_pd(p); }
+  IFM_SIMD_COMMON_OPS(double, __m256d, 4, _mm256, pd)
   static R load_tail(const T* p, int64_t n) { return _mm256_maskload_pd(p, tail_mask64(n)); }
-  static void store(T* p, R a) { _mm256_storeu_pd(p, a); }
-  static R add(R a, R b) { return _mm256_add_pd(a, b); }
-  static R sub(R a, R b) { return _mm256_sub_pd(a, b); }
-  static R mul(R a, R b) { return _mm256_mul_pd(a, b); }
-  static R fmadd(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
-  static R fnmadd(R a, R b, R c) { return _mm256_fnmadd_pd(a, b, c); }
   static T hsum(R a) {
     __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
     return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
@@ -148,11 +150,7 @@ struct V<double> {
 
 template <typename T>
 struct VD;
-template <>
-struct VD<double> : V<double> {
-  static R loadT(const double* p) { return load(p); }
-  static R loadT_tail(const double* p, int64_t n) { return load_tail(p, n); }
-};
+IFM_SIMD_VD_DOUBLE
 template <>
 struct VD<float> : V<double> {
   static R loadT(const float* p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
@@ -177,47 +175,21 @@ struct V;
 
 template <>
 struct V<float> {
-  using T = float;
-  using R = __m512;
-  static constexpr int W = 16;
-  static R zero() { return _mm512_setzero_ps(); }
-  static R set1(T a) { return _mm512_set1_ps(a); }
-  static R load(const T* p) { return _mm512_loadu_ps(p); }
+  IFM_SIMD_COMMON_OPS(float, __m512, 16, _mm512, ps)
   static R load_tail(const T* p, int64_t n) { return _mm512_maskz_loadu_ps(tail16(n), p); }
-  static void store(T* p, R a) { _mm512_storeu_ps(p, a); }
-  static R add(R a, R b) { return _mm512_add_ps(a, b); }
-  static R sub(R a, R b) { return _mm512_sub_ps(a, b); }
-  static R mul(R a, R b) { return _mm512_mul_ps(a, b); }
-  static R fmadd(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
-  static R fnmadd(R a, R b, R c) { return _mm512_fnmadd_ps(a, b, c); }
   static T hsum(R a) { return _mm512_reduce_add_ps(a); }
 };
 
 template <>
 struct V<double> {
-  using T = double;
-  using R = __m512d;
-  static constexpr int W = 8;
-  static R zero() { return _mm512_setzero_pd(); }
-  static R set1(T a) { return _mm512_set1_pd(a); }
-  static R load(const T* p) { return _mm512_loadu_pd(p); }
+  IFM_SIMD_COMMON_OPS(double, __m512d, 8, _mm512, pd)
   static R load_tail(const T* p, int64_t n) { return _mm512_maskz_loadu_pd(tail8(n), p); }
-  static void store(T* p, R a) { _mm512_storeu_pd(p, a); }
-  static R add(R a, R b) { return _mm512_add_pd(a, b); }
-  static R sub(R a, R b) { return _mm512_sub_pd(a, b); }
-  static R mul(R a, R b) { return _mm512_mul_pd(a, b); }
-  static R fmadd(R a, R b, R c) { return _mm512_fmadd_pd(a, b, c); }
-  static R fnmadd(R a, R b, R c) { return _mm512_fnmadd_pd(a, b, c); }
   static T hsum(R a) { return _mm512_reduce_add_pd(a); }
 };
 
 template <typename T>
 struct VD;
-template <>
-struct VD<double> : V<double> {
-  static R loadT(const double* p) { return load(p); }
-  static R loadT_tail(const double* p, int64_t n) { return load_tail(p, n); }
-};
+IFM_SIMD_VD_DOUBLE
 template <>
 struct VD<float> : V<double> {
   static R loadT(const float* p) { return _mm512_cvtps_pd(_mm256_loadu_ps(p)); }
@@ -228,6 +200,9 @@ struct VD<float> : V<double> {
 
 }  // namespace avx512
 #pragma GCC pop_options
+
+#undef IFM_SIMD_COMMON_OPS
+#undef IFM_SIMD_VD_DOUBLE
 
 }  // namespace simd
 }  // namespace cpu

@@ -24,8 +24,9 @@ namespace {
 // evaluated: since den >= 1e-2, logw_j <= -r2_j / (2 s^2) - log(1e-2), and the row max is at
 // least the log-weight of the pair with the smallest r2; pairs whose bound is below that
 // maximum's skip level by a factor e are skipped by the exact test anyway.
-void string_row_terms(const StringQuery& q, const double* r2, int64_t B, const double* nu,
-                      bool stable, bool is_double, RowTerms& out) {
+template <typename T>
+void string_row_terms(const simd::DistanceKernels<T>& K, const StringQuery& q, const double* r2,
+                      int64_t B, const double* nu, bool stable, bool is_double, RowTerms& out) {
   out.n = 0;
   if (!q.inside || B == 0) return;
   const double log_ratio = std::log(skip_ratio(is_double));
@@ -33,34 +34,45 @@ void string_row_terms(const StringQuery& q, const double* r2, int64_t B, const d
   double thr = INFINITY;
   if (q.inv_2s2 > 0.0 && std::isfinite(nearest.logw))
     thr = (-nearest.logw - log_ratio + 1.0 - std::log(kStringDenEps)) / q.inv_2s2;
+  out.gather(r2, B, thr);
+  const int64_t nc = out.n;
+  const double* r2c = out.v0.data();
+  double* w = out.v1.data();  // log-weights, then weights
+  double* cos_a = out.c1.data();
+  double* sr = out.c2.data();
   // On the straight part (kappa == 0) cos_a = 1, sr = 0 and string_pair's log-weight is
   // expo - log(den) with a den that does not depend on r: reuse it (bitwise identical, checked
   // by csrc/tests/test_cpu_kernels.cpp).
   const bool straight = q.kappa == 0.0 && q.s > 0.0;
-  const double logw0 = straight ? string_pair(q, 0.0).logw : 0.0;
-  int64_t nc = 0;
-  double m = -INFINITY;
-  for (int64_t j = 0; j < B; ++j) {
-    if (!(r2[j] <= thr)) continue;
-    const double lw = straight ? (-r2[j] * q.inv_2s2) + logw0 : string_pair(q, r2[j]).logw;
-    out.cand[nc] = j;
-    out.logw[nc] = lw;
-    ++nc;
-    m = std::fmax(m, lw);
-  }
-  if (m == -INFINITY) return;
-  const double wmax = stable ? 1.0 : std::exp(m);
-  const double floor_w = skip_ratio(is_double) * wmax;
-  for (int64_t c = 0; c < nc; ++c) {
-    const double w = std::exp(stable ? out.logw[c] - m : out.logw[c]);
-    if (!(w > 0.0 && w >= floor_w)) continue;
-    const int64_t j = out.cand[c];
-    if (straight) {
-      out.push(j, w * 1.0 * nu[j], 0.0);
-    } else {
-      const StringPair P = string_pair(q, r2[j]);
-      out.push(j, w * P.cos_a * nu[j], w * P.sr);
+  if (straight) {
+    const double logw0 = string_pair(q, 0.0).logw, inv = q.inv_2s2;
+#pragma omp simd
+    for (int64_t c = 0; c < nc; ++c) {
+      w[c] = (-r2c[c] * inv) + logw0;
+      cos_a[c] = 1.0;
+      sr[c] = 0.0;
     }
+  } else {
+    for (int64_t c = 0; c < nc; ++c) {
+      const StringPair P = string_pair(q, r2c[c]);
+      w[c] = P.logw;
+      cos_a[c] = P.cos_a;
+      sr[c] = P.sr;
+    }
+  }
+  const double m = max_of(w, nc);
+  if (m == -INFINITY) {
+    out.n = 0;
+    return;
+  }
+  K.exp_shift(w, nc, stable ? m : 0.0, w);
+  const double floor_w = skip_ratio(is_double) * (stable ? 1.0 : std::exp(m));
+  const int64_t* cand = out.cand.data();
+#pragma omp simd
+  for (int64_t c = 0; c < nc; ++c) {
+    const bool keep = w[c] > 0.0 && w[c] >= floor_w;
+    cos_a[c] = keep ? w[c] * cos_a[c] * nu[cand[c]] : 0.0;  // becomes c1
+    sr[c] = keep ? w[c] * sr[c] : 0.0;                      // becomes c2
   }
 }
 
@@ -111,13 +123,8 @@ void string_field_impl(const T* points, const T* quarks, const T* antiquarks, in
           for (int64_t k = 0; k < D; ++k) x[k] = (double)points[i * DIM + 1 + k];
           const double* base = q.from_antiquark ? cT.data() : aT.data();
           K.pass1_soa[1](x.data(), q.t, base, dT.data(), D, Bp, r2.data());
-          string_row_terms(q, r2.data(), B, nu.data(), stable, is_double, terms);
-          std::fill(c1.begin(), c1.end(), 0.0);
-          std::fill(c2.begin(), c2.end(), 0.0);
-          for (int64_t m = 0; m < terms.n; ++m) {
-            c1[terms.js[m]] = terms.c1[m];
-            c2[terms.js[m]] = terms.c2[m];
-          }
+          string_row_terms(K, q, r2.data(), B, nu.data(), stable, is_double, terms);
+          terms.scatter(c1.data(), c2.data(), Bp);
           double sum_c1 = 0.0;
           K.pass2_soa[1](x.data(), q.t, base, dT.data(), c1.data(), c2.data(), D, Bp,
                          E.data() + 1, &sum_c1);
@@ -147,10 +154,11 @@ void string_field_impl(const T* points, const T* quarks, const T* antiquarks, in
     for (int64_t i = 0; i < b; ++i) {
       const StringQuery& q = qs[i];
       std::fill(E.begin(), E.end(), 0.0);
-      string_row_terms(q, r2.data() + i * B, B, nu.data(), stable, is_double, terms);
+      string_row_terms(K, q, r2.data() + i * B, B, nu.data(), stable, is_double, terms);
+      terms.compact();
       if (terms.n > 0) {
         const T* base = (q.from_antiquark ? antiquarks : quarks) + 1;
-        K.pass2_rows[1](points + i * DIM + 1, q.t, base, DIM, delta.data(), D, terms.js.data(),
+        K.pass2_rows[1](points + i * DIM + 1, q.t, base, DIM, delta.data(), D, terms.cand.data(),
                         terms.c1.data(), terms.c2.data(), terms.n, D, E.data() + 1);
         double sum_c1 = 0.0;
         for (int64_t m = 0; m < terms.n; ++m) sum_c1 += terms.c1[m];

@@ -175,35 +175,42 @@ std::vector<double> widen(const std::vector<T>& v) {
 }
 
 // ---------------------------------------------------------------- cases
+struct Rng {
+  std::mt19937_64 g;
+  std::normal_distribution<double> nd{0.0, 1.0};
+  std::uniform_real_distribution<double> ud{0.0, 1.0};
+  explicit Rng(unsigned seed) : g(seed) {}
+  double normal() { return nd(g); }
+  double uniform() { return ud(g); }
+};
+
 struct StringCase {
   std::vector<double> P, Q, A;  // points, quarks, antiquarks (z-first)
 };
 
 StringCase make_string_case(int64_t b, int64_t B, int64_t D, const Geometry& g, unsigned seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<double> nd(0.0, 1.0);
-  std::uniform_real_distribution<double> ud(0.0, 1.0);
+  Rng rng(seed);
   const int64_t DIM = D + 1;
   StringCase c;
   c.Q.assign(B * DIM, 0.0);
   c.A.assign(B * DIM, g.L);
   for (int64_t j = 0; j < B; ++j)
     for (int64_t k = 1; k <= D; ++k) {
-      c.Q[j * DIM + k] = nd(rng);
-      c.A[j * DIM + k] = nd(rng) + 0.5;
+      c.Q[j * DIM + k] = rng.normal();
+      c.A[j * DIM + k] = rng.normal() + 0.5;
     }
   const double d = std::acos(-1.0) / (2.0 * g.K);
   const double special[] = {0.0, 1e-3, d, g.L / 2, g.L - d, g.L - 1e-3, g.L, -0.5, g.L + 0.5, 2 * d};
   c.P.assign(b * DIM, 0.0);
   for (int64_t i = 0; i < b; ++i) {
-    const double z = i < 10 ? special[i] : ud(rng) * g.L;
+    const double z = i < 10 ? special[i] : rng.uniform() * g.L;
     const int64_t j = i % B;
     const double tau = z / g.L;
     // near the pair's segment, within a fraction of the tube width (some rows exactly on it)
-    const double spread = (i % 3 == 0) ? 0.0 : 0.3 * g.sigma0 * ud(rng) / std::sqrt((double)D);
+    const double spread = (i % 3 == 0) ? 0.0 : 0.3 * g.sigma0 * rng.uniform() / std::sqrt((double)D);
     c.P[i * DIM] = z;
     for (int64_t k = 1; k <= D; ++k)
-      c.P[i * DIM + k] = (1 - tau) * c.Q[j * DIM + k] + tau * c.A[j * DIM + k] + spread * nd(rng);
+      c.P[i * DIM + k] = (1 - tau) * c.Q[j * DIM + k] + tau * c.A[j * DIM + k] + spread * rng.normal();
   }
   return c;
 }
@@ -235,21 +242,19 @@ struct CoulombCase {
 
 CoulombCase make_coulomb_case(int64_t b, int64_t Bp, int64_t Bn, int64_t D, double L,
                               unsigned seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<double> nd(0.0, 1.0);
-  std::uniform_real_distribution<double> ud(0.0, 1.0);
+  Rng rng(seed);
   const int64_t DIM = D + 1;
   CoulombCase c;
   c.Yp.assign(Bp * DIM, 0.0);
   c.Yn.assign(Bn * DIM, L);
   for (int64_t j = 0; j < Bp; ++j)
-    for (int64_t k = 1; k < DIM; ++k) c.Yp[j * DIM + k] = nd(rng);
+    for (int64_t k = 1; k < DIM; ++k) c.Yp[j * DIM + k] = rng.normal();
   for (int64_t j = 0; j < Bn; ++j)
-    for (int64_t k = 1; k < DIM; ++k) c.Yn[j * DIM + k] = nd(rng) + 1.0;
+    for (int64_t k = 1; k < DIM; ++k) c.Yn[j * DIM + k] = rng.normal() + 1.0;
   c.P.assign(b * DIM, 0.0);
   for (int64_t i = 0; i < b; ++i) {
-    c.P[i * DIM] = ud(rng) * (L + 2) - 1;
-    for (int64_t k = 1; k < DIM; ++k) c.P[i * DIM + k] = 1.5 * nd(rng);
+    c.P[i * DIM] = rng.uniform() * (L + 2) - 1;
+    for (int64_t k = 1; k < DIM; ++k) c.P[i * DIM + k] = 1.5 * rng.normal();
   }
   if (b > 1)  // a query exactly on a charge
     for (int64_t k = 0; k < DIM; ++k) c.P[1 * DIM + k] = c.Yp[k];
