@@ -357,6 +357,7 @@ class Profile:
     dist_bi_max: int
     dist_bj_max: int
     sums_bi_max: int
+    sums_bj_max: int
     sums_bk_max: int
     min_steps_per_slice: int
     target_programs: int
@@ -368,16 +369,16 @@ def gpu_profile(sm_count: int) -> Profile:
     thread); target 4 programs per SM. With these caps the float32 kernels compile to <= 128
     registers per thread for sm_90 (4 resident programs per SM by registers; see
     docs/gpu_roofline.md for the measured numbers)."""
-    return Profile("gpu", tile_bytes=16384, row_budget=1024, dist_bi_max=16, dist_bj_max=32,
-                   sums_bi_max=16, sums_bk_max=64, min_steps_per_slice=8,
+    return Profile("gpu", tile_bytes=16384, row_budget=256, dist_bi_max=16, dist_bj_max=32,
+                   sums_bi_max=4, sums_bj_max=256, sums_bk_max=64, min_steps_per_slice=8,
                    target_programs=4 * max(int(sm_count), 1), num_warps=4)
 
 
 # The interpreter runs programs one after another with numpy: few, large programs are fast.
 INTERPRETER_PROFILE = Profile("interpreter", tile_bytes=1 << 19, row_budget=1 << 17,
                               dist_bi_max=64, dist_bj_max=64, sums_bi_max=64,
-                              sums_bk_max=1 << 14, min_steps_per_slice=1, target_programs=1,
-                              num_warps=1)
+                              sums_bj_max=1 << 17, sums_bk_max=1 << 14, min_steps_per_slice=1,
+                              target_programs=1, num_warps=1)
 
 
 def device_profile(device: torch.device) -> Profile:
@@ -435,7 +436,7 @@ def make_plan(rows: int, n: int, ncols: int, width: int, profile: Profile,
       ``BJ = clamp(row_budget // BR, 1, np2(B))``.
     * sums: ``BK = min(np2(ncols), sums_bk_max)``; ``BI = min(np2(b), sums_bi_max)``, halved
       while ``ceil(b / BI) ceil(ncols / BK) < target_programs``;
-      ``BJ = clamp(budget // (BI BK), 1, np2(B))``.
+      ``BJ = clamp(budget // (BI BK), 1, min(np2(B), sums_bj_max))``.
     * finalisation: ``BR`` as for the coefficients, ``BW = clamp(row_budget // BR, 1, np2(width))``.
     """
     p = profile
@@ -462,7 +463,7 @@ def make_plan(rows: int, n: int, ncols: int, width: int, profile: Profile,
     sbi = min(next_pow2(rows), p.sums_bi_max)
     while sbi > 1 and cdiv(rows, sbi) * cdiv(ncols, sbk) < p.target_programs:
         sbi //= 2
-    sbj = _clamp(budget // (sbi * sbk), 1, next_pow2(n))
+    sbj = _clamp(budget // (sbi * sbk), 1, min(next_pow2(n), p.sums_bj_max))
     return Plan(dist_bi=bi, dist_bj=bj, dist_bk=bk, nslices=nslices,
                 cols_per_slice=cols_per_slice, dist_grid=(tiles, nslices),
                 coef_br=br, coef_bj=cbj, coef_grid=(cdiv(rows, br),),

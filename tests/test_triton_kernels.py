@@ -122,6 +122,7 @@ def test_plan_derivation(case, profile, itemsize):
     assert p.dist_bi * p.dist_bj * p.dist_bk <= max(budget, p.dist_bi * p.dist_bj)
     assert p.sums_bi * p.sums_bj * p.sums_bk <= max(budget, p.sums_bi * p.sums_bk)
     assert p.sums_bk <= profile.sums_bk_max and p.sums_bi <= profile.sums_bi_max
+    assert p.sums_bj <= profile.sums_bj_max
     assert p.coef_br * p.coef_bj <= max(profile.row_budget, p.coef_br)
     # never more than needed: a block is at most the next power of two of its extent
     assert p.dist_bi <= C.next_pow2(b) and p.dist_bj <= C.next_pow2(B)
@@ -222,7 +223,7 @@ def test_query_on_a_charge_keeps_the_other_charges():
 # GPU code paths under the interpreter: many tiles, several column slices, BI halving
 # ----------------------------------------------------------------------------------------------
 SMALL_GPU_LIKE = C.Profile("gpu", tile_bytes=256, row_budget=16, dist_bi_max=4, dist_bj_max=4,
-                           sums_bi_max=4, sums_bk_max=8, min_steps_per_slice=1,
+                           sums_bi_max=4, sums_bj_max=4, sums_bk_max=8, min_steps_per_slice=1,
                            target_programs=16, num_warps=1)
 
 
