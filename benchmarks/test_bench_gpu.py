@@ -158,6 +158,22 @@ def recorded_launches(shape: Shape, sm_count: int = H100_SMS):
     return rec
 
 
+def buffer_bytes(shape: Shape, rec, itemsize: int = 4) -> int:
+    """Traffic of the O(b B) buffers of one call: partial distances ``[S, b, B]`` written once
+    and read twice (the coefficient pass's two sweeps), coefficients (string: c1 and c2;
+    Coulomb: one per plate) written once and read by each column block of the sums pass."""
+    total = 0
+    dists = [r for r in rec if r.name == "distance_kernel"]
+    sums = [r for r in rec if r.name == "pair_sums_kernel"]
+    ncoef = 2 if shape.kind == "string" else 1
+    for dist, sm in zip(dists, sums):
+        slices = dist.grid[1]
+        col_blocks = sm.grid[1]
+        total += 3 * slices * shape.b * shape.B * itemsize
+        total += ncoef * shape.b * shape.B * itemsize * (1 + col_blocks)
+    return total
+
+
 def _tile(rec) -> str:
     c = rec.constexprs
     if "BK" in c:
@@ -180,8 +196,9 @@ def roofline_markdown(arch: int = 90) -> str:
     from ifm_kernels import _common as C
 
     lines = ["| shape | b | B | D | launches | pass 1 GFLOP | pass 2 GFLOP (sparse – dense) | "
-             "HBM MB (in + out) | compute bound µs (sparse – dense) | memory bound µs | "
-             "launch floor µs |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "in + out MB | [b,B] buffers MB | compute bound µs (sparse – dense) | "
+             "memory bound µs (in+out – all via HBM) | launch floor µs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     res_lines = ["| shape | kernel | grid (programs) | tile | warps | registers/thread | "
                  "shared B | programs/SM |", "|---|---|---|---|---|---|---|---|"]
     for shape in SHAPES:
@@ -193,13 +210,16 @@ def roofline_markdown(arch: int = 90) -> str:
         f2_sparse = min(f2_sparse, w["pass2_flop_dense"])
         lo = (w["pass1_flop"] + f2_sparse) / H100_FP32_FLOPS * 1e6
         hi = (w["pass1_flop"] + w["pass2_flop_dense"]) / H100_FP32_FLOPS * 1e6
+        buf = buffer_bytes(shape, rec)
         mem = w["bytes_io"] / H100_HBM_BYTES * 1e6
+        mem_all = (w["bytes_io"] + buf) / H100_HBM_BYTES * 1e6
+        two = "×2" if shape.kind == "coulomb" and shape.plates == 2 else ""
         lines.append(
-            f"| {shape.label} | {shape.b} | {shape.B}{'×2' if shape.kind == 'coulomb' and shape.plates == 2 else ''} "
-            f"| {shape.D} | {len(rec)} | {w['pass1_flop'] / 1e9:.3g} | "
+            f"| {shape.label} | {shape.b} | {shape.B}{two} | {shape.D} | {len(rec)} | "
+            f"{w['pass1_flop'] / 1e9:.3g} | "
             f"{f2_sparse / 1e9:.2g} – {w['pass2_flop_dense'] / 1e9:.3g} | "
-            f"{w['bytes_io'] / 1e6:.3g} | {lo:.3g} – {hi:.3g} | {mem:.2g} | "
-            f"{len(rec) * LAUNCH_US:.0f} |")
+            f"{w['bytes_io'] / 1e6:.3g} | {buf / 1e6:.3g} | {lo:.3g} – {hi:.3g} | "
+            f"{mem:.2g} – {mem_all:.2g} | {len(rec) * LAUNCH_US:.0f} |")
         seen = set()
         for r in rec:
             key = (r.name, tuple(sorted(r.constexprs.items())), r.grid)
