@@ -157,6 +157,40 @@ def summed_partials(part_ptr, nslices, rows, n, offs_i, offs_j, mask):
 
 
 # ----------------------------------------------------------------------------------------------
+# tiles shared by the two O(b B D) passes
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _query_offsets(p_ptr, prow, mi, L, STRING: tl.constexpr):
+    """``(from_antiquark, t)`` of a block of queries in the data precision (string); all
+    False / 0 for the Coulomb form (unused there)."""
+    if STRING:
+        z = tl.load(p_ptr + prow, mask=mi, other=0.0).to(tl.float64)
+        fa, t64 = string_offset_params(z, L)
+        t = t64.to(p_ptr.dtype.element_ty)
+    else:
+        fa = prow < 0
+        t = tl.zeros(prow.shape, dtype=p_ptr.dtype.element_ty)
+    return fa, t
+
+
+@triton.jit
+def _offset_tile(x, y0_ptr, y1_ptr, yrow, cols, ymask, fa, t, STRING: tl.constexpr):
+    """Loads the pair rows ``yrow`` x columns ``cols`` and returns ``(delta, r)``: string
+    ``delta = C - A`` (``[BJ, BK]``) and ``r = rho = (x - base) - t * delta`` (``[BI, BJ, BK]``);
+    Coulomb ``r = x - y`` (``delta`` is ``y``, unused)."""
+    a = tl.load(y0_ptr + yrow[:, None] + cols[None, :], mask=ymask, other=0.0)
+    if STRING:
+        cc = tl.load(y1_ptr + yrow[:, None] + cols[None, :], mask=ymask, other=0.0)
+        delta = cc - a
+        base = tl.where(fa[:, None, None], cc[None, :, :], a[None, :, :])
+        r = (x[:, None, :] - base) - t[:, None, None] * delta[None, :, :]
+    else:
+        delta = a
+        r = x[:, None, :] - a[None, :, :]
+    return delta, r
+
+
+# ----------------------------------------------------------------------------------------------
 # pass 1: partial squared distances
 # ----------------------------------------------------------------------------------------------
 @triton.jit
@@ -186,10 +220,7 @@ def distance_kernel(p_ptr, y0_ptr, y1_ptr, part_ptr, nsq_ptr,
     dt = p_ptr.dtype.element_ty
     acc = tl.zeros([BI, BJ], dtype=dt)
     nsq = tl.zeros([BJ], dtype=dt)
-    if STRING:
-        z = tl.load(p_ptr + prow, mask=mi, other=0.0).to(tl.float64)
-        fa, t64 = string_offset_params(z, L)
-        t = t64.to(dt)
+    fa, t = _query_offsets(p_ptr, prow, mi, L, STRING)
     c_begin = sl * cols_per_slice
     c_end = tl.minimum(ncols, c_begin + cols_per_slice)
     for c in range(c_begin, c_end, BK):
@@ -198,16 +229,10 @@ def distance_kernel(p_ptr, y0_ptr, y1_ptr, part_ptr, nsq_ptr,
         cols = col0 + ks
         x = tl.load(p_ptr + prow[:, None] + cols[None, :], mask=mi[:, None] & mk[None, :],
                     other=0.0)
-        ymask = mj[:, None] & mk[None, :]
-        a = tl.load(y0_ptr + yrow[:, None] + cols[None, :], mask=ymask, other=0.0)
+        delta, r = _offset_tile(x, y0_ptr, y1_ptr, yrow, cols, mj[:, None] & mk[None, :], fa, t,
+                                STRING)
         if STRING:
-            cc = tl.load(y1_ptr + yrow[:, None] + cols[None, :], mask=ymask, other=0.0)
-            delta = cc - a
-            base = tl.where(fa[:, None, None], cc[None, :, :], a[None, :, :])
-            r = (x[:, None, :] - base) - t[:, None, None] * delta[None, :, :]
             nsq += tl.sum(delta * delta, axis=1)
-        else:
-            r = x[:, None, :] - a[None, :, :]
         acc += tl.sum(r * r, axis=2)
     out = part_ptr + (sl * rows + offs_i).to(tl.int64)[:, None] * n + offs_j[None, :]
     tl.store(out, acc, mask=mi[:, None] & mj[None, :])
@@ -240,12 +265,8 @@ def pair_sums_kernel(p_ptr, y0_ptr, y1_ptr, c1_ptr, c2_ptr, out_ptr,
     prow = offs_i.to(tl.int64) * width
     xmask = mi[:, None] & mk[None, :]
     x = tl.load(p_ptr + prow[:, None] + cols[None, :], mask=xmask, other=0.0)
-    dt = p_ptr.dtype.element_ty
-    if STRING:
-        z = tl.load(p_ptr + prow, mask=mi, other=0.0).to(tl.float64)
-        fa, t64 = string_offset_params(z, L)
-        t = t64.to(dt)
-    acc = tl.zeros([BI, BK], dtype=dt)
+    fa, t = _query_offsets(p_ptr, prow, mi, L, STRING)
+    acc = tl.zeros([BI, BK], dtype=p_ptr.dtype.element_ty)
     crow = offs_i.to(tl.int64) * n
     for j0 in range(0, n, BJ):
         offs_j = j0 + tl.arange(0, BJ)
@@ -257,17 +278,12 @@ def pair_sums_kernel(p_ptr, y0_ptr, y1_ptr, c1_ptr, c2_ptr, out_ptr,
             c2 = tl.load(c2_ptr + crow[:, None] + offs_j[None, :], mask=cmask, other=0.0)
             live = live + tl.max(tl.max(tl.abs(c2), axis=1), axis=0)
         if live > 0:
-            yrow = offs_j.to(tl.int64) * width
-            ymask = mj[:, None] & mk[None, :]
-            a = tl.load(y0_ptr + yrow[:, None] + cols[None, :], mask=ymask, other=0.0)
+            delta, r = _offset_tile(x, y0_ptr, y1_ptr, offs_j.to(tl.int64) * width, cols,
+                                    mj[:, None] & mk[None, :], fa, t, STRING)
             if STRING:
-                cc = tl.load(y1_ptr + yrow[:, None] + cols[None, :], mask=ymask, other=0.0)
-                delta = cc - a
-                base = tl.where(fa[:, None, None], cc[None, :, :], a[None, :, :])
-                rho = (x[:, None, :] - base) - t[:, None, None] * delta[None, :, :]
-                term = c2[:, :, None] * rho + c1[:, :, None] * delta[None, :, :]
+                term = c2[:, :, None] * r + c1[:, :, None] * delta[None, :, :]
             else:
-                term = c1[:, :, None] * (a[None, :, :] - x[:, None, :])
+                term = c1[:, :, None] * (-r)  # coeff (y - x)
             acc += tl.sum(term, axis=1)
     tl.store(out_ptr + prow[:, None] + cols[None, :], acc, mask=xmask)
 
