@@ -14,8 +14,9 @@ Both fields are computed in the same steps (docs/DESIGN.md, "Numerics every kern
    string form also writes the slices' partial ``||Delta_j||^2`` (``nsq[S, B]``).
 2. per field (``string_field.py``/``coulomb_field.py``): one program per block of query rows adds
    the ``S`` partials in slice order in float64, evaluates the coefficients in float64, takes the
-   row maximum, zeroes the pairs below ``skip_ratio`` of it and stores the coefficients (``[b, B]``,
-   data precision).
+   row maximum, zeroes the pairs whose weight (string) or contribution ``weight * distance``
+   (Coulomb) is below ``skip_ratio`` of the row's largest and stores the coefficients
+   (``[b, B]``, data precision).
 3. ``pair_sums_kernel``: for each (block of rows, block of columns) the weighted sum over all
    pairs, from differences; a block of pairs whose coefficients are all zero for the block's
    rows is skipped (exact: it adds 0). Each output element is written by exactly one program.

@@ -315,3 +315,13 @@ def test_kernels_compile_for_sm90():
     for key, r in res.items():
         assert r["local_bytes"] == 0, f"{key} spills: {r}"
         assert r["registers"] <= 255 and r["shared_bytes"] <= 228 * 1024, (key, r)
+
+
+def test_constants_mirror_the_reference():
+    """``_common.py`` mirrors csrc/field_math.h; both use ifm.reference's constants."""
+    assert C.STRING_TAN_EPS.value == reference.STRING_TAN_EPS
+    assert C.STRING_R_EPS.value == reference.STRING_R_EPS
+    assert C.STRING_COS_EPS.value == reference.STRING_COS_EPS
+    assert C.STRING_DEN_EPS.value == reference.STRING_DEN_EPS
+    assert C.COULOMB_D_EPS.value == reference.COULOMB_D_EPS
+    assert C.skip_ratio(torch.float32) == 2.0 ** -44 and C.skip_ratio(torch.float64) == 2.0 ** -80
