@@ -90,8 +90,8 @@ def string_query(z, L, sigma0, K, d, D):
     zr = tl.where(right, L - z, 0.0)
     s_left = sigma0 * tl.sin(K * zl)
     kappa_left = K / (_tan(K * zl) + STRING_TAN_EPS)
-    # sigma0 * sin(K (L - z)) == sigma0 * cos(K (z - L + d)) since d = pi / (2K); -K / tan(K (L - z))
-    # is the well-conditioned form of the authors' K * tan(pi - K (z - L + d)).
+    # sigma0 * sin(K (L - z)) == sigma0 * cos(K (z - L + d)) since d = pi / (2K);
+    # -K / tan(K (L - z)) is the well-conditioned form of the authors' K * tan(pi - K (z - L + d)).
     s_right = sigma0 * tl.sin(K * zr)
     tr = _tan(K * zr)
     kappa_right = tl.where(tr > 0.0, -K / tl.where(tr > 0.0, tr, 1.0), -_INF)

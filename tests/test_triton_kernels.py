@@ -135,7 +135,8 @@ def test_plan_derivation(case, profile, itemsize):
     assert p.sums_grid[0] * p.sums_bi >= b and p.sums_grid[1] * p.sums_bk >= ncols
     assert p.coef_grid[0] * p.coef_br >= b and p.fin_grid[0] * p.fin_br >= b
     # D is split only to reach the target program count: partial buffer O(b B)
-    assert p.nslices * b * B <= max(b * B, (profile.target_programs + tiles) * p.dist_bi * p.dist_bj)
+    bound = (profile.target_programs + tiles) * p.dist_bi * p.dist_bj
+    assert p.nslices * b * B <= max(b * B, bound)
     steps = triton.cdiv(ncols, p.dist_bk)
     assert p.nslices <= max(1, steps // profile.min_steps_per_slice)
     if profile is C.INTERPRETER_PROFILE:
