@@ -11,22 +11,6 @@ from cases import coulomb_case, string_case
 
 THREADS, TASKS = 4, 8
 
-INTERPRETER_RACE = pytest.mark.xfail(
-    strict=True, reason="Triton's interpreter (TRITON_INTERPRET=1, triton 3.9 "
-    "runtime/interpreter.py GridExecutor.__call__) patches triton.language globally and keeps "
-    "the grid index in a global builder for the length of each launch, so concurrent launches "
-    "from several threads break each other ('Did you forget to add @triton.jit ?'). Fix in "
-    "ifm_kernels/ (Triton engineer): hold one module-level threading.Lock around every kernel "
-    "launch when TRITON_INTERPRET=1")
-
-
-@pytest.fixture(autouse=True)
-def _interpreter_race(request):
-    backend = request.getfixturevalue("backend")
-    if backend == ("triton", "cpu"):
-        request.applymarker(INTERPRETER_RACE)
-
-
 def _string_task(bname, device, seed):
     b, B, D = (5, 4, 24) if bname == "triton" else (23, 31, 150)
     points, quarks, antiquarks, params = string_case(b, B, D, "cifar", seed=seed)
