@@ -1,6 +1,6 @@
 """GPU benchmarks (issue 4): ``backend="triton"`` and ``backend="cuda"`` at the published shapes
 (FIELDS.md tables), timed with CUDA events around each call (synchronised), plus the roofline of
-docs/gpu_roofline.md.
+BENCHMARKS.md (GPU roofline section).
 
 Run on a GPU machine (scripts/gpu.sh does)::
 
@@ -17,7 +17,7 @@ and not the input checks' (which sync the host).
 Roofline tables without a GPU (offline compile with Triton's bundled ptxas for the register and
 shared-memory numbers)::
 
-    python benchmarks/test_bench_gpu.py --roofline      # Markdown for docs/gpu_roofline.md
+    python benchmarks/test_bench_gpu.py --roofline      # Markdown for BENCHMARKS.md (GPU roofline section)
 """
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ SHAPES = [
 
 
 # ----------------------------------------------------------------------------------------------
-# FLOP and byte model of the kernels (see docs/gpu_roofline.md)
+# FLOP and byte model of the kernels (see BENCHMARKS.md (GPU roofline section))
 # ----------------------------------------------------------------------------------------------
 def work(shape: Shape, itemsize: int = 4) -> dict:
     """FLOPs and HBM bytes of one call.

@@ -385,7 +385,7 @@ def gpu_profile(sm_count: int) -> Profile:
     """GPU: 4 warps (128 threads) per program and a 16 KB 3-D tile (4096 float32 elements, 32 per
     thread); target 4 programs per SM. With these caps the float32 kernels compile to <= 128
     registers per thread for sm_90 (4 resident programs per SM by registers; see
-    docs/gpu_roofline.md for the measured numbers)."""
+    BENCHMARKS.md (GPU roofline section) for the measured numbers)."""
     return Profile("gpu", tile_bytes=16384, row_budget=256, dist_bi_max=16, dist_bj_max=32,
                    sums_bi_max=4, sums_bj_max=256, sums_bk_max=64, min_steps_per_slice=8,
                    target_programs=4 * max(int(sm_count), 1), num_warps=4)

@@ -144,7 +144,7 @@ def test_plan_derivation(case, profile, itemsize):
 
 
 def test_plan_examples_h100():
-    """The documented configurations (docs/gpu_roofline.md) for two published shapes."""
+    """The documented configurations (BENCHMARKS.md (GPU roofline section)) for two published shapes."""
     p = C.make_plan(64, 256, 3072, 3073, H100, 4)                  # string CIFAR
     assert (p.dist_bi, p.dist_bj, p.dist_bk) == (16, 32, 8)
     assert (p.sums_bi, p.sums_bj, p.sums_bk) == (4, 16, 64)
