@@ -13,26 +13,12 @@
 #include <optional>
 
 #include "cpu/kernels.h"
+#include "op_checks.h"
 
 namespace {
 
 void check_cpu_input(const at::Tensor& t, const char* name, const at::Tensor& points) {
-  TORCH_CHECK(t.device().is_cpu(), "ifm (cpu): ", name, " must be a CPU tensor");
-  TORCH_CHECK(t.dim() == 2, "ifm (cpu): ", name, " must be 2-D [n, D+1], got ", t.dim(), "-D");
-  TORCH_CHECK(t.size(1) == points.size(1), "ifm (cpu): ", name, " must have ", points.size(1),
-              " columns, got ", t.size(1));
-  TORCH_CHECK(t.scalar_type() == points.scalar_type(), "ifm (cpu): ", name, " has dtype ",
-              t.scalar_type(), ", points has ", points.scalar_type());
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
-              "ifm (cpu): ", name, " must be float32 or float64");
-}
-
-ifm::NormParams norm_params(bool normalize, double scale, double eps) {
-  ifm::NormParams n;
-  n.normalize = normalize;
-  n.scale = scale;
-  n.eps = eps;
-  return n;
+  ifm::check_op_input(t, name, points, c10::DeviceType::CPU, "cpu");
 }
 
 at::Tensor string_field_cpu(const at::Tensor& points_in, const at::Tensor& quarks_in,
@@ -51,7 +37,7 @@ at::Tensor string_field_cpu(const at::Tensor& points_in, const at::Tensor& quark
   const int64_t b = points.size(0), B = quarks.size(0);
   if (b == 0) return out;
   ifm::StringParams p{L, sigma0, K, d, points.size(1) - 1};
-  const ifm::NormParams np = norm_params(normalize, norm_scale, norm_eps);
+  const ifm::NormParams np{normalize, norm_scale, norm_eps};
   const int threads = at::get_num_threads();
   AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "ifm_string_field_cpu", [&] {
     ifm::cpu::string_field<scalar_t>(points.data_ptr<scalar_t>(), quarks.data_ptr<scalar_t>(),
@@ -75,7 +61,7 @@ at::Tensor coulomb_field_cpu(const at::Tensor& points_in, const at::Tensor& posi
   at::Tensor out = at::empty_like(points);
   const int64_t b = points.size(0);
   if (b == 0) return out;
-  const ifm::NormParams np = norm_params(normalize, norm_scale, norm_eps);
+  const ifm::NormParams np{normalize, norm_scale, norm_eps};
   const int threads = at::get_num_threads();
   AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "ifm_coulomb_field_cpu", [&] {
     ifm::cpu::coulomb_field<scalar_t>(

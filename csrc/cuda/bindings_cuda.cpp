@@ -10,29 +10,16 @@
 #include <torch/library.h>
 
 #include <cstdint>
-#include <limits>
 #include <optional>
 
+#include "../op_checks.h"
 #include "kernels.cuh"
 
 namespace {
 
 void check_cuda_input(const at::Tensor& t, const char* name, const at::Tensor& points) {
-  TORCH_CHECK(t.is_cuda(), "ifm (cuda): ", name, " must be a CUDA tensor, got a tensor on ",
-              t.device());
-  TORCH_CHECK(t.device() == points.device(), "ifm (cuda): ", name, " is on ", t.device(),
-              " but points is on ", points.device(), "; pass all tensors on one device");
-  TORCH_CHECK(t.dim() == 2, "ifm (cuda): ", name, " must be 2-D [n, D+1], got ", t.dim(), "-D");
-  TORCH_CHECK(t.size(1) == points.size(1), "ifm (cuda): ", name, " must have ", points.size(1),
-              " columns, got ", t.size(1));
-  TORCH_CHECK(t.size(1) >= 2, "ifm (cuda): ", name, " must have D+1 >= 2 columns");
-  TORCH_CHECK(t.scalar_type() == points.scalar_type(), "ifm (cuda): ", name, " has dtype ",
-              t.scalar_type(), ", points has ", points.scalar_type());
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, "ifm (cuda): ",
-              name, " must be float32 or float64, got ", t.scalar_type());
+  ifm::check_op_input(t, name, points, c10::DeviceType::CUDA, "cuda");
   TORCH_CHECK(t.is_contiguous(), "ifm (cuda): ", name, " must be contiguous (row-major)");
-  TORCH_CHECK(t.size(0) <= std::numeric_limits<int32_t>::max(), "ifm (cuda): ", name,
-              " has too many rows (", t.size(0), ")");
 }
 
 at::Tensor workspace(size_t bytes, const at::Tensor& like) {

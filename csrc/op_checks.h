@@ -1,0 +1,34 @@
+// Tensor checks shared by the CPU (csrc/ops.cpp) and CUDA (csrc/cuda/bindings_cuda.cpp)
+// implementations of the `ifm` operators. ifm.fields validates user input with friendlier
+// messages first; these guard direct torch.ops.ifm.* calls.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <limits>
+
+namespace ifm {
+
+// `t` is a 2-D float32/float64 tensor of `points`' width, dtype and device, on `device_type`.
+// `label` names the backend in messages ("cpu", "cuda").
+inline void check_op_input(const at::Tensor& t, const char* name, const at::Tensor& points,
+                           c10::DeviceType device_type, const char* label) {
+  TORCH_CHECK(t.device().type() == device_type, "ifm (", label, "): ", name, " must be a ",
+              c10::DeviceTypeName(device_type), " tensor, got a tensor on ", t.device());
+  TORCH_CHECK(t.device() == points.device(), "ifm (", label, "): ", name, " is on ", t.device(),
+              " but points is on ", points.device(), "; pass all tensors on one device");
+  TORCH_CHECK(t.dim() == 2, "ifm (", label, "): ", name, " must be 2-D [n, D+1], got ", t.dim(),
+              "-D");
+  TORCH_CHECK(t.size(1) == points.size(1), "ifm (", label, "): ", name, " must have ",
+              points.size(1), " columns, got ", t.size(1));
+  TORCH_CHECK(t.size(1) >= 2, "ifm (", label, "): ", name, " must have D+1 >= 2 columns");
+  TORCH_CHECK(t.scalar_type() == points.scalar_type(), "ifm (", label, "): ", name,
+              " has dtype ", t.scalar_type(), ", points has ", points.scalar_type());
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, "ifm (", label,
+              "): ", name, " must be float32 or float64, got ", t.scalar_type());
+  TORCH_CHECK(t.size(0) <= std::numeric_limits<int32_t>::max(), "ifm (", label, "): ", name,
+              " has too many rows (", t.size(0), ")");
+}
+
+}  // namespace ifm
