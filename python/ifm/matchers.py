@@ -1,0 +1,224 @@
+"""torchcfm-style matchers: one call turns a pair of minibatches into a regression problem.
+
+::
+
+    matcher = ifm.matchers.IFMMatcher(L=6.0, sigma0=1.0, K=10.0)
+    z, x_tilde, target = matcher.sample_location_and_target(x0, x1)
+    f_x, f_z = net(x_tilde, z)
+    loss = matcher.loss((f_z, f_x), target)
+
+``x0`` is the batch on the plate z = 0 (P: quarks / positive charges) and ``x1`` the batch on the
+plate z = L (Q: antiquarks / negative charges); both ``[B, ...]`` with the same per-sample shape
+(``[B, D]`` vectors or ``[B, C, H, W]`` images: flattened to ``D = C*H*W`` for the field and
+restored on return). One call:
+
+1. pairs the batches with the plan (``plan=``: ``"independent"``, ``"ot"``, ``"sinkhorn"`` or a
+   callable, see :mod:`ifm.plans`): ``x1 <- x1[pairing]``;
+2. draws ``b`` query points from the first ``b`` pairs with the point sampler (``points=``, see
+   :mod:`ifm.points`);
+3. evaluates the normalised target at the queries with the fused field (``backend=`` passes
+   through to :mod:`ifm.fields`; ``"auto"`` picks the compiled kernel when it is built), using all
+   ``B`` pairs (IFM) or charges (EFM).
+
+Return shapes of ``sample_location_and_target`` (``data_shape = x0.shape[1:]``):
+
+* ``z``: ``[b]`` -- the queries' z;
+* ``x_tilde``: ``[b, *data_shape]`` -- the queries' x part, in the inputs' shape;
+* ``target``: a :class:`Target` named tuple ``(z, x)`` with ``target.z`` ``[b]`` and ``target.x``
+  ``[b, *data_shape]``; ``target.flat()`` is the z-first ``[b, D+1]`` tensor that
+  :mod:`ifm.fields` returned.
+
+With ``return_pairing=True`` a fourth element, the ``[B]`` pairing, is returned.
+
+``loss(prediction, target)`` is the mean squared error over all ``b * (D+1)`` entries; the
+prediction is a ``(f_z, f_x)`` pair shaped like the target, or a z-first ``[b, D+1]`` tensor.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple, Optional, Union
+
+import torch
+
+from . import _checks, fields, plans
+from . import points as _points
+
+__all__ = ["Target", "IFMMatcher", "EFMMatcher", "zfirst"]
+
+
+class Target(NamedTuple):
+    """Normalised field target: ``z`` ``[b]`` and ``x`` ``[b, *data_shape]``."""
+
+    z: torch.Tensor
+    x: torch.Tensor
+
+    def flat(self) -> torch.Tensor:
+        """The z-first ``[b, D+1]`` tensor."""
+        return zfirst(self.z, self.x)
+
+
+def zfirst(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``[b, D+1]`` from ``z`` ``[b]`` (or ``[b, 1]``) and ``x`` ``[b, ...]``."""
+    return torch.cat([z.reshape(-1, 1).to(x.dtype), x.reshape(x.shape[0], -1)], dim=1)
+
+
+def _as_flat(name: str, value) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 2:
+            raise ValueError(f"{name} must be a z-first [b, D+1] tensor or a (z, x) pair, got "
+                             f"shape {tuple(value.shape)}")
+        return value
+    if isinstance(value, (tuple, list)) and len(value) == 2 \
+            and all(isinstance(v, torch.Tensor) for v in value):
+        z, x = value
+        if z.numel() != x.shape[0]:
+            raise ValueError(f"{name}: the z part has {z.numel()} entries but the x part has "
+                             f"{x.shape[0]} rows")
+        return zfirst(z, x)
+    raise TypeError(f"{name} must be a (z, x) pair of tensors or a z-first [b, D+1] tensor, got "
+                    f"{type(value).__name__}")
+
+
+class _FieldMatcher:
+    """Shared plan -> points -> target pipeline; subclasses define :meth:`_field`."""
+
+    default_points = "uniform"
+
+    def __init__(self, L: float, *, plan: Union[str, Callable] = "independent",
+                 points: Union[str, Callable, None] = None, b: Optional[int] = None,
+                 plan_kwargs: Optional[dict] = None, points_kwargs: Optional[dict] = None,
+                 backend: str = "auto", generator: Optional[torch.Generator] = None):
+        if isinstance(L, bool) or not isinstance(L, (int, float)) or not (L > 0) \
+                or not math.isfinite(L):
+            raise ValueError(f"L must be a positive finite number, got {L!r}")
+        if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
+            raise ValueError(f"b (queries per batch) must be a positive int or None, got {b!r}")
+        if not isinstance(backend, str) or backend not in ("auto",) + fields.BACKENDS:
+            raise ValueError(f"backend must be one of {('auto',) + fields.BACKENDS}, got "
+                             f"{backend!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got "
+                            f"{type(generator).__name__}")
+        self.L = float(L)
+        self.b = b
+        self.backend = backend
+        self.generator = generator
+        self.plan = plans.get_plan(plan, **(plan_kwargs or {}))
+        self.point_sampler = _points.get_point_sampler(
+            points if points is not None else self.default_points, **(points_kwargs or {}))
+
+    # ------------------------------------------------------------------------------------
+    def _field(self, queries: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor):
+        raise NotImplementedError
+
+    def _check_batches(self, x0, x1):
+        for name, t in (("x0", x0), ("x1", x1)):
+            if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+                raise TypeError(f"{name} must be a floating torch.Tensor [B, ...], got "
+                                f"{t.dtype if isinstance(t, torch.Tensor) else type(t).__name__}")
+            if t.dim() < 2 or t.shape[0] == 0:
+                raise ValueError(f"{name} must be [B, D] or [B, C, H, W] with B >= 1, got shape "
+                                 f"{tuple(t.shape)}")
+        if x0.shape != x1.shape:
+            raise ValueError(f"x0 and x1 must have the same shape [B, ...], got "
+                             f"{tuple(x0.shape)} and {tuple(x1.shape)}")
+        if x0.dtype != x1.dtype or x0.device != x1.device:
+            raise TypeError(f"x1 ({x1.dtype}, {x1.device}) must have x0's dtype and device "
+                            f"({x0.dtype}, {x0.device})")
+        if self.b is not None and self.b > x0.shape[0]:
+            raise ValueError(f"b={self.b} query points need at least b pairs, got B={x0.shape[0]}")
+
+    def sample_location_and_target(self, x0: torch.Tensor, x1: torch.Tensor, *,
+                                   generator: Optional[torch.Generator] = None,
+                                   return_pairing: bool = False):
+        """``(z [b], x_tilde [b, *data_shape], Target)`` (see the module docstring)."""
+        self._check_batches(x0, x1)
+        data_shape = x0.shape[1:]
+        B = x0.shape[0]
+        a = x0.reshape(B, -1)
+        c = x1.reshape(B, -1)
+        pairing = self.plan(a, c)
+        c = c[pairing]
+        gen = generator if generator is not None else self.generator
+        b = self.b if self.b is not None else B
+        q = self.point_sampler(a, c, L=self.L, b=b, generator=gen)
+        lower = torch.cat([torch.zeros_like(a[:, :1]), a], dim=1)
+        upper = torch.cat([torch.full_like(c[:, :1], self.L), c], dim=1)
+        t = self._field(q, lower, upper)
+        z = q[:, 0]
+        x_tilde = q[:, 1:].reshape(b, *data_shape)
+        target = Target(t[:, 0], t[:, 1:].reshape(b, *data_shape))
+        if return_pairing:
+            return z, x_tilde, target, pairing
+        return z, x_tilde, target
+
+    @staticmethod
+    def loss(prediction, target) -> torch.Tensor:
+        """Mean squared error over all ``b * (D+1)`` entries (z and x parts together)."""
+        p = _as_flat("prediction", prediction)
+        t = _as_flat("target", target)
+        if p.shape != t.shape:
+            raise ValueError(f"prediction has {tuple(p.shape)} entries (z-first) but target has "
+                             f"{tuple(t.shape)}")
+        return torch.mean((p - t.to(p.dtype)) ** 2)
+
+
+class IFMMatcher(_FieldMatcher):
+    """Interaction Field Matching: the string field target (FIELDS.md §2), normalised (§4).
+
+    Args:
+        L: plate distance. sigma0: string width. K or d: end-region curvature (``d = pi/(2K)``).
+        plan: ``"independent"`` (default), ``"ot"`` (IFM-MB), ``"sinkhorn"`` or a callable
+            ``(x0, x1) -> pairing``; ``plan_kwargs`` go to it (e.g. ``{"cost": "sqeuclidean"}``).
+        points: query sampler, default ``"uniform"`` (FIELDS.md §5); ``"noised"`` is the paper's
+            noised interpolation; ``points_kwargs`` go to it.
+        b: queries per batch (default: all B pairs). stable, eps: see
+            :func:`ifm.fields.string_field`. backend: passes through to :mod:`ifm.fields`.
+        generator: default ``torch.Generator`` for the query sampler.
+    """
+
+    def __init__(self, L: float, sigma0: float = 1.0, K: Optional[float] = None,
+                 d: Optional[float] = None, *, stable: bool = False, eps: float = 1e-5, **kwargs):
+        super().__init__(L, **kwargs)
+        if K is None and d is None:
+            K = math.pi / self.L  # tube s = sigma0 sin(pi z / L) over the whole gap
+        self.sigma0, self.K, self.d = sigma0, K, d
+        self.stable, self.eps = stable, eps
+        # validate the geometry once, with a clear error naming the argument
+        _checks.string_geometry(self.L, sigma0, K, d)
+
+    def _field(self, queries, lower, upper):
+        return fields.string_field(queries, lower, upper, L=self.L, sigma0=self.sigma0, K=self.K,
+                                   d=self.d, normalize=True, eps=self.eps, stable=self.stable,
+                                   backend=self.backend)
+
+
+class EFMMatcher(_FieldMatcher):
+    """Electrostatic Field Matching: two-plate Coulomb target ``-E+ + E-`` (FIELDS.md §3),
+    normalised (§4); positive charges ``x0`` at z = 0, negative charges ``x1`` at z = L.
+
+    Query points (default ``points="efm"``): ``z ~ U(eps, L - eps)`` and the interpolation of the
+    pair plus isotropic Gaussian noise ``sigma * N(0, I_D)`` on x, ``sigma = 1`` by default
+    (``points_kwargs={"sigma": ...}``), so the queries also cover the region around the segments
+    where the Coulomb lines bend. The target superposes all B charges of each plate.
+
+    Args:
+        L: plate distance. plate_gamma: per-plate normalisation constant (``None``: the IFM
+            repository's copy without it); default 5.0 (EFM images), the EFM toys use 1e-7.
+        stability: the authors' stabilised weights flag (same result in every backend).
+        eps: final normalisation constant. Others as :class:`IFMMatcher`.
+    """
+
+    default_points = "efm"
+
+    def __init__(self, L: float, *, plate_gamma: Optional[float] = fields.EFM_PLATE_GAMMA,
+                 stability: bool = True, eps: float = 1e-5, **kwargs):
+        super().__init__(L, **kwargs)
+        if plate_gamma is not None:
+            plate_gamma = _checks.check_scalar("plate_gamma", plate_gamma, allow_zero=True)
+        self.plate_gamma, self.stability, self.eps = plate_gamma, stability, eps
+
+    def _field(self, queries, lower, upper):
+        return fields.coulomb_field(queries, lower, upper, stability=self.stability,
+                                    plate_gamma=self.plate_gamma, normalize=True, eps=self.eps,
+                                    backend=self.backend)

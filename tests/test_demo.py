@@ -1,0 +1,53 @@
+"""`ifm demo --quick`: runs end to end and writes the figures and a parseable summary."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ifm import __main__ as cli
+from ifm import demo
+
+
+def test_quick_demo_writes_outputs(tmp_path):
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--quick", "--out", str(out), "--seed", "3", "--no-progress"]) == 0
+    for name in ("samples.png", "field_lines.png", "summary.md", "summary.json"):
+        assert (out / name).stat().st_size > 0, name
+    with open(out / "samples.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((out / "summary.json").read_text())
+    runs = summary["runs"]
+    assert {(r["method"], r["L"]) for r in runs} == {("IFM", 6.0), ("IFM", 40.0),
+                                                     ("EFM", 6.0), ("EFM", 40.0)}
+    for r in runs:
+        assert math.isfinite(r["w2_generated_target"]) and r["w2_generated_target"] > 0
+        assert r["w2_source_target"] > 0 and r["train_time_s"] > 0
+        assert r["network_calls_per_sample"] == demo.QUICK.euler_steps + 2 * demo.QUICK.end_steps
+        assert r["ratio"] == pytest.approx(r["w2_generated_target"] / r["w2_source_target"])
+    assert summary["seed"] == 3 and summary["quick"] is True
+    md = (out / "summary.md").read_text()
+    assert md.count("| IFM |") == 2 and md.count("| EFM |") == 2
+    assert "ifm demo --quick" in md
+
+
+def test_swiss_roll_and_seed_repeatable():
+    import torch
+    a = demo.swiss_roll(500, torch.Generator().manual_seed(0))
+    b = demo.swiss_roll(500, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and a.shape == (500, 2)
+    r = a.norm(dim=1) * demo.SWISS_SCALE
+    assert r.min() > 1.5 * math.pi - 2.5 and r.max() < 4.5 * math.pi + 2.5
+    assert demo.w2(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert demo.w2(a, a + 1.0) == pytest.approx(math.sqrt(2.0), rel=1e-6)
+
+
+def test_python_m_ifm_help():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(demo.__file__)) + os.pathsep + \
+        env.get("PYTHONPATH", "")
+    res = subprocess.run([sys.executable, "-m", "ifm", "demo", "--help"], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert res.returncode == 0 and "--quick" in res.stdout and "--out" in res.stdout

@@ -1,0 +1,123 @@
+"""ifm.points: query-point samplers of FIELDS.md §5."""
+import math
+
+import pytest
+import torch
+
+from ifm import points
+
+L = 6.0
+
+
+def _pairs(B=4000, D=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, D, generator=g), torch.randn(B, D, generator=g) + 5.0
+
+
+def _gen(seed=1):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("name", list(points.SAMPLERS))
+def test_shape_dtype_and_repeatable(name):
+    a, c = _pairs(64)
+    fn = points.get_point_sampler(name)
+    p1 = fn(a, c, L=L, b=10, generator=_gen())
+    p2 = fn(a, c, L=L, b=10, generator=_gen())
+    p3 = fn(a, c, L=L, b=10, generator=_gen(2))
+    assert p1.shape == (10, 4) and p1.dtype == a.dtype
+    assert torch.equal(p1, p2) and not torch.equal(p1, p3)
+    p64 = fn(a.double(), c.double(), L=L, b=10, generator=_gen())
+    assert p64.dtype == torch.float64
+
+
+def test_uniform_is_on_the_segments_of_the_first_b_pairs():
+    a, c = _pairs(100)
+    p = points.uniform(a, c, L=L, b=40, generator=_gen())
+    z = p[:, 0]
+    assert z.min() >= points.EPS and z.max() <= L - points.EPS
+    t = (z / L)[:, None]
+    assert torch.allclose(p[:, 1:], (1 - t) * a[:40] + t * c[:40], atol=1e-5)
+    big = points.uniform(*_pairs(20000), L=L, generator=_gen())
+    assert big[:, 0].mean().item() == pytest.approx(L / 2, abs=0.05)
+
+
+def test_noised_variance_profile():
+    a, c = _pairs(20000, D=3)
+    p = points.noised(a, c, L=L, generator=_gen())
+    z = p[:, 0]
+    t = (z / L)[:, None]
+    noise = p[:, 1:] - ((1 - t) * a + t * c)
+    var = (L / 2 - (L / 2 - z).abs())
+    # per-coordinate variance sigma^2(z): E[noise^2 / sigma^2] = 1 in each coordinate
+    ratio = (noise ** 2 / var[:, None]).mean(0)
+    assert torch.allclose(ratio, torch.ones(3), atol=0.05)
+    # zero at the plates, largest at L/2
+    near_plate = (z < 0.05) | (z > L - 0.05)
+    middle = (z - L / 2).abs() < 0.1
+    assert noise[near_plate].pow(2).mean() < 0.05
+    assert noise[middle].pow(2).mean() == pytest.approx(L / 2, rel=0.15)
+    # direction uniform on the sphere: mean direction ~ 0
+    u = noise / noise.norm(dim=1, keepdim=True)
+    assert u.mean(0).norm() < 0.03
+    # noise_scale scales the standard deviation
+    p2 = points.noised(a, c, L=L, noise_scale=0.5, generator=_gen())
+    noise2 = p2[:, 1:] - ((1 - t) * a + t * c)
+    assert torch.allclose(noise2, 0.5 * noise, atol=1e-5)
+
+
+def test_pfgm_mixing():
+    a, c = _pairs(20000, D=8)
+    p = points.pfgm(a, c, L=40.0, generator=_gen())
+    z, x = p[:, 0], p[:, 1:]
+    assert z.min() >= points.EPS - 1e-9 and z.max() <= 40.0 - points.EPS + 1e-5
+    # both clamps are hit (m = 191 N(0,1) spans many decades)
+    assert (z <= points.EPS + 1e-7).float().mean() > 0.1
+    assert (z >= 40.0 - points.EPS - 1e-4).float().mean() > 0.1
+    # median of z unclamped: |N(0, 0.01)| median 0.0674 times (1.03)^m, m median 0 -> ~0.0674
+    assert z.median().item() == pytest.approx(0.1 * 0.6745, rel=0.5)
+    # x perturbs the quark A only, isotropically; log-radius / log-z ratio grows together
+    r = (x - a).norm(dim=1)
+    ok = r > 0  # radii below float32 resolution of A leave x == A
+    assert ok.float().mean() > 0.5
+    assert ((x - a)[ok] / r[ok, None]).mean(0).norm() < 0.05
+    mid = (z > 1e-2) & (z < 30) & (r > 1e-3)
+    corr = torch.corrcoef(torch.stack([r[mid].log(), z[mid].log()]))[0, 1]
+    assert corr > 0.9
+    # without x1
+    assert points.pfgm(a, None, L=40.0, b=5, generator=_gen()).shape == (5, 9)
+
+
+def test_efm_sampler_noise():
+    a, c = _pairs(20000, D=2)
+    p = points.efm(a, c, L=L, sigma=0.5, generator=_gen())
+    t = (p[:, 0] / L)[:, None]
+    noise = p[:, 1:] - ((1 - t) * a + t * c)
+    assert noise.std().item() == pytest.approx(0.5, rel=0.05)
+    pz = points.efm(a, c, L=L, sigma=0.5, z_noise=True, generator=_gen())
+    assert (pz[:, 0] < 0).any()
+
+
+def test_images_are_flattened():
+    g = _gen(3)
+    a, c = torch.randn(6, 1, 2, 2, generator=g), torch.randn(6, 1, 2, 2, generator=g)
+    p = points.uniform(a, c, L=L, generator=_gen())
+    assert p.shape == (6, 5)
+
+
+@pytest.mark.parametrize("call, exc, word", [
+    (lambda a, c: points.uniform(a, c, L=-1.0), ValueError, "L"),
+    (lambda a, c: points.uniform(a, c, L=L, b=0), ValueError, "b"),
+    (lambda a, c: points.uniform(a, c, L=L, b=100), ValueError, "b"),
+    (lambda a, c: points.uniform(a, c[:3], L=L), ValueError, "x1"),
+    (lambda a, c: points.uniform(a.numpy(), c, L=L), TypeError, "x0"),
+    (lambda a, c: points.uniform(a, c, L=L, generator=1), TypeError, "generator"),
+    (lambda a, c: points.uniform(a, c, L=L, eps=4.0), ValueError, "eps"),
+    (lambda a, c: points.noised(a, c, L=L, noise_scale=-1.0), ValueError, "noise_scale"),
+    (lambda a, c: points.pfgm(a, c, L=L, tau=0.0), ValueError, "tau"),
+    (lambda a, c: points.get_point_sampler("gauss"), ValueError, "sampler"),
+])
+def test_bad_inputs(call, exc, word):
+    a, c = _pairs(8)
+    with pytest.raises(exc, match=word):
+        call(a, c)
