@@ -64,9 +64,9 @@ void coulomb_row_terms(const simd::DistanceKernels<T>& K, const double* d2, int6
     double* c2 = out.c2.data();
 #pragma omp simd
     for (int64_t c = 0; c < nc; ++c) {
-      const double coeff = e[c] / den;
       c1[c] = 0.0;
-      c2[c] = (e[c] > 0.0 && e[c] * e[c] * d2c[c] >= floor2) ? -coeff : 0.0;
+      const bool keep = (e[c] > 0.0) & (e[c] * e[c] * d2c[c] >= floor2);
+      c2[c] = keep ? -(e[c] / den) : 0.0;
     }
     return;
   }
@@ -93,9 +93,9 @@ void coulomb_field_impl(const T* points, int64_t b, const T* positive, int64_t B
                         int num_threads) {
   const int64_t DIM = D + 1;
   const bool is_double = sizeof(T) == sizeof(double);
-  if (num_threads < 1) num_threads = 1;
-  const simd::DistanceKernels<T> K = simd::distance_kernels<T>();
   const bool two = negative != nullptr;
+  num_threads = threads_for(num_threads, b * (Bp + (two ? Bn : 0)) * DIM);
+  const simd::DistanceKernels<T> K = simd::distance_kernels<T>();
   const int n_plates = two ? 2 : 1;
   const T* charges[2] = {positive, negative};
   const int64_t counts[2] = {Bp, two ? Bn : 0};
@@ -136,34 +136,47 @@ void coulomb_field_impl(const T* points, int64_t b, const T* positive, int64_t B
     return;
   }
 
-  // Row-major layout: pass 1 per plate over the whole [b, B] matrix, then one row at a time.
+  // Row-major layout: pass 1 per plate over the whole [b, B] matrix, then pass 2 by query tiles.
   std::vector<double> d2[2];
+  std::vector<QueryGroup<T>> groups[2];
   for (int s = 0; s < n_plates; ++s) {
     d2[s].assign((size_t)(b * counts[s]), 0.0);
-    std::vector<QueryGroup<T>> groups = {{{}, charges[s], DIM}};
-    groups[0].rows.resize(b);
-    for (int64_t i = 0; i < b; ++i) groups[0].rows[i] = i;
-    pass1_matrix<T>(K, points, DIM, nullptr, groups, nullptr, 0, counts[s], DIM, d2[s].data(),
+    groups[s] = {{{}, charges[s], DIM}};
+    groups[s][0].rows.resize(b);
+    for (int64_t i = 0; i < b; ++i) groups[s][0].rows[i] = i;
+    pass1_matrix<T>(K, points, DIM, nullptr, groups[s], nullptr, 0, counts[s], DIM, d2[s].data(),
                     num_threads);
   }
+  const int Q2 = K.Q2;
+  const int64_t n_tiles = (b + Q2 - 1) / Q2;
 #pragma omp parallel num_threads(num_threads)
   {
-    RowTerms terms(Bmax);
-    std::vector<double> Eplate[2] = {std::vector<double>(DIM), std::vector<double>(DIM)}, E(DIM);
+    TileTerms<T> tt(Q2, Bmax);
+    std::vector<double> Eplate[2] = {std::vector<double>((size_t)(Q2 * DIM)),
+                                     std::vector<double>((size_t)(Q2 * DIM))};
+    std::vector<double> E(DIM);
+    std::vector<double*> acc(Q2);
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t i = 0; i < b; ++i) {
+    for (int64_t ti = 0; ti < n_tiles; ++ti) {
+      const int64_t* rows = groups[0][0].rows.data() + ti * Q2;
+      const int valid = (int)std::min<int64_t>(Q2, b - ti * Q2);
       for (int s = 0; s < n_plates; ++s) {
         std::fill(Eplate[s].begin(), Eplate[s].end(), 0.0);
-        coulomb_row_terms(K, d2[s].data() + i * counts[s], counts[s], DIM, sum_eps, is_double,
-                          terms);
-        terms.compact();
-        if (terms.n > 0)
-          K.pass2_rows[0](points + i * DIM, 0.0, charges[s], DIM, nullptr, 0, terms.cand.data(),
-                          nullptr, terms.c2.data(), terms.n, DIM, Eplate[s].data());
+        for (int q = 0; q < Q2; ++q) acc[q] = Eplate[s].data() + q * DIM;
+        tt.B = counts[s];
+        for (int q = 0; q < valid; ++q) {
+          coulomb_row_terms(K, d2[s].data() + rows[q] * counts[s], counts[s], DIM, sum_eps,
+                            is_double, tt.rows[q]);
+          tt.rows[q].compact();
+        }
+        pass2_for_tile<T>(K, points, DIM, nullptr, rows, valid, charges[s], DIM, nullptr, 0, DIM,
+                          tt, acc.data());
       }
-      combine_plates(Eplate[0].data(), Eplate[1].data(), DIM, two, plate_normalize, plate_gamma,
-                     E.data());
-      write_row(E.data(), DIM, norm, out + i * DIM);
+      for (int q = 0; q < valid; ++q) {
+        combine_plates(Eplate[0].data() + q * DIM, Eplate[1].data() + q * DIM, DIM, two,
+                       plate_normalize, plate_gamma, E.data());
+        write_row(E.data(), DIM, norm, out + rows[q] * DIM);
+      }
     }
   }
 }

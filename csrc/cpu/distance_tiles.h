@@ -37,11 +37,19 @@ struct DistanceKernels {
   // and PJ pair rows ys / es (es unused without e).
   void (*pass1_tile[2])(const T* const* xs, const T* ts, const T* const* ys, const T* const* es,
                         int64_t n, double* out);
-  // [has_e] acc[k] = sum_{m < cnt} c2[m] * rho(x, y_{js[m]})_k + c1[m] * e_{js[m], k}, k < n,
-  // with y_j = y + j * ldy, e_j = e + j * lde; in double; c1 unused without e.
+  // [has_e] acc[k] += sum_{m < cnt} c2[m] * rho(x, y_{js[m]})_k + c1[m] * e_{js[m], k}, k < n,
+  // with y_j = y + j * ldy, e_j = e + j * lde; c1 unused without e. Accumulated in T over blocks
+  // of pairs, added to the double row block by block.
   void (*pass2_rows[2])(const T* x, double t, const T* y, int64_t ldy, const T* e, int64_t lde,
                         const int64_t* js, const double* c1, const double* c2, int64_t cnt,
                         int64_t n, double* acc);
+  int Q2;  // queries per pass-2 tile
+  // [has_e] Query-tiled pass 2 over a merged pair list js[0..m) (increasing): for q < Q2,
+  // accs[q][k] += sum_idx c2[q * m + idx] * rho(x_q, y_{js[idx]})_k + c1[q * m + idx] * e_{.., k};
+  // accumulated in T over blocks of pairs, added to the double rows block by block.
+  void (*pass2_tile[2])(const T* const* xs, const T* ts, const T* y, int64_t ldy, const T* e,
+                        int64_t lde, const int64_t* js, int64_t m, const T* c1, const T* c2,
+                        int64_t n, double* const* accs);
   // [has_e] Transposed pass 1: r2[j] for j < Bp (a multiple of 4 * WD) from x[n] and the
   // columns yT[k * Bp + j], eT[k * Bp + j].
   void (*pass1_soa[2])(const double* x, double t, const double* yT, const double* eT, int64_t n,
@@ -75,7 +83,7 @@ double log(double);
 
 // One copy of the kernels per instruction set, each compiled for its own target.
 namespace ifm::cpu::simd::scalar {
-constexpr int kTileQ = 4, kTileP = 2;
+constexpr int kTileQ = 4, kTileP = 2, kTile2 = 4;
 constexpr Isa kIsa = Isa::scalar;
 #include "distance_tiles_impl.h"
 }  // namespace ifm::cpu::simd::scalar
@@ -83,7 +91,7 @@ constexpr Isa kIsa = Isa::scalar;
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 namespace ifm::cpu::simd::avx2 {
-constexpr int kTileQ = 3, kTileP = 2;
+constexpr int kTileQ = 3, kTileP = 2, kTile2 = 4;
 constexpr Isa kIsa = Isa::avx2;
 #include "distance_tiles_impl.h"
 }  // namespace ifm::cpu::simd::avx2
@@ -92,7 +100,7 @@ constexpr Isa kIsa = Isa::avx2;
 #pragma GCC push_options
 #pragma GCC target("avx512f")
 namespace ifm::cpu::simd::avx512 {
-constexpr int kTileQ = 4, kTileP = 4;
+constexpr int kTileQ = 4, kTileP = 4, kTile2 = 8;
 constexpr Isa kIsa = Isa::avx512;
 #include "distance_tiles_impl.h"
 }  // namespace ifm::cpu::simd::avx512

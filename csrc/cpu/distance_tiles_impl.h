@@ -1,7 +1,7 @@
 // Kernels of distance_tiles.h, written once against the traits of simd.h.
 //
 // No include guard on purpose: distance_tiles.h includes this file once per instruction set,
-// inside `namespace ifm::cpu::simd::<isa>` (which provides V<T>, VD<T>, kTileQ, kTileP, kIsa)
+// inside `namespace ifm::cpu::simd::<isa>` (which provides V<T>, kTileQ, kTileP, kTile2, kIsa)
 // and inside that set's `#pragma GCC target` region, so every function here is compiled for it.
 
 template <typename T, bool HAS_E, bool TAIL>
@@ -50,66 +50,104 @@ void pass1_tile(const T* const* xs, const T* ts, const T* const* ys, const T* co
     for (int p = 0; p < kTileP; ++p) out[q * kTileP + p] = (double)Vt::hsum(acc[q][p]);
 }
 
-// One chunk of U double vectors of pass2_rows, starting at column k0 (TAIL: only rem columns).
-template <typename T, bool HAS_E, bool TAIL>
-inline __attribute__((always_inline)) void pass2_rows_chunk(
-    const T* x, typename VD<T>::R tv, const T* y, int64_t ldy, const T* e, int64_t lde,
-    const int64_t* js, const double* c1, const double* c2, int64_t cnt, int64_t k0, int64_t rem,
-    double* acc) {
-  using Vd = VD<T>;
-  using R = typename Vd::R;
-  constexpr int W = Vd::W, U = 4;
+// Pass 2 for Q query rows xs over U vectors of columns from k0 (TAIL: only rem columns):
+// accs[q][k] += sum_{idx < cnt} c2[q * ldc + idx] * rho_k + c1[q * ldc + idx] * e_k for pair
+// js[idx], rho = (x_q - y) - t_q * e. Accumulated in T over blocks of 64 pairs, each block's sum
+// added to the double rows in order.
+template <typename T, bool HAS_E, int Q, int U, bool TAIL, typename C>
+inline __attribute__((always_inline)) void pass2_block(
+    const T* const* xs, const typename V<T>::R* tv, const T* y, int64_t ldy, const T* e,
+    int64_t lde, const int64_t* js, const C* c1, const C* c2, int64_t ldc, int64_t cnt,
+    int64_t k0, int64_t rem, double* const* accs) {
+  using Vt = V<T>;
+  using R = typename Vt::R;
+  constexpr int W = Vt::W;
+  constexpr int64_t JB = 64;
   int64_t m[U];
-  R xv[U], a[U];
-#pragma GCC unroll 4
+  R xv[Q][U];
+#pragma GCC unroll 8
   for (int u = 0; u < U; ++u) {
     const int64_t left = rem - (int64_t)u * W;
     m[u] = left < 0 ? 0 : (left > W ? W : left);
-    xv[u] = TAIL ? Vd::loadT_tail(x + k0 + u * W, m[u]) : Vd::loadT(x + k0 + u * W);
-    a[u] = Vd::zero();
+#pragma GCC unroll 8
+    for (int q = 0; q < Q; ++q)
+      xv[q][u] = TAIL ? Vt::load_tail(xs[q] + k0 + u * W, m[u]) : Vt::load(xs[q] + k0 + u * W);
   }
-  for (int64_t idx = 0; idx < cnt; ++idx) {
-    const T* yj = y + js[idx] * ldy + k0;
-    const T* ej = HAS_E ? e + js[idx] * lde + k0 : nullptr;
-    const R w2 = Vd::set1(c2[idx]);
-    const R w1 = Vd::set1(HAS_E ? c1[idx] : 0.0);
-#pragma GCC unroll 4
-    for (int u = 0; u < U; ++u) {
-      const R yv = TAIL ? Vd::loadT_tail(yj + u * W, m[u]) : Vd::loadT(yj + u * W);
-      R d = Vd::sub(xv[u], yv);
-      if (HAS_E) {
-        const R ev = TAIL ? Vd::loadT_tail(ej + u * W, m[u]) : Vd::loadT(ej + u * W);
-        d = Vd::fnmadd(tv, ev, d);
-        a[u] = Vd::fmadd(w2, d, a[u]);
-        a[u] = Vd::fmadd(w1, ev, a[u]);
-      } else {
-        a[u] = Vd::fmadd(w2, d, a[u]);
+  for (int64_t b0 = 0; b0 < cnt; b0 += JB) {
+    const int64_t b1 = b0 + JB < cnt ? b0 + JB : cnt;
+    R acc[Q][U];
+#pragma GCC unroll 8
+    for (int q = 0; q < Q; ++q)
+#pragma GCC unroll 8
+      for (int u = 0; u < U; ++u) acc[q][u] = Vt::zero();
+    for (int64_t idx = b0; idx < b1; ++idx) {
+      const T* yj = y + js[idx] * ldy + k0;
+      const T* ej = HAS_E ? e + js[idx] * lde + k0 : nullptr;
+      R yv[U], ev[U];
+#pragma GCC unroll 8
+      for (int u = 0; u < U; ++u) {
+        yv[u] = TAIL ? Vt::load_tail(yj + u * W, m[u]) : Vt::load(yj + u * W);
+        ev[u] = Vt::zero();
+        if (HAS_E) ev[u] = TAIL ? Vt::load_tail(ej + u * W, m[u]) : Vt::load(ej + u * W);
+      }
+#pragma GCC unroll 8
+      for (int q = 0; q < Q; ++q) {
+        const R w2 = Vt::set1((T)c2[q * ldc + idx]);
+        const R w1 = Vt::set1(HAS_E ? (T)c1[q * ldc + idx] : T(0));
+#pragma GCC unroll 8
+        for (int u = 0; u < U; ++u) {
+          R d = Vt::sub(xv[q][u], yv[u]);
+          if (HAS_E) d = Vt::fnmadd(tv[q], ev[u], d);
+          acc[q][u] = Vt::fmadd(w2, d, acc[q][u]);
+          if (HAS_E) acc[q][u] = Vt::fmadd(w1, ev[u], acc[q][u]);
+        }
       }
     }
-  }
-  for (int u = 0; u < U; ++u) {
-    if (!TAIL) {
-      Vd::store(acc + k0 + u * W, a[u]);
-    } else if (m[u] > 0) {
-      double tmp[W];
-      Vd::store(tmp, a[u]);
-      for (int64_t l = 0; l < m[u]; ++l) acc[k0 + u * W + l] = tmp[l];
-    }
+    for (int q = 0; q < Q; ++q)
+      for (int u = 0; u < U; ++u) {
+        T tmp[W];
+        Vt::store(tmp, acc[q][u]);
+        double* dst = accs[q] + k0 + u * W;
+        for (int64_t l = 0; l < m[u]; ++l) dst[l] += (double)tmp[l];
+      }
   }
 }
 
+// One query row against its own pair list (4 vectors of columns at a time).
 template <typename T, bool HAS_E>
 void pass2_rows(const T* x, double t, const T* y, int64_t ldy, const T* e, int64_t lde,
                 const int64_t* js, const double* c1, const double* c2, int64_t cnt, int64_t n,
                 double* acc) {
-  using Vd = VD<T>;
-  constexpr int64_t CH = 4 * Vd::W;
-  const typename Vd::R tv = Vd::set1(t);
+  using Vt = V<T>;
+  constexpr int U = 4;
+  constexpr int64_t CH = U * Vt::W;
+  const typename Vt::R tv[1] = {Vt::set1((T)t)};
+  const T* xs[1] = {x};
+  double* accs[1] = {acc};
   int64_t k0 = 0;
   for (; k0 + CH <= n; k0 += CH)
-    pass2_rows_chunk<T, HAS_E, false>(x, tv, y, ldy, e, lde, js, c1, c2, cnt, k0, CH, acc);
+    pass2_block<T, HAS_E, 1, U, false>(xs, tv, y, ldy, e, lde, js, c1, c2, 0, cnt, k0, CH, accs);
   if (k0 < n)
-    pass2_rows_chunk<T, HAS_E, true>(x, tv, y, ldy, e, lde, js, c1, c2, cnt, k0, n - k0, acc);
+    pass2_block<T, HAS_E, 1, U, true>(xs, tv, y, ldy, e, lde, js, c1, c2, 0, cnt, k0, n - k0,
+                                      accs);
+}
+
+// kTile2 query rows sharing every load of a pair row (one vector of columns at a time).
+template <typename T, bool HAS_E>
+void pass2_tile(const T* const* xs, const T* ts, const T* y, int64_t ldy, const T* e,
+                int64_t lde, const int64_t* js, int64_t m, const T* c1, const T* c2, int64_t n,
+                double* const* accs) {
+  using Vt = V<T>;
+  constexpr int W = Vt::W;
+  typename Vt::R tv[kTile2];
+#pragma GCC unroll 8
+  for (int q = 0; q < kTile2; ++q) tv[q] = Vt::set1(HAS_E ? ts[q] : T(0));
+  int64_t k = 0;
+  for (; k + W <= n; k += W)
+    pass2_block<T, HAS_E, kTile2, 1, false>(xs, tv, y, ldy, e, lde, js, c1, c2, m, m, k, W, accs);
+  if (k < n)
+    pass2_block<T, HAS_E, kTile2, 1, true>(xs, tv, y, ldy, e, lde, js, c1, c2, m, m, k, n - k,
+                                           accs);
 }
 
 template <bool HAS_E>
@@ -203,6 +241,9 @@ DistanceKernels<T> make_kernels() {
   k.pass1_tile[1] = &pass1_tile<T, true>;
   k.pass2_rows[0] = &pass2_rows<T, false>;
   k.pass2_rows[1] = &pass2_rows<T, true>;
+  k.Q2 = kTile2;
+  k.pass2_tile[0] = &pass2_tile<T, false>;
+  k.pass2_tile[1] = &pass2_tile<T, true>;
   k.pass1_soa[0] = &pass1_soa<false>;
   k.pass1_soa[1] = &pass1_soa<true>;
   k.pass2_soa[0] = &pass2_soa<false>;

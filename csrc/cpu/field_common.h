@@ -60,6 +60,79 @@ struct RowTerms {
   }
 };
 
+// The rows of one pass-2 query tile, and their pairs merged into one increasing list js[0..m)
+// with [Q, m] coefficient matrices in T (zero where a row does not use a pair).
+template <typename T>
+struct TileTerms {
+  int Q;
+  int64_t B;
+  std::vector<RowTerms> rows;
+  std::vector<int64_t> slot, js;
+  std::vector<T> c1, c2;
+  int64_t m = 0;
+  TileTerms(int Q_, int64_t B_)
+      : Q(Q_), B(B_), rows(Q_, RowTerms(B_)), slot(B_, -1), js(B_), c1(Q_ * B_), c2(Q_ * B_) {}
+  // Merges rows[0..valid) (compacted); false when the merged tile would do more than three times
+  // the arithmetic of per-row lists (then pass 2 walks each row's own list; the tile reads each
+  // pair row once for Q queries, which is worth some extra arithmetic).
+  bool merge(int valid) {
+    int64_t total = 0;
+    for (int q = 0; q < valid; ++q) {
+      total += rows[q].n;
+      for (int64_t c = 0; c < rows[q].n; ++c) slot[rows[q].cand[c]] = -2;
+    }
+    m = 0;
+    for (int64_t j = 0; j < B; ++j)
+      if (slot[j] == -2) {
+        slot[j] = m;
+        js[m++] = j;
+      }
+    const bool use = (int64_t)Q * m <= 3 * total;
+    if (use) {
+      std::fill(c1.begin(), c1.begin() + Q * m, T(0));
+      std::fill(c2.begin(), c2.begin() + Q * m, T(0));
+      for (int q = 0; q < valid; ++q)
+        for (int64_t c = 0; c < rows[q].n; ++c) {
+          const int64_t s = slot[rows[q].cand[c]];
+          c1[q * m + s] = (T)rows[q].c1[c];
+          c2[q * m + s] = (T)rows[q].c2[c];
+        }
+    }
+    for (int64_t idx = 0; idx < m; ++idx) slot[js[idx]] = -1;
+    return use;
+  }
+};
+
+// Pass 2 of one query tile: acc[q][k] (k < n, zeroed by the caller) for the rows
+// rows[0..valid) whose terms are in tt.rows, offsets rho = (x_i - y_j) - t_i * e_j. A tile whose
+// merged pair list is dense enough runs the query-tiled kernel, otherwise each row walks its own
+// list; the choice depends on the data only. acc[q] for q >= valid is scratch.
+template <typename T>
+void pass2_for_tile(const simd::DistanceKernels<T>& K, const T* x, int64_t ldx, const T* t,
+                    const int64_t* rows, int valid, const T* y, int64_t ldy, const T* e,
+                    int64_t lde, int64_t n, TileTerms<T>& tt, double* const* acc) {
+  const int has_e = e != nullptr ? 1 : 0;
+  if (tt.merge(valid)) {
+    if (tt.m == 0) return;
+    const T* xs[16];
+    T ts[16];
+    for (int q = 0; q < K.Q2; ++q) {
+      const int64_t i = rows[std::min(q, valid - 1)];
+      xs[q] = x + i * ldx;
+      ts[q] = has_e ? t[i] : T(0);
+    }
+    K.pass2_tile[has_e](xs, ts, y, ldy, e, lde, tt.js.data(), tt.m, tt.c1.data(), tt.c2.data(),
+                        n, acc);
+    return;
+  }
+  for (int q = 0; q < valid; ++q) {
+    const RowTerms& r = tt.rows[q];
+    if (r.n > 0)
+      K.pass2_rows[has_e](x + rows[q] * ldx, has_e ? (double)t[rows[q]] : 0.0, y, ldy, e, lde,
+                          r.cand.data(), r.c1.data(), r.c2.data(), r.n, n, acc[q]);
+  }
+}
+
 inline double max_of(const double* v, int64_t n) {
   double m = -INFINITY;
 #pragma omp simd reduction(max : m)
@@ -156,6 +229,13 @@ void pass1_matrix(const simd::DistanceKernels<T>& K, const T* x, int64_t ldx, co
       }
     }
   }
+}
+
+// Threads worth starting for `work` pair-coordinates (about 0.1 ms of work per thread at least):
+// tiny calls (a sampler step, the unit tests) stay on the calling thread.
+inline int threads_for(int num_threads, int64_t work) {
+  const int64_t cap = std::max<int64_t>(1, work / (int64_t(1) << 18));
+  return (int)std::max<int64_t>(1, std::min<int64_t>(num_threads, cap));
 }
 
 // Pair count of the transposed layout (a multiple of the SoA kernels' block of 4 vectors).

@@ -10,8 +10,6 @@
 // Traits interface (V): T (element), R (register), W (lanes), zero(), set1(T), load(p),
 // load_tail(p, n) (first n < W lanes, the rest 0, never reading past p + n), store(p, r),
 // add/sub/mul, fmadd(a, b, c) = a * b + c, fnmadd(a, b, c) = c - a * b, hsum(r) (fixed order).
-// For the double-precision sums, VD<T>::loadT(p) / loadT_tail(p, n) read W elements of type T
-// (float or double) and widen them to double.
 #pragma once
 
 // GCC 12 reports its own _mm512_undefined_* placeholders (inside the intrinsics headers) as
@@ -76,12 +74,6 @@ struct V {
   static T hsum(R a) { return a; }
 };
 
-template <typename Src>
-struct VD : V<double> {
-  static R loadT(const Src* p) { return double(*p); }
-  static R loadT_tail(const Src* p, int64_t n) { return n > 0 ? double(*p) : 0.0; }
-};
-
 }  // namespace scalar
 
 // Types and operations whose intrinsics differ only by prefix (_mm256 / _mm512) and suffix
@@ -100,14 +92,6 @@ struct VD : V<double> {
   static R fmadd(R a, R b, R c) { return PFX##_fmadd_##SFX(a, b, c); }              \
   static R fnmadd(R a, R b, R c) { return PFX##_fnmadd_##SFX(a, b, c); }
 
-// VD<double>: double data needs no widening.
-#define IFM_SIMD_VD_DOUBLE                                                           \
-  template <>                                                                        \
-  struct VD<double> : V<double> {                                                    \
-    static R loadT(const double* p) { return load(p); }                              \
-    static R loadT_tail(const double* p, int64_t n) { return load_tail(p, n); }      \
-  };
-
 // ------------------------------------------------------------------------------------------
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
@@ -115,9 +99,6 @@ namespace avx2 {
 
 inline __m256i tail_mask32(int64_t n) {  // first n of 8 int32 lanes set
   return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-inline __m128i tail_mask32x4(int64_t n) {  // first n of 4 int32 lanes set
-  return _mm_cmpgt_epi32(_mm_set1_epi32((int)n), _mm_setr_epi32(0, 1, 2, 3));
 }
 inline __m256i tail_mask64(int64_t n) {  // first n of 4 int64 lanes set
   return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
@@ -145,17 +126,6 @@ struct V<double> {
   static T hsum(R a) {
     __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
     return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
-  }
-};
-
-template <typename T>
-struct VD;
-IFM_SIMD_VD_DOUBLE
-template <>
-struct VD<float> : V<double> {
-  static R loadT(const float* p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
-  static R loadT_tail(const float* p, int64_t n) {
-    return _mm256_cvtps_pd(_mm_maskload_ps(p, tail_mask32x4(n)));
   }
 };
 
@@ -187,22 +157,10 @@ struct V<double> {
   static T hsum(R a) { return _mm512_reduce_add_pd(a); }
 };
 
-template <typename T>
-struct VD;
-IFM_SIMD_VD_DOUBLE
-template <>
-struct VD<float> : V<double> {
-  static R loadT(const float* p) { return _mm512_cvtps_pd(_mm256_loadu_ps(p)); }
-  static R loadT_tail(const float* p, int64_t n) {
-    return _mm512_cvtps_pd(_mm512_castps512_ps256(_mm512_maskz_loadu_ps(tail16(n), p)));
-  }
-};
-
 }  // namespace avx512
 #pragma GCC pop_options
 
 #undef IFM_SIMD_COMMON_OPS
-#undef IFM_SIMD_VD_DOUBLE
 
 }  // namespace simd
 }  // namespace cpu

@@ -70,7 +70,7 @@ void string_row_terms(const simd::DistanceKernels<T>& K, const StringQuery& q, c
   const int64_t* cand = out.cand.data();
 #pragma omp simd
   for (int64_t c = 0; c < nc; ++c) {
-    const bool keep = w[c] > 0.0 && w[c] >= floor_w;
+    const bool keep = (w[c] > 0.0) & (w[c] >= floor_w);
     cos_a[c] = keep ? w[c] * cos_a[c] * nu[cand[c]] : 0.0;  // becomes c1
     sr[c] = keep ? w[c] * sr[c] : 0.0;                      // becomes c2
   }
@@ -82,7 +82,7 @@ void string_field_impl(const T* points, const T* quarks, const T* antiquarks, in
                        T* out, int num_threads) {
   const int64_t D = p.D, DIM = D + 1;
   const bool is_double = sizeof(T) == sizeof(double);
-  if (num_threads < 1) num_threads = 1;
+  num_threads = threads_for(num_threads, b * B * DIM);
   const simd::DistanceKernels<T> K = simd::distance_kernels<T>();
 
   std::vector<StringQuery> qs(b);
@@ -136,35 +136,49 @@ void string_field_impl(const T* points, const T* quarks, const T* antiquarks, in
     return;
   }
 
-  // Row-major layout: pass 1 over the whole [b, B] matrix, then one row at a time.
+  // Row-major layout: pass 1 over the whole [b, B] matrix, then pass 2 by query tiles.
   std::vector<T> tq(b);
   std::vector<QueryGroup<T>> groups = {{{}, quarks + 1, DIM}, {{}, antiquarks + 1, DIM}};
   for (int64_t i = 0; i < b; ++i) {
     tq[i] = (T)qs[i].t;
-    if (qs[i].inside) groups[qs[i].from_antiquark ? 1 : 0].rows.push_back(i);
+    if (qs[i].inside) {
+      groups[qs[i].from_antiquark ? 1 : 0].rows.push_back(i);
+    } else {
+      for (int64_t k = 0; k < DIM; ++k) out[i * DIM + k] = T(0);  // no pair contributes
+    }
   }
   std::vector<double> r2((size_t)(b * B), 0.0);
   pass1_matrix<T>(K, points + 1, DIM, tq.data(), groups, delta.data(), D, B, D, r2.data(),
                   num_threads);
+  const int Q2 = K.Q2;
+  std::vector<std::pair<int, int64_t>> tiles;  // (group, first row index in the group)
+  for (int g = 0; g < 2; ++g)
+    for (int64_t f = 0; f < (int64_t)groups[g].rows.size(); f += Q2) tiles.push_back({g, f});
 #pragma omp parallel num_threads(num_threads)
   {
-    RowTerms terms(B);
-    std::vector<double> E(DIM);
+    TileTerms<T> tt(Q2, B);
+    std::vector<double> E((size_t)(Q2 * DIM));
+    std::vector<double*> acc(Q2);
+    for (int q = 0; q < Q2; ++q) acc[q] = E.data() + q * DIM + 1;
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t i = 0; i < b; ++i) {
-      const StringQuery& q = qs[i];
+    for (int64_t ti = 0; ti < (int64_t)tiles.size(); ++ti) {
+      const QueryGroup<T>& grp = groups[tiles[ti].first];
+      const int64_t* rows = grp.rows.data() + tiles[ti].second;
+      const int valid = (int)std::min<int64_t>(Q2, (int64_t)grp.rows.size() - tiles[ti].second);
       std::fill(E.begin(), E.end(), 0.0);
-      string_row_terms(K, q, r2.data() + i * B, B, nu.data(), stable, is_double, terms);
-      terms.compact();
-      if (terms.n > 0) {
-        const T* base = (q.from_antiquark ? antiquarks : quarks) + 1;
-        K.pass2_rows[1](points + i * DIM + 1, q.t, base, DIM, delta.data(), D, terms.cand.data(),
-                        terms.c1.data(), terms.c2.data(), terms.n, D, E.data() + 1);
-        double sum_c1 = 0.0;
-        for (int64_t m = 0; m < terms.n; ++m) sum_c1 += terms.c1[m];
-        E[0] = p.L * sum_c1;
+      for (int q = 0; q < valid; ++q) {
+        string_row_terms(K, qs[rows[q]], r2.data() + rows[q] * B, B, nu.data(), stable, is_double,
+                         tt.rows[q]);
+        tt.rows[q].compact();
       }
-      write_row(E.data(), DIM, norm, out + i * DIM);
+      pass2_for_tile<T>(K, points + 1, DIM, tq.data(), rows, valid, grp.y, DIM, delta.data(), D, D,
+                        tt, acc.data());
+      for (int q = 0; q < valid; ++q) {
+        double sum_c1 = 0.0;
+        for (int64_t c = 0; c < tt.rows[q].n; ++c) sum_c1 += tt.rows[q].c1[c];
+        E[q * DIM] = p.L * sum_c1;
+        write_row(E.data() + q * DIM, DIM, norm, out + rows[q] * DIM);
+      }
     }
   }
 }

@@ -362,7 +362,10 @@ void run_all(const char* isa) {
     run_coulomb<T>(13, 41, 29, D, true, true, 0.0, true, isa);
     run_coulomb<T>(13, 41, 0, D, false, false, 1e-7, false, isa);
   }
-  for (int64_t D : {2, 37, 1100}) run_threads<T>(37, 41, D, isa);
+  // large enough for the kernels to use 2-3 threads (tiny calls stay on one thread)
+  run_threads<T>(301, 997, 2, isa);
+  run_threads<T>(67, 301, 37, isa);
+  run_threads<T>(37, 41, 1100, isa);
 }
 
 }  // namespace
