@@ -32,19 +32,14 @@ def _status_kb(key: str) -> int:
     raise KeyError(key)
 
 
-def _child(kind: str, name: str, impl: str) -> dict:
-    sys.path.insert(0, HERE)
+def peak_extra(call) -> dict:
+    """Run ``call()`` once and return the memory it needed beyond the process's RSS before it.
+
+    Reusable by any measurement that runs in a fresh process: build the inputs and warm the
+    code path up first, then ``peak_extra(lambda: fn(*inputs))``.
+    """
     import gc
 
-    import conftest
-
-    case = conftest.CASES[f"{kind}-{name}"]
-    inputs = conftest.make_inputs(case)
-    small = {k: v[:16] for k, v in inputs.items()}
-    small["points"] = inputs["points"][:4]
-    conftest.run_impl(case, impl, small["points"], small)
-    del small
-    points = inputs["points"]
     gc.collect()
     before = _status_kb("VmRSS")
     try:
@@ -53,11 +48,23 @@ def _child(kind: str, name: str, impl: str) -> dict:
         reset = True
     except OSError:
         reset = False
-    out = conftest.run_impl(case, impl, points, inputs)
+    out = call()
     peak = _status_kb("VmHWM")
     del out
     return {"peak_extra_mb": (peak - before) / 1024.0, "rss_inputs_mb": before / 1024.0,
             "hwm_reset": reset}
+
+
+def _child(kind: str, name: str, impl: str) -> dict:
+    sys.path.insert(0, HERE)
+    import conftest
+
+    case = conftest.CASES[f"{kind}-{name}"]
+    inputs = conftest.make_inputs(case)
+    small = {k: v[:16] for k, v in inputs.items()}
+    conftest.run_impl(case, impl, inputs["points"][:4], small)   # warm-up, same D
+    del small
+    return peak_extra(lambda: conftest.run_impl(case, impl, inputs["points"], inputs))
 
 
 def measure(kind: str, name: str, impl: str, timeout: float = 1800.0) -> dict:

@@ -12,7 +12,7 @@ Environment:
 * ``IFM_BENCH_QUICK=1``: shrink every shape (D <= 48, b <= 16, B <= 64) and skip the memory
   subprocesses (``IFM_BENCH_MEMORY=1`` forces them).
 * ``IFM_BENCH_HEAVY=1``: also run the authors' materialising Coulomb form at the PFGM shape
-  (three 6.4 GB ``[b, B, D+1]`` tensors; needs >= 20 GB available, checked before running).
+  (three 6.4 GB ``[b, B, D+1]`` tensors; needs >= 16 GB available, checked before running).
 * ``IFM_BENCH_REPORT=path``: write the Markdown summary (tables, ratios, targets) there; it is
   always printed at the end of the session.
 
@@ -329,9 +329,9 @@ def heavy_reason(case: Case, impl: str) -> Optional[str]:
         return None
     if not HEAVY:
         return ("the authors' PFGM form holds three 6.4 GB [b, B, D+1] tensors; set "
-                "IFM_BENCH_HEAVY=1 on a quiet machine with >= 20 GB available")
-    if _mem_available_gb() < 20:
-        return f"only {_mem_available_gb():.1f} GB available (< 20 GB) for the authors' PFGM form"
+                "IFM_BENCH_HEAVY=1 on a quiet machine with >= 16 GB available")
+    if _mem_available_gb() < 16:
+        return f"only {_mem_available_gb():.1f} GB available (< 16 GB) for the authors' PFGM form"
     return None
 
 
@@ -339,8 +339,7 @@ class Runner:
     def __init__(self):
         self._inputs = {}
         self._refs = {}
-        self._gflop = {}
-        self._peak = None
+        self.peaks = []     # float32 matmul GFLOP/s, measured next to each fused-kernel case
         self.results = []   # one dict per measured (case, implementation)
 
     def inputs(self, case: Case):
@@ -356,11 +355,6 @@ class Runner:
             inp = self.inputs(case)
             self._refs[key] = reference64(case, inp[which], inp)
         return self._refs[key]
-
-    def peak(self) -> float:
-        if self._peak is None:
-            self._peak = matmul_peak_gflops()
-        return self._peak
 
     def run(self, benchmark, kind: str, name: str, impl: str):
         case = CASES[f"{kind}-{name}"]
@@ -387,6 +381,7 @@ class Runner:
         benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0)
         stats = getattr(benchmark, "stats", None)
         median = stats.stats.median if stats is not None else t0
+        best = stats.stats.min if stats is not None else t0
 
         info = {"case": name, "kind": kind, "impl": impl, "rounds": rounds, "threads": THREADS,
                 "shape": f"D={case.D} b={case.b} B={case.B}", "input_mb": case.input_bytes() / 2**20,
@@ -396,19 +391,20 @@ class Runner:
             near = run_impl(case, impl, inp["near"], inp)
             info["max_row_rel_err_near_plates"] = max_row_rel_err(near, self.ref(case, "near"))
         if impl == "ifm-cpu":
-            key = (kind, name)
-            if key not in self._gflop:
-                self._gflop[key] = needed_gflop(case, inp)
-            peak = self.peak()
-            info.update({"gflop_needed": self._gflop[key], "gflops": self._gflop[key] / median,
-                         "matmul_peak_gflops": peak,
+            # the practical peak, measured right after the kernel (same load on a shared machine)
+            peak = matmul_peak_gflops()
+            self.peaks.append(peak)
+            gflop = needed_gflop(case, inp)
+            info.update({"gflop_needed": gflop, "gflops": gflop / median,
+                         "gflops_best": gflop / best, "matmul_peak_gflops": peak,
                          "theoretical_gflops": cpu_info().get("theoretical_gflops"),
-                         "pct_of_matmul_peak": 100.0 * self._gflop[key] / median / peak})
+                         "pct_of_matmul_peak": 100.0 * gflop / median / peak,
+                         "pct_of_matmul_peak_best": 100.0 * gflop / best / peak})
         if MEMORY:
             import _memory
             info.update(_memory.measure(kind, name, impl))
         benchmark.extra_info.update(info)
-        self.results.append(dict(info, median_s=median))
+        self.results.append(dict(info, median_s=median, min_s=best))
 
 
 _RUNNER = Runner()
@@ -433,16 +429,25 @@ def _fmt_err(e):
     return "inf/NaN" if not math.isfinite(e) else f"{e:.1e}"
 
 
-def summary_markdown(results, peak=None) -> str:
+def _verdict(by_median, by_min):
+    if by_median and by_min:
+        return "met"
+    return "met by min only" if by_min else "NOT met"
+
+
+def summary_markdown(results, peaks=()) -> str:
     info = cpu_info()
     lines = [f"Machine: {info.get('cpu', '?')}, {info.get('logical_cpus', '?')} logical CPUs at "
              f"{info.get('mhz', 0):.0f} MHz ({info.get('flags', '')}); torch {info['torch']}, "
              f"{THREADS} threads; {time.strftime('%Y-%m-%d %H:%M %Z')}."]
-    if peak:
-        lines.append(f"float32 matmul peak (2048³, {THREADS} threads, same run): {peak:.0f} GFLOP/s; "
+    if peaks:
+        lines.append(f"float32 matmul peak (2048³, {THREADS} threads, measured after each fused "
+                     f"case): {min(peaks):.0f}–{max(peaks):.0f} GFLOP/s; "
                      f"theoretical {info.get('theoretical_gflops', 0):.0f} GFLOP/s "
                      f"({THREADS} cores × {info.get('mhz', 0) / 1e3:.2f} GHz × 2 FMA units × 16 "
                      "lanes × 2 flop).")
+    if QUICK:
+        lines.append("IFM_BENCH_QUICK=1: shapes shrunk to a smoke test; targets not evaluated.")
     lines.append("")
     verdicts = []
     order = list(dict.fromkeys((r["kind"], r["case"]) for r in results))
@@ -451,19 +456,21 @@ def summary_markdown(results, peak=None) -> str:
         rows = [r for r in results if (r["kind"], r["case"]) == (kind, name)]
         fused = next((r for r in rows if r["impl"] == "ifm-cpu"), None)
         lines += [f"**{kind} {name}** ({rows[0]['shape']}, inputs {rows[0]['input_mb']:.2f} MB)", "",
-                  "| implementation | median | ifm-cpu speed-up | peak extra memory | "
-                  "max row rel. err (sampler) | (near plates) | % of matmul peak |",
+                  "| implementation | median (min) | ifm-cpu speed-up: median (min) | peak extra memory | "
+                  "max row rel. err (sampler) | (near plates) | % of matmul peak: median (min) |",
                   "|---|---|---|---|---|---|---|"]
         for r in rows:
-            speed = f"{r['median_s'] / fused['median_s']:.1f}×" if fused else "–"
+            speed = (f"{r['median_s'] / fused['median_s']:.1f}× ({r['min_s'] / fused['min_s']:.1f}×)"
+                     if fused else "–")
             mem = f"{r['peak_extra_mb']:.1f} MB" if "peak_extra_mb" in r else "–"
-            pct = f"{r['pct_of_matmul_peak']:.0f} % ({r['gflops']:.0f} GFLOP/s)" \
-                if "pct_of_matmul_peak" in r else ""
-            lines.append(f"| {r['impl']} | {_fmt_time(r['median_s'])} | {speed} | {mem} | "
+            pct = (f"{r['pct_of_matmul_peak']:.0f} % ({r['pct_of_matmul_peak_best']:.0f} %) of "
+                   f"{r['matmul_peak_gflops']:.0f}" if "pct_of_matmul_peak" in r else "")
+            lines.append(f"| {r['impl']} | {_fmt_time(r['median_s'])} ({_fmt_time(r['min_s'])}) | "
+                         f"{speed} | {mem} | "
                          f"{_fmt_err(r['max_row_rel_err'])} | "
                          f"{_fmt_err(r.get('max_row_rel_err_near_plates'))} | {pct} |")
         lines.append("")
-        if not fused:
+        if not fused or QUICK:
             continue
         for impl, need in case.targets:
             other = next((r for r in rows if r["impl"] == impl), None)
@@ -471,12 +478,13 @@ def summary_markdown(results, peak=None) -> str:
                 verdicts.append(f"- {kind} {name}: ≥ {need:g}× vs {impl}: not measured")
                 continue
             got = other["median_s"] / fused["median_s"]
-            verdicts.append(f"- {kind} {name}: ≥ {need:g}× vs {impl}: {got:.1f}× — "
-                            f"{'met' if got >= need else 'NOT met'}")
+            best = other["min_s"] / fused["min_s"]
+            verdicts.append(f"- {kind} {name}: ≥ {need:g}× vs {impl}: {got:.1f}× median, "
+                            f"{best:.1f}× min — {_verdict(got >= need, best >= need)}")
         if case.high_d:
-            pct = fused["pct_of_matmul_peak"]
-            verdicts.append(f"- {kind} {name}: ≥ 50 % of float32 peak: {pct:.0f} % — "
-                            f"{'met' if pct >= 50 else 'NOT met'}")
+            pct, best = fused["pct_of_matmul_peak"], fused["pct_of_matmul_peak_best"]
+            verdicts.append(f"- {kind} {name}: ≥ 50 % of float32 peak: {pct:.0f} % median, "
+                            f"{best:.0f} % min — {_verdict(pct >= 50, best >= 50)}")
         if "peak_extra_mb" in fused:
             ok = fused["peak_extra_mb"] <= fused["input_mb"]
             verdicts.append(f"- {kind} {name}: peak extra memory ≤ inputs: "
@@ -490,7 +498,7 @@ def summary_markdown(results, peak=None) -> str:
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not _RUNNER.results:
         return
-    text = summary_markdown(_RUNNER.results, _RUNNER._peak)
+    text = summary_markdown(_RUNNER.results, _RUNNER.peaks)
     terminalreporter.write_sep("=", "ifm CPU benchmark summary (Markdown)")
     terminalreporter.write_line(text)
     path = os.environ.get("IFM_BENCH_REPORT")
@@ -498,5 +506,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         with open(path, "w") as fh:
             fh.write(text + "\n")
         with open(os.path.splitext(path)[0] + ".json", "w") as fh:
-            json.dump({"results": _RUNNER.results, "peak": _RUNNER._peak, "machine": cpu_info()},
+            json.dump({"results": _RUNNER.results, "peaks": _RUNNER.peaks, "machine": cpu_info()},
                       fh, indent=1, default=str)
