@@ -9,7 +9,7 @@ VENV="${IFM_VENV:-.venv-gpu}"
 . "$VENV/bin/activate"
 python -m pip install -q --upgrade pip
 python -m pip install -q "${IFM_TORCH_SPEC:-torch}"
-python -m pip install -q setuptools wheel ninja
+python -m pip install -q setuptools wheel ninja numpy
 export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
 IFM_FORCE_CUDA=1 python -m pip install -q --no-build-isolation -e ".[test,triton]"
 python - <<'PY'

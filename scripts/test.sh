@@ -9,6 +9,6 @@ VENV="${IFM_VENV:-.venv}"
 . "$VENV/bin/activate"
 python -m pip install -q --upgrade pip
 python -m pip install -q torch==2.13.0
-python -m pip install -q setuptools wheel ninja
+python -m pip install -q setuptools wheel ninja numpy
 python -m pip install -q --no-build-isolation -e ".[test,triton]"
 python -m pytest "$@"
