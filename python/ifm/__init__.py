@@ -2,11 +2,21 @@
 
 Main entry points: :func:`ifm.fields.string_field`, :func:`ifm.fields.coulomb_field`
 (z-first ``[n, D+1]`` tensors), :func:`ifm.available_backends`, and the pure-PyTorch oracle
-:mod:`ifm.reference`.
+:mod:`ifm.reference`. The trainer toolkit (:mod:`ifm.plans`, :mod:`ifm.points`,
+:mod:`ifm.matchers`, :mod:`ifm.sampling`, :mod:`ifm.compat`) is imported on first use.
 """
+import importlib
+
 from . import fields, reference
 from .fields import available_backends, coulomb_field, string_field
 
 __version__ = "0.1.0"
+_LAZY = ("plans", "points", "matchers", "sampling", "compat", "demo")
 __all__ = ["fields", "reference", "available_backends", "string_field", "coulomb_field",
-           "__version__"]
+           "__version__", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
