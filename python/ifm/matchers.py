@@ -112,19 +112,8 @@ class _FieldMatcher:
         raise NotImplementedError
 
     def _check_batches(self, x0, x1):
-        for name, t in (("x0", x0), ("x1", x1)):
-            if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-                raise TypeError(f"{name} must be a floating torch.Tensor [B, ...], got "
-                                f"{t.dtype if isinstance(t, torch.Tensor) else type(t).__name__}")
-            if t.dim() < 2 or t.shape[0] == 0:
-                raise ValueError(f"{name} must be [B, D] or [B, C, H, W] with B >= 1, got shape "
-                                 f"{tuple(t.shape)}")
-        if x0.shape != x1.shape:
-            raise ValueError(f"x0 and x1 must have the same shape [B, ...], got "
-                             f"{tuple(x0.shape)} and {tuple(x1.shape)}")
-        if x0.dtype != x1.dtype or x0.device != x1.device:
-            raise TypeError(f"x1 ({x1.dtype}, {x1.device}) must have x0's dtype and device "
-                            f"({x0.dtype}, {x0.device})")
+        _points.check_batch("x0", x0)
+        _points.check_partner("x1", x1, "x0", x0)
         if self.b is not None and self.b > x0.shape[0]:
             raise ValueError(f"b={self.b} query points need at least b pairs, got B={x0.shape[0]}")
 

@@ -58,6 +58,8 @@ from typing import Callable, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from .points import check_batch
+
 __all__ = [
     "COSTS",
     "PLANS",
@@ -84,13 +86,7 @@ class OTConvergenceWarning(UserWarning):
 # --------------------------------------------------------------------------------------------
 def _check_batches(x0, x1, z_first: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     for name, t in (("x0", x0), ("x1", x1)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor [B, ...], got {type(t).__name__}")
-        if not t.is_floating_point():
-            raise TypeError(f"{name} must have a floating dtype, got {t.dtype}")
-        if t.dim() < 2 or t.shape[0] == 0:
-            raise ValueError(f"{name} must be [B, ...] with B >= 1 and at least 2 dims, got shape "
-                             f"{tuple(t.shape)}")
+        check_batch(name, t)
     if not isinstance(z_first, bool):
         raise TypeError(f"z_first must be a bool, got {z_first!r}")
     if x0.shape[0] != x1.shape[0]:

@@ -55,26 +55,37 @@ PFGM_TAU = 0.03
 # --------------------------------------------------------------------------------------------
 # checks and helpers
 # --------------------------------------------------------------------------------------------
+def check_batch(name: str, t, what: str = "B") -> None:
+    """``t`` is a floating tensor ``[n, ...]`` with ``n >= 1`` and at least 2 dims."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor [{what}, D] (or [{what}, C, H, W]), got "
+                        f"{type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype, got {t.dtype}")
+    if t.dim() < 2 or t.shape[0] == 0:
+        raise ValueError(f"{name} must be [{what}, D] (or [{what}, C, H, W]) with {what} >= 1, "
+                         f"got shape {tuple(t.shape)}")
+
+
+def check_partner(name: str, t, ref_name: str, ref: torch.Tensor) -> None:
+    """``t`` is a tensor with the shape, dtype and device of ``ref`` (aligned pairs)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor shaped like {ref_name}, got "
+                        f"{type(t).__name__}")
+    if t.shape != ref.shape:
+        raise ValueError(f"{ref_name} and {name} must have the same shape (aligned pairs), got "
+                         f"{tuple(ref.shape)} and {tuple(t.shape)}")
+    if t.dtype != ref.dtype or t.device != ref.device:
+        raise TypeError(f"{name} ({t.dtype}, {t.device}) must have {ref_name}'s dtype and device "
+                        f"({ref.dtype}, {ref.device})")
+
+
 def _pairs(x0, x1, b, *, need_x1: bool = True):
-    if not isinstance(x0, torch.Tensor):
-        raise TypeError(f"x0 must be a torch.Tensor [B, D] (or [B, C, H, W]), got "
-                        f"{type(x0).__name__}")
-    if not x0.is_floating_point():
-        raise TypeError(f"x0 must have a floating dtype, got {x0.dtype}")
-    if x0.dim() < 2 or x0.shape[0] == 0:
-        raise ValueError(f"x0 must be [B, D] (or [B, C, H, W]) with B >= 1, got shape "
-                         f"{tuple(x0.shape)}")
+    check_batch("x0", x0)
     a = x0.reshape(x0.shape[0], -1)
     c = None
     if need_x1 or x1 is not None:
-        if not isinstance(x1, torch.Tensor):
-            raise TypeError(f"x1 must be a torch.Tensor shaped like x0, got {type(x1).__name__}")
-        if x1.shape != x0.shape:
-            raise ValueError(f"x1 must have the shape of x0 {tuple(x0.shape)} (aligned pairs), "
-                             f"got {tuple(x1.shape)}")
-        if x1.dtype != x0.dtype or x1.device != x0.device:
-            raise TypeError(f"x1 ({x1.dtype}, {x1.device}) must have x0's dtype and device "
-                            f"({x0.dtype}, {x0.device})")
+        check_partner("x1", x1, "x0", x0)
         c = x1.reshape(x1.shape[0], -1)
     B = a.shape[0]
     if b is None:
@@ -112,26 +123,10 @@ def noise_sigma(z: torch.Tensor, L: float) -> torch.Tensor:
     return torch.sqrt((L / 2 - (L / 2 - z).abs()).clamp_min(0))
 
 
-def _uniform_z(b, L, eps, like, generator, plate_fraction=0.0, plate_width=None):
+def _uniform_z(b, L, eps, like, generator):
     if not (2 * eps < L):
         raise ValueError(f"eps must be < L/2 (z ~ U(eps, L - eps)), got eps={eps}, L={L}")
-    z = eps + (L - 2 * eps) * _rand((b,), like, generator)
-    plate_fraction = _real("plate_fraction", plate_fraction, allow_zero=True)
-    if plate_fraction > 1:
-        raise ValueError(f"plate_fraction must be in [0, 1], got {plate_fraction}")
-    if plate_fraction == 0:
-        return z
-    if plate_width is None:
-        raise ValueError("plate_fraction > 0 needs plate_width (e.g. d = pi / (2K))")
-    plate_width = _real("plate_width", plate_width)
-    if not (eps + plate_width <= L / 2):
-        raise ValueError(f"plate_width must be at most L/2 - eps, got {plate_width} (L={L})")
-    u = _rand((b,), like, generator)
-    near = _rand((b,), like, generator) < plate_fraction
-    right = _rand((b,), like, generator) < 0.5
-    zp = eps + plate_width * u
-    zp = torch.where(right, L - zp, zp)
-    return torch.where(near, zp, z)
+    return eps + (L - 2 * eps) * _rand((b,), like, generator)
 
 
 def _interpolate(a, c, z, L):
@@ -143,36 +138,27 @@ def _interpolate(a, c, z, L):
 # samplers
 # --------------------------------------------------------------------------------------------
 def uniform(x0: torch.Tensor, x1: torch.Tensor, *, L: float, b: Optional[int] = None,
-            eps: float = EPS, plate_fraction: float = 0.0, plate_width: Optional[float] = None,
-            generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """``z ~ U(eps, L - eps)``, ``x = (1 - z/L) A + (z/L) C``: ``[b, D+1]`` z-first points.
-
-    ``plate_fraction`` (default 0, FIELDS.md's sampler): that fraction of the queries instead takes
-    ``z`` uniform within ``plate_width`` of a plate (either plate with probability 1/2; ``z`` in
-    ``[eps, eps + plate_width]`` or ``[L - eps - plate_width, L - eps]``), to train the end regions
-    where the string field bends (width ``d = pi / (2K)``), a small fraction of the gap at large L.
-    """
+            eps: float = EPS, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """``z ~ U(eps, L - eps)``, ``x = (1 - z/L) A + (z/L) C``: ``[b, D+1]`` z-first points."""
     L = _real("L", L)
     eps = _real("eps", eps, allow_zero=True)
     a, c, b = _pairs(x0, x1, b)
     _check_generator(generator, a.device)
-    z = _uniform_z(b, L, eps, a, generator, plate_fraction, plate_width)
+    z = _uniform_z(b, L, eps, a, generator)
     return torch.cat([z[:, None], _interpolate(a, c, z, L)], dim=1)
 
 
 def noised(x0: torch.Tensor, x1: torch.Tensor, *, L: float, b: Optional[int] = None,
-           eps: float = EPS, noise_scale: float = 1.0, plate_fraction: float = 0.0,
-           plate_width: Optional[float] = None,
+           eps: float = EPS, noise_scale: float = 1.0,
            generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Paper's noised interpolation: :func:`uniform` plus ``N(0, sigma^2(z) I_D)`` on x,
-    ``sigma^2(z) = noise_scale^2 (L/2 - |L/2 - z|)`` (module docstring); ``plate_fraction`` and
-    ``plate_width`` as in :func:`uniform`."""
+    ``sigma^2(z) = noise_scale^2 (L/2 - |L/2 - z|)`` (module docstring)."""
     L = _real("L", L)
     eps = _real("eps", eps, allow_zero=True)
     noise_scale = _real("noise_scale", noise_scale, allow_zero=True)
     a, c, b = _pairs(x0, x1, b)
     _check_generator(generator, a.device)
-    z = _uniform_z(b, L, eps, a, generator, plate_fraction, plate_width)
+    z = _uniform_z(b, L, eps, a, generator)
     D = a.shape[1]
     radius = _randn((b, D), a, generator).norm(dim=1, keepdim=True)
     u = uniform_on_sphere(b, D, a, generator)

@@ -50,6 +50,8 @@ from typing import Callable, List, Optional
 
 import torch
 
+from .points import check_batch
+
 __all__ = ["SampleResult", "euler", "zfirst_net", "plate_refined_grid"]
 
 
@@ -125,12 +127,7 @@ def _check_grid(grid, L):
 def _check_args(net, x, L, direction, steps, step_size, orientation, min_cos):
     if not callable(net):
         raise TypeError(f"net must be callable as net(x, z) -> (f_x, f_z), got {type(net).__name__}")
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError(f"x must be a floating torch.Tensor [n, D] (or [n, C, H, W]), got "
-                        f"{type(x).__name__ if not isinstance(x, torch.Tensor) else x.dtype}")
-    if x.dim() < 2 or x.shape[0] == 0:
-        raise ValueError(f"x must be [n, D] (or [n, C, H, W]) with n >= 1, got shape "
-                         f"{tuple(x.shape)}")
+    check_batch("x", x, "n")
     if isinstance(L, bool) or not isinstance(L, (int, float)) or not (L > 0) or not math.isfinite(L):
         raise ValueError(f"L must be a positive finite number, got {L!r}")
     if direction not in ("forward", "backward"):
