@@ -15,8 +15,9 @@ carried along the learned field from z = 0 to z = L with :func:`ifm.sampling.eul
 Setup (the published toy parameters): P = N(0, I_2) on the plate z = 0, Q = a Swiss roll on
 z = L; sigma0 = 1, K = 10 (end regions d = pi/20), B = 1024 pairs, b = 512 queries per step,
 independent plan, the paper's noised interpolation as query points (``points="noised"``: variance
-``L/2 - |L/2 - z|`` per coordinate; with the noise-free ``uniform`` sampler the network only sees
-the segments and the L = 6 run ends ~2x farther from the target); EFM: plate gamma 1e-7 (the EFM
+``(6/L) (L/2 - |L/2 - z|)`` per coordinate, see :func:`noise_scale`; with the noise-free
+``uniform`` sampler the network only sees the segments and the L = 6 run ends ~2x farther from
+the target); EFM: plate gamma 1e-7 (the EFM
 toys), ``efm`` query points (interpolation + N(0, I) noise). The Swiss roll is ``(t cos t, t sin t) / SWISS_SCALE + noise``, t ~ U(1.5 pi, 4.5 pi).
 The network sees ``(z/L, exp(-z/d), exp(-(L-z)/d), x / data_scale)`` -- the two exponential
 features resolve the narrow end regions -- and the sampler uses a grid with ``end_steps`` extra
@@ -47,8 +48,8 @@ K = 10.0
 class DemoConfig:
     """Sizes of one demo run (full and ``--quick`` presets below)."""
 
-    ifm_steps: int = 2500
-    efm_steps: int = 1200
+    ifm_steps: int = 2000
+    efm_steps: int = 1000
     B: int = 1024
     b: int = 512
     hidden: int = 256
@@ -114,10 +115,18 @@ def w2(a: torch.Tensor, b: torch.Tensor) -> float:
 # --------------------------------------------------------------------------------------------
 # one run
 # --------------------------------------------------------------------------------------------
+def noise_scale(L: float) -> float:
+    """``sqrt(6 / L)``: the noised sampler's peak standard deviation is sqrt(3) at every L (the
+    paper's profile ``L/2 - |L/2 - z|`` itself at L = 6; at L = 40 its own peak, sqrt(20), is as
+    large as the data and the L = 40 run ends ~30% farther from the target)."""
+    return math.sqrt(6.0 / L)
+
+
 def _matcher(method: str, L: float, cfg: DemoConfig, generator, backend: str):
     if method == "IFM":
-        return matchers.IFMMatcher(L, SIGMA0, K, b=cfg.b, points="noised", generator=generator,
-                                   backend=backend)
+        return matchers.IFMMatcher(L, SIGMA0, K, b=cfg.b, points="noised",
+                                   points_kwargs={"noise_scale": noise_scale(L)},
+                                   generator=generator, backend=backend)
     return matchers.EFMMatcher(L, plate_gamma=1e-7, b=cfg.b, generator=generator,
                                backend=backend)
 
@@ -147,7 +156,7 @@ def train(method: str, L: float, cfg: DemoConfig, seed: int, backend: str = "aut
         opt.step()
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-    return net, time.perf_counter() - t0, float(loss)
+    return net, time.perf_counter() - t0, loss.item()
 
 
 def evaluate(net, L: float, cfg: DemoConfig, source: torch.Tensor, target: torch.Tensor):
