@@ -126,9 +126,10 @@ IFM_HD double coulomb_logit(double d2, int64_t dim) {
   return -(double)dim * log(sqrt(d2) + kCoulombDEps);
 }
 
-// Row scale of the normalisation scale * E / (||E|| + eps) (FIELDS.md §4).
+// Row scale of the normalisation scale * E / (||E|| + eps) (FIELDS.md §4). A zero row stays
+// zero (factor 0), also for eps = 0, where the formula would give 0 / 0.
 IFM_HD double normalize_factor(double norm2, double scale, double eps) {
-  return scale / (sqrt(norm2) + eps);
+  return norm2 == 0.0 ? 0.0 : scale / (sqrt(norm2) + eps);
 }
 
 }  // namespace ifm

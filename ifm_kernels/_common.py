@@ -143,8 +143,9 @@ def coulomb_logit(d2, dim):
 
 @triton.jit
 def normalize_factor(norm2, scale, eps):
-    """Row scale of ``scale * E / (||E|| + eps)`` (``field_math.h: normalize_factor``)."""
-    return scale / (tl.sqrt(norm2) + eps)
+    """Row scale of ``scale * E / (||E|| + eps)``; 0 for a zero row, also at eps = 0
+    (``field_math.h: normalize_factor``)."""
+    return tl.where(norm2 == 0.0, 0.0, scale / (tl.sqrt(norm2) + eps))
 
 
 @triton.jit

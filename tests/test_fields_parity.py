@@ -53,8 +53,8 @@ STRING_MODES = [dict(normalize=False, stable=False), dict(normalize=True, stable
 @pytest.mark.parametrize("mode", STRING_MODES, ids=lambda m: f"norm{int(m['normalize'])}-stable{int(m['stable'])}")
 @pytest.mark.parametrize("geometry", ["toy", "cifar", "w2s", "cmnist"])
 @pytest.mark.parametrize("shape", STRING_SHAPES, ids=lambda s: "b{}-B{}-D{}".format(*s))
-def test_string_random(backend, shape, geometry, mode, dtype):
-    bname, device = backend
+def test_string_random(kernel_backend, shape, geometry, mode, dtype):
+    bname, device = kernel_backend
     points, quarks, antiquarks, params = string_case(*shape, geometry, seed=sum(shape))
     oracle = reference.string_field(points, quarks, antiquarks, **params, **mode)
     standin = reference.string_field(points.float(), quarks.float(), antiquarks.float(),
@@ -77,8 +77,8 @@ COULOMB_MODES = [
 @pytest.mark.parametrize("mode", COULOMB_MODES, ids=["raw", "plate1e-7", "plate5-norm", "pfgm"])
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (7, 5, 3, 2), (13, 37, 11, 37), (5, 6, 9, 200)],
                          ids=lambda s: "b{}-Bp{}-Bn{}-D{}".format(*s))
-def test_coulomb_random(backend, shape, mode, plates, dtype):
-    bname, device = backend
+def test_coulomb_random(kernel_backend, shape, mode, plates, dtype):
+    bname, device = kernel_backend
     b, Bp, Bn, D = shape
     points, pos, neg = coulomb_case(b, Bp, Bn, D, L=6.0, seed=b + D)
     if plates == 1:

@@ -117,8 +117,8 @@ def _f32(*tensors):
 
 # ---- parity ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_string_parity(backend, dtype):
-    bname, device = backend
+def test_string_parity(kernel_backend, dtype):
+    bname, device = backend = kernel_backend
 
     @given(string_inputs(), st.booleans(), st.booleans())
     def check(inputs, normalize, stable):
@@ -135,8 +135,8 @@ def test_string_parity(backend, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_coulomb_parity(backend, dtype):
-    bname, device = backend
+def test_coulomb_parity(kernel_backend, dtype):
+    bname, device = backend = kernel_backend
 
     @given(coulomb_inputs(), st.sampled_from(COULOMB_MODES), st.booleans())
     def check(inputs, mode, two_plates):

@@ -13,14 +13,16 @@ from parity import golden_names, load_golden, row_errors
 
 
 # ---- a scalar, loop-by-loop transcription of FIELDS.md §2, independent of ifm.reference ------
-def spec_string_field(point, quarks, antiquarks, L, sigma0, K):
-    """One query; python floats; the authors' right-end forms (cos and tan(pi - ...))."""
+def spec_string_field(point, quarks, antiquarks, L, sigma0, K, with_max_weight=False):
+    """One query; python floats; the authors' right-end forms (cos and tan(pi - ...)).
+    With ``with_max_weight``: ``(E, max_j w_j)``."""
     d = math.pi / (2 * K)
     z, x = point[0], point[1:]
     D = len(x)
     E = [0.0] * (D + 1)
+    wmax = 0.0
     if z < 0 or z > L:
-        return E
+        return (E, wmax) if with_max_weight else E
     if z < d:
         s, kappa = sigma0 * math.sin(K * z), K / (math.tan(K * z) + 1e-5)
     elif z <= L - d:
@@ -41,10 +43,34 @@ def spec_string_field(point, quarks, antiquarks, L, sigma0, K):
         else:
             expo = math.exp(-r * r / (2 * s * s))
         w = expo / ((cos_a + 1e-8) * (s / sigma0) ** D + 1e-2)
+        wmax = max(wmax, w)
         for k in range(D + 1):
             E[k] += w * cos_a * n[k]
         for k in range(D):
             E[k + 1] += w * sin_a / (r + 1e-11) * rho[k]
+    return (E, wmax) if with_max_weight else E
+
+
+def spec_coulomb_field(point, positive, negative, plate_gamma, pfgm):
+    """One query; python floats; the authors' stabilised weights (min_k d_k / (d_j + 1e-7))^DIM,
+    EFM's per-plate normalisation, PFGM's +1e-7 in the sum and sqrt(D) / gamma = 5 scaling."""
+    dim = len(point)
+
+    def plate(charges):
+        dist = [math.dist(point, y) for y in charges]
+        w = [(min(dist) / (dj + 1e-7)) ** dim for dj in dist]
+        total = sum(w) + (1e-7 if pfgm else 0.0)
+        E = [sum(wj / total * (y[k] - point[k]) for wj, y in zip(w, charges)) for k in range(dim)]
+        if plate_gamma is not None:
+            n = math.sqrt(sum(v * v for v in E))
+            E = [math.sqrt(dim) * v / (n + plate_gamma) for v in E]
+        return E
+
+    Ep = plate(positive)
+    E = Ep if negative is None else [en - ep for ep, en in zip(Ep, plate(negative))]
+    if pfgm:
+        n = math.sqrt(sum(v * v for v in E))
+        E = [math.sqrt(dim - 1) * v / (n + 5.0) for v in E]
     return E
 
 
@@ -78,6 +104,44 @@ def test_reference_matches_scalar_spec(geometry):
     for i in range(points.shape[0]):
         want = torch.tensor(spec_string_field(points[i].tolist(), quarks.tolist(),
                                               antiquarks.tolist(), **params), dtype=torch.float64)
+        assert torch.allclose(got[i], want, rtol=1e-9, atol=1e-12), (i, got[i], want)
+
+
+@pytest.mark.parametrize("geometry", ["toy", "cmnist"])
+def test_reference_modes_match_scalar_spec(geometry):
+    """normalize=True is sqrt(D+1) E / (||E|| + 1e-5); stable is E / max_j w_j (FIELDS.md §4, §7)."""
+    points, quarks, antiquarks, params = string_case(12, 7, 3, geometry, seed=7)
+    got_n = reference.string_field(points, quarks, antiquarks, **params, normalize=True)
+    got_s = reference.string_field(points, quarks, antiquarks, **params, stable=True)
+    compared = 0
+    for i in range(points.shape[0]):
+        E, wmax = spec_string_field(points[i].tolist(), quarks.tolist(), antiquarks.tolist(),
+                                    **params, with_max_weight=True)
+        E = torch.tensor(E, dtype=torch.float64)
+        want_n = 2.0 * E / (E.norm() + 1e-5) if E.norm() > 0 else E
+        assert torch.allclose(got_n[i], want_n, rtol=1e-9, atol=1e-12), (i, got_n[i], want_n)
+        if wmax > 0:   # (where every float64 weight underflows the spec has no direction)
+            compared += 1
+            assert torch.allclose(got_s[i], E / wmax, rtol=1e-9, atol=1e-12), (i, got_s[i], E)
+    assert compared >= 5
+
+
+@pytest.mark.parametrize("plates", [1, 2])
+@pytest.mark.parametrize("plate_gamma, pfgm", [(None, False), (1e-7, False), (5.0, False),
+                                               (None, True)])
+def test_reference_coulomb_matches_scalar_spec(plates, plate_gamma, pfgm):
+    from cases import coulomb_case
+    points, pos, neg = coulomb_case(9, 6, 5, 3, L=6.0, seed=8)
+    points = points[3:]                           # queries away from every charge
+    neg = neg if plates == 2 else None
+    got = reference.coulomb_field(points, pos, neg, plate_gamma=plate_gamma,
+                                  sum_eps=1e-7 if pfgm else 0.0, normalize=pfgm,
+                                  norm_scale=math.sqrt(3) if pfgm else None,
+                                  eps=5.0 if pfgm else 1e-5)
+    for i in range(points.shape[0]):
+        want = torch.tensor(spec_coulomb_field(points[i].tolist(), pos.tolist(),
+                                               None if neg is None else neg.tolist(),
+                                               plate_gamma, pfgm), dtype=torch.float64)
         assert torch.allclose(got[i], want, rtol=1e-9, atol=1e-12), (i, got[i], want)
 
 
@@ -145,13 +209,11 @@ def test_edge_rules(backend, where, geometry, dtype):
         tol = 1e-4 if dtype == torch.float32 else 1e-9
         assert torch.allclose(got.double().cpu(), want, rtol=tol, atol=tol * want.norm().item()), \
             (where, x, got, want)
-    # normalisation of the same rows (§4): sqrt(D+1) E / (||E|| + 1e-5)
+    # normalisation of the same rows (§4): sqrt(D+1) E / (||E|| + 1e-5), from the spec's E
     got_n = ifm.fields.string_field(p.to(device, dtype), q.to(device, dtype), a.to(device, dtype),
                                     L=L, sigma0=sigma0, K=K, normalize=True, backend=bname)
-    raw = ifm.fields.string_field(p.to(device, dtype), q.to(device, dtype), a.to(device, dtype),
-                                  L=L, sigma0=sigma0, K=K, backend=bname).double()
-    want_n = math.sqrt(3) * raw / (raw.norm(dim=1, keepdim=True) + 1e-5)
-    assert torch.allclose(got_n.double(), want_n, rtol=1e-5, atol=1e-6)
+    want_n = math.sqrt(3) * want / (want.norm(dim=1, keepdim=True) + 1e-5)
+    assert torch.allclose(got_n.double().cpu(), want_n, rtol=1e-4, atol=1e-5), (got_n, want_n)
 
 
 def test_all_underflow_row_is_zero(backend):
@@ -182,7 +244,48 @@ def test_ot_pairing_from_golden(backend):
     assert err_p < 1e-4 and err_u > 1e-2, (err_p, err_u)
 
 
-def test_default_normalize_is_raw_field():
+def test_default_normalize_is_raw_field(backend):
+    """Without normalize=..., every backend returns the raw field (the authors' GroundTruth)."""
+    bname, device = backend
     points, quarks, antiquarks, params = string_case(5, 5, 4, "toy", seed=6)
-    raw = ifm.fields.string_field(points, quarks, antiquarks, **params, backend="reference")
-    assert torch.allclose(raw, reference.string_field(points, quarks, antiquarks, **params))
+    args = [t.to(device) for t in (points, quarks, antiquarks)]
+    default = ifm.fields.string_field(*args, **params, backend=bname).cpu()
+    oracle = reference.string_field(points, quarks, antiquarks, **params, normalize=False)
+    assert torch.allclose(default, oracle, rtol=1e-9, atol=1e-12)
+    normalised = ifm.fields.string_field(*args, **params, normalize=True, backend=bname).cpu()
+    assert (default - normalised).norm(dim=1).max() > 0.1        # the two are told apart
+    default_c = ifm.fields.coulomb_field(*args, backend=bname).cpu()
+    oracle_c = reference.coulomb_field(points, quarks, antiquarks, plate_gamma=5.0)
+    assert torch.allclose(default_c, oracle_c, rtol=1e-9, atol=1e-12)
+
+
+def test_zero_rows_stay_zero_with_eps_zero(backend):
+    """eps = 0 / plate_gamma = 0 are accepted: rows whose field is exactly zero (a query outside
+    [0, L]; a query on the only charge) stay zero instead of 0 / 0."""
+    bname, device = backend
+    p, q, a = _one_pair(-0.5, [0.0, 0.0], [0.0, 0.0], [1.0, 0.0], 6.0)
+    out = ifm.fields.string_field(p.to(device), q.to(device), a.to(device), L=6.0, sigma0=1.0,
+                                  K=10.0, normalize=True, eps=0.0, backend=bname)
+    assert torch.equal(out.cpu(), torch.zeros_like(p))
+    pos = torch.tensor([[0.0, 1.0, 2.0]], device=device)
+    neg = torch.tensor([[6.0, 0.0, 0.0]], device=device)
+    for gamma, norm in ((0.0, False), (None, True)):
+        out = ifm.fields.coulomb_field(pos, pos, None, plate_gamma=gamma, normalize=norm,
+                                       eps=0.0, backend=bname)
+        assert torch.equal(out.cpu(), torch.zeros(1, 3)), (gamma, norm, out)
+    # two plates, per-plate gamma 0: the positive term vanishes, the negative one is normalised
+    out = ifm.fields.coulomb_field(pos, pos, neg, plate_gamma=0.0, backend=bname).cpu()
+    want = math.sqrt(3) * (neg - pos).cpu() / (neg - pos).norm()
+    assert torch.allclose(out, want, rtol=1e-6)
+
+
+def test_query_on_a_plate_not_representable_in_float32(backend):
+    """L = 0.3 is 0.30000001 in float32: a query with the antiquarks' z is on the plate, so its
+    own pair contributes (weight 1 / 1e-2), on every backend."""
+    bname, device = backend
+    L = 0.3
+    p, q, a = _one_pair(L, [1.0, 0.0], [0.0, 0.0], [1.0, 0.0], L)
+    p, q, a = (t.float().to(device) for t in (p, q, a))
+    p[0, 0] = a[0, 0]
+    out = ifm.fields.string_field(p, q, a, L=L, sigma0=1.0, K=math.pi / L, backend=bname).cpu()
+    assert out.norm() > 50.0, out

@@ -135,6 +135,7 @@ int main() {
   expect_near("coulomb logit", ifm::coulomb_logit(4.0, 3), -3.0 * std::log(2.0 + 1e-7));
   expect_true("coulomb logit at d = 0 finite", std::isfinite(ifm::coulomb_logit(0.0, 3073)));
   expect_near("normalize factor", ifm::normalize_factor(9.0, 2.0, 1e-5), 2.0 / (3.0 + 1e-5));
+  expect_near("normalize factor of a zero row, eps = 0", ifm::normalize_factor(0.0, 2.0, 0.0), 0.0);
 
   if (failures == 0) std::printf("test_field_math: all checks passed\n");
   return failures == 0 ? 0 : 1;

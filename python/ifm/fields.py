@@ -210,6 +210,10 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
                                     L=L, sigma0=sigma0, K=K, d=d, eps=eps)
     _checks.check_plate_column("quarks", q, 0.0)
     _checks.check_plate_column("antiquarks", a, L)
+    # The plate sits at L as the tensors hold it: a query with z == antiquarks' z is on the
+    # plate (inside), also when L is not representable in the compute dtype (e.g. 0.3 in float32).
+    L = float(torch.tensor(L, dtype=p.dtype))
+    d = min(d, L / 2.0)
     which = _resolve_backend(backend, p.device, "string_field")
     scale = math.sqrt(width)
     with torch.no_grad():

@@ -116,8 +116,10 @@ def _offsets(x, tau, A, Delta):
 
 
 def normalize_rows(E: torch.Tensor, scale: float, eps: float) -> torch.Tensor:
-    """``scale * E / (||E|| + eps)`` row-wise (FIELDS.md §4)."""
-    return scale * E / (torch.linalg.vector_norm(E, dim=1, keepdim=True) + eps)
+    """``scale * E / (||E|| + eps)`` row-wise (FIELDS.md §4); a zero row stays zero (also for
+    ``eps = 0``, where the formula is 0 / 0)."""
+    norm = torch.linalg.vector_norm(E, dim=1, keepdim=True)
+    return torch.where(norm == 0, torch.zeros_like(E), scale * E / (norm + eps))
 
 
 def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.Tensor, *,
