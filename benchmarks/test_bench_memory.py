@@ -30,17 +30,6 @@ PARAMS = dict(L=20.0, sigma0=1.0, K=math.pi / 20)
 BOUND = 1.5          # peak extra memory <= BOUND x input bytes
 
 
-def _proc_status() -> dict:
-    """``/proc/self/status`` memory lines in kB."""
-    out = {}
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            key, _, rest = line.partition(":")
-            if key.startswith("Vm"):
-                out[key] = int(rest.split()[0])
-    return out
-
-
 def _inputs(D, b, B, L, **_):
     gen = torch.Generator().manual_seed(0)
     A = torch.randn(B, D, generator=gen).tanh()
@@ -59,25 +48,18 @@ def _call(kind, backend, points, plates):
 
 
 def child(kind: str, backend: str) -> dict:
-    import gc
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _memory import peak_extra
 
     points, plates = _inputs(**SHAPE, **PARAMS)
     _call(kind, backend, points[:4], [t[:8] for t in plates])            # warm-up
-    gc.collect()
-    before = _proc_status()["VmRSS"]
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        reset = True
-    except OSError:
-        reset = False
-    out = _call(kind, backend, points, plates)
-    peak = _proc_status()["VmHWM"]
+    mem = peak_extra(lambda: _call(kind, backend, points, plates))
     input_bytes = sum(t.numel() * t.element_size() for t in (points, *plates))
     return {"kind": kind, "backend": backend, "shape": SHAPE, "threads": torch.get_num_threads(),
-            "input_mb": input_bytes / 2 ** 20, "output_mb": out.numel() * out.element_size() / 2 ** 20,
-            "rss_before_call_mb": before / 1024, "peak_extra_mb": (peak - before) / 1024,
-            "hwm_reset": reset}
+            "input_mb": input_bytes / 2 ** 20,
+            "output_mb": points.numel() * points.element_size() / 2 ** 20,
+            "rss_before_call_mb": mem["rss_inputs_mb"], "peak_extra_mb": mem["peak_extra_mb"],
+            "hwm_reset": mem["hwm_reset"]}
 
 
 def measure(kind: str, backend: str = "cpu") -> dict:
