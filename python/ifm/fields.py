@@ -19,7 +19,9 @@ Backends (``backend=``):
 
 Targets are computed without autograd: inputs that require grad are read as constants and the
 result does not require grad (a target is a regression label, not a differentiable function).
-Half-precision inputs are computed in float32 and the result is cast back to their dtype.
+Half-precision inputs are computed in float32 and the result is cast back to their dtype; a raw
+(``normalize=False``) field whose rows are tiny then loses them to the float16 range (rows below
+~6e-8 become 0): prefer ``normalize=True`` (or float32 inputs) with half data.
 """
 from __future__ import annotations
 
