@@ -108,7 +108,12 @@ inline __attribute__((always_inline)) void pass2_block(
         T tmp[W];
         Vt::store(tmp, acc[q][u]);
         double* dst = accs[q] + k0 + u * W;
-        for (int64_t l = 0; l < m[u]; ++l) dst[l] += (double)tmp[l];
+        if (TAIL) {
+          for (int64_t l = 0; l < m[u]; ++l) dst[l] += (double)tmp[l];
+        } else {
+#pragma omp simd
+          for (int l = 0; l < W; ++l) dst[l] += (double)tmp[l];
+        }
       }
   }
 }

@@ -7,6 +7,7 @@
 //            double, then the optional normalisation.
 // Large D uses row-major tiles; small D (the toys) the transposed layout (field_common.h).
 #include <cmath>
+#include <memory>
 #include <vector>
 
 #include "field_common.h"
@@ -150,34 +151,113 @@ void string_field_impl(const T* points, const T* quarks, const T* antiquarks, in
   std::vector<double> r2((size_t)(b * B), 0.0);
   pass1_matrix<T>(K, points + 1, DIM, tq.data(), groups, delta.data(), D, B, D, r2.data(),
                   num_threads);
+  // Pass 2. Items are query tiles: each computes its rows' coefficients and merged pair list;
+  // a sparse tile (no merge) runs its per-row pass 2 and writes its rows at once. Dense (merged)
+  // tiles are kept for a second loop whose items are column chunks of 1 KB per row, each
+  // walking every dense tile, so that the chunk's pair rows stay in L2 and no thread waits on a
+  // few large tiles. Every output element is computed by one call in the order of a whole-row
+  // call (the kernels treat columns independently): results do not depend on the split or the
+  // thread count.
   const int Q2 = K.Q2;
   std::vector<std::pair<int, int64_t>> tiles;  // (group, first row index in the group)
   for (int g = 0; g < 2; ++g)
     for (int64_t f = 0; f < (int64_t)groups[g].rows.size(); f += Q2) tiles.push_back({g, f});
+  const int64_t n_tiles = (int64_t)tiles.size();
+  if (n_tiles == 0) return;
+  std::vector<std::unique_ptr<TileTerms<T>>> dense(n_tiles);  // set for the merged tiles
+  std::vector<int64_t> dense_list;
+  std::unique_ptr<double[]> E;  // [b, DIM] rows of the dense tiles (zeroed per chunk)
+  auto tile_rows = [&](int64_t ti, int& valid) {
+    const QueryGroup<T>& grp = groups[tiles[ti].first];
+    valid = (int)std::min<int64_t>(Q2, (int64_t)grp.rows.size() - tiles[ti].second);
+    return grp.rows.data() + tiles[ti].second;
+  };
+  // E_z and the output of query row i (tile row q of tt) from its sums Eq[1..DIM).
+  auto finish_row = [&](int64_t i, const RowTerms& r, double* Eq) {
+    double sum_c1 = 0.0;
+    for (int64_t c = 0; c < r.n; ++c) sum_c1 += r.c1[c];
+    Eq[0] = p.L * sum_c1;
+    write_row(Eq, DIM, norm, out + i * DIM);
+  };
+  const int64_t vec = 4 * (int64_t)K.W;
+  const int64_t chunk = std::min(D, std::max<int64_t>(vec, (1024 / (int64_t)sizeof(T)) / vec * vec));
+  const int64_t n_chunks = (D + chunk - 1) / chunk;
 #pragma omp parallel num_threads(num_threads)
   {
-    TileTerms<T> tt(Q2, B);
-    std::vector<double> E((size_t)(Q2 * DIM));
+    std::unique_ptr<TileTerms<T>> cur;
+    std::vector<double> Et((size_t)(Q2 * DIM));
     std::vector<double*> acc(Q2);
-    for (int q = 0; q < Q2; ++q) acc[q] = E.data() + q * DIM + 1;
+    for (int q = 0; q < Q2; ++q) acc[q] = Et.data() + q * DIM + 1;
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t ti = 0; ti < (int64_t)tiles.size(); ++ti) {
-      const QueryGroup<T>& grp = groups[tiles[ti].first];
-      const int64_t* rows = grp.rows.data() + tiles[ti].second;
-      const int valid = (int)std::min<int64_t>(Q2, (int64_t)grp.rows.size() - tiles[ti].second);
-      std::fill(E.begin(), E.end(), 0.0);
+    for (int64_t ti = 0; ti < n_tiles; ++ti) {
+      int valid;
+      const int64_t* rows = tile_rows(ti, valid);
+      if (!cur) cur.reset(new TileTerms<T>(Q2, B));
+      TileTerms<T>& tt = *cur;
       for (int q = 0; q < valid; ++q) {
-        string_row_terms(K, qs[rows[q]], r2.data() + rows[q] * B, B, nu.data(), stable, is_double,
-                         tt.rows[q]);
+        string_row_terms(K, qs[rows[q]], r2.data() + rows[q] * B, B, nu.data(), stable,
+                         is_double, tt.rows[q]);
         tt.rows[q].compact();
       }
-      pass2_for_tile<T>(K, points + 1, DIM, tq.data(), rows, valid, grp.y, DIM, delta.data(), D, D,
-                        tt, acc.data());
+      if (tt.merge(valid)) {
+        dense[ti] = std::move(cur);
+        continue;
+      }
+      const QueryGroup<T>& grp = groups[tiles[ti].first];
       for (int q = 0; q < valid; ++q) {
-        double sum_c1 = 0.0;
-        for (int64_t c = 0; c < tt.rows[q].n; ++c) sum_c1 += tt.rows[q].c1[c];
-        E[q * DIM] = p.L * sum_c1;
-        write_row(E.data() + q * DIM, DIM, norm, out + rows[q] * DIM);
+        const RowTerms& r = tt.rows[q];
+        std::fill(Et.begin() + q * DIM, Et.begin() + (q + 1) * DIM, 0.0);
+        if (r.n > 0)
+          K.pass2_rows[1](points + 1 + rows[q] * DIM, (double)tq[rows[q]], grp.y, DIM,
+                          delta.data(), D, r.cand.data(), r.c1.data(), r.c2.data(), r.n, D,
+                          acc[q]);
+      }
+      for (int q = 0; q < valid; ++q) finish_row(rows[q], tt.rows[q], Et.data() + q * DIM);
+    }
+    // implicit barrier
+#pragma omp single
+    {
+      for (int64_t ti = 0; ti < n_tiles; ++ti)
+        if (dense[ti]) dense_list.push_back(ti);
+      if (!dense_list.empty()) E.reset(new double[(size_t)(b * DIM)]);
+    }
+    if (!dense_list.empty()) {
+      std::vector<double> scratch((size_t)chunk, 0.0);  // accumulators of padded tile rows
+      double* cacc[16];
+      const T* xs[16];
+      T ts[16];
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t ci = 0; ci < n_chunks; ++ci) {
+        const int64_t c0 = ci * chunk, len = std::min(chunk, D - c0);
+        for (const int64_t ti : dense_list) {
+          int valid;
+          const int64_t* rows = tile_rows(ti, valid);
+          const TileTerms<T>& tt = *dense[ti];
+          for (int q = 0; q < Q2; ++q) {
+            if (q < valid) {
+              cacc[q] = E.get() + rows[q] * DIM + 1 + c0;
+              std::fill(cacc[q], cacc[q] + len, 0.0);
+            } else {
+              cacc[q] = scratch.data();
+            }
+          }
+          if (tt.m == 0) continue;
+          for (int q = 0; q < Q2; ++q) {
+            const int64_t i = rows[std::min(q, valid - 1)];
+            xs[q] = points + 1 + i * DIM + c0;
+            ts[q] = tq[i];
+          }
+          K.pass2_tile[1](xs, ts, groups[tiles[ti].first].y + c0, DIM, delta.data() + c0, D,
+                          tt.js.data(), tt.m, tt.c1.data(), tt.c2.data(), len, cacc);
+        }
+      }
+#pragma omp for schedule(dynamic, 1)
+      for (size_t di = 0; di < dense_list.size(); ++di) {
+        const int64_t ti = dense_list[di];
+        int valid;
+        const int64_t* rows = tile_rows(ti, valid);
+        for (int q = 0; q < valid; ++q)
+          finish_row(rows[q], dense[ti]->rows[q], E.get() + rows[q] * DIM);
       }
     }
   }
