@@ -25,9 +25,10 @@ constexpr double kStringCosEps = 1e-8;  // (cos(alpha) + 1e-8) * (s / sigma0)^D
 constexpr double kStringDenEps = 1e-2;  // ... + 1e-2
 constexpr double kCoulombDEps = 1e-7;   // (d + 1e-7) in the Coulomb weights
 
-// A pair whose weight is below this fraction of its row's largest weight cannot change the
-// result at the data precision (24 or 53 mantissa bits, summed over up to ~1e5 pairs): it is
-// skipped in the weighted-sum pass. See PERFORMANCE.md, "Arithmetic floor".
+// A term below this fraction of its row's largest term cannot change the result at the data
+// precision (24 or 53 mantissa bits, summed over up to ~1e5 pairs): it is skipped in the
+// weighted-sum pass (string: by pair weight; Coulomb: by contribution coeff * distance, see
+// docs/DESIGN.md). See PERFORMANCE.md, "Arithmetic floor".
 IFM_HD double skip_ratio(bool is_double) { return is_double ? 0x1p-80 : 0x1p-44; }
 
 struct StringParams {
