@@ -17,19 +17,11 @@
 
 namespace {
 
-void check_cpu_input(const at::Tensor& t, const char* name, const at::Tensor& points) {
-  ifm::check_op_input(t, name, points, c10::DeviceType::CPU, "cpu");
-}
-
 at::Tensor string_field_cpu(const at::Tensor& points_in, const at::Tensor& quarks_in,
                             const at::Tensor& antiquarks_in, double L, double sigma0, double K,
                             double d, bool stable, bool normalize, double norm_scale,
                             double norm_eps) {
-  check_cpu_input(points_in, "points", points_in);
-  check_cpu_input(quarks_in, "quarks", points_in);
-  check_cpu_input(antiquarks_in, "antiquarks", points_in);
-  TORCH_CHECK(quarks_in.size(0) == antiquarks_in.size(0),
-              "ifm (cpu): quarks and antiquarks must have the same number of rows");
+  ifm::check_string_op(points_in, quarks_in, antiquarks_in, c10::DeviceType::CPU, "cpu", false);
   const at::Tensor points = points_in.contiguous();
   const at::Tensor quarks = quarks_in.contiguous();
   const at::Tensor antiquarks = antiquarks_in.contiguous();
@@ -51,13 +43,11 @@ at::Tensor coulomb_field_cpu(const at::Tensor& points_in, const at::Tensor& posi
                              const std::optional<at::Tensor>& negative_in,
                              std::optional<double> plate_gamma, double sum_eps, bool normalize,
                              double norm_scale, double norm_eps) {
-  check_cpu_input(points_in, "points", points_in);
-  check_cpu_input(positive_in, "positive", points_in);
-  if (negative_in.has_value()) check_cpu_input(*negative_in, "negative", points_in);
+  ifm::check_coulomb_op(points_in, positive_in, negative_in, c10::DeviceType::CPU, "cpu", false);
   const at::Tensor points = points_in.contiguous();
   const at::Tensor positive = positive_in.contiguous();
   at::Tensor negative;
-  if (negative_in.has_value()) negative = negative_in->contiguous();
+  if (negative_in.has_value() && negative_in->defined()) negative = negative_in->contiguous();
   at::Tensor out = at::empty_like(points);
   const int64_t b = points.size(0);
   if (b == 0) return out;

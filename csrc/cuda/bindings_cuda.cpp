@@ -17,11 +17,6 @@
 
 namespace {
 
-void check_cuda_input(const at::Tensor& t, const char* name, const at::Tensor& points) {
-  ifm::check_op_input(t, name, points, c10::DeviceType::CUDA, "cuda");
-  TORCH_CHECK(t.is_contiguous(), "ifm (cuda): ", name, " must be contiguous (row-major)");
-}
-
 at::Tensor workspace(size_t bytes, const at::Tensor& like) {
   return at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
 }
@@ -30,11 +25,7 @@ at::Tensor string_field_cuda(const at::Tensor& points, const at::Tensor& quarks,
                              const at::Tensor& antiquarks, double L, double sigma0, double K,
                              double d, bool stable, bool normalize, double norm_scale,
                              double norm_eps) {
-  check_cuda_input(points, "points", points);
-  check_cuda_input(quarks, "quarks", points);
-  check_cuda_input(antiquarks, "antiquarks", points);
-  TORCH_CHECK(quarks.size(0) == antiquarks.size(0),
-              "ifm (cuda): quarks and antiquarks must have the same number of rows");
+  ifm::check_string_op(points, quarks, antiquarks, c10::DeviceType::CUDA, "cuda", true);
   const c10::cuda::CUDAGuard guard(points.device());
   at::Tensor out = at::empty_like(points, at::MemoryFormat::Contiguous);
   const int64_t b = points.size(0), B = quarks.size(0);
@@ -57,10 +48,8 @@ at::Tensor coulomb_field_cuda(const at::Tensor& points, const at::Tensor& positi
                               const std::optional<at::Tensor>& negative,
                               std::optional<double> plate_gamma, double sum_eps, bool normalize,
                               double norm_scale, double norm_eps) {
-  check_cuda_input(points, "points", points);
-  check_cuda_input(positive, "positive", points);
+  ifm::check_coulomb_op(points, positive, negative, c10::DeviceType::CUDA, "cuda", true);
   const bool two = negative.has_value() && negative->defined();
-  if (two) check_cuda_input(*negative, "negative", points);
   const c10::cuda::CUDAGuard guard(points.device());
   at::Tensor out = at::empty_like(points, at::MemoryFormat::Contiguous);
   const int64_t b = points.size(0), D = points.size(1) - 1;
