@@ -80,9 +80,7 @@ def tube_slope(z: torch.Tensor, L: float, K: float, d: float) -> torch.Tensor:
     right = (z > L - d) & ~left
     zero = torch.zeros_like(z)
     kl = K / (torch.tan(K * torch.where(left, z, zero)) + STRING_TAN_EPS)
-    with torch.no_grad():
-        tr = torch.tan(K * torch.where(right, L - z, zero + 1.0))
-    kr = -K / tr
+    kr = -K / torch.tan(K * torch.where(right, L - z, zero + 1.0))
     return torch.where(left, kl, torch.where(right, kr, zero))
 
 
