@@ -124,7 +124,7 @@ def _call_launcher(shape: Shape, tensors: dict):
         return ifm_kernels.string_field(
             tensors["points"], tensors["quarks"], tensors["antiquarks"], L=shape.L,
             sigma0=shape.sigma0, K=shape.K, d=shape.d, stable=False, normalize=False,
-            norm_scale=math.sqrt(shape.D + 1), norm_eps=1e-5)
+            norm_scale=math.sqrt(shape.D + 1), eps=1e-5)
     return ifm_kernels.coulomb_field(tensors["points"], tensors["positive"],
                                      tensors.get("negative"), **_coulomb_kwargs(shape))
 
@@ -132,9 +132,9 @@ def _call_launcher(shape: Shape, tensors: dict):
 def _coulomb_kwargs(shape: Shape) -> dict:
     if shape.pfgm:
         return dict(plate_gamma=None, sum_eps=1e-7, normalize=True,
-                    norm_scale=math.sqrt(shape.D), norm_eps=5.0)
+                    norm_scale=math.sqrt(shape.D), eps=5.0)
     return dict(plate_gamma=shape.plate_gamma, sum_eps=0.0, normalize=False,
-                norm_scale=math.sqrt(shape.D + 1), norm_eps=1e-5)
+                norm_scale=math.sqrt(shape.D + 1), eps=1e-5)
 
 
 def _shaped(shape: Shape, device, dtype=torch.float32) -> dict:
@@ -274,7 +274,7 @@ def reference64(shape: Shape, inputs: dict) -> torch.Tensor:
     return reference.coulomb_field(t["points"], t["positive"], t.get("negative"),
                                    plate_gamma=kw["plate_gamma"], sum_eps=kw["sum_eps"],
                                    normalize=kw["normalize"], norm_scale=kw["norm_scale"],
-                                   eps=kw["norm_eps"])
+                                   eps=kw["eps"])
 
 
 def max_row_rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -317,7 +317,7 @@ def backend_fn(shape: Shape, backend: str, inputs: dict):
     kw = _coulomb_kwargs(shape)
     return lambda: torch.ops.ifm.coulomb_field(
         inputs["points"], inputs["positive"], inputs.get("negative"), kw["plate_gamma"],
-        kw["sum_eps"], kw["normalize"], kw["norm_scale"], kw["norm_eps"])
+        kw["sum_eps"], kw["normalize"], kw["norm_scale"], kw["eps"])
 
 
 def cuda_event_times_us(fn, reps: int = 50, warmup: int = 3) -> list:

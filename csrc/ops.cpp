@@ -20,7 +20,7 @@ namespace {
 at::Tensor string_field_cpu(const at::Tensor& points_in, const at::Tensor& quarks_in,
                             const at::Tensor& antiquarks_in, double L, double sigma0, double K,
                             double d, bool stable, bool normalize, double norm_scale,
-                            double norm_eps) {
+                            double eps) {
   ifm::check_string_op(points_in, quarks_in, antiquarks_in, c10::DeviceType::CPU, "cpu", false);
   const at::Tensor points = points_in.contiguous();
   const at::Tensor quarks = quarks_in.contiguous();
@@ -29,7 +29,7 @@ at::Tensor string_field_cpu(const at::Tensor& points_in, const at::Tensor& quark
   const int64_t b = points.size(0), B = quarks.size(0);
   if (b == 0) return out;
   ifm::StringParams p{L, sigma0, K, d, points.size(1) - 1};
-  const ifm::NormParams np{normalize, norm_scale, norm_eps};
+  const ifm::NormParams np{normalize, norm_scale, eps};
   const int threads = at::get_num_threads();
   AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "ifm_string_field_cpu", [&] {
     ifm::cpu::string_field<scalar_t>(points.data_ptr<scalar_t>(), quarks.data_ptr<scalar_t>(),
@@ -42,7 +42,7 @@ at::Tensor string_field_cpu(const at::Tensor& points_in, const at::Tensor& quark
 at::Tensor coulomb_field_cpu(const at::Tensor& points_in, const at::Tensor& positive_in,
                              const std::optional<at::Tensor>& negative_in,
                              std::optional<double> plate_gamma, double sum_eps, bool normalize,
-                             double norm_scale, double norm_eps) {
+                             double norm_scale, double eps) {
   ifm::check_coulomb_op(points_in, positive_in, negative_in, c10::DeviceType::CPU, "cpu", false);
   const at::Tensor points = points_in.contiguous();
   const at::Tensor positive = positive_in.contiguous();
@@ -51,7 +51,7 @@ at::Tensor coulomb_field_cpu(const at::Tensor& points_in, const at::Tensor& posi
   at::Tensor out = at::empty_like(points);
   const int64_t b = points.size(0);
   if (b == 0) return out;
-  const ifm::NormParams np{normalize, norm_scale, norm_eps};
+  const ifm::NormParams np{normalize, norm_scale, eps};
   const int threads = at::get_num_threads();
   AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "ifm_coulomb_field_cpu", [&] {
     ifm::cpu::coulomb_field<scalar_t>(
@@ -68,10 +68,10 @@ at::Tensor coulomb_field_cpu(const at::Tensor& points_in, const at::Tensor& posi
 TORCH_LIBRARY(ifm, m) {
   m.def(
       "string_field(Tensor points, Tensor quarks, Tensor antiquarks, float L, float sigma0, "
-      "float K, float d, bool stable, bool normalize, float norm_scale, float norm_eps) -> Tensor");
+      "float K, float d, bool stable, bool normalize, float norm_scale, float eps) -> Tensor");
   m.def(
       "coulomb_field(Tensor points, Tensor positive, Tensor? negative, float? plate_gamma, "
-      "float sum_eps, bool normalize, float norm_scale, float norm_eps) -> Tensor");
+      "float sum_eps, bool normalize, float norm_scale, float eps) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(ifm, CPU, m) {

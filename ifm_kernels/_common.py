@@ -304,12 +304,12 @@ def _combined(ep_ptr, en_ptr, idx, mask, fp, fn, HAS_NEG: tl.constexpr):
 
 @triton.jit
 def finalize_kernel(ep_ptr, en_ptr, out_ptr, rows, width, plate_scale: tl.float64,
-                    plate_gamma: tl.float64, norm_scale: tl.float64, norm_eps: tl.float64,
+                    plate_gamma: tl.float64, norm_scale: tl.float64, eps: tl.float64,
                     HAS_NEG: tl.constexpr, PLATE_NORM: tl.constexpr, NORMALIZE: tl.constexpr,
                     BR: tl.constexpr, BW: tl.constexpr):
     """Grid ``(tiles_r,)``. For each row: ``v = fn * en - fp * ep`` (``HAS_NEG``) or ``fp * ep``
     with ``fp, fn = plate_scale / (||e|| + plate_gamma)`` when ``PLATE_NORM`` (else 1); then
-    ``out = norm_scale * v / (||v|| + norm_eps)`` when ``NORMALIZE`` (else ``v``). Norms in
+    ``out = norm_scale * v / (||v|| + eps)`` when ``NORMALIZE`` (else ``v``). Norms in
     float64, columns in blocks of BW in order. ``ep`` may alias ``out``."""
     offs_i = tl.program_id(0) * BR + tl.arange(0, BR)
     mi = offs_i < rows
@@ -338,7 +338,7 @@ def finalize_kernel(ep_ptr, en_ptr, out_ptr, rows, width, plate_scale: tl.float6
             m = mi[:, None] & (ks < width)[None, :]
             v = _combined(ep_ptr, en_ptr, prow[:, None] + ks[None, :], m, fp, fn, HAS_NEG)
             sv += tl.sum(v * v, axis=1)
-        f = normalize_factor(sv, norm_scale, norm_eps)
+        f = normalize_factor(sv, norm_scale, eps)
     for c in range(0, width, BW):
         ks = c + tl.arange(0, BW)
         m = mi[:, None] & (ks < width)[None, :]
@@ -582,7 +582,7 @@ def launch_pair_sums(plan: Plan, points, y0, y1, c1, c2, out, rows, n, col0, nco
            plan.num_warps)
 
 
-def launch_finalize(plan: Plan, ep, en, out, *, plate_gamma, normalize, norm_scale, norm_eps):
+def launch_finalize(plan: Plan, ep, en, out, *, plate_gamma, normalize, norm_scale, eps):
     """Pass 3 (see :func:`finalize_kernel`); a no-op when there is nothing to do."""
     plate_norm = plate_gamma is not None
     if en is None and not plate_norm and not normalize:
@@ -592,7 +592,7 @@ def launch_finalize(plan: Plan, ep, en, out, *, plate_gamma, normalize, norm_sca
     rows, width = out.shape
     launch(finalize_kernel, plan.fin_grid,
            (ep, en if en is not None else ep, out, rows, width, math.sqrt(width),
-            float(plate_gamma) if plate_norm else 0.0, float(norm_scale), float(norm_eps)),
+            float(plate_gamma) if plate_norm else 0.0, float(norm_scale), float(eps)),
            dict(HAS_NEG=en is not None, PLATE_NORM=plate_norm, NORMALIZE=bool(normalize),
                 BR=plan.fin_br, BW=plan.fin_bw),
            plan.num_warps)

@@ -88,12 +88,12 @@ def _plate_field(plan: C.Plan, points: torch.Tensor, charges: torch.Tensor, sum_
 def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
                   negative: Optional[torch.Tensor], *, plate_gamma: Optional[float],
                   sum_eps: float, normalize: bool, norm_scale: float,
-                  norm_eps: float) -> torch.Tensor:
+                  eps: float) -> torch.Tensor:
     """Coulomb field target ``[b, D+1]`` (docs/DESIGN.md, "Triton launchers").
 
     One plate (``negative is None``): ``E+`` (toward the charges); two plates: ``-E+ + E-``.
     ``plate_gamma`` not None: each plate term becomes ``sqrt(D+1) E / (||E|| + plate_gamma)``
-    first. ``normalize``: ``norm_scale E / (||E|| + norm_eps)`` last. Extra memory per plate:
+    first. ``normalize``: ``norm_scale E / (||E|| + eps)`` last. Extra memory per plate:
     ``partial [S, b, B]`` and ``coeff [b, B]``; with two plates one ``[b, D+1]`` buffer for E-.
     """
     points, positive = points.contiguous(), positive.contiguous()
@@ -114,5 +114,5 @@ def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
                                  points.element_size())
             _plate_field(plan_n, points, negative, sum_eps, en)
         C.launch_finalize(plan_p, out, en, out, plate_gamma=plate_gamma, normalize=normalize,
-                          norm_scale=norm_scale, norm_eps=norm_eps)
+                          norm_scale=norm_scale, eps=eps)
     return out

@@ -10,7 +10,7 @@ Launches (docs/DESIGN.md, "Numerics every kernel follows"; kernels of passes 1, 
    row's largest weight, ``c1 = w cos_a nu_j``, ``c2 = w sr`` into ``[b, B]`` buffers and
    ``E_z = L sum_j c1`` straight into column 0 of the output.
 3. ``pair_sums_kernel``: ``E_x = sum_j c2 rho + c1 Delta`` from differences.
-4. ``finalize_kernel`` (only with ``normalize``): ``norm_scale E / (||E|| + norm_eps)``.
+4. ``finalize_kernel`` (only with ``normalize``): ``norm_scale E / (||E|| + eps)``.
 """
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def string_coeff_kernel(p_ptr, part_ptr, nsq_ptr, c1_ptr, c2_ptr, out_ptr,
 
 def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.Tensor, *,
                  L: float, sigma0: float, K: float, d: float, stable: bool, normalize: bool,
-                 norm_scale: float, norm_eps: float) -> torch.Tensor:
+                 norm_scale: float, eps: float) -> torch.Tensor:
     """String (IFM) field target ``[b, D+1]`` (docs/DESIGN.md, "Triton launchers").
 
     Inputs: validated, contiguous, float32 or float64, same device (CUDA, or CPU under
@@ -113,6 +113,6 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
                            string=True)
         if normalize:
             C.launch_finalize(plan, out, None, out, plate_gamma=None, normalize=True,
-                              norm_scale=norm_scale, norm_eps=norm_eps)
+                              norm_scale=norm_scale, eps=eps)
     return out
 

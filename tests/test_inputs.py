@@ -85,7 +85,6 @@ COULOMB_BAD = [
     ("plate_gamma nan", dict(plate_gamma=float("nan")), ValueError, ["plate_gamma", "finite"]),
     ("normalize unknown", dict(normalize="efm"), ValueError, ["normalize", "'pfgm'"]),
     ("eps nan", dict(eps=float("nan")), ValueError, ["eps", "finite"]),
-    ("stability not bool", dict(stability="yes"), TypeError, ["stability"]),
     ("integer points", dict(points=P.int()), TypeError, ["points", "floating dtype"]),
 ]
 

@@ -46,7 +46,7 @@ def _string(points, quarks, antiquarks, params, dtype, stable=False, normalize=F
     args = [t.to(DEVICE, dtype) for t in (points, quarks, antiquarks)]
     return ifm_kernels.string_field(*args, **params, d=math.pi / (2 * params["K"]),
                                     stable=stable, normalize=normalize,
-                                    norm_scale=math.sqrt(D + 1), norm_eps=1e-5)
+                                    norm_scale=math.sqrt(D + 1), eps=1e-5)
 
 
 def check_string(points, quarks, antiquarks, params, dtype, **mode):
@@ -69,7 +69,7 @@ def check_coulomb(points, pos, neg, dtype, plate_gamma=None, normalize=False, su
     on = [None if t is None else t.to(DEVICE, dtype) for t in (points, pos, neg)]
     out = ifm_kernels.coulomb_field(*on, plate_gamma=plate_gamma, sum_eps=sum_eps,
                                     normalize=normalize, norm_scale=math.sqrt(DIM),
-                                    norm_eps=1e-5)
+                                    eps=1e-5)
     assert out.dtype == dtype and out.shape == points.shape
     assert_parity(out, oracle, standin, what=f"triton coulomb {tuple(points.shape)}")
     return out
@@ -84,7 +84,7 @@ def _record_string(b, B, D, profile=H100, dtype=torch.float32, normalize=True):
         ifm_kernels.string_field(_meta(b, D + 1, dtype=dtype), _meta(B, D + 1, dtype=dtype),
                                  _meta(B, D + 1, dtype=dtype), L=20.0, sigma0=1.0,
                                  K=math.pi / 20, d=10.0, stable=False, normalize=normalize,
-                                 norm_scale=1.0, norm_eps=1e-5)
+                                 norm_scale=1.0, eps=1e-5)
     return rec
 
 
@@ -93,7 +93,7 @@ def _record_coulomb(b, Bp, Bn, D, profile=H100, plate_gamma=5.0, normalize=False
         ifm_kernels.coulomb_field(_meta(b, D + 1), _meta(Bp, D + 1),
                                   None if Bn is None else _meta(Bn, D + 1),
                                   plate_gamma=plate_gamma, sum_eps=0.0, normalize=normalize,
-                                  norm_scale=1.0, norm_eps=1e-5)
+                                  norm_scale=1.0, eps=1e-5)
     return rec
 
 
@@ -259,7 +259,7 @@ def test_interpreter_smoke():
     points, pos, neg = coulomb_case(2, 2, 2, 3, L=6.0, seed=0)
     out = ifm_kernels.coulomb_field(points.float().to(DEVICE), pos.float().to(DEVICE), None,
                                     plate_gamma=None, sum_eps=0.0, normalize=False,
-                                    norm_scale=1.0, norm_eps=1e-5)
+                                    norm_scale=1.0, eps=1e-5)
     assert torch.isfinite(out).all()
 
 
@@ -280,10 +280,10 @@ _COMPILE_SCRIPT = textwrap.dedent("""
                 ifm_kernels.string_field(meta(64, 3073, dt=dt), meta(256, 3073, dt=dt),
                                          meta(256, 3073, dt=dt), L=20.0, sigma0=1.0,
                                          K=math.pi / 20, d=10.0, stable=True, normalize=True,
-                                         norm_scale=1.0, norm_eps=1e-5)
+                                         norm_scale=1.0, eps=1e-5)
                 ifm_kernels.coulomb_field(meta(64, 3073, dt=dt), meta(1024, 3073, dt=dt),
                                           meta(1024, 3073, dt=dt), plate_gamma=5.0, sum_eps=0.0,
-                                          normalize=True, norm_scale=1.0, norm_eps=1e-5)
+                                          normalize=True, norm_scale=1.0, eps=1e-5)
             seen = set()
             for r in rec:
                 key = (r.name, tuple(sorted(r.constexprs.items())))

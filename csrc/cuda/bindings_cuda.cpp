@@ -24,14 +24,14 @@ at::Tensor workspace(size_t bytes, const at::Tensor& like) {
 at::Tensor string_field_cuda(const at::Tensor& points, const at::Tensor& quarks,
                              const at::Tensor& antiquarks, double L, double sigma0, double K,
                              double d, bool stable, bool normalize, double norm_scale,
-                             double norm_eps) {
+                             double eps) {
   ifm::check_string_op(points, quarks, antiquarks, c10::DeviceType::CUDA, "cuda", true);
   const c10::cuda::CUDAGuard guard(points.device());
   at::Tensor out = at::empty_like(points, at::MemoryFormat::Contiguous);
   const int64_t b = points.size(0), B = quarks.size(0);
   if (b == 0) return out;
   const ifm::StringParams p{L, sigma0, K, d, points.size(1) - 1};
-  const ifm::NormParams np{normalize, norm_scale, norm_eps};
+  const ifm::NormParams np{normalize, norm_scale, eps};
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream(points.device().index()).stream();
   AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "ifm_string_field_cuda", [&] {
     const size_t bytes = ifm::cuda::string_field_workspace_bytes<scalar_t>(b, B, p.D);
@@ -47,7 +47,7 @@ at::Tensor string_field_cuda(const at::Tensor& points, const at::Tensor& quarks,
 at::Tensor coulomb_field_cuda(const at::Tensor& points, const at::Tensor& positive,
                               const std::optional<at::Tensor>& negative,
                               std::optional<double> plate_gamma, double sum_eps, bool normalize,
-                              double norm_scale, double norm_eps) {
+                              double norm_scale, double eps) {
   ifm::check_coulomb_op(points, positive, negative, c10::DeviceType::CUDA, "cuda", true);
   const bool two = negative.has_value() && negative->defined();
   const c10::cuda::CUDAGuard guard(points.device());
@@ -55,7 +55,7 @@ at::Tensor coulomb_field_cuda(const at::Tensor& points, const at::Tensor& positi
   const int64_t b = points.size(0), D = points.size(1) - 1;
   if (b == 0) return out;
   const int64_t Bp = positive.size(0), Bn = two ? negative->size(0) : -1;
-  const ifm::NormParams np{normalize, norm_scale, norm_eps};
+  const ifm::NormParams np{normalize, norm_scale, eps};
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream(points.device().index()).stream();
   AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "ifm_coulomb_field_cuda", [&] {
     const size_t bytes = ifm::cuda::coulomb_field_workspace_bytes<scalar_t>(b, Bp, Bn, D);

@@ -35,7 +35,7 @@ if LOAD_ERROR is None:
 
     @torch.library.register_fake("ifm::string_field")
     def _string_field_fake(points, quarks, antiquarks, L, sigma0, K, d, stable, normalize,
-                           norm_scale, norm_eps):
+                           norm_scale, eps):
         torch._check(quarks.shape[0] == antiquarks.shape[0])
         torch._check(quarks.shape[1] == points.shape[1])
         torch._check(antiquarks.shape[1] == points.shape[1])
@@ -43,7 +43,7 @@ if LOAD_ERROR is None:
 
     @torch.library.register_fake("ifm::coulomb_field")
     def _coulomb_field_fake(points, positive, negative, plate_gamma, sum_eps, normalize,
-                            norm_scale, norm_eps):
+                            norm_scale, eps):
         torch._check(positive.shape[1] == points.shape[1])
         if negative is not None:
             torch._check(negative.shape[1] == points.shape[1])

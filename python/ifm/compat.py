@@ -107,8 +107,7 @@ class EFM(_Base):
     def GroundTruth(self, points: torch.Tensor, positive: torch.Tensor,  # noqa: N802
                     negative: torch.Tensor) -> torch.Tensor:
         self._check_dim(points)
-        return fields.coulomb_field(points, positive, negative, stability=self.stability,
-                                    plate_gamma=self.gamma, normalize=False, backend=self.backend)
+        return fields.coulomb_field(points, positive, negative, plate_gamma=self.gamma, normalize=False, backend=self.backend)
 
     __call__ = GroundTruth
 

@@ -47,6 +47,8 @@ __all__ = [
     "coulomb_field_cuda",
     "coulomb_field_triton",
     "coulomb_field_reference",
+    "string_kernel_args",
+    "coulomb_kernel_args",
 ]
 
 BACKENDS = ("cpu", "cuda", "triton", "reference")
@@ -163,6 +165,34 @@ def _prepare(named, check_finite: bool, **params):
 
 
 # --------------------------------------------------------------------------------------------
+# public arguments -> kernel arguments (the one place this mapping lives; tests and benchmarks
+# call these too)
+# --------------------------------------------------------------------------------------------
+def string_kernel_args(width: int, *, normalize: bool = False, eps: float = 1e-5) -> dict:
+    """Normalisation arguments of the string kernels (ops, Triton launchers, reference) for
+    the public ``normalize`` / ``eps`` at ``width = D+1`` columns: the target is
+    ``sqrt(D+1) * E / (||E|| + eps)``."""
+    return dict(normalize=bool(normalize), norm_scale=math.sqrt(width), eps=float(eps))
+
+
+def coulomb_kernel_args(width: int, *, two_plates: bool, plate_gamma=_DEFAULT,
+                        normalize: Union[bool, str] = False,
+                        eps: Optional[float] = None) -> dict:
+    """Kernel arguments of the Coulomb field for the public ``plate_gamma`` / ``normalize`` /
+    ``eps`` at ``width = D+1`` columns: ``plate_gamma`` (default 5 with two plates, ``None``
+    with one), ``sum_eps`` (PFGM: 1e-7), ``normalize``, ``norm_scale`` (``sqrt(D+1)``, PFGM
+    ``sqrt(D)``) and ``eps`` (default 1e-5, PFGM 5)."""
+    pfgm = normalize == "pfgm"
+    if plate_gamma is _DEFAULT:
+        plate_gamma = EFM_PLATE_GAMMA if two_plates else None
+    if eps is None:
+        eps = PFGM_GAMMA if pfgm else 1e-5
+    return dict(plate_gamma=None if plate_gamma is None else float(plate_gamma),
+                sum_eps=PFGM_SUM_EPS if pfgm else 0.0, normalize=normalize is not False,
+                norm_scale=math.sqrt(width - 1 if pfgm else width), eps=float(eps))
+
+
+# --------------------------------------------------------------------------------------------
 # string field
 # --------------------------------------------------------------------------------------------
 def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.Tensor, *,
@@ -217,17 +247,17 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
     L = float(torch.tensor(L, dtype=p.dtype))
     d = min(d, L / 2.0)
     which = _resolve_backend(backend, p.device, "string_field")
-    scale = math.sqrt(width)
+    kw = string_kernel_args(width, normalize=normalize, eps=eps)
     with torch.no_grad():
         if which == "reference":
-            out = reference.string_field(p, q, a, L=L, sigma0=sigma0, K=K, d=d,
-                                         normalize=normalize, eps=eps, stable=stable)
+            out = reference.string_field(p, q, a, L=L, sigma0=sigma0, K=K, d=d, stable=stable,
+                                         **kw)
         elif which == "triton":
             out = _triton_module().string_field(p, q, a, L=L, sigma0=sigma0, K=K, d=d,
-                                                stable=stable, normalize=normalize,
-                                                norm_scale=scale, norm_eps=eps)
+                                                stable=stable, **kw)
         else:
-            out = torch.ops.ifm.string_field(p, q, a, L, sigma0, K, d, stable, normalize, scale, eps)
+            out = torch.ops.ifm.string_field(p, q, a, L, sigma0, K, d, stable, kw["normalize"],
+                                             kw["norm_scale"], kw["eps"])
     return out.to(out_dtype)
 
 
@@ -235,8 +265,7 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
 # Coulomb field
 # --------------------------------------------------------------------------------------------
 def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
-                  negative: Optional[torch.Tensor] = None, *, stability: bool = True,
-                  plate_gamma=_DEFAULT, normalize: Union[bool, str] = False,
+                  negative: Optional[torch.Tensor] = None, *, plate_gamma=_DEFAULT, normalize: Union[bool, str] = False,
                   eps: Optional[float] = None, backend: str = "auto",
                   check_finite: bool = True) -> torch.Tensor:
     """Coulomb field target of EFM (two plates) or PFGM (one plate), FIELDS.md §3.
@@ -246,10 +275,6 @@ def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
         positive: ``[Bp, D+1]`` charges on the plate z = 0 (column 0 must be 0).
         negative: ``[Bn, D+1]`` charges on the plate z = L (column 0 constant, = L > 0), or
             ``None`` for PFGM's single plate.
-        stability: the authors' stabilised (``True``) or plain (``False``) weights. In exact
-            arithmetic both are the same softmax of ``-(D+1) log(d + 1e-7)``; every backend
-            evaluates that softmax in the log domain, so both give the same finite result
-            (the authors' float32 code overflows without stabilisation at image D).
         plate_gamma: per-plate normalisation ``sqrt(D+1) E / (||E|| + plate_gamma)`` applied to
             each plate's term before ``-E+ + E-`` (EFM repository). ``None`` skips it (the copy
             inside the IFM repository). Default: 5.0 with two plates (EFM's image setting; its
@@ -269,43 +294,35 @@ def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
     _checks.check_matrix("positive", positive, width=width)
     if negative is not None:
         _checks.check_matrix("negative", negative, width=width)
-    if not isinstance(stability, bool):
-        raise TypeError(f"stability must be a bool, got {stability!r}")
-    if plate_gamma is _DEFAULT:
-        plate_gamma = EFM_PLATE_GAMMA if negative is not None else None
-    elif plate_gamma is not None:
+    if plate_gamma is not _DEFAULT and plate_gamma is not None:
         plate_gamma = _checks.check_scalar("plate_gamma", plate_gamma, allow_zero=True)
     if not isinstance(normalize, (bool, str)):
         raise TypeError(f"normalize must be False, True or 'pfgm', got {normalize!r}")
     if normalize not in (False, True, "pfgm"):
         raise ValueError(f"normalize must be False, True or 'pfgm', got {normalize!r}")
-    pfgm = normalize == "pfgm"
-    if eps is None:
-        eps = PFGM_GAMMA if pfgm else 1e-5
-    eps = _checks.check_scalar("eps", eps, allow_zero=True)
+    if eps is not None:
+        eps = _checks.check_scalar("eps", eps, allow_zero=True)
+    kw = coulomb_kernel_args(width, two_plates=negative is not None, plate_gamma=plate_gamma,
+                             normalize=normalize, eps=eps)
     named = [("points", points), ("positive", positive)]
     if negative is not None:
         named.append(("negative", negative))
-    tensors, out_dtype = _prepare(named, check_finite, eps=eps, plate_gamma=plate_gamma)
+    tensors, out_dtype = _prepare(named, check_finite, eps=kw["eps"],
+                                  plate_gamma=kw["plate_gamma"])
     p, pos = tensors[0], tensors[1]
     neg = tensors[2] if negative is not None else None
     _checks.check_plate_column("positive", pos, 0.0)
     if neg is not None:
         _checks.plate_position("negative", neg)
     which = _resolve_backend(backend, p.device, "coulomb_field")
-    scale = math.sqrt(width - 1 if pfgm else width)
-    sum_eps = PFGM_SUM_EPS if pfgm else 0.0
-    do_norm = normalize is not False
     with torch.no_grad():
         if which == "reference":
-            out = reference.coulomb_field(p, pos, neg, plate_gamma=plate_gamma, sum_eps=sum_eps,
-                                          normalize=do_norm, norm_scale=scale, eps=eps)
+            out = reference.coulomb_field(p, pos, neg, **kw)
         elif which == "triton":
-            out = _triton_module().coulomb_field(p, pos, neg, plate_gamma=plate_gamma,
-                                                 sum_eps=sum_eps, normalize=do_norm,
-                                                 norm_scale=scale, norm_eps=eps)
+            out = _triton_module().coulomb_field(p, pos, neg, **kw)
         else:
-            out = torch.ops.ifm.coulomb_field(p, pos, neg, plate_gamma, sum_eps, do_norm, scale, eps)
+            out = torch.ops.ifm.coulomb_field(p, pos, neg, kw["plate_gamma"], kw["sum_eps"],
+                                              kw["normalize"], kw["norm_scale"], kw["eps"])
     return out.to(out_dtype)
 
 

@@ -194,20 +194,18 @@ class EFMMatcher(_FieldMatcher):
     Args:
         L: plate distance. plate_gamma: per-plate normalisation constant (``None``: the IFM
             repository's copy without it); default 5.0 (EFM images), the EFM toys use 1e-7.
-        stability: the authors' stabilised weights flag (same result in every backend).
         eps: final normalisation constant. Others as :class:`IFMMatcher`.
     """
 
     default_points = "efm"
 
     def __init__(self, L: float, *, plate_gamma: Optional[float] = fields.EFM_PLATE_GAMMA,
-                 stability: bool = True, eps: float = 1e-5, **kwargs):
+                 eps: float = 1e-5, **kwargs):
         super().__init__(L, **kwargs)
         if plate_gamma is not None:
             plate_gamma = _checks.check_scalar("plate_gamma", plate_gamma, allow_zero=True)
-        self.plate_gamma, self.stability, self.eps = plate_gamma, stability, eps
+        self.plate_gamma, self.eps = plate_gamma, eps
 
     def _field(self, queries, lower, upper):
-        return fields.coulomb_field(queries, lower, upper, stability=self.stability,
-                                    plate_gamma=self.plate_gamma, normalize=True, eps=self.eps,
+        return fields.coulomb_field(queries, lower, upper, plate_gamma=self.plate_gamma, normalize=True, eps=self.eps,
                                     backend=self.backend)

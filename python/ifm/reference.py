@@ -123,6 +123,7 @@ def normalize_rows(E: torch.Tensor, scale: float, eps: float) -> torch.Tensor:
 def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.Tensor, *,
                  L: float, sigma0: float, K: float, d: Optional[float] = None,
                  normalize: bool = False, eps: float = 1e-5, stable: bool = False,
+                 norm_scale: Optional[float] = None,
                  memory_budget: int = 1 << 24) -> torch.Tensor:
     """String (IFM) field, vectorised and chunked. See :func:`ifm.fields.string_field`.
 
@@ -180,7 +181,7 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
         rows.append(torch.cat([Ez, Ex], 1))
     E = torch.cat(rows, 0)
     if normalize:
-        E = normalize_rows(E, math.sqrt(DIM), eps)
+        E = normalize_rows(E, math.sqrt(DIM) if norm_scale is None else norm_scale, eps)
     return E
 
 
