@@ -3,7 +3,8 @@
 Main entry points: :func:`ifm.fields.string_field`, :func:`ifm.fields.coulomb_field`
 (z-first ``[n, D+1]`` tensors), :func:`ifm.available_backends`, and the pure-PyTorch oracle
 :mod:`ifm.reference`. The trainer toolkit (:mod:`ifm.plans`, :mod:`ifm.points`,
-:mod:`ifm.matchers`, :mod:`ifm.sampling`, :mod:`ifm.compat`) is imported on first use.
+:mod:`ifm.matchers`, :mod:`ifm.sampling`, :mod:`ifm.compat`, :mod:`ifm.distributed`) is imported
+on first use.
 """
 import importlib
 
@@ -11,7 +12,7 @@ from . import fields, reference
 from .fields import available_backends, coulomb_field, string_field
 
 __version__ = "0.1.0"
-_LAZY = ("plans", "points", "matchers", "sampling", "compat", "demo")
+_LAZY = ("plans", "points", "matchers", "sampling", "compat", "demo", "distributed")
 __all__ = ["fields", "reference", "available_backends", "string_field", "coulomb_field",
            "__version__", *_LAZY]
 

@@ -30,6 +30,17 @@ Return shapes of ``sample_location_and_target`` (``data_shape = x0.shape[1:]``):
 
 With ``return_pairing=True`` a fourth element, the ``[B]`` pairing, is returned.
 
+Distributed training (``group=``, see :mod:`ifm.distributed`): each rank passes its own batches;
+the queries are drawn from the rank's own pairs and their targets superpose the pairs (IFM) or
+charges (EFM) of every rank of the group, so the Monte Carlo field is a sum over the global batch.
+The plan stays per rank by default: a minibatch plan is what IFM-MB prescribes, each rank's pairing
+is already a coupling of its batch (their union one of the global batch), and it costs no
+communication, whereas a plan on the gathered batch needs the ``[W B, W B]`` cost matrix and a
+solve whose cost grows with the world size (``O((W B)^3)`` for exact OT) on the critical path of
+every step. ``global_plan=True`` gathers both batches, solves the plan on the group's first rank,
+broadcasts it, and pairs each rank's ``x0`` with its partners from the gathered ``x1``; the
+returned pairing then indexes the gathered ``x1`` (rank order).
+
 ``loss(prediction, target)`` is the mean squared error over all ``b * (D+1)`` entries; the
 prediction is a ``(f_z, f_x)`` pair shaped like the target, or a z-first ``[b, D+1]`` tensor.
 """
@@ -42,6 +53,8 @@ import torch
 
 from . import _checks, fields, plans
 from . import points as _points
+
+_WORLD = "world"
 
 __all__ = ["Target", "IFMMatcher", "EFMMatcher", "zfirst"]
 
@@ -79,6 +92,11 @@ def _as_flat(name: str, value) -> torch.Tensor:
                     f"{type(value).__name__}")
 
 
+def _is_process_group(group) -> bool:
+    return torch.distributed.is_available() and isinstance(group,
+                                                           torch.distributed.ProcessGroup)
+
+
 class _FieldMatcher:
     """Shared plan -> points -> target pipeline; subclasses define :meth:`_field`."""
 
@@ -87,7 +105,8 @@ class _FieldMatcher:
     def __init__(self, L: float, *, plan: Union[str, Callable] = "independent",
                  points: Union[str, Callable, None] = None, b: Optional[int] = None,
                  plan_kwargs: Optional[dict] = None, points_kwargs: Optional[dict] = None,
-                 backend: str = "auto", generator: Optional[torch.Generator] = None):
+                 backend: str = "auto", generator: Optional[torch.Generator] = None,
+                 group=None, strategy: str = "allgather", global_plan: bool = False):
         if isinstance(L, bool) or not isinstance(L, (int, float)) or not (L > 0) \
                 or not math.isfinite(L):
             raise ValueError(f"L must be a positive finite number, got {L!r}")
@@ -99,6 +118,17 @@ class _FieldMatcher:
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got "
                             f"{type(generator).__name__}")
+        if not isinstance(global_plan, bool):
+            raise TypeError(f"global_plan must be a bool, got {global_plan!r}")
+        if global_plan and group is None:
+            raise ValueError("global_plan=True solves the plan on the batch gathered over a "
+                             "process group: pass group= (\"world\" or a ProcessGroup)")
+        if group is not None and not (group == _WORLD or _is_process_group(group)):
+            raise TypeError(f"group must be None (this process only), \"world\" or a "
+                            f"torch.distributed ProcessGroup, got {group!r}")
+        if strategy not in ("allgather", "ring"):
+            raise ValueError(f"strategy must be 'allgather' or 'ring', got {strategy!r}")
+        self.group, self.strategy, self.global_plan = group, strategy, global_plan
         self.L = float(L)
         self.b = b
         self.backend = backend
@@ -110,6 +140,29 @@ class _FieldMatcher:
     # ------------------------------------------------------------------------------------
     def _field(self, queries: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor):
         raise NotImplementedError
+
+    def _field_kwargs(self) -> dict:
+        """``group`` / ``strategy`` for :mod:`ifm.distributed` (empty without a group)."""
+        if self.group is None:
+            return {}
+        return dict(group=None if self.group == _WORLD else self.group, strategy=self.strategy)
+
+    def _pair(self, a: torch.Tensor, c: torch.Tensor):
+        """``(pairing, partners of a)``: per rank, or on the gathered batch (``global_plan``)."""
+        if not self.global_plan:
+            pairing = self.plan(a, c)
+            return pairing, c[pairing]
+        from . import distributed
+
+        group = distributed.resolve_group(None if self.group == _WORLD else self.group)
+        a_all, counts = distributed.all_gather_rows(a, group)
+        c_all, _ = distributed.all_gather_rows(c, group)
+        pairing_all = distributed.broadcast_from_first(
+            lambda: torch.as_tensor(self.plan(a_all, c_all), dtype=torch.long), group)
+        rank = torch.distributed.get_rank(group)
+        start = sum(counts[:rank])
+        pairing = pairing_all[start:start + a.shape[0]].to(a.device)
+        return pairing, c_all[pairing]
 
     def _check_batches(self, x0, x1):
         _points.check_batch("x0", x0)
@@ -126,8 +179,7 @@ class _FieldMatcher:
         B = x0.shape[0]
         a = x0.reshape(B, -1)
         c = x1.reshape(B, -1)
-        pairing = self.plan(a, c)
-        c = c[pairing]
+        pairing, c = self._pair(a, c)
         gen = generator if generator is not None else self.generator
         b = self.b if self.b is not None else B
         q = self.point_sampler(a, c, L=self.L, b=b, generator=gen)
@@ -164,6 +216,11 @@ class IFMMatcher(_FieldMatcher):
         b: queries per batch (default: all B pairs). stable, eps: see
             :func:`ifm.fields.string_field`. backend: passes through to :mod:`ifm.fields`.
         generator: default ``torch.Generator`` for the query sampler.
+        group: ``None`` (default): this process's batch only. ``"world"`` or a
+            ``torch.distributed`` ProcessGroup: targets over the group's global batch
+            (:mod:`ifm.distributed`; module docstring above). strategy: ``"allgather"``
+            (default) or ``"ring"``, see :mod:`ifm.distributed`. global_plan: solve the plan
+            on the gathered batch instead of per rank (default ``False``; why: module docstring).
     """
 
     def __init__(self, L: float, sigma0: float = 1.0, K: Optional[float] = None,
@@ -177,9 +234,13 @@ class IFMMatcher(_FieldMatcher):
         _checks.string_geometry(self.L, sigma0, K, d)
 
     def _field(self, queries, lower, upper):
-        return fields.string_field(queries, lower, upper, L=self.L, sigma0=self.sigma0, K=self.K,
-                                   d=self.d, normalize=True, eps=self.eps, stable=self.stable,
-                                   backend=self.backend)
+        field = fields.string_field
+        if self.group is not None:
+            from . import distributed
+            field = distributed.string_field
+        return field(queries, lower, upper, L=self.L, sigma0=self.sigma0, K=self.K, d=self.d,
+                     normalize=True, eps=self.eps, stable=self.stable, backend=self.backend,
+                     **self._field_kwargs())
 
 
 class EFMMatcher(_FieldMatcher):
@@ -194,7 +255,8 @@ class EFMMatcher(_FieldMatcher):
     Args:
         L: plate distance. plate_gamma: per-plate normalisation constant (``None``: the IFM
             repository's copy without it); default 5.0 (EFM images), the EFM toys use 1e-7.
-        eps: final normalisation constant. Others as :class:`IFMMatcher`.
+        eps: final normalisation constant. Others (``group``, ``strategy``, ``global_plan``
+            included) as :class:`IFMMatcher`.
     """
 
     default_points = "efm"
@@ -207,5 +269,9 @@ class EFMMatcher(_FieldMatcher):
         self.plate_gamma, self.eps = plate_gamma, eps
 
     def _field(self, queries, lower, upper):
-        return fields.coulomb_field(queries, lower, upper, plate_gamma=self.plate_gamma, normalize=True, eps=self.eps,
-                                    backend=self.backend)
+        field = fields.coulomb_field
+        if self.group is not None:
+            from . import distributed
+            field = distributed.coulomb_field
+        return field(queries, lower, upper, plate_gamma=self.plate_gamma, normalize=True,
+                     eps=self.eps, backend=self.backend, **self._field_kwargs())

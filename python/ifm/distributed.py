@@ -1,0 +1,484 @@
+"""Field targets over the global batch of a ``torch.distributed`` group (DDP training).
+
+Each rank passes its own queries and its own pairs (string field) or charges (Coulomb field);
+:func:`string_field` / :func:`coulomb_field` return that rank's targets for its queries against
+the pairs or charges of **every** rank of ``group`` (default: the world), i.e. the rows of the
+single-process call on the concatenated batch that belong to this rank. Keyword arguments are
+those of :mod:`ifm.fields`. All communication is ``torch.distributed`` (NCCL on GPUs, Gloo on
+CPUs); see docs/DISTRIBUTED.md for the costs.
+
+Strategies (``strategy=``):
+
+* ``"allgather"`` (default): every rank gathers all pairs / charges (padded to the largest
+  rank's count, one ``all_gather_into_tensor``) and makes one fused call. Memory per rank:
+  the whole global batch of charges.
+* ``"ring"``: the charges travel around the ring of ranks (``batch_isend_irecv``); each rank
+  evaluates its queries against the chunk it holds while the next chunk is in flight. Memory per
+  rank: its own charges plus two chunks, at any world size. The fused kernels return the finished
+  field of one chunk; the raw string field is a plain sum over chunks, while the Coulomb plate
+  term (a softmax over the plate's charges) and the ``stable`` string mode (``E_i / max_j w_ij``)
+  need each chunk's log-normaliser, which this module computes with torch from the chunk's
+  distances in float64 (memory O(b x chunk); one extra GEMM-sized pass per chunk) and merges
+  online (log-sum-exp). Normalisation is applied after the last chunk.
+
+Every call first exchanges a small metadata record (``all_gather_object``): a bad argument on
+any rank raises the same error on every rank, before any heavy collective. A rank that fails
+later (inside the heavy collectives) makes its peers raise when the process group's timeout
+(``init_process_group(timeout=...)``) expires or its connection drops, instead of hanging forever.
+
+Targets are not differentiated: no gradients flow through the collectives and the result does
+not require grad.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional
+
+import torch
+import torch.distributed as dist
+
+from . import _checks, fields, reference
+
+__all__ = ["string_field", "coulomb_field", "STRATEGIES", "resolve_group", "all_gather_rows",
+           "broadcast_from_first"]
+
+STRATEGIES = ("allgather", "ring")
+# all_gather_into_tensor under its newer name where torch has it
+_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_CANCEL = 1e-6      # squared distances below this fraction of their scale are recomputed exactly
+_PAIR_BLOCK = 1 << 20  # elements of the exact-recompute temporary
+
+
+class DistributedInputError(ValueError):
+    """A rank's arguments were rejected; raised on every rank of the group."""
+
+
+# --------------------------------------------------------------------------------------------
+# group and metadata
+# --------------------------------------------------------------------------------------------
+def resolve_group(group):
+    """The process group to use: ``None`` is the world; raises when torch.distributed is not
+    initialised."""
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError("ifm.distributed needs an initialised torch.distributed process group "
+                           "(torch.distributed.init_process_group, e.g. under torchrun)")
+    return dist.group.WORLD if group is None else group
+
+
+def _describe(exc: BaseException) -> tuple:
+    kind = type(exc).__name__ if isinstance(exc, (TypeError, ValueError)) else "ValueError"
+    return kind, str(exc)
+
+
+def _exchange(group, fn_name: str, check, meta: dict) -> List[dict]:
+    """Run ``check()`` locally, gather every rank's (error, metadata), raise the same error on
+    every rank when any rank failed."""
+    try:
+        extra = check()
+        err = None
+    except (TypeError, ValueError) as exc:
+        extra, err = {}, _describe(exc)
+    record = dict(meta, **(extra or {}), error=err)
+    records = [None] * dist.get_world_size(group)
+    dist.all_gather_object(records, record, group=group)
+    for rank, rec in enumerate(records):
+        if rec["error"] is not None:
+            kind, msg = rec["error"]
+            cls = TypeError if kind == "TypeError" else ValueError
+            raise cls(f"ifm.distributed.{fn_name}: rank {rank} of the group: {msg}")
+    for key in ("width", "dtype", "device", "kwargs", "negative"):
+        values = [rec.get(key) for rec in records]
+        if any(v != values[0] for v in values):
+            detail = ", ".join(f"rank {r}: {v!r}" for r, v in enumerate(values))
+            raise ValueError(f"ifm.distributed.{fn_name}: {key} must be the same on every rank "
+                             f"of the group, got {detail}")
+    return records
+
+
+def _check_rows(name: str, t, width: Optional[int] = None) -> None:
+    """:func:`ifm._checks.check_matrix`, also accepting zero rows (a rank may hold none)."""
+    if isinstance(t, torch.Tensor) and t.dim() == 2 and t.shape[0] == 0:
+        t = t.new_zeros(1, t.shape[1]) if t.dtype in _checks.FLOAT_DTYPES else t
+    _checks.check_matrix(name, t, width=width)
+
+
+def _check_strategy(strategy) -> None:
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+
+
+def _tensor_meta(points) -> dict:
+    if isinstance(points, torch.Tensor) and points.dim() == 2:
+        return dict(width=int(points.shape[1]), dtype=str(points.dtype),
+                    device=points.device.type)
+    return {}
+
+
+def _finite(named, check_finite) -> None:
+    if not isinstance(check_finite, bool):
+        raise TypeError(f"check_finite must be a bool, got {check_finite!r}")
+    _checks.check_same_kind(named)
+    if check_finite:
+        _checks.check_finite_values([(n, t) for n, t in named if t.shape[0] > 0])
+
+
+# --------------------------------------------------------------------------------------------
+# communication
+# --------------------------------------------------------------------------------------------
+def _allgather_rows(t: torch.Tensor, counts: List[int], group) -> torch.Tensor:
+    """Concatenation over the group's ranks of ``t`` (``counts[r]`` rows on rank r), through one
+    ``all_gather_into_tensor`` of the rows padded to the largest count."""
+    world = len(counts)
+    top = max(counts)
+    send = t.new_zeros(top, t.shape[1])
+    send[: t.shape[0]] = t
+    out = t.new_empty(world * top, t.shape[1])
+    _gather_single(out, send, group=group)
+    return torch.cat([out[r * top: r * top + counts[r]] for r in range(world)], 0)
+
+
+def _ring(own: torch.Tensor, counts: List[int], group, consume) -> None:
+    """Pass ``own`` (this rank's rows; ``counts[r]`` rows on rank r) around the ring; call
+    ``consume(chunk, origin)`` on each of the ``world`` chunks while the next is in flight."""
+    world = dist.get_world_size(group)
+    rank = dist.get_rank(group)
+    nxt_peer = dist.get_global_rank(group, (rank + 1) % world)
+    prv_peer = dist.get_global_rank(group, (rank - 1) % world)
+    cur = own
+    for step in range(world):
+        origin = (rank - step) % world
+        reqs, incoming = [], None
+        if step < world - 1:
+            ops = []
+            if counts[origin] > 0:
+                ops.append(dist.P2POp(dist.isend, cur, nxt_peer, group=group))
+            src = (rank - step - 1) % world
+            incoming = own.new_empty(counts[src], own.shape[1])
+            if counts[src] > 0:
+                ops.append(dist.P2POp(dist.irecv, incoming, prv_peer, group=group))
+            if ops:
+                reqs = dist.batch_isend_irecv(ops)
+        if counts[origin] > 0:
+            consume(cur, origin)
+        for req in reqs:
+            req.wait()
+        if incoming is not None:
+            cur = incoming
+
+
+def all_gather_rows(t: torch.Tensor, group=None):
+    """``(concatenation over the group's ranks of the rows of t, per-rank row counts)``; ranks
+    may hold different numbers of rows (zero included) of the same width and dtype."""
+    group = resolve_group(group)
+    records = [None] * dist.get_world_size(group)
+    dist.all_gather_object(records, (int(t.shape[0]), tuple(t.shape[1:]), str(t.dtype)),
+                           group=group)
+    if len({r[1:] for r in records}) > 1:
+        detail = ", ".join(f"rank {i}: {r[1]} {r[2]}" for i, r in enumerate(records))
+        raise ValueError(f"ifm.distributed.all_gather_rows: every rank must pass rows of one "
+                         f"shape and dtype, got {detail}")
+    counts = [r[0] for r in records]
+    flat = t.detach().reshape(t.shape[0], -1)
+    return _allgather_rows(flat, counts, group).reshape(-1, *t.shape[1:]), counts
+
+
+def broadcast_from_first(fn, group=None):
+    """``fn()`` evaluated on the group's first rank and broadcast to every rank (an exception
+    there is raised on every rank)."""
+    group = resolve_group(group)
+    box = [None]
+    if dist.get_rank(group) == 0:
+        try:
+            box[0] = ("ok", fn())
+        except Exception as exc:  # noqa: BLE001  (re-raised on every rank below)
+            box[0] = ("error", f"{type(exc).__name__}: {exc}")
+    dist.broadcast_object_list(box, src=dist.get_global_rank(group, 0), group=group)
+    status, value = box[0]
+    if status == "error":
+        raise RuntimeError(f"ifm.distributed.broadcast_from_first: the group's first rank "
+                           f"raised {value}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# log-normalisers of one chunk (float64, from the chunk's distances)
+# --------------------------------------------------------------------------------------------
+def _offset_sqnorm(x, tau, A, Delta):
+    """``||(x_i - A_j) - tau_i Delta_j||^2`` ``[b, B]`` in float64: GEMM expansion, with the
+    entries that lose digits to cancellation recomputed from the differences."""
+    x, A, Delta = x.double(), A.double(), Delta.double()
+    tau = tau.double().reshape(-1, 1)
+    xx = (x * x).sum(1, keepdim=True)
+    AA = (A * A).sum(1)[None]
+    DD = (Delta * Delta).sum(1)[None]
+    AD = (A * Delta).sum(1)[None]
+    r2 = xx + AA + tau * tau * DD + 2.0 * tau * AD - 2.0 * (x @ A.T) - 2.0 * tau * (x @ Delta.T)
+    scale = (xx.sqrt() + AA.sqrt() + tau.abs() * DD.sqrt()) ** 2
+    redo = (r2 < _CANCEL * scale).nonzero()
+    step = max(1, _PAIR_BLOCK // max(x.shape[1], 1))
+    for k in range(0, redo.shape[0], step):
+        i, j = redo[k:k + step, 0], redo[k:k + step, 1]
+        rho = (x[i] - A[j]) - tau[i] * Delta[j]
+        r2[i, j] = (rho * rho).sum(1)
+    return r2.clamp_min(0.0)
+
+
+def _coulomb_lognorm(points, charges):
+    """``(max_j l_ij, logsumexp_j l_ij)`` of the Coulomb logits ``l = -DIM log(d + 1e-7)``."""
+    DIM = points.shape[1]
+    r2 = _offset_sqnorm(points, points.new_zeros(points.shape[0]), charges,
+                        torch.zeros_like(charges))
+    logit = -DIM * torch.log(r2.sqrt() + reference.COULOMB_D_EPS)
+    return logit.amax(1), torch.logsumexp(logit, 1)
+
+
+def _string_logmax(points, quarks, antiquarks, L, sigma0, K, d):
+    """``max_j log w_ij`` of the string weights (``-inf`` where a row has no weight)."""
+    p = points.double()
+    z, x = p[:, :1], p[:, 1:]
+    A = quarks[:, 1:].double()
+    Delta = antiquarks[:, 1:].double() - A
+    r2 = _offset_sqnorm(x, z / L, A, Delta)
+    s = reference.tube_width(z, L, sigma0, K, d)
+    kappa = reference.tube_slope(z, L, K, d)
+    expo, den, _, _ = reference._pair_terms(r2, s, kappa, sigma0, points.shape[1] - 1)
+    inside = (z >= 0) & (z <= L)
+    logw = torch.where(inside, expo - torch.log(den), torch.full_like(expo, -math.inf))
+    return logw.amax(1)
+
+
+def _rescale(acc, m_acc, part, m_part):
+    """Online merge of ``acc * exp(m_acc)`` and ``part * exp(m_part)`` in units of the larger
+    exponent; rows whose exponents are both ``-inf`` stay zero."""
+    m = torch.maximum(m_acc, m_part)
+    safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    a = torch.where(torch.isfinite(m_acc), torch.exp(m_acc - safe), torch.zeros_like(m_acc))
+    b = torch.where(torch.isfinite(m_part), torch.exp(m_part - safe), torch.zeros_like(m_part))
+    return acc * a[:, None] + part * b[:, None], m
+
+
+def _average(acc, lse_acc, part, lse_part):
+    """Online merge of two softmax-weighted averages with log total weights ``lse_acc`` and
+    ``lse_part``: the average over the union and its log total weight."""
+    lse = torch.logaddexp(lse_acc, lse_part)
+    safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+    a = torch.where(torch.isfinite(lse_acc), torch.exp(lse_acc - safe), torch.zeros_like(lse))
+    b = torch.where(torch.isfinite(lse_part), torch.exp(lse_part - safe), torch.zeros_like(lse))
+    return acc * a[:, None] + part * b[:, None], lse
+
+
+# --------------------------------------------------------------------------------------------
+# string field
+# --------------------------------------------------------------------------------------------
+def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.Tensor, *,
+                 L: float, sigma0: float, K: Optional[float] = None, d: Optional[float] = None,
+                 normalize: bool = False, eps: float = 1e-5, stable: bool = False,
+                 backend: str = "auto", check_finite: bool = True, group=None,
+                 strategy: str = "allgather") -> torch.Tensor:
+    """:func:`ifm.fields.string_field` of this rank's ``points`` against the pairs of every rank
+    of ``group`` (default: the world), in rank order.
+
+    Ranks may hold different numbers of queries and pairs (zero included; the group needs at
+    least one pair). Keyword arguments must be equal on every rank. ``strategy``:
+    ``"allgather"`` or ``"ring"`` (module docstring). Returns ``[b, D+1]`` (this rank's rows).
+    """
+    group = resolve_group(group)
+    public = dict(L=L, sigma0=sigma0, K=K, d=d, normalize=normalize, eps=eps, stable=stable,
+                  backend=backend, check_finite=check_finite, strategy=strategy)
+
+    def check():
+        _check_strategy(strategy)
+        _check_rows("points", points)
+        width = points.shape[1]
+        _check_rows("quarks", quarks, width=width)
+        _check_rows("antiquarks", antiquarks, width=width)
+        if quarks.shape[0] != antiquarks.shape[0]:
+            raise ValueError(f"quarks and antiquarks must have the same number of rows "
+                             f"(index-aligned pairs), got {quarks.shape[0]} and "
+                             f"{antiquarks.shape[0]}")
+        geo = _checks.string_geometry(L, sigma0, K, d)
+        _checks.check_scalar("eps", eps, allow_zero=True)
+        for name, v in (("normalize", normalize), ("stable", stable)):
+            if not isinstance(v, bool):
+                raise TypeError(f"{name} must be a bool, got {v!r}")
+        named = [("points", points), ("quarks", quarks), ("antiquarks", antiquarks)]
+        _finite(named, check_finite)
+        cd = _checks.compute_dtype(points.dtype)
+        _checks.check_params_fit(cd, L=geo[0], sigma0=geo[1], K=geo[2], d=geo[3], eps=eps)
+        if quarks.shape[0] > 0:
+            _checks.check_plate_column("quarks", quarks.to(cd), 0.0)
+            _checks.check_plate_column("antiquarks", antiquarks.to(cd), geo[0])
+        fields._resolve_backend(backend, points.device, "string_field")
+        return dict(b=int(points.shape[0]), B=int(quarks.shape[0]))
+
+    records = _exchange(group, "string_field",
+                        check, dict(_tensor_meta(points), kwargs=repr(sorted(public.items()))))
+    counts = [rec["B"] for rec in records]
+    if sum(counts) == 0:
+        raise ValueError("ifm.distributed.string_field: quarks must have at least one row on "
+                         "some rank of the group, every rank has zero pairs")
+    width = points.shape[1]
+    cd = _checks.compute_dtype(points.dtype)
+    kw = dict(L=L, sigma0=sigma0, K=K, d=d, eps=eps, backend=backend, check_finite=False)
+    with torch.no_grad():
+        own = torch.cat([quarks.detach(), antiquarks.detach()], 0)
+        p = points.detach().to(cd)
+        if strategy == "allgather":
+            allp = _allgather_rows(own, [2 * c for c in counts], group)
+            offs = [2 * sum(counts[:r]) for r in range(len(counts))]
+            q = torch.cat([allp[o: o + c] for o, c in zip(offs, counts)], 0)
+            a = torch.cat([allp[o + c: o + 2 * c] for o, c in zip(offs, counts)], 0)
+            if p.shape[0] == 0:
+                return points.new_zeros(0, width)
+            return fields.string_field(p, q.to(cd), a.to(cd), normalize=normalize,
+                                       stable=stable, **kw).to(points.dtype)
+        # ring: raw sums (or stable units) per chunk, merged, normalised at the end
+        Lc, sigma0c, Kc, dc = _checks.string_geometry(L, sigma0, K, d)
+        Lc = float(torch.tensor(Lc, dtype=cd))
+        dc = min(dc, Lc / 2.0)
+        state = {"E": torch.zeros(p.shape[0], width, dtype=torch.float64, device=p.device),
+                 "m": torch.full((p.shape[0],), -math.inf, dtype=torch.float64,
+                                 device=p.device)}
+
+        def consume(chunk, origin):
+            if p.shape[0] == 0:
+                return
+            n = counts[origin]
+            q, a = chunk[:n].to(cd), chunk[n:].to(cd)
+            part = fields.string_field(p, q, a, normalize=False, stable=stable, **kw).double()
+            if stable:
+                m_part = _string_logmax(p, q, a, Lc, sigma0c, Kc, dc)
+                state["E"], state["m"] = _rescale(state["E"], state["m"], part, m_part)
+            else:
+                state["E"] += part
+
+        _ring(own, [2 * c for c in counts], group, consume)
+        E = state["E"]
+        if normalize:
+            E = reference.normalize_rows(E, math.sqrt(width), float(eps))
+        return E.to(points.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Coulomb field
+# --------------------------------------------------------------------------------------------
+def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
+                  negative: Optional[torch.Tensor] = None, *, plate_gamma=fields._DEFAULT,
+                  normalize=False, eps: Optional[float] = None, backend: str = "auto",
+                  check_finite: bool = True, group=None,
+                  strategy: str = "allgather") -> torch.Tensor:
+    """:func:`ifm.fields.coulomb_field` of this rank's ``points`` against the charges of every
+    rank of ``group`` (default: the world), in rank order.
+
+    Ranks may hold different numbers of queries and charges per plate (zero included; each plate
+    needs at least one charge in the group); ``negative`` is ``None`` on every rank or on none.
+    ``strategy``: ``"allgather"`` or ``"ring"`` (module docstring). Returns ``[b, D+1]``.
+    """
+    group = resolve_group(group)
+    two = negative is not None
+    public = dict(plate_gamma=None if plate_gamma is fields._DEFAULT else plate_gamma,
+                  default_gamma=plate_gamma is fields._DEFAULT, normalize=normalize, eps=eps,
+                  backend=backend, check_finite=check_finite, strategy=strategy)
+
+    def check():
+        _check_strategy(strategy)
+        _check_rows("points", points)
+        width = points.shape[1]
+        _check_rows("positive", positive, width=width)
+        named = [("points", points), ("positive", positive)]
+        if two:
+            _check_rows("negative", negative, width=width)
+            named.append(("negative", negative))
+        if plate_gamma is not fields._DEFAULT and plate_gamma is not None:
+            _checks.check_scalar("plate_gamma", plate_gamma, allow_zero=True)
+        if not isinstance(normalize, (bool, str)) or normalize not in (False, True, "pfgm"):
+            raise ValueError(f"normalize must be False, True or 'pfgm', got {normalize!r}")
+        if eps is not None:
+            _checks.check_scalar("eps", eps, allow_zero=True)
+        kw = fields.coulomb_kernel_args(width, two_plates=two, plate_gamma=plate_gamma,
+                                        normalize=normalize, eps=eps)
+        _finite(named, check_finite)
+        cd = _checks.compute_dtype(points.dtype)
+        _checks.check_params_fit(cd, eps=kw["eps"], plate_gamma=kw["plate_gamma"])
+        if positive.shape[0] > 0:
+            _checks.check_plate_column("positive", positive.to(cd), 0.0)
+        plate_z = None
+        if two and negative.shape[0] > 0:
+            plate_z = _checks.plate_position("negative", negative.to(cd))
+        fields._resolve_backend(backend, points.device, "coulomb_field")
+        return dict(b=int(points.shape[0]), Bp=int(positive.shape[0]),
+                    Bn=int(negative.shape[0]) if two else 0, neg_z=plate_z)
+
+    records = _exchange(group, "coulomb_field", check,
+                        dict(_tensor_meta(points), kwargs=repr(sorted(public.items())),
+                             negative=two))
+    cp = [rec["Bp"] for rec in records]
+    cn = [rec["Bn"] for rec in records]
+    zs = sorted({rec["neg_z"] for rec in records if rec["neg_z"] is not None})
+    if len(zs) > 1:
+        raise ValueError(f"ifm.distributed.coulomb_field: negative: column 0 (the plate z = L) "
+                         f"must be the same on every rank, got {zs}")
+    if sum(cp) == 0 or (two and sum(cn) == 0):
+        name = "positive" if sum(cp) == 0 else "negative"
+        raise ValueError(f"ifm.distributed.coulomb_field: {name} must have at least one row on "
+                         f"some rank of the group, every rank has zero charges")
+    width = points.shape[1]
+    cd = _checks.compute_dtype(points.dtype)
+    kw = fields.coulomb_kernel_args(width, two_plates=two, plate_gamma=plate_gamma,
+                                    normalize=normalize, eps=eps)
+    counts = [a + b for a, b in zip(cp, cn)]
+    with torch.no_grad():
+        own = positive.detach() if not two else torch.cat([positive.detach(),
+                                                           negative.detach()], 0)
+        p = points.detach().to(cd)
+        if strategy == "allgather":
+            allc = _allgather_rows(own, counts, group)
+            offs = [sum(counts[:r]) for r in range(len(counts))]
+            pos = torch.cat([allc[o: o + n] for o, n in zip(offs, cp)], 0)
+            neg = torch.cat([allc[o + n: o + n + m] for o, n, m in zip(offs, cp, cn)], 0) \
+                if two else None
+            if p.shape[0] == 0:
+                return points.new_zeros(0, width)
+            out = fields.coulomb_field(p, pos.to(cd), None if neg is None else neg.to(cd),
+                                       plate_gamma=plate_gamma, normalize=normalize, eps=eps,
+                                       backend=backend, check_finite=False)
+            return out.to(points.dtype)
+        b = p.shape[0]
+        f64 = dict(dtype=torch.float64, device=p.device)
+        plates = {key: {"E": torch.zeros(b, width, **f64), "m": torch.full((b,), -math.inf, **f64),
+                        "lse": torch.full((b,), -math.inf, **f64)}
+                  for key in (("pos", "neg") if two else ("pos",))}
+
+        def merge(st, charges):
+            # one plate at a time through the single-plate kernel, whose charges sit at z = 0:
+            # shifting queries and charges by the plate's z keeps every difference p - c as the
+            # kernel computes it (fl(z_p - z_c) either way)
+            charges = charges.to(cd)
+            z0 = charges[:1, :1]
+            shift = torch.cat([z0, torch.zeros_like(charges[:1, 1:])], 1)
+            ps, cs = p - shift, charges - shift
+            part = fields.coulomb_field(ps, cs, None, plate_gamma=None, normalize=False,
+                                        backend=backend, check_finite=False).double()
+            m_part, lse_part = _coulomb_lognorm(ps, cs)
+            st["E"], st["lse"] = _average(st["E"], st["lse"], part, lse_part)
+            st["m"] = torch.maximum(st["m"], m_part)
+
+        def consume(chunk, origin):
+            if b == 0:
+                return
+            if cp[origin] > 0:
+                merge(plates["pos"], chunk[: cp[origin]])
+            if two and cn[origin] > 0:
+                merge(plates["neg"], chunk[cp[origin]:])
+
+        _ring(own, counts, group, consume)
+        terms = []
+        for st in plates.values():
+            # the kernel's sum_eps is relative to the largest weight: Z / (Z + sum_eps)
+            Z = torch.exp(st["lse"] - st["m"])
+            terms.append(st["E"] * (Z / (Z + kw["sum_eps"]))[:, None])
+        E = reference._combine_plates(terms[0], terms[1] if two else None, width,
+                                      kw["plate_gamma"])
+        if kw["normalize"]:
+            E = reference.normalize_rows(E, kw["norm_scale"], kw["eps"])
+        return E.to(points.dtype)

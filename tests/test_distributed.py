@@ -1,0 +1,264 @@
+"""ifm.distributed on CPU with Gloo: 2-3 processes spawned by torch.multiprocessing.
+
+Each spawned run holds several checks (a process group costs seconds to start). Every rank builds
+the same global batch, keeps its slice (unequal sizes, a rank with zero queries, ranks with zero
+charges on a plate) and compares its rows with the single-process reference on the concatenated
+batch by the parity rule (tests/parity.py), for both strategies and every normalisation mode.
+"""
+import datetime
+import math
+import os
+import sys
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import ifm
+from ifm import reference
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cases import coulomb_case, string_case  # noqa: E402
+from modes import (COULOMB_MODE_IDS, COULOMB_MODES, STRING_MODE_IDS, STRING_MODES,  # noqa: E402
+                   coulomb_reference_kwargs, string_reference_kwargs)
+from parity import assert_parity  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="torch.distributed with Gloo is unavailable")
+
+# per-rank sizes of the parity run (world 3): rank 1 has no queries, ranks hold unequal counts
+QUERIES = [5, 0, 8]
+PAIRS = [4, 7, 1]
+POSITIVE = [3, 0, 5]
+NEGATIVE = [2, 4, 1]
+D = 5
+# (backend, dtype): the compiled kernel in float32 (parity rule), the reference in float64 (1e-9)
+CONFIGS = [(name, torch.float32) for name in ("cpu",) if name in ifm.available_backends("cpu")] \
+    + [("reference", torch.float64)]
+
+
+def _init(rank, world, init_file, seconds=60):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world, timeout=datetime.timedelta(seconds=seconds))
+
+
+def _spawn(fn, world, tmp_path, *args):
+    mp.spawn(fn, args=(world, str(tmp_path / "pg_init"), *args), nprocs=world, join=True)
+
+
+def _mine(t, sizes, rank):
+    o = sum(sizes[:rank])
+    return t[o: o + sizes[rank]]
+
+
+def _check(out, oracle, standin, what):
+    assert out.shape == oracle.shape, f"{what}: shape {tuple(out.shape)} != {tuple(oracle.shape)}"
+    if oracle.shape[0]:
+        assert_parity(out, oracle, standin, what)
+
+
+# --------------------------------------------------------------------------------------------
+# parity: both fields, every mode, both strategies
+# --------------------------------------------------------------------------------------------
+def _parity_worker(rank, world, init_file):
+    _init(rank, world, init_file)
+    width = D + 1
+    for geometry in ("toy", "cifar", "cmnist"):
+        pts, q, a, params = string_case(sum(QUERIES), sum(PAIRS), D, geometry, seed=11)
+        mine = [_mine(t, s, rank) for t, s in ((pts, QUERIES), (q, PAIRS), (a, PAIRS))]
+        for mode, mode_id in zip(STRING_MODES, STRING_MODE_IDS):
+            kw = string_reference_kwargs(width, mode)
+            oracle = _mine(reference.string_field(pts, q, a, **params, **kw), QUERIES, rank)
+            standin = _mine(reference.string_field(pts.float(), q.float(), a.float(), **params,
+                                                   **kw), QUERIES, rank)
+            for bname, dtype in CONFIGS:
+                for strategy in ifm.distributed.STRATEGIES:
+                    out = ifm.distributed.string_field(*(t.to(dtype) for t in mine), **params,
+                                                       **mode, backend=bname, strategy=strategy)
+                    assert out.dtype == dtype
+                    _check(out, oracle, standin,
+                           f"rank {rank} string {geometry} {mode_id} {bname} {strategy}")
+    pts, pos, neg = coulomb_case(sum(QUERIES), sum(POSITIVE), sum(NEGATIVE), D, 3.0, seed=5)
+    mine = [_mine(t, s, rank) for t, s in ((pts, QUERIES), (pos, POSITIVE), (neg, NEGATIVE))]
+    for two in (False, True):
+        for mode, mode_id in zip(COULOMB_MODES, COULOMB_MODE_IDS):
+            kw = coulomb_reference_kwargs(width, mode, two)
+            nn = neg if two else None
+            oracle = _mine(reference.coulomb_field(pts, pos, nn, **kw), QUERIES, rank)
+            standin = _mine(reference.coulomb_field(pts.float(), pos.float(),
+                                                    None if nn is None else nn.float(), **kw),
+                            QUERIES, rank)
+            for bname, dtype in CONFIGS:
+                for strategy in ifm.distributed.STRATEGIES:
+                    p, pp, ng = (t.to(dtype) for t in mine)
+                    out = ifm.distributed.coulomb_field(p, pp, ng if two else None, **mode,
+                                                        backend=bname, strategy=strategy)
+                    _check(out, oracle, standin,
+                           f"rank {rank} coulomb plates={1 + two} {mode_id} {bname} {strategy}")
+    # no gradients through the collectives: inputs that require grad are read as constants
+    p = mine[0].float().requires_grad_()
+    out = ifm.distributed.coulomb_field(p, mine[1].float(), mine[2].float(), strategy="ring")
+    assert not out.requires_grad
+    dist.destroy_process_group()
+
+
+def test_parity_both_fields_every_mode(tmp_path):
+    _spawn(_parity_worker, 3, tmp_path)
+
+
+# --------------------------------------------------------------------------------------------
+# errors: bad input on one rank, a rank failing mid-call; matchers with group=
+# --------------------------------------------------------------------------------------------
+def _same_error_everywhere(fn, expected_type, *needles):
+    """``fn()`` raises ``expected_type`` on this rank; every rank saw the same message."""
+    try:
+        fn()
+    except expected_type as exc:
+        msg = str(exc)
+    else:
+        raise AssertionError(f"no {expected_type.__name__} raised")
+    for needle in needles:
+        assert needle in msg, f"{needle!r} not in {msg!r}"
+    msgs = [None] * dist.get_world_size()
+    dist.all_gather_object(msgs, msg)
+    assert len(set(msgs)) == 1, msgs
+    return msg
+
+
+def _string_inputs(rank, n=6, B=5):
+    pts, q, a, params = string_case(2 * n, 2 * B, D, "toy", seed=2)
+    return pts[rank * n:(rank + 1) * n].float(), q[rank * B:(rank + 1) * B].float(), \
+        a[rank * B:(rank + 1) * B].float(), params
+
+
+def _error_worker(rank, world, init_file):
+    _init(rank, world, init_file)
+    p, q, a, params = _string_inputs(rank)
+    # wrong width on rank 1 only
+    bad_q = q[:, :-1] if rank == 1 else q
+    _same_error_everywhere(lambda: ifm.distributed.string_field(p, bad_q, a, **params),
+                           ValueError, "rank 1 of the group", "quarks must have 6 columns")
+    # a NaN on rank 0 only
+    bad_p = p.clone()
+    if rank == 0:
+        bad_p[2, 3] = float("nan")
+    _same_error_everywhere(lambda: ifm.distributed.string_field(bad_p, q, a, **params,
+                                                                strategy="ring"),
+                           ValueError, "rank 0 of the group", "points has a non-finite value")
+    # keyword arguments that differ between ranks
+    other = dict(params, sigma0=params["sigma0"] * (1 + rank))
+    _same_error_everywhere(lambda: ifm.distributed.string_field(p, q, a, **other), ValueError,
+                           "kwargs must be the same on every rank")
+    _same_error_everywhere(lambda: ifm.distributed.string_field(p, q, a, **params,
+                                                                strategy="tree" if rank else
+                                                                "ring"),
+                           ValueError)
+    _same_error_everywhere(lambda: ifm.distributed.string_field(p, q, a, **params,
+                                                                normalize="yes" if rank else
+                                                                True),
+                           TypeError, "rank 1 of the group", "normalize must be a bool")
+    pts, pos, neg = coulomb_case(8, 6, 6, D, 3.0, seed=1)
+    mine = pts[4 * rank: 4 * rank + 4].float(), pos[3 * rank:3 * rank + 3].float(), \
+        neg[3 * rank:3 * rank + 3].float()
+    _same_error_everywhere(lambda: ifm.distributed.coulomb_field(
+        mine[0], mine[1], mine[2] if rank == 0 else None), ValueError,
+        "negative must be the same on every rank")
+    shifted = mine[2].clone()
+    shifted[:, 0] += rank
+    _same_error_everywhere(lambda: ifm.distributed.coulomb_field(mine[0], mine[1], shifted),
+                           ValueError, "must be the same on every rank")
+    _same_error_everywhere(lambda: ifm.distributed.coulomb_field(
+        mine[0], mine[1][:0], mine[2]), ValueError, "positive must have at least one row")
+    _same_error_everywhere(lambda: ifm.distributed.coulomb_field(
+        mine[0].double() if rank else mine[0], mine[1], mine[2]), TypeError, "rank 1 of the group")
+    # the group is still usable after the collective errors
+    out = ifm.distributed.string_field(p, q, a, **params, normalize=True)
+    full = string_case(12, 10, D, "toy", seed=2)
+    ref = ifm.fields.string_field(p, full[1].float(), full[2].float(), **params, normalize=True)
+    torch.testing.assert_close(out, ref)
+    _matcher_checks(rank, world)
+    _failure_checks(rank, world)
+
+
+def _matcher_checks(rank, world):
+    from ifm import matchers, plans, points
+
+    L = 6.0
+    g = torch.Generator().manual_seed(3)
+    x0_all, x1_all = torch.randn(16, 2, generator=g), torch.randn(16, 2, generator=g) + 2.0
+    x0, x1 = x0_all[8 * rank: 8 * rank + 8], x1_all[8 * rank: 8 * rank + 8]
+    for plan, global_plan in (("independent", False), ("ot", False), ("ot", True)):
+        for strategy in ifm.distributed.STRATEGIES:
+            m = matchers.IFMMatcher(L, 1.0, 10.0, plan=plan, b=5, group="world",
+                                    global_plan=global_plan, strategy=strategy)
+            z, xt, target, pairing = m.sample_location_and_target(
+                x0, x1, generator=torch.Generator().manual_seed(7 + rank), return_pairing=True)
+            if global_plan:
+                full = plans.get_plan(plan)(x0_all, x1_all)
+                assert torch.equal(pairing, full[8 * rank: 8 * rank + 8])
+                c_mine = x1_all[pairing]
+                c_all = x1_all[full]
+            else:
+                assert torch.equal(pairing, plans.get_plan(plan)(x0, x1))
+                c_mine = x1[pairing]
+                parts = [None] * world
+                dist.all_gather_object(parts, c_mine)
+                c_all = torch.cat(parts)
+            q = points.uniform(x0, c_mine, L=L, b=5, generator=torch.Generator().manual_seed(
+                7 + rank))
+            assert torch.equal(z, q[:, 0])
+            lo = torch.cat([torch.zeros(16, 1), x0_all], 1)
+            hi = torch.cat([torch.full((16, 1), L), c_all], 1)
+            ref = ifm.fields.string_field(q, lo, hi, L=L, sigma0=1.0, K=10.0, normalize=True)
+            torch.testing.assert_close(target.flat(), ref, rtol=1e-4, atol=1e-5)
+    m = matchers.EFMMatcher(L, plate_gamma=1e-7, b=4, group="world", strategy="ring")
+    z, xt, target = m.sample_location_and_target(x0, x1, generator=torch.Generator().manual_seed(1))
+    q = points.efm(x0, x1, L=L, b=4, generator=torch.Generator().manual_seed(1))
+    lo = torch.cat([torch.zeros(16, 1), x0_all], 1)
+    hi = torch.cat([torch.full((16, 1), L), x1_all], 1)
+    ref = ifm.fields.coulomb_field(q, lo, hi, plate_gamma=1e-7, normalize=True)
+    torch.testing.assert_close(target.flat(), ref, rtol=1e-4, atol=1e-5)
+
+
+FAIL_TIMEOUT = 3.0
+
+
+def _failure_checks(rank, world):
+    """Rank 1 raises after the metadata exchange (before its heavy collective); rank 0 must
+    raise within the group's timeout. Each case runs in a fresh group with a short timeout."""
+    p, q, a, params = _string_inputs(rank)
+    for strategy, target in (("allgather", "_allgather_rows"), ("ring", "_ring")):
+        group = dist.new_group(backend="gloo",
+                               timeout=datetime.timedelta(seconds=FAIL_TIMEOUT))
+        original = getattr(ifm.distributed, target)
+        if rank == 1:
+            def boom(*args, **kwargs):
+                raise MemoryError("simulated failure on rank 1")
+            setattr(ifm.distributed, target, boom)
+        t0 = time.monotonic()
+        try:
+            ifm.distributed.string_field(p, q, a, **params, group=group, strategy=strategy)
+        except MemoryError:
+            assert rank == 1
+            time.sleep(FAIL_TIMEOUT + 3)  # stay alive: the peer must give up by its timeout
+        except RuntimeError as exc:
+            assert rank == 0, exc
+            elapsed = time.monotonic() - t0
+            assert elapsed < FAIL_TIMEOUT + 10, elapsed
+        else:
+            raise AssertionError(f"rank {rank}: no error for a failing peer ({strategy})")
+        finally:
+            setattr(ifm.distributed, target, original)
+
+
+def test_errors_matchers_and_failing_rank(tmp_path):
+    _spawn(_error_worker, 2, tmp_path)
+
+
+def test_needs_process_group():
+    x = torch.zeros(2, 3)
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        ifm.distributed.string_field(x, x, x, L=1.0, sigma0=1.0, K=2.0)
