@@ -81,7 +81,37 @@ def _parity_worker(rank, world, init_file):
                     assert out.dtype == dtype
                     _check(out, oracle, standin,
                            f"rank {rank} string {geometry} {mode_id} {bname} {strategy}")
+    for case in ("random", "near-tie"):
+        _coulomb_parity(rank, case)
+    # no gradients through the collectives: inputs that require grad are read as constants
+    pts, pos, neg = _coulomb_inputs("random")
+    mine = [_mine(t, s, rank) for t, s in ((pts, QUERIES), (pos, POSITIVE), (neg, NEGATIVE))]
+    p = mine[0].float().requires_grad_()
+    out = ifm.distributed.coulomb_field(p, mine[1].float(), mine[2].float(), strategy="ring")
+    assert not out.requires_grad
+    dist.destroy_process_group()
+
+
+def _coulomb_inputs(case):
+    """``random``: tests/cases.py; ``near-tie``: far from the origin (x ~ 100) with query 0 on the
+    plate at 1e-4 and 2e-4 from charges held by ranks 0 and 2, so the two chunks' weights compete
+    and their log-normalisers need distances free of cancellation."""
     pts, pos, neg = coulomb_case(sum(QUERIES), sum(POSITIVE), sum(NEGATIVE), D, 3.0, seed=5)
+    if case == "near-tie":
+        for t in (pts, pos, neg):
+            t[:, 1:] += 100.0
+        pts[0, 0] = 0.0
+        pos[0, 1:] = pts[0, 1:]
+        pos[0, 1] += 1e-4
+        k = POSITIVE[0] + POSITIVE[1]
+        pos[k, 1:] = pts[0, 1:]
+        pos[k, 2] -= 2e-4
+    return pts, pos, neg
+
+
+def _coulomb_parity(rank, case):
+    width = D + 1
+    pts, pos, neg = _coulomb_inputs(case)
     mine = [_mine(t, s, rank) for t, s in ((pts, QUERIES), (pos, POSITIVE), (neg, NEGATIVE))]
     for two in (False, True):
         for mode, mode_id in zip(COULOMB_MODES, COULOMB_MODE_IDS):
@@ -96,13 +126,8 @@ def _parity_worker(rank, world, init_file):
                     p, pp, ng = (t.to(dtype) for t in mine)
                     out = ifm.distributed.coulomb_field(p, pp, ng if two else None, **mode,
                                                         backend=bname, strategy=strategy)
-                    _check(out, oracle, standin,
-                           f"rank {rank} coulomb plates={1 + two} {mode_id} {bname} {strategy}")
-    # no gradients through the collectives: inputs that require grad are read as constants
-    p = mine[0].float().requires_grad_()
-    out = ifm.distributed.coulomb_field(p, mine[1].float(), mine[2].float(), strategy="ring")
-    assert not out.requires_grad
-    dist.destroy_process_group()
+                    _check(out, oracle, standin, f"rank {rank} coulomb {case} plates={1 + two} "
+                           f"{mode_id} {bname} {strategy}")
 
 
 def test_parity_both_fields_every_mode(tmp_path):
