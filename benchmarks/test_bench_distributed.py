@@ -111,8 +111,8 @@ def _worker(rank, world, init_file, name, reps, result_path):
         res[strategy] = _timed(lambda: call(name, pts, lo, hi, strategy), reps)
     own = torch.cat([lo, hi], 0)
     counts = [own.shape[0]] * world
-    res["comm-allgather"] = _timed(
-        lambda: ifm.distributed._allgather_rows(own, counts, dist.group.WORLD), reps)
+    res["comm-allgather"] = _timed(lambda: ifm.distributed._gather(
+        [lo, hi], [[lo.shape[0]] * world] * 2, dist.group.WORLD), reps)
     res["comm-ring"] = _timed(
         lambda: ifm.distributed._ring(own, counts, dist.group.WORLD, lambda c, o: None), reps)
     if rank == 0:

@@ -9,9 +9,10 @@ CPUs); see docs/DISTRIBUTED.md for the costs.
 
 Strategies (``strategy=``):
 
-* ``"allgather"`` (default): every rank gathers all pairs / charges (padded to the largest
-  rank's count, one ``all_gather_into_tensor``) and makes one fused call. Memory per rank:
-  the whole global batch of charges.
+* ``"allgather"`` (default): every rank gathers all pairs / charges and makes one fused call
+  (NCCL: ``all_gather_into_tensor`` of the rows padded to the largest rank's count; Gloo:
+  ``batch_isend_irecv`` of each rank's block to every other rank, several times faster there).
+  Memory per rank: the whole global batch of charges.
 * ``"ring"``: the charges travel around the ring of ranks (``batch_isend_irecv``); each rank
   evaluates its queries against the chunk it holds while the next chunk is in flight. Memory per
   rank: its own charges plus two chunks, at any world size. The fused kernels return the finished
@@ -125,11 +126,52 @@ def _finite(named, check_finite) -> None:
 # --------------------------------------------------------------------------------------------
 # communication
 # --------------------------------------------------------------------------------------------
-def _allgather_rows(t: torch.Tensor, counts: List[int], group) -> torch.Tensor:
+# Backends whose all_gather is slower than exchanging the blocks point to point: Gloo's gathers
+# 12.6 MB blocks between 2 CPU ranks 3-5x slower than batch_isend_irecv (BENCHMARKS.md).
+P2P_GATHER_BACKENDS = ("gloo",)
+
+
+def _gather(parts: List[torch.Tensor], counts: List[List[int]], group) -> List[torch.Tensor]:
+    """For each ``parts[k]`` (this rank's ``[n, w]`` rows; ``counts[k][r]`` rows on rank r), the
+    concatenation over the group's ranks in rank order.
+
+    Gloo: every rank sends its blocks to every other rank (``batch_isend_irecv``), received in
+    place into the result. Other backends (NCCL): one ``all_gather_into_tensor`` per part of the
+    rows padded to the largest count.
+    """
+    world = dist.get_world_size(group)
+    rank = dist.get_rank(group)
+    if dist.get_backend(group) not in P2P_GATHER_BACKENDS:
+        return [_allgather_padded(t, c, group) for t, c in zip(parts, counts)]
+    outs, ops = [], []
+    for tag, (t, cnt) in enumerate(zip(parts, counts)):
+        offs = [sum(cnt[:r]) for r in range(world)]
+        out = t.new_empty(sum(cnt), t.shape[1])
+        out[offs[rank]: offs[rank] + cnt[rank]] = t
+        outs.append(out)
+        for k in range(1, world):
+            dst, src = (rank + k) % world, (rank - k) % world
+            if cnt[rank] > 0:
+                ops.append(dist.P2POp(dist.isend, t.contiguous(),
+                                      dist.get_global_rank(group, dst), group=group, tag=tag))
+            if cnt[src] > 0:
+                ops.append(dist.P2POp(dist.irecv, out[offs[src]: offs[src] + cnt[src]],
+                                      dist.get_global_rank(group, src), group=group, tag=tag))
+    if ops:
+        for req in dist.batch_isend_irecv(ops):
+            req.wait()
+    return outs
+
+
+def _allgather_padded(t: torch.Tensor, counts: List[int], group) -> torch.Tensor:
     """Concatenation over the group's ranks of ``t`` (``counts[r]`` rows on rank r), through one
     ``all_gather_into_tensor`` of the rows padded to the largest count."""
     world = len(counts)
     top = max(counts)
+    if all(c == top for c in counts):
+        out = t.new_empty(world * top, t.shape[1])
+        _gather_single(out, t.contiguous(), group=group)
+        return out
     send = t.new_zeros(top, t.shape[1])
     send[: t.shape[0]] = t
     out = t.new_empty(world * top, t.shape[1])
@@ -179,7 +221,7 @@ def all_gather_rows(t: torch.Tensor, group=None):
                          f"shape and dtype, got {detail}")
     counts = [r[0] for r in records]
     flat = t.detach().reshape(t.shape[0], -1)
-    return _allgather_rows(flat, counts, group).reshape(-1, *t.shape[1:]), counts
+    return _gather([flat], [counts], group)[0].reshape(-1, *t.shape[1:]), counts
 
 
 def broadcast_from_first(fn, group=None):
@@ -321,17 +363,14 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
     cd = _checks.compute_dtype(points.dtype)
     kw = dict(L=L, sigma0=sigma0, K=K, d=d, eps=eps, backend=backend, check_finite=False)
     with torch.no_grad():
-        own = torch.cat([quarks.detach(), antiquarks.detach()], 0)
         p = points.detach().to(cd)
         if strategy == "allgather":
-            allp = _allgather_rows(own, [2 * c for c in counts], group)
-            offs = [2 * sum(counts[:r]) for r in range(len(counts))]
-            q = torch.cat([allp[o: o + c] for o, c in zip(offs, counts)], 0)
-            a = torch.cat([allp[o + c: o + 2 * c] for o, c in zip(offs, counts)], 0)
+            q, a = _gather([quarks.detach(), antiquarks.detach()], [counts, counts], group)
             if p.shape[0] == 0:
                 return points.new_zeros(0, width)
             return fields.string_field(p, q.to(cd), a.to(cd), normalize=normalize,
                                        stable=stable, **kw).to(points.dtype)
+        own = torch.cat([quarks.detach(), antiquarks.detach()], 0)
         # ring: raw sums (or stable units) per chunk, merged, normalised at the end
         Lc, sigma0c, Kc, dc = _checks.string_geometry(L, sigma0, K, d)
         Lc = float(torch.tensor(Lc, dtype=cd))
@@ -428,21 +467,20 @@ def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
                                     normalize=normalize, eps=eps)
     counts = [a + b for a, b in zip(cp, cn)]
     with torch.no_grad():
-        own = positive.detach() if not two else torch.cat([positive.detach(),
-                                                           negative.detach()], 0)
         p = points.detach().to(cd)
         if strategy == "allgather":
-            allc = _allgather_rows(own, counts, group)
-            offs = [sum(counts[:r]) for r in range(len(counts))]
-            pos = torch.cat([allc[o: o + n] for o, n in zip(offs, cp)], 0)
-            neg = torch.cat([allc[o + n: o + n + m] for o, n, m in zip(offs, cp, cn)], 0) \
-                if two else None
+            if two:
+                pos, neg = _gather([positive.detach(), negative.detach()], [cp, cn], group)
+            else:
+                (pos,), neg = _gather([positive.detach()], [cp], group), None
             if p.shape[0] == 0:
                 return points.new_zeros(0, width)
             out = fields.coulomb_field(p, pos.to(cd), None if neg is None else neg.to(cd),
                                        plate_gamma=plate_gamma, normalize=normalize, eps=eps,
                                        backend=backend, check_finite=False)
             return out.to(points.dtype)
+        own = positive.detach() if not two else torch.cat([positive.detach(),
+                                                           negative.detach()], 0)
         b = p.shape[0]
         f64 = dict(dtype=torch.float64, device=p.device)
         plates = {key: {"E": torch.zeros(b, width, **f64), "m": torch.full((b,), -math.inf, **f64),
