@@ -245,22 +245,28 @@ def broadcast_from_first(fn, group=None):
 # --------------------------------------------------------------------------------------------
 # log-normalisers of one chunk (float64, from the chunk's distances)
 # --------------------------------------------------------------------------------------------
-def _offset_sqnorm(x, tau, A, Delta):
-    """``||(x_i - A_j) - tau_i Delta_j||^2`` ``[b, B]`` in float64: GEMM expansion, with the
-    entries that lose digits to cancellation recomputed from the differences."""
-    x, A, Delta = x.double(), A.double(), Delta.double()
-    tau = tau.double().reshape(-1, 1)
+def _offset_sqnorm(x, A, tau=None, Delta=None):
+    """``||(x_i - A_j) - tau_i Delta_j||^2`` ``[b, B]`` in float64 (``tau``/``Delta`` omitted:
+    ``||x_i - A_j||^2``): GEMM expansion, with the entries that lose digits to cancellation
+    recomputed from the differences."""
+    x, A = x.double(), A.double()
     xx = (x * x).sum(1, keepdim=True)
     AA = (A * A).sum(1)[None]
-    DD = (Delta * Delta).sum(1)[None]
-    AD = (A * Delta).sum(1)[None]
-    r2 = xx + AA + tau * tau * DD + 2.0 * tau * AD - 2.0 * (x @ A.T) - 2.0 * tau * (x @ Delta.T)
-    scale = (xx.sqrt() + AA.sqrt() + tau.abs() * DD.sqrt()) ** 2
-    redo = (r2 < _CANCEL * scale).nonzero()
+    r2 = torch.addmm(xx + AA, x, A.T, alpha=-2.0)
+    scale = xx.sqrt() + AA.sqrt()
+    if Delta is not None:
+        Delta = Delta.double()
+        tau = tau.double().reshape(-1, 1)
+        DD = (Delta * Delta).sum(1)[None]
+        r2 += tau * (tau * DD + 2.0 * (A * Delta).sum(1)[None] - 2.0 * (x @ Delta.T))
+        scale = scale + tau.abs() * DD.sqrt()
+    redo = (r2 < _CANCEL * scale * scale).nonzero()
     step = max(1, _PAIR_BLOCK // max(x.shape[1], 1))
     for k in range(0, redo.shape[0], step):
         i, j = redo[k:k + step, 0], redo[k:k + step, 1]
-        rho = (x[i] - A[j]) - tau[i] * Delta[j]
+        rho = x[i] - A[j]
+        if Delta is not None:
+            rho = rho - tau[i] * Delta[j]
         r2[i, j] = (rho * rho).sum(1)
     return r2.clamp_min(0.0)
 
@@ -268,9 +274,7 @@ def _offset_sqnorm(x, tau, A, Delta):
 def _coulomb_lognorm(points, charges):
     """``(max_j l_ij, logsumexp_j l_ij)`` of the Coulomb logits ``l = -DIM log(d + 1e-7)``."""
     DIM = points.shape[1]
-    r2 = _offset_sqnorm(points, points.new_zeros(points.shape[0]), charges,
-                        torch.zeros_like(charges))
-    logit = -DIM * torch.log(r2.sqrt() + reference.COULOMB_D_EPS)
+    logit = -DIM * torch.log(_offset_sqnorm(points, charges).sqrt() + reference.COULOMB_D_EPS)
     return logit.amax(1), torch.logsumexp(logit, 1)
 
 
@@ -280,7 +284,7 @@ def _string_logmax(points, quarks, antiquarks, L, sigma0, K, d):
     z, x = p[:, :1], p[:, 1:]
     A = quarks[:, 1:].double()
     Delta = antiquarks[:, 1:].double() - A
-    r2 = _offset_sqnorm(x, z / L, A, Delta)
+    r2 = _offset_sqnorm(x, A, z / L, Delta)
     s = reference.tube_width(z, L, sigma0, K, d)
     kappa = reference.tube_slope(z, L, K, d)
     expo, den, _, _ = reference._pair_terms(r2, s, kappa, sigma0, points.shape[1] - 1)
