@@ -3,7 +3,7 @@ targets computed over the global batch of every rank (ifm.distributed).
 
 Run on one CPU machine with two processes (Gloo)::
 
-    torchrun --nproc_per_node=2 examples/ddp_toy.py                 # ~1 min on 2 cores
+    torchrun --nproc_per_node=2 examples/ddp_toy.py                 # ~40 s on 2 shared cores
     torchrun --nproc_per_node=2 examples/ddp_toy.py --steps 2000 --B 1024 --b 512 --hidden 256
     torchrun --nproc_per_node=2 examples/ddp_toy.py --local-targets # each rank's own batch only
 
@@ -29,10 +29,10 @@ from ifm import demo, matchers, sampling
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
+    p.add_argument("--steps", type=int, default=1000, help="training steps (default 1000)")
     p.add_argument("--B", type=int, default=256, help="pairs per rank and step (default 256)")
     p.add_argument("--b", type=int, default=128, help="queries per rank and step (default 128)")
-    p.add_argument("--hidden", type=int, default=64, help="MLP width (default 64; demo: 256)")
+    p.add_argument("--hidden", type=int, default=128, help="MLP width (default 128; demo: 256)")
     p.add_argument("--L", type=float, default=6.0, help="plate distance (default 6)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--strategy", choices=("allgather", "ring"), default="allgather")
@@ -75,9 +75,10 @@ def main():
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.steps)
     if rank == 0:
-        scope = "local batch" if args.local_targets else f"global batch {world} x {args.B}"
-        print(f"world {world}, {args.steps} steps, targets over the {scope} "
-              f"({args.strategy}), {torch.get_num_threads()} thread(s) per rank", flush=True)
+        scope = "local batch" if args.local_targets else \
+            f"global batch {world} x {args.B} ({args.strategy})"
+        print(f"world {world}, {args.steps} steps, targets over the {scope}, "
+              f"{torch.get_num_threads()} thread(s) per rank", flush=True)
     t0 = time.perf_counter()
     for step in range(args.steps):
         x0 = demo.gaussian(args.B, g).to(device)

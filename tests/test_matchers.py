@@ -124,3 +124,33 @@ def test_bad_inputs(make, call, exc, word):
     with pytest.raises(exc, match=word):
         m = make()
         call(m, x0, x1)
+
+
+def test_group_arguments_are_checked():
+    """``group=`` / ``strategy=`` / ``global_plan=`` (the distributed runs are in
+    test_distributed.py): bad values are rejected when the matcher is built."""
+    with pytest.raises(ValueError, match="global_plan=True .* pass group="):
+        matchers.IFMMatcher(L, 1.0, 10.0, global_plan=True)
+    with pytest.raises(TypeError, match="global_plan must be a bool"):
+        matchers.EFMMatcher(L, group="world", global_plan="yes")
+    with pytest.raises(TypeError, match="group must be None"):
+        matchers.IFMMatcher(L, 1.0, 10.0, group=0)
+    with pytest.raises(ValueError, match="strategy must be 'allgather' or 'ring'"):
+        matchers.EFMMatcher(L, group="world", strategy="tree")
+
+
+def test_group_needs_a_process_group_at_call_time():
+    x0, x1 = _batches(8)
+    m = matchers.IFMMatcher(L, 1.0, 10.0, group="world")
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        m.sample_location_and_target(x0, x1)
+
+
+def test_no_group_is_the_local_batch():
+    x0, x1 = _batches(16, seed=4)
+    kw = dict(b=6, backend="reference")
+    a = matchers.EFMMatcher(L, **kw).sample_location_and_target(
+        x0, x1, generator=torch.Generator().manual_seed(2))
+    b = matchers.EFMMatcher(L, group=None, strategy="ring", **kw).sample_location_and_target(
+        x0, x1, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a[2].flat(), b[2].flat())
