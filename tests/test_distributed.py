@@ -197,6 +197,10 @@ def _error_worker(rank, world, init_file):
                                                                 normalize="yes" if rank else
                                                                 True),
                            TypeError, "rank 1 of the group", "normalize must be a bool")
+    # a failure that is not a ValueError: a backend rank 1 cannot run
+    _same_error_everywhere(lambda: ifm.distributed.string_field(
+        p, q, a, **params, backend="cuda" if rank else "auto"), RuntimeError,
+        "rank 1 of the group", "backend='cuda'")
     pts, pos, neg = coulomb_case(8, 6, 6, D, 3.0, seed=1)
     mine = pts[4 * rank: 4 * rank + 4].float(), pos[3 * rank:3 * rank + 3].float(), \
         neg[3 * rank:3 * rank + 3].float()
@@ -283,6 +287,7 @@ def _failure_checks(rank, world):
             time.sleep(FAIL_TIMEOUT + 3)  # stay alive: the peer must give up by its timeout
         except RuntimeError as exc:
             assert rank == 0, exc
+            assert "with the group's other ranks failed" in str(exc), exc
             elapsed = time.monotonic() - t0
             assert elapsed < FAIL_TIMEOUT + 10, elapsed
         else:

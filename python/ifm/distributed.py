@@ -50,10 +50,6 @@ _CANCEL = 1e-6      # squared distances below this fraction of their scale are r
 _PAIR_BLOCK = 1 << 20  # elements of the exact-recompute temporary
 
 
-class DistributedInputError(ValueError):
-    """A rank's arguments were rejected; raised on every rank of the group."""
-
-
 # --------------------------------------------------------------------------------------------
 # group and metadata
 # --------------------------------------------------------------------------------------------
@@ -66,9 +62,14 @@ def resolve_group(group):
     return dist.group.WORLD if group is None else group
 
 
+_RAISED = {"TypeError": TypeError, "ValueError": ValueError, "RuntimeError": RuntimeError}
+
+
 def _describe(exc: BaseException) -> tuple:
-    kind = type(exc).__name__ if isinstance(exc, (TypeError, ValueError)) else "ValueError"
-    return kind, str(exc)
+    kind = type(exc).__name__
+    if kind in _RAISED:
+        return kind, str(exc)
+    return "RuntimeError", f"{kind}: {exc}"
 
 
 def _exchange(group, fn_name: str, check, meta: dict) -> List[dict]:
@@ -77,7 +78,7 @@ def _exchange(group, fn_name: str, check, meta: dict) -> List[dict]:
     try:
         extra = check()
         err = None
-    except (TypeError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001  (sent to every rank and raised there)
         extra, err = {}, _describe(exc)
     record = dict(meta, **(extra or {}), error=err)
     records = [None] * dist.get_world_size(group)
@@ -85,8 +86,7 @@ def _exchange(group, fn_name: str, check, meta: dict) -> List[dict]:
     for rank, rec in enumerate(records):
         if rec["error"] is not None:
             kind, msg = rec["error"]
-            cls = TypeError if kind == "TypeError" else ValueError
-            raise cls(f"ifm.distributed.{fn_name}: rank {rank} of the group: {msg}")
+            raise _RAISED[kind](f"ifm.distributed.{fn_name}: rank {rank} of the group: {msg}")
     for key in ("width", "dtype", "device", "kwargs", "negative"):
         values = [rec.get(key) for rec in records]
         if any(v != values[0] for v in values):
@@ -158,9 +158,29 @@ def _gather(parts: List[torch.Tensor], counts: List[List[int]], group) -> List[t
                 ops.append(dist.P2POp(dist.irecv, out[offs[src]: offs[src] + cnt[src]],
                                       dist.get_global_rank(group, src), group=group, tag=tag))
     if ops:
-        for req in dist.batch_isend_irecv(ops):
-            req.wait()
+        with _peers("the gather"):
+            for req in dist.batch_isend_irecv(ops):
+                req.wait()
     return outs
+
+
+class _peers:
+    """Context for a heavy collective: a failure there (a peer raised or left, or the process
+    group's timeout expired) is re-raised as a RuntimeError that says so."""
+
+    def __init__(self, what: str):
+        self.what = what
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if kind is not None and issubclass(kind, RuntimeError) \
+                and not str(exc).startswith("ifm.distributed"):
+            raise RuntimeError(f"ifm.distributed: {self.what} with the group's other ranks failed "
+                               f"(a rank raised or left, or the process group's timeout "
+                               f"expired): {exc}") from exc
+        return False
 
 
 def _allgather_padded(t: torch.Tensor, counts: List[int], group) -> torch.Tensor:
@@ -170,12 +190,14 @@ def _allgather_padded(t: torch.Tensor, counts: List[int], group) -> torch.Tensor
     top = max(counts)
     if all(c == top for c in counts):
         out = t.new_empty(world * top, t.shape[1])
-        _gather_single(out, t.contiguous(), group=group)
+        with _peers("the gather"):
+            _gather_single(out, t.contiguous(), group=group)
         return out
     send = t.new_zeros(top, t.shape[1])
     send[: t.shape[0]] = t
     out = t.new_empty(world * top, t.shape[1])
-    _gather_single(out, send, group=group)
+    with _peers("the gather"):
+        _gather_single(out, send, group=group)
     return torch.cat([out[r * top: r * top + counts[r]] for r in range(world)], 0)
 
 
@@ -199,11 +221,13 @@ def _ring(own: torch.Tensor, counts: List[int], group, consume) -> None:
             if counts[src] > 0:
                 ops.append(dist.P2POp(dist.irecv, incoming, prv_peer, group=group))
             if ops:
-                reqs = dist.batch_isend_irecv(ops)
+                with _peers("the ring exchange"):
+                    reqs = dist.batch_isend_irecv(ops)
         if counts[origin] > 0:
             consume(cur, origin)
-        for req in reqs:
-            req.wait()
+        with _peers("the ring exchange"):
+            for req in reqs:
+                req.wait()
         if incoming is not None:
             cur = incoming
 
