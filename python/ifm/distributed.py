@@ -127,7 +127,7 @@ def _finite(named, check_finite) -> None:
 # communication
 # --------------------------------------------------------------------------------------------
 # Backends whose all_gather is slower than exchanging the blocks point to point: Gloo's gathers
-# 12.6 MB blocks between 2 CPU ranks 3-5x slower than batch_isend_irecv (BENCHMARKS.md).
+# 25 MB blocks between 2 CPU ranks 3-5x slower than batch_isend_irecv (BENCHMARKS.md).
 P2P_GATHER_BACKENDS = ("gloo",)
 
 
