@@ -220,6 +220,13 @@ def _error_worker(rank, world, init_file):
     full = string_case(12, 10, D, "toy", seed=2)
     ref = ifm.fields.string_field(p, full[1].float(), full[2].float(), **params, normalize=True)
     torch.testing.assert_close(out, ref)
+    # half-precision inputs: computed in float32, returned in their dtype, by both strategies
+    for dtype in (torch.float16, torch.bfloat16):
+        outs = [ifm.distributed.string_field(p.to(dtype), q.to(dtype), a.to(dtype), **params,
+                                             normalize=True, strategy=s)
+                for s in ifm.distributed.STRATEGIES]
+        assert all(o.dtype == dtype for o in outs)
+        torch.testing.assert_close(outs[1].float(), outs[0].float(), rtol=1e-2, atol=1e-2)
     _matcher_checks(rank, world)
     _failure_checks(rank, world)
 
