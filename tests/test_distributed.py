@@ -6,7 +6,6 @@ charges on a plate) and compares its rows with the single-process reference on t
 batch by the parity rule (tests/parity.py), for both strategies and every normalisation mode.
 """
 import datetime
-import math
 import os
 import sys
 import time
