@@ -422,7 +422,8 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
         _ring(own, [2 * c for c in counts], group, consume)
         E = state["E"]
         if normalize:
-            E = reference.normalize_rows(E, math.sqrt(width), float(eps))
+            norm = fields.string_kernel_args(width, normalize=True, eps=eps)
+            E = reference.normalize_rows(E, norm["norm_scale"], norm["eps"])
         return E.to(points.dtype)
 
 
