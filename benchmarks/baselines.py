@@ -33,7 +33,7 @@ def string_coefficients(r2, z, nu, *, D, L, sigma0, K, d):
     """Coefficients ``(c1 * nu_j, c2, w)`` of the two-pass form (FIELDS.md §2) from ``r2 [b, B]``."""
     s = reference.tube_width(z, L, sigma0, K, d)
     kappa = reference.tube_slope(z, L, K, d)
-    expo, den, cos_a, sr = reference._pair_terms(r2, s, kappa, sigma0, D)
+    expo, den, cos_a, sr = reference.string_pair_terms(r2, s, kappa, sigma0, D)
     inside = (z >= 0) & (z <= L)
     w = torch.where(inside, torch.exp(expo) / den, torch.zeros_like(expo))
     return w * cos_a * nu[None, :], w * sr, w
@@ -101,7 +101,7 @@ def _coulomb_finish(points, plate_fn, positive, negative, *, plate_gamma, normal
     DIM = points.shape[1]
     Ep = plate_fn(positive)
     En = None if negative is None else plate_fn(negative)
-    E = reference._combine_plates(Ep, En, DIM, plate_gamma)
+    E = reference.combine_plates(Ep, En, DIM, plate_gamma)
     if normalize:
         E = reference.normalize_rows(E, norm_scale, eps)
     return E
