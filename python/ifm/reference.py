@@ -246,25 +246,18 @@ def string_field_loop(points: torch.Tensor, quarks: torch.Tensor, antiquarks: to
     return E
 
 
-def _plate_logits(points: torch.Tensor, charges: torch.Tensor) -> torch.Tensor:
-    """``-DIM * log(d_ij + 1e-7)`` for all (query, charge) pairs, distances from differences."""
-    DIM = points.shape[1]
-    diff = points[:, None, :] - charges[None, :, :]
-    dist = torch.sqrt((diff * diff).sum(-1))
-    return -DIM * torch.log(dist + COULOMB_D_EPS)
-
-
 def _plate_field(points, charges, sum_eps, memory_budget):
+    """One plate's term ``sum_j coeff_ij (y_j - x_i)`` with the log-domain softmax of
+    ``-DIM * log(d_ij + 1e-7)``, distances and sum from the same direct differences."""
     b, DIM = points.shape
     cb = _chunk(b, charges.shape[0] * DIM, memory_budget)
     out = []
     for i0 in range(0, b, cb):
-        p = points[i0:i0 + cb]
-        logit = _plate_logits(p, charges)
-        m = logit.amax(1, keepdim=True)
-        e = torch.exp(logit - m)
+        diff = charges[None, :, :] - points[i0:i0 + cb, None, :]          # y_j - x_i
+        logit = -DIM * torch.log(torch.sqrt((diff * diff).sum(-1)) + COULOMB_D_EPS)
+        e = torch.exp(logit - logit.amax(1, keepdim=True))
         coeff = e / (e.sum(1, keepdim=True) + sum_eps)
-        out.append(((coeff[:, :, None]) * (charges[None, :, :] - p[:, None, :])).sum(1))
+        out.append(torch.bmm(coeff[:, None, :], diff)[:, 0])
     return torch.cat(out, 0)
 
 
