@@ -13,7 +13,9 @@ the baselines differ from the package only in *how* the O(b·B·D) passes are or
 * :func:`coulomb_keops` -- a KeOps ``LazyTensor`` softmax-weighted sum (needs ``pykeops``).
 
 ``IMPLEMENTATIONS`` maps the implementation names used in the benchmark tables to callables
-``fn(case, points, inputs)``; ``case`` is a :class:`conftest.Case`.
+``fn(case, points, inputs)`` (``case`` is a :class:`cases.Case`); :func:`run_impl` calls one.
+The Coulomb baselines take the kernel arguments ``ifm.fields.coulomb_kernel_args`` derives from
+the case (``Case.kernel_args``).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import math
 import torch
 
 import ifm
+from cases import call_args
 from ifm import reference
 
 # ----------------------------------------------------------------------------------------------
@@ -107,20 +110,28 @@ def _coulomb_finish(points, plate_fn, positive, negative, *, plate_gamma, normal
     return E
 
 
-def coulomb_cdist(points, positive, negative=None, **norm):
-    """``cdist`` + ``softmax(-DIM log(d + 1e-7))`` + ``coeff @ Y - x`` per plate."""
+def coulomb_cdist(points, positive, negative=None, *, sum_eps, **norm):
+    """``cdist`` + ``softmax(-DIM log(d + 1e-7))`` + ``coeff @ Y - x`` per plate; ``sum_eps``
+    (added to the sum of the weights relative to the largest one) rescales the softmax."""
     DIM = points.shape[1]
 
     def plate(Y):
         dist = torch.cdist(points, Y)
-        coeff = torch.softmax(-DIM * torch.log(dist + reference.COULOMB_D_EPS), dim=1)
+        logit = -DIM * torch.log(dist + reference.COULOMB_D_EPS)
+        coeff = torch.softmax(logit, dim=1)
+        if sum_eps:
+            shift = logit.amax(1, keepdim=True) - torch.logsumexp(logit, 1, keepdim=True)
+            coeff = coeff / (1.0 + sum_eps * torch.exp(shift))
         return coeff @ Y - points
 
     return _coulomb_finish(points, plate, positive, negative, **norm)
 
 
-def coulomb_keops(points, positive, negative=None, **norm):
-    """KeOps: ``LazyTensor`` distances, ``sumsoftmaxweight`` of ``y_j - x_i`` per plate."""
+def coulomb_keops(points, positive, negative=None, *, sum_eps, **norm):
+    """KeOps: ``LazyTensor`` distances, ``sumsoftmaxweight`` of ``y_j - x_i`` per plate.
+    ``sum_eps`` (PFGM's 1e-7 relative to the largest weight) has no slot in KeOps' softmax
+    reduction and is left out: a relative change below 1e-7, under float32's resolution."""
+    del sum_eps
     from pykeops.torch import LazyTensor
 
     DIM = points.shape[1]
@@ -135,12 +146,13 @@ def coulomb_keops(points, positive, negative=None, **norm):
     return _coulomb_finish(points, plate, positive, negative, **norm)
 
 
-def coulomb_materialising(points, positive, negative=None, *, sum_eps, **norm):
+def coulomb_materialising(points, positive, negative=None, *, plate_gamma, sum_eps, normalize,
+                          norm_scale, eps):
     """The authors' ``[b, B, D+1]`` form (``ifm.reference.coulomb_field_materialized``)."""
     E = reference.coulomb_field_materialized(points, positive, negative, stability=True,
-                                             plate_gamma=norm["plate_gamma"], sum_eps=sum_eps)
-    if norm["normalize"]:
-        E = reference.normalize_rows(E, norm["norm_scale"], norm["eps"])
+                                             plate_gamma=plate_gamma, sum_eps=sum_eps)
+    if normalize:
+        E = reference.normalize_rows(E, norm_scale, eps)
     return E
 
 
@@ -167,7 +179,7 @@ def _string(fn, **extra):
 
 
 def _coulomb(fn):
-    return lambda case, p, inp: fn(p, inp["positive"], inp.get("negative"), **case.norm_args())
+    return lambda case, p, inp: fn(p, inp["positive"], inp.get("negative"), **case.kernel_args())
 
 
 def _ifm_string(backend):
@@ -192,13 +204,18 @@ STRING_IMPLEMENTATIONS = {
 COULOMB_IMPLEMENTATIONS = {
     "ifm-cpu": _ifm_coulomb("cpu"),
     "ifm-reference": _ifm_coulomb("reference"),
-    "authors-materialising": lambda case, p, inp: coulomb_materialising(
-        p, inp["positive"], inp.get("negative"), sum_eps=case.sum_eps, **case.norm_args()),
+    "authors-materialising": _coulomb(coulomb_materialising),
     "cdist-softmax-matmul": _coulomb(coulomb_cdist),
     "keops": _coulomb(coulomb_keops),
 }
 
 IMPLEMENTATIONS = {"string": STRING_IMPLEMENTATIONS, "coulomb": COULOMB_IMPLEMENTATIONS}
+
+
+def run_impl(case, impl: str, points, inputs: dict):
+    """Implementation ``impl`` of ``case``'s field at ``points``, with the plate tensors of
+    ``inputs`` (``cases.make_inputs``)."""
+    return IMPLEMENTATIONS[case.kind][impl](case, points, call_args(inputs))
 
 
 def unavailable(name):

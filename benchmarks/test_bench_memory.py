@@ -1,5 +1,5 @@
-"""Memory bound (issue 7): at the CelebA-128 shape (D = 49152, b = B = 64, L = 20, sigma0 = 1,
-K = pi/20) one call of the CPU backend needs at most 1.5x its inputs of extra memory.
+"""Memory bound of the CPU backend: at the CelebA-128 shape (D = 49152, b = B = 64, L = 20,
+sigma0 = 1, K = pi/20) one call needs at most 1.5x its inputs of extra memory.
 
 Method (one fresh process per measurement, so nothing earlier in the session counts):
 

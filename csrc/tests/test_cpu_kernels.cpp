@@ -276,8 +276,8 @@ void run_coulomb(int64_t b, int64_t Bp, int64_t Bn, int64_t D, bool two, bool pl
   const std::vector<double> want = naive_coulomb(widen(P), widen(Yp), two ? &Ynd : nullptr, b,
                                                  Bp, Bn, D, plate_norm, gamma, sum_eps, norm);
   std::vector<T> got(b * (D + 1));
-  ifm::cpu::coulomb_field<T>(P.data(), b, Yp.data(), Bp, two ? Yn.data() : nullptr, Bn, D,
-                             plate_norm, gamma, sum_eps, norm, got.data(), 2);
+  ifm::cpu::coulomb_field<T>(P.data(), b, Yp.data(), Bp, two ? Yn.data() : nullptr,
+                             two ? Bn : 0, D, plate_norm, gamma, sum_eps, norm, got.data(), 2);
   char what[220];
   std::snprintf(what, sizeof what,
                 "coulomb[%s %s b=%lld Bp=%lld Bn=%lld D=%lld two=%d plate=%d eps=%g norm=%d]", isa,
