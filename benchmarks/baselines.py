@@ -156,16 +156,19 @@ def coulomb_materialising(points, positive, negative=None, *, plate_gamma, sum_e
     return E
 
 
-def coulomb_significant_pairs(points, positive, negative=None, rel=2.0 ** -40):
-    """Number of (query, charge) softmax coefficients above ``rel`` of their row's largest."""
+def coulomb_significant_pairs(points, positive, negative=None, rel=2.0 ** -44):
+    """Number of (query, charge) terms ``coeff_ij d_ij`` above ``rel`` of their row's largest:
+    the terms pass 2 adds (the kernels' skip rule, ``skip_ratio`` of csrc/field_math.h: 2^-44
+    for float32 data). Sizes in the log domain: ``logit_ij + log d_ij`` up to a row constant."""
     DIM = points.shape[1]
     p = points.double()
     total = 0
     for Y in (positive, negative):
         if Y is None:
             continue
-        logit = -DIM * torch.log(torch.cdist(p, Y.double()) + reference.COULOMB_D_EPS)
-        total += int((logit - logit.amax(1, keepdim=True) > math.log(rel)).sum())
+        dist = torch.cdist(p, Y.double())
+        size = -DIM * torch.log(dist + reference.COULOMB_D_EPS) + torch.log(dist)
+        total += int((size - size.amax(1, keepdim=True) >= math.log(rel)).sum())
     return total
 
 
