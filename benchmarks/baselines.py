@@ -33,7 +33,8 @@ from ifm import reference
 
 
 def string_coefficients(r2, z, nu, *, D, L, sigma0, K, d):
-    """Coefficients ``(c1 * nu_j, c2, w)`` of the two-pass form (FIELDS.md §2) from ``r2 [b, B]``."""
+    """Coefficients ``(c1 * nu_j, c2, w)`` of the two-pass form (FIELDS.md §2) from
+    ``r2 [b, B]``."""
     s = reference.tube_width(z, L, sigma0, K, d)
     kappa = reference.tube_slope(z, L, K, d)
     expo, den, cos_a, sr = reference.string_pair_terms(r2, s, kappa, sigma0, D)

@@ -48,13 +48,17 @@ def summary_markdown(results, peaks=()) -> str:
         case = CASES[f"{kind}-{name}"]
         rows = [r for r in results if (r["kind"], r["case"]) == (kind, name)]
         fused = next((r for r in rows if r["impl"] == "ifm-cpu"), None)
-        lines += [f"**{kind} {name}** ({rows[0]['shape']}, inputs {rows[0]['input_mb']:.2f} MB)", "",
-                  "| implementation | median (min) | ifm-cpu speed-up: median (min) | peak extra memory | "
+        lines += [f"**{kind} {name}** ({rows[0]['shape']}, inputs {rows[0]['input_mb']:.2f} MB)",
+                  "",
+                  "| implementation | median (min) | ifm-cpu speed-up: median (min) | "
+                  "peak extra memory | "
                   "max row rel. err (sampler) | (near plates) | % of matmul peak: median (min) |",
                   "|---|---|---|---|---|---|---|"]
         for r in rows:
-            speed = (f"{r['median_s'] / fused['median_s']:.1f}× ({r['min_s'] / fused['min_s']:.1f}×)"
-                     if fused else "–")
+            speed = "–"
+            if fused:
+                speed = (f"{r['median_s'] / fused['median_s']:.1f}× "
+                         f"({r['min_s'] / fused['min_s']:.1f}×)")
             mem = f"{r['peak_extra_mb']:.1f} MB" if "peak_extra_mb" in r else "–"
             pct = (f"{r['pct_of_matmul_peak']:.0f} % ({r['pct_of_matmul_peak_best']:.0f} %) of "
                    f"{r['matmul_peak_gflops']:.0f}" if "pct_of_matmul_peak" in r else "")

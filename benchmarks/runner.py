@@ -37,8 +37,8 @@ def max_row_rel_err(out, ref) -> float:
     """``max_i ||out_i - ref_i|| / ||ref_i||`` (0/0 = 0, x/0 = inf; NaN -> inf)."""
     diff = (out.double() - ref).norm(dim=1)
     den = ref.norm(dim=1)
-    err = torch.where(den > 0, diff / den.clamp_min(1e-300),
-                      torch.where(diff > 0, torch.full_like(diff, math.inf), torch.zeros_like(diff)))
+    unbounded = torch.where(diff > 0, torch.full_like(diff, math.inf), torch.zeros_like(diff))
+    err = torch.where(den > 0, diff / den.clamp_min(1e-300), unbounded)
     err = torch.where(torch.isnan(err), torch.full_like(err, math.inf), err)
     return float(err.max())
 
@@ -120,7 +120,8 @@ class Runner:
         best = stats.stats.min if stats is not None else t0
 
         info = {"case": name, "kind": kind, "impl": impl, "rounds": rounds, "threads": THREADS,
-                "shape": f"D={case.D} b={case.b} B={case.B}", "input_mb": case.input_bytes() / 2**20,
+                "shape": f"D={case.D} b={case.b} B={case.B}",
+                "input_mb": case.input_bytes() / 2**20,
                 "max_row_rel_err": max_row_rel_err(out, self.ref(case, "points"))}
         del out
         if not heavy:

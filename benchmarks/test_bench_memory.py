@@ -63,9 +63,10 @@ def child(kind: str, backend: str) -> dict:
 
 
 def measure(kind: str, backend: str = "cpu") -> dict:
+    path = os.pathsep.join(p for p in sys.path if p)
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), kind, backend],
                           capture_output=True, text=True, timeout=900,
-                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)))
+                          env=dict(os.environ, PYTHONPATH=path))
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

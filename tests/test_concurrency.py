@@ -23,7 +23,8 @@ def _string_task(bname, device, seed):
 
 def _coulomb_task(bname, device, seed):
     b, B, D = (5, 4, 24) if bname == "triton" else (23, 31, 150)
-    points, pos, neg = (t.to(device, torch.float32) for t in coulomb_case(b, B, B + 1, D, 20.0, seed))
+    case = coulomb_case(b, B, B + 1, D, 20.0, seed)
+    points, pos, neg = (t.to(device, torch.float32) for t in case)
     mode = COULOMB_MODES[seed % len(COULOMB_MODES)]
     plates = (pos, neg) if seed % 3 else (pos,)        # one plate for seeds 0, 3, 6
     return lambda: ifm.fields.coulomb_field(points, *plates, **mode, backend=bname)
@@ -41,7 +42,8 @@ def test_threads_match_sequential_calls(backend, make):
 
 
 def test_threads_mixing_both_fields(backend):
-    tasks = [make(*backend, seed) for seed in range(TASKS) for make in (_string_task, _coulomb_task)]
+    tasks = [make(*backend, seed) for seed in range(TASKS)
+             for make in (_string_task, _coulomb_task)]
     sequential = [task() for task in tasks]
     with ThreadPoolExecutor(THREADS) as pool:
         concurrent = list(pool.map(lambda task: task(), tasks[::-1]))[::-1]

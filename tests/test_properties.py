@@ -46,7 +46,8 @@ def string_inputs(draw, max_b=9, max_B=7, max_D=12):
     b, B = draw(st.integers(1, max_b)), draw(st.integers(1, max_B))
     D = draw(st.sampled_from([1, 2, 3, max_D]))
     geometry = draw(st.sampled_from(sorted(STRING_GEOMETRIES)))
-    points, quarks, antiquarks, params = string_case(b, B, D, geometry, seed=draw(st.integers(0, 999)))
+    seed = draw(st.integers(0, 999))
+    points, quarks, antiquarks, params = string_case(b, B, D, geometry, seed=seed)
     L = params["L"]
     i = draw(st.integers(0, b - 1))
     j = draw(st.integers(0, B - 1))
@@ -71,7 +72,8 @@ def string_inputs(draw, max_b=9, max_B=7, max_D=12):
 
 @st.composite
 def coulomb_inputs(draw, max_b=9, max_B=7, max_D=12):
-    b, Bp, Bn = draw(st.integers(1, max_b)), draw(st.integers(1, max_B)), draw(st.integers(1, max_B))
+    b = draw(st.integers(1, max_b))
+    Bp, Bn = draw(st.integers(1, max_B)), draw(st.integers(1, max_B))
     D = draw(st.sampled_from([1, 2, 3, max_D]))
     L = draw(st.sampled_from([1.0, 6.0, 100.0]))
     points, pos, neg = coulomb_case(b, Bp, Bn, D, L, seed=draw(st.integers(0, 999)))
@@ -195,7 +197,8 @@ def test_stable_points_where_default_points(backend):
         points[::2, 1:] += far * params["sigma0"]        # push some rows toward underflow
         p, q, a = _on(device, torch.float32, points, quarks, antiquarks)
         default = ifm.fields.string_field(p, q, a, **params, backend=bname).double().cpu()
-        stable = ifm.fields.string_field(p, q, a, **params, stable=True, backend=bname).double().cpu()
+        stable = ifm.fields.string_field(p, q, a, **params, stable=True, backend=bname)
+        stable = stable.double().cpu()
         assert torch.isfinite(stable).all() and torch.isfinite(default).all()
         allowed = 0
         for st_mode in (False, True):

@@ -102,7 +102,8 @@ def test_reference_matches_scalar_spec(geometry):
 
 @pytest.mark.parametrize("geometry", ["toy", "cmnist"])
 def test_reference_modes_match_scalar_spec(geometry):
-    """normalize=True is sqrt(D+1) E / (||E|| + 1e-5); stable is E / max_j w_j (FIELDS.md §4, §7)."""
+    """normalize=True is sqrt(D+1) E / (||E|| + 1e-5); stable is E / max_j w_j
+    (FIELDS.md §4, §7)."""
     points, quarks, antiquarks, params = string_case(12, 7, 3, geometry, seed=7)
     got_n = reference.string_field(points, quarks, antiquarks, **params, normalize=True)
     got_s = reference.string_field(points, quarks, antiquarks, **params, stable=True)
@@ -234,14 +235,15 @@ def test_edge_rules(backend, where, geometry, dtype):
     bname, device = backend
     L, sigma0, K = STRING_GEOMETRIES[geometry]
     d = math.pi / (2 * K)
-    z = {None: d, "L/2": L / 2, "L-d": L - d, "L": L, "L+": L + 1e-3}.get(EDGE_Z[where], EDGE_Z[where])
+    named = {None: d, "L/2": L / 2, "L-d": L - d, "L": L, "L+": L + 1e-3}
+    z = named.get(EDGE_Z[where], EDGE_Z[where])
     A, C = [0.5, -1.0], [1.5, 0.25]
     tau = z / L
     on_segment = [(1 - tau) * a + tau * c for a, c in zip(A, C)]
     for x in (on_segment, [v + 0.3 * sigma0 for v in on_segment]):
         p, q, a = _one_pair(z, x, A, C, L)
-        want = torch.tensor([spec_string_field(p[0].tolist(), q.tolist(), a.tolist(), L, sigma0, K)],
-                            dtype=torch.float64)
+        want = spec_string_field(p[0].tolist(), q.tolist(), a.tolist(), L, sigma0, K)
+        want = torch.tensor([want], dtype=torch.float64)
         got = ifm.fields.string_field(p.to(device, dtype), q.to(device, dtype),
                                       a.to(device, dtype), L=L, sigma0=sigma0, K=K, backend=bname)
         assert torch.isfinite(got).all()
@@ -278,7 +280,8 @@ def test_ot_pairing_from_golden(backend):
     params = dict(L=meta["L"], sigma0=meta["sigma0"], K=meta["K"])
     ant = data["antiquarks"]
     paired = ifm.fields.string_field(data["points"].to(device), data["quarks"].to(device),
-                                     ant[data["pairing"].long()].to(device), **params, backend=bname)
+                                     ant[data["pairing"].long()].to(device), **params,
+                                     backend=bname)
     unpaired = ifm.fields.string_field(data["points"].to(device), data["quarks"].to(device),
                                        ant.to(device), **params, backend=bname)
     err_p = row_errors(paired, data["field"]).max()

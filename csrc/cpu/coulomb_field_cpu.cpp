@@ -79,12 +79,14 @@ void coulomb_row_terms(const simd::PassKernels<T>& kern, const double* d2, int64
 void combine_plates(double* Ep, double* En, int64_t dim, bool two, bool plate_normalize,
                     double plate_gamma, double* E) {
   const double scale = std::sqrt((double)dim);
-  const double fp = plate_normalize ? normalize_factor(row_norm2(Ep, dim), scale, plate_gamma) : 1.0;
+  const double fp =
+      plate_normalize ? normalize_factor(row_norm2(Ep, dim), scale, plate_gamma) : 1.0;
   if (!two) {
     for (int64_t k = 0; k < dim; ++k) E[k] = Ep[k] * fp;
     return;
   }
-  const double fn = plate_normalize ? normalize_factor(row_norm2(En, dim), scale, plate_gamma) : 1.0;
+  const double fn =
+      plate_normalize ? normalize_factor(row_norm2(En, dim), scale, plate_gamma) : 1.0;
   for (int64_t k = 0; k < dim; ++k) E[k] = En[k] * fn - Ep[k] * fp;
 }
 
@@ -116,7 +118,8 @@ void coulomb_field_impl(const T* points, int64_t b, const T* positive, int64_t B
 #pragma omp parallel num_threads(num_threads)
     {
       RowTerms terms(Bmax);
-      std::vector<double> x(DIM), d2(padmax), c1(padmax), c2(padmax), Eplate[2] = {std::vector<double>(DIM), std::vector<double>(DIM)}, E(DIM);
+      std::vector<double> x(DIM), d2(padmax), c1(padmax), c2(padmax), E(DIM);
+      std::vector<double> Eplate[2] = {std::vector<double>(DIM), std::vector<double>(DIM)};
 #pragma omp for schedule(dynamic, 8)
       for (int64_t i = 0; i < b; ++i) {
         for (int64_t k = 0; k < DIM; ++k) x[k] = (double)points[i * DIM + k];

@@ -183,7 +183,8 @@ void string_field_impl(const T* points, const T* quarks, const T* antiquarks, in
     write_row(Eq, DIM, norm, out + i * DIM);
   };
   const int64_t vec = 4 * (int64_t)kern.W;
-  const int64_t chunk = std::min(D, std::max<int64_t>(vec, (1024 / (int64_t)sizeof(T)) / vec * vec));
+  const int64_t chunk =
+      std::min(D, std::max<int64_t>(vec, (1024 / (int64_t)sizeof(T)) / vec * vec));
   const int64_t n_chunks = (D + chunk - 1) / chunk;
 #pragma omp parallel num_threads(num_threads)
   {
