@@ -1,11 +1,12 @@
 """Pure-PyTorch reference fields: the oracle every backend is tested against.
 
 The code follows ``FIELDS.md`` (the contract shipped in the repository's docs) line by line.
-:func:`string_field` and :func:`coulomb_field` compute in ``compute_dtype`` (default float64,
-whatever the input dtype) and return the dtype of ``points``: on float64 inputs they are the
-test oracle, on float32 inputs they meet the parity rule (tests/data/golden/README.md) because
-only the inputs and the output are float32. ``compute_dtype=torch.float32`` evaluates the same
-formulas in float32 arithmetic: the float32 stand-in of the parity rule for randomised cases.
+:func:`string_field` and :func:`coulomb_field` compute in ``compute_dtype`` (default: the dtype
+of ``points``) and return the dtype of ``points``. Evaluated in float64 they are the test
+oracle; ``backend="reference"`` of :mod:`ifm.fields` evaluates float32 inputs with
+``compute_dtype=torch.float64``, so that only its inputs and output are float32 and it meets the
+parity rule (tests/data/golden/README.md); in float32 arithmetic they are the parity rule's
+float32 stand-in for randomised cases.
 
 Layout is z-first everywhere: an augmented point is ``(z, x)`` with ``z`` in column 0, so
 tensors are ``[n, D + 1]``.
@@ -131,17 +132,18 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
                  L: float, sigma0: float, K: float, d: Optional[float] = None,
                  normalize: bool = False, eps: float = 1e-5, stable: bool = False,
                  norm_scale: Optional[float] = None, memory_budget: int = 1 << 24,
-                 compute_dtype: torch.dtype = torch.float64) -> torch.Tensor:
+                 compute_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """String (IFM) field, vectorised and chunked. See :func:`ifm.fields.string_field`.
 
     ``memory_budget`` bounds the number of elements of the ``[chunk_b, chunk_B, D]`` temporary.
     In ``stable`` mode the raw field is returned in units of the row's largest pair weight
     (``E_i / max_j w_ij``, computed in the log domain), so its direction survives where every
-    float weight underflows. The arithmetic is in ``compute_dtype`` (the inputs are cast to it
-    once); the result has the dtype of ``points``.
+    float weight underflows. The arithmetic is in ``compute_dtype`` (default the dtype of
+    ``points``; the inputs are cast to it once); the result has the dtype of ``points``.
     """
     out_dtype = points.dtype
-    points, quarks, antiquarks = (t.to(compute_dtype) for t in (points, quarks, antiquarks))
+    work = out_dtype if compute_dtype is None else compute_dtype
+    points, quarks, antiquarks = (t.to(work) for t in (points, quarks, antiquarks))
     if d is None:
         d = math.pi / (2.0 * K)
     b, DIM = points.shape
@@ -277,19 +279,20 @@ def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
                   negative: Optional[torch.Tensor] = None, *, plate_gamma: Optional[float] = None,
                   sum_eps: float = 0.0, normalize: bool = False, norm_scale: Optional[float] = None,
                   eps: float = 1e-5, memory_budget: int = 1 << 24,
-                  compute_dtype: torch.dtype = torch.float64) -> torch.Tensor:
+                  compute_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """Coulomb field (FIELDS.md §3) with log-domain softmax coefficients.
 
     Two plates: ``-E+ + E-`` (each plate term first normalised with ``plate_gamma`` unless it is
     None). One plate (``negative is None``): ``E+`` itself, pointing toward the charges.
     ``sum_eps`` is added to the softmax denominator (PFGM adds 1e-7 there, relative to a largest
     weight of 1). ``normalize`` applies ``norm_scale * E / (||E|| + eps)``; ``norm_scale``
-    defaults to sqrt(D + 1). The arithmetic is in ``compute_dtype`` (the inputs are cast to it
-    once); the result has the dtype of ``points``.
+    defaults to sqrt(D + 1). The arithmetic is in ``compute_dtype`` (default the dtype of
+    ``points``; the inputs are cast to it once); the result has the dtype of ``points``.
     """
     out_dtype = points.dtype
-    points, positive = points.to(compute_dtype), positive.to(compute_dtype)
-    negative = None if negative is None else negative.to(compute_dtype)
+    work = out_dtype if compute_dtype is None else compute_dtype
+    points, positive = points.to(work), positive.to(work)
+    negative = None if negative is None else negative.to(work)
     DIM = points.shape[1]
     Ep = _plate_field(points, positive, sum_eps, memory_budget)
     En = None if negative is None else _plate_field(points, negative, sum_eps, memory_budget)
