@@ -3,7 +3,7 @@
 ``measure(kind, case, impl)`` runs ``python _memory.py KIND CASE IMPL`` (same environment, same
 thread count) and returns ``{"peak_extra_mb": ..., "rss_inputs_mb": ...}``. The child:
 
-1. builds the case's float32 inputs (``conftest.make_inputs``, same seed as the timed run);
+1. builds the case's float32 inputs (``cases.make_inputs``, same seed as the timed run);
 2. warms the implementation's code path up on a slice of them (4 queries, 16 pairs, same D:
    imports, thread pool, KeOps module load, allocator pools);
 3. records its resident set size (``VmRSS``) and resets the kernel's high-water mark
@@ -57,14 +57,15 @@ def peak_extra(call) -> dict:
 
 def _child(kind: str, name: str, impl: str) -> dict:
     sys.path.insert(0, HERE)
-    import conftest
+    from baselines import run_impl
+    from cases import CASES, make_inputs
 
-    case = conftest.CASES[f"{kind}-{name}"]
-    inputs = conftest.make_inputs(case)
+    case = CASES[f"{kind}-{name}"]
+    inputs = make_inputs(case)
     small = {k: v[:16] for k, v in inputs.items()}
-    conftest.run_impl(case, impl, inputs["points"][:4], small)   # warm-up, same D
+    run_impl(case, impl, inputs["points"][:4], small)   # warm-up, same D
     del small
-    return peak_extra(lambda: conftest.run_impl(case, impl, inputs["points"], inputs))
+    return peak_extra(lambda: run_impl(case, impl, inputs["points"], inputs))
 
 
 def measure(kind: str, name: str, impl: str, timeout: float = 1800.0) -> dict:

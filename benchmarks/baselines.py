@@ -13,7 +13,9 @@ the baselines differ from the package only in *how* the O(b·B·D) passes are or
 * :func:`coulomb_keops` -- a KeOps ``LazyTensor`` softmax-weighted sum (needs ``pykeops``).
 
 ``IMPLEMENTATIONS`` maps the implementation names used in the benchmark tables to callables
-``fn(case, points, inputs)``; ``case`` is a :class:`conftest.Case`.
+``fn(case, points, inputs)`` (``case`` is a :class:`cases.Case`); :func:`run_impl` calls one.
+The Coulomb baselines take the kernel arguments ``ifm.fields.coulomb_kernel_args`` derives from
+the case (``Case.kernel_args``).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import math
 import torch
 
 import ifm
+from cases import call_args
 from ifm import reference
 
 # ----------------------------------------------------------------------------------------------
@@ -30,10 +33,11 @@ from ifm import reference
 
 
 def string_coefficients(r2, z, nu, *, D, L, sigma0, K, d):
-    """Coefficients ``(c1 * nu_j, c2, w)`` of the two-pass form (FIELDS.md §2) from ``r2 [b, B]``."""
+    """Coefficients ``(c1 * nu_j, c2, w)`` of the two-pass form (FIELDS.md §2) from
+    ``r2 [b, B]``."""
     s = reference.tube_width(z, L, sigma0, K, d)
     kappa = reference.tube_slope(z, L, K, d)
-    expo, den, cos_a, sr = reference._pair_terms(r2, s, kappa, sigma0, D)
+    expo, den, cos_a, sr = reference.string_pair_terms(r2, s, kappa, sigma0, D)
     inside = (z >= 0) & (z <= L)
     w = torch.where(inside, torch.exp(expo) / den, torch.zeros_like(expo))
     return w * cos_a * nu[None, :], w * sr, w
@@ -101,26 +105,34 @@ def _coulomb_finish(points, plate_fn, positive, negative, *, plate_gamma, normal
     DIM = points.shape[1]
     Ep = plate_fn(positive)
     En = None if negative is None else plate_fn(negative)
-    E = reference._combine_plates(Ep, En, DIM, plate_gamma)
+    E = reference.combine_plates(Ep, En, DIM, plate_gamma)
     if normalize:
         E = reference.normalize_rows(E, norm_scale, eps)
     return E
 
 
-def coulomb_cdist(points, positive, negative=None, **norm):
-    """``cdist`` + ``softmax(-DIM log(d + 1e-7))`` + ``coeff @ Y - x`` per plate."""
+def coulomb_cdist(points, positive, negative=None, *, sum_eps, **norm):
+    """``cdist`` + ``softmax(-DIM log(d + 1e-7))`` + ``coeff @ Y - x`` per plate; ``sum_eps``
+    (added to the sum of the weights relative to the largest one) rescales the softmax."""
     DIM = points.shape[1]
 
     def plate(Y):
         dist = torch.cdist(points, Y)
-        coeff = torch.softmax(-DIM * torch.log(dist + reference.COULOMB_D_EPS), dim=1)
+        logit = -DIM * torch.log(dist + reference.COULOMB_D_EPS)
+        coeff = torch.softmax(logit, dim=1)
+        if sum_eps:
+            shift = logit.amax(1, keepdim=True) - torch.logsumexp(logit, 1, keepdim=True)
+            coeff = coeff / (1.0 + sum_eps * torch.exp(shift))
         return coeff @ Y - points
 
     return _coulomb_finish(points, plate, positive, negative, **norm)
 
 
-def coulomb_keops(points, positive, negative=None, **norm):
-    """KeOps: ``LazyTensor`` distances, ``sumsoftmaxweight`` of ``y_j - x_i`` per plate."""
+def coulomb_keops(points, positive, negative=None, *, sum_eps, **norm):
+    """KeOps: ``LazyTensor`` distances, ``sumsoftmaxweight`` of ``y_j - x_i`` per plate.
+    ``sum_eps`` (PFGM's 1e-7 relative to the largest weight) has no slot in KeOps' softmax
+    reduction and is left out: a relative change below 1e-7, under float32's resolution."""
+    del sum_eps
     from pykeops.torch import LazyTensor
 
     DIM = points.shape[1]
@@ -135,25 +147,29 @@ def coulomb_keops(points, positive, negative=None, **norm):
     return _coulomb_finish(points, plate, positive, negative, **norm)
 
 
-def coulomb_materialising(points, positive, negative=None, *, sum_eps, **norm):
+def coulomb_materialising(points, positive, negative=None, *, plate_gamma, sum_eps, normalize,
+                          norm_scale, eps):
     """The authors' ``[b, B, D+1]`` form (``ifm.reference.coulomb_field_materialized``)."""
     E = reference.coulomb_field_materialized(points, positive, negative, stability=True,
-                                             plate_gamma=norm["plate_gamma"], sum_eps=sum_eps)
-    if norm["normalize"]:
-        E = reference.normalize_rows(E, norm["norm_scale"], norm["eps"])
+                                             plate_gamma=plate_gamma, sum_eps=sum_eps)
+    if normalize:
+        E = reference.normalize_rows(E, norm_scale, eps)
     return E
 
 
-def coulomb_significant_pairs(points, positive, negative=None, rel=2.0 ** -40):
-    """Number of (query, charge) softmax coefficients above ``rel`` of their row's largest."""
+def coulomb_significant_pairs(points, positive, negative=None, rel=2.0 ** -44):
+    """Number of (query, charge) terms ``coeff_ij d_ij`` above ``rel`` of their row's largest:
+    the terms pass 2 adds (the kernels' skip rule, ``skip_ratio`` of csrc/field_math.h: 2^-44
+    for float32 data). Sizes in the log domain: ``logit_ij + log d_ij`` up to a row constant."""
     DIM = points.shape[1]
     p = points.double()
     total = 0
     for Y in (positive, negative):
         if Y is None:
             continue
-        logit = -DIM * torch.log(torch.cdist(p, Y.double()) + reference.COULOMB_D_EPS)
-        total += int((logit - logit.amax(1, keepdim=True) > math.log(rel)).sum())
+        dist = torch.cdist(p, Y.double())
+        size = -DIM * torch.log(dist + reference.COULOMB_D_EPS) + torch.log(dist)
+        total += int((size - size.amax(1, keepdim=True) >= math.log(rel)).sum())
     return total
 
 
@@ -167,7 +183,7 @@ def _string(fn, **extra):
 
 
 def _coulomb(fn):
-    return lambda case, p, inp: fn(p, inp["positive"], inp.get("negative"), **case.norm_args())
+    return lambda case, p, inp: fn(p, inp["positive"], inp.get("negative"), **case.kernel_args())
 
 
 def _ifm_string(backend):
@@ -192,13 +208,18 @@ STRING_IMPLEMENTATIONS = {
 COULOMB_IMPLEMENTATIONS = {
     "ifm-cpu": _ifm_coulomb("cpu"),
     "ifm-reference": _ifm_coulomb("reference"),
-    "authors-materialising": lambda case, p, inp: coulomb_materialising(
-        p, inp["positive"], inp.get("negative"), sum_eps=case.sum_eps, **case.norm_args()),
+    "authors-materialising": _coulomb(coulomb_materialising),
     "cdist-softmax-matmul": _coulomb(coulomb_cdist),
     "keops": _coulomb(coulomb_keops),
 }
 
 IMPLEMENTATIONS = {"string": STRING_IMPLEMENTATIONS, "coulomb": COULOMB_IMPLEMENTATIONS}
+
+
+def run_impl(case, impl: str, points, inputs: dict):
+    """Implementation ``impl`` of ``case``'s field at ``points``, with the plate tensors of
+    ``inputs`` (``cases.make_inputs``)."""
+    return IMPLEMENTATIONS[case.kind][impl](case, points, call_args(inputs))
 
 
 def unavailable(name):

@@ -1,10 +1,10 @@
 """Coulomb (EFM / PFGM) field: the fused CPU kernel against the baselines, one pytest-benchmark
-group per published shape (EFM-CIFAR, PFGM, toy). See conftest.py for inputs and what is
-recorded."""
+group per published shape (EFM-CIFAR, PFGM, toy). See cases.py for the inputs and
+runner.py for what is recorded."""
 import pytest
 
 from baselines import COULOMB_IMPLEMENTATIONS
-from conftest import case_ids
+from cases import case_ids
 
 
 @pytest.mark.parametrize("impl", list(COULOMB_IMPLEMENTATIONS))

@@ -1,5 +1,5 @@
-"""Memory bound (issue 7): at the CelebA-128 shape (D = 49152, b = B = 64, L = 20, sigma0 = 1,
-K = pi/20) one call of the CPU backend needs at most 1.5x its inputs of extra memory.
+"""Memory bound of the CPU backend: at the CelebA-128 shape (D = 49152, b = B = 64, L = 20,
+sigma0 = 1, K = pi/20) one call needs at most 1.5x its inputs of extra memory.
 
 Method (one fresh process per measurement, so nothing earlier in the session counts):
 
@@ -63,9 +63,10 @@ def child(kind: str, backend: str) -> dict:
 
 
 def measure(kind: str, backend: str = "cpu") -> dict:
+    path = os.pathsep.join(p for p in sys.path if p)
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), kind, backend],
                           capture_output=True, text=True, timeout=900,
-                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)))
+                          env=dict(os.environ, PYTHONPATH=path))
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

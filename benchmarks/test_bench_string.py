@@ -1,9 +1,10 @@
 """String (IFM) field: the fused CPU kernel against the baselines, one pytest-benchmark group per
-published shape (toy, CIFAR, W2S, CelebA-64). See conftest.py for inputs and what is recorded."""
+published shape (toy, CIFAR, W2S, CelebA-64). See cases.py for the inputs and runner.py
+for what is recorded."""
 import pytest
 
 from baselines import STRING_IMPLEMENTATIONS
-from conftest import case_ids
+from cases import case_ids
 
 
 @pytest.mark.parametrize("impl", list(STRING_IMPLEMENTATIONS))

@@ -45,14 +45,21 @@ inline void check_string_op(const at::Tensor& points, const at::Tensor& quarks,
               "): quarks and antiquarks must have the same number of rows");
 }
 
-// The tensors of ifm::coulomb_field: one or two plates of `points`' width, dtype and device.
+// The tensors of ifm::coulomb_field: one or two plates of `points`' width, dtype and device,
+// each with at least one charge (the softmax over no charges is 0 / 0). The kernels tell one
+// plate from two by the negative plate's pointer (one plate: nullptr, Bn = 0), so an empty
+// negative plate, whose data pointer may be null, must not reach them.
 inline void check_coulomb_op(const at::Tensor& points, const at::Tensor& positive,
                              const std::optional<at::Tensor>& negative,
                              c10::DeviceType device_type, const char* label, bool contiguous) {
   check_op_input(points, "points", points, device_type, label, contiguous);
   check_op_input(positive, "positive", points, device_type, label, contiguous);
-  if (negative.has_value() && negative->defined())
+  TORCH_CHECK(positive.size(0) >= 1, "ifm (", label, "): positive must have at least one row");
+  if (negative.has_value() && negative->defined()) {
     check_op_input(*negative, "negative", points, device_type, label, contiguous);
+    TORCH_CHECK(negative->size(0) >= 1, "ifm (", label,
+                "): negative must have at least one row (pass None for one plate)");
+  }
 }
 
 }  // namespace ifm

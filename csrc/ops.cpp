@@ -46,7 +46,7 @@ at::Tensor coulomb_field_cpu(const at::Tensor& points_in, const at::Tensor& posi
   ifm::check_coulomb_op(points_in, positive_in, negative_in, c10::DeviceType::CPU, "cpu", false);
   const at::Tensor points = points_in.contiguous();
   const at::Tensor positive = positive_in.contiguous();
-  at::Tensor negative;
+  at::Tensor negative;  // undefined for one plate: the kernel gets nullptr and Bn = 0
   if (negative_in.has_value() && negative_in->defined()) negative = negative_in->contiguous();
   at::Tensor out = at::empty_like(points);
   const int64_t b = points.size(0);

@@ -30,7 +30,8 @@ def string_case(b: int, B: int, D: int, geometry: str, seed: int = 0):
     idx = torch.arange(b) % B
     tau = (z / L)[:, None]
     spread = sigma0 * torch.rand(b, 1, generator=g, dtype=torch.float64)
-    x = (1 - tau) * A[idx] + tau * C[idx] + spread * torch.randn(b, D, generator=g, dtype=torch.float64)
+    noise = torch.randn(b, D, generator=g, dtype=torch.float64)
+    x = (1 - tau) * A[idx] + tau * C[idx] + spread * noise
     if b > 11:  # a query exactly on its pair's segment (r = 0) and one exactly on a quark
         x[10] = (1 - tau[10]) * A[idx[10]] + tau[10] * C[idx[10]]
         z[11] = 0.0

@@ -3,7 +3,8 @@
 * Turns the Triton interpreter on when no GPU is present, before anything imports triton, so the
   Triton kernels are judged by the same parity tests as the other backends.
 * ``backend`` fixture: every backend that runs on this machine for CPU tensors (and CUDA tensors
-  when a GPU is present); ``kernel_backend``: the same without the reference.
+  when a GPU is present); ``parity_backend``: each of them with each dtype, but the reference in
+  float64 (the float64 oracle itself).
 """
 import os
 
@@ -36,8 +37,24 @@ def backend(request):
     return request.param
 
 
-@pytest.fixture(params=[p for p in BACKEND_PARAMS if p.values[0][0] != "reference"])
-def kernel_backend(request):
-    """Like ``backend`` without the reference: for parity checks whose float32 stand-in is the
-    reference itself (comparing the reference with itself could not fail)."""
+DTYPES = {"f32": torch.float32, "f64": torch.float64}
+
+
+def _parity_params():
+    params = []
+    for p in BACKEND_PARAMS:
+        for dname, dtype in DTYPES.items():
+            if p.values[0][0] == "reference" and dtype == torch.float64:
+                continue
+            params.append(pytest.param((*p.values[0], dtype), id=f"{p.id}-{dname}"))
+    return params
+
+
+@pytest.fixture(params=_parity_params())
+def parity_backend(request):
+    """``(backend_name, device, dtype)`` for every backend and dtype whose comparison with the
+    float64 oracle can fail. The reference in float64 is left out: it is the oracle (the same
+    computation), so tests/test_reference.py compares it with an independent scalar
+    transcription of FIELDS.md instead. The reference in float32 computes in float64 and is
+    compared like every backend (its stand-in is the float32 arithmetic of tests/modes.py)."""
     return request.param

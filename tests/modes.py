@@ -1,7 +1,13 @@
-"""Mode tables and golden-input builders shared by every parity test (one place for each)."""
+"""Mode tables, golden-input builders and reference evaluations shared by every parity test (one
+place for each). The public -> kernel argument mapping is ``ifm.fields.string_kernel_args`` /
+``coulomb_kernel_args``; the helpers here call it, so no test retypes ``sqrt(D)``, ``1e-7`` or
+``eps=5``."""
 from __future__ import annotations
 
+import torch
+
 import ifm
+from ifm import reference
 
 # every (normalize, stable) mode of the string field
 STRING_MODES = [dict(normalize=False, stable=False), dict(normalize=True, stable=False),
@@ -13,6 +19,9 @@ STRING_MODE_IDS = ["raw", "norm", "stable", "stable-norm"]
 COULOMB_MODES = [dict(plate_gamma=None, normalize=False), dict(plate_gamma=1e-7, normalize=False),
                  dict(plate_gamma=5.0, normalize=True), dict(plate_gamma=None, normalize="pfgm")]
 COULOMB_MODE_IDS = ["raw", "plate1e-7", "plate5-norm", "pfgm"]
+
+# keyword arguments of ifm.fields.string_field that are geometry, not mode
+STRING_GEOMETRY = ("L", "sigma0", "K", "d")
 
 
 def coulomb_reference_kwargs(width: int, mode: dict, two_plates: bool) -> dict:
@@ -28,6 +37,35 @@ def string_reference_kwargs(width: int, mode: dict) -> dict:
     return dict(kw, stable=mode.get("stable", False))
 
 
+def reference_field(field: str, tensors, compute_dtype: torch.dtype = torch.float64, **public):
+    """``ifm.reference.<field>_field`` on ``tensors`` ((points, quarks, antiquarks) or (points,
+    positive, negative-or-None)) with the kernel arguments ``ifm.fields`` derives from the public
+    keyword arguments ``public`` (string: geometry and mode; Coulomb: mode)."""
+    width = tensors[0].shape[1]
+    if field == "string":
+        geometry = {k: v for k, v in public.items() if k in STRING_GEOMETRY}
+        mode = {k: v for k, v in public.items() if k not in STRING_GEOMETRY}
+        return reference.string_field(*tensors, **geometry, **string_reference_kwargs(width, mode),
+                                      compute_dtype=compute_dtype)
+    points, positive, negative = tensors
+    kw = coulomb_reference_kwargs(width, public, two_plates=negative is not None)
+    return reference.coulomb_field(points, positive, negative, **kw, compute_dtype=compute_dtype)
+
+
+def _as(dtype, tensors):
+    return [None if t is None else t.to(dtype) for t in tensors]
+
+
+def oracle_and_standin(field: str, tensors, **public):
+    """The pair the parity rule compares a backend with on randomised inputs: the float64 oracle
+    (the reference on ``tensors`` in float64) and the float32 stand-in (the same formulas in
+    float32 arithmetic on the float32-rounded tensors, tests/data/golden/README.md)."""
+    oracle = reference_field(field, _as(torch.float64, tensors), **public)
+    standin = reference_field(field, _as(torch.float32, tensors), compute_dtype=torch.float32,
+                              **public)
+    return oracle, standin
+
+
 def golden_string_inputs(data):
     """(points, quarks, antiquarks) of a string golden file, antiquarks in the authors' pairing."""
     antiquarks = data["antiquarks"]
@@ -39,3 +77,17 @@ def golden_string_inputs(data):
 def golden_coulomb_inputs(data):
     """(points, positive, negative) of a Coulomb golden file."""
     return data["points"], data["positive"], data["negative"]
+
+
+def golden_call(meta: dict, data: dict):
+    """``(tensors, public)`` of a golden file: the authors' input tensors and the keyword
+    arguments of ``ifm.fields.<field>_field`` that ask for what they computed (the raw field)."""
+    if meta["field"] == "string":
+        return golden_string_inputs(data), {k: meta[k] for k in STRING_GEOMETRY}
+    return golden_coulomb_inputs(data), dict(plate_gamma=meta["plate_gamma"])
+
+
+def golden_oracle(meta: dict, data: dict) -> torch.Tensor:
+    """The float64 oracle of a golden file (the reference on its inputs in float64)."""
+    tensors, public = golden_call(meta, data)
+    return reference_field(meta["field"], _as(torch.float64, tensors), **public)

@@ -8,23 +8,26 @@ import torch
 import ifm
 
 from cases import coulomb_case, string_case
+from modes import COULOMB_MODES, STRING_MODES
 
 THREADS, TASKS = 4, 8
+
 
 def _string_task(bname, device, seed):
     b, B, D = (5, 4, 24) if bname == "triton" else (23, 31, 150)
     points, quarks, antiquarks, params = string_case(b, B, D, "cifar", seed=seed)
     f32 = [t.to(device, torch.float32) for t in (points, quarks, antiquarks)]
-    return lambda: ifm.fields.string_field(*f32, **params, normalize=seed % 2 == 0,
-                                           stable=seed % 3 == 0, backend=bname)
+    mode = STRING_MODES[seed % len(STRING_MODES)]
+    return lambda: ifm.fields.string_field(*f32, **params, **mode, backend=bname)
 
 
 def _coulomb_task(bname, device, seed):
     b, B, D = (5, 4, 24) if bname == "triton" else (23, 31, 150)
-    points, pos, neg = (t.to(device, torch.float32) for t in coulomb_case(b, B, B + 1, D, 20.0, seed))
-    if seed % 2:
-        return lambda: ifm.fields.coulomb_field(points, pos, neg, backend=bname)
-    return lambda: ifm.fields.coulomb_field(points, pos, normalize="pfgm", backend=bname)
+    case = coulomb_case(b, B, B + 1, D, 20.0, seed)
+    points, pos, neg = (t.to(device, torch.float32) for t in case)
+    mode = COULOMB_MODES[seed % len(COULOMB_MODES)]
+    plates = (pos, neg) if seed % 3 else (pos,)        # one plate for seeds 0, 3, 6
+    return lambda: ifm.fields.coulomb_field(points, *plates, **mode, backend=bname)
 
 
 @pytest.mark.parametrize("make", [_string_task, _coulomb_task], ids=["string", "coulomb"])
@@ -39,7 +42,8 @@ def test_threads_match_sequential_calls(backend, make):
 
 
 def test_threads_mixing_both_fields(backend):
-    tasks = [make(*backend, seed) for seed in range(TASKS) for make in (_string_task, _coulomb_task)]
+    tasks = [make(*backend, seed) for seed in range(TASKS)
+             for make in (_string_task, _coulomb_task)]
     sequential = [task() for task in tasks]
     with ThreadPoolExecutor(THREADS) as pool:
         concurrent = list(pool.map(lambda task: task(), tasks[::-1]))[::-1]

@@ -38,6 +38,17 @@ def test_opcheck(device, dtype):
 
 
 @needs_ext
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_plates_are_rejected(device):
+    """A plate without charges has no softmax; an empty negative plate would also reach the
+    kernels with a null pointer, which means one plate there."""
+    p, pos, neg, *rest = _coulomb_args(device)
+    for plates, name in (((pos, neg[:0]), "negative"), ((pos[:0], neg), "positive")):
+        with pytest.raises(RuntimeError, match=f"{name} must have at least one row"):
+            torch.ops.ifm.coulomb_field(p, *plates, *rest)
+
+
+@needs_ext
 def test_cpu_kernels_registered():
     for op in _ops.OPS:
         assert _ops.has_kernel(op, "CPU")

@@ -8,8 +8,6 @@
 * the ``stable`` string mode points where the default points, wherever the default is not
   all-underflow.
 """
-import math
-
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -19,9 +17,9 @@ import ifm
 from ifm import _checks, reference
 
 from cases import STRING_GEOMETRIES, coulomb_case, string_case
-from parity import assert_parity, row_errors
-
-DTYPES = {"f32": torch.float32, "f64": torch.float64}
+from conftest import DTYPES
+from modes import COULOMB_MODES, STRING_MODES, oracle_and_standin
+from parity import FLOOR, assert_parity, row_errors
 
 
 def run(backend, test, examples: int = 25):
@@ -48,7 +46,8 @@ def string_inputs(draw, max_b=9, max_B=7, max_D=12):
     b, B = draw(st.integers(1, max_b)), draw(st.integers(1, max_B))
     D = draw(st.sampled_from([1, 2, 3, max_D]))
     geometry = draw(st.sampled_from(sorted(STRING_GEOMETRIES)))
-    points, quarks, antiquarks, params = string_case(b, B, D, geometry, seed=draw(st.integers(0, 999)))
+    seed = draw(st.integers(0, 999))
+    points, quarks, antiquarks, params = string_case(b, B, D, geometry, seed=seed)
     L = params["L"]
     i = draw(st.integers(0, b - 1))
     j = draw(st.integers(0, B - 1))
@@ -73,7 +72,8 @@ def string_inputs(draw, max_b=9, max_B=7, max_D=12):
 
 @st.composite
 def coulomb_inputs(draw, max_b=9, max_B=7, max_D=12):
-    b, Bp, Bn = draw(st.integers(1, max_b)), draw(st.integers(1, max_B)), draw(st.integers(1, max_B))
+    b = draw(st.integers(1, max_b))
+    Bp, Bn = draw(st.integers(1, max_B)), draw(st.integers(1, max_B))
     D = draw(st.sampled_from([1, 2, 3, max_D]))
     L = draw(st.sampled_from([1.0, 6.0, 100.0]))
     points, pos, neg = coulomb_case(b, Bp, Bn, D, L, seed=draw(st.integers(0, 999)))
@@ -92,63 +92,40 @@ def coulomb_inputs(draw, max_b=9, max_B=7, max_D=12):
     return points, pos, neg, L
 
 
-COULOMB_MODES = [dict(plate_gamma=None, normalize=False), dict(plate_gamma=1e-7, normalize=False),
-                 dict(plate_gamma=5.0, normalize=True), dict(plate_gamma=None, normalize="pfgm")]
-
-
-def coulomb_reference(points, pos, neg, mode):
-    """The reference with the arguments ``ifm.fields.coulomb_field`` derives from ``mode``."""
-    pfgm = mode["normalize"] == "pfgm"
-    D = points.shape[1] - 1
-    return reference.coulomb_field(points, pos, neg, plate_gamma=mode["plate_gamma"],
-                                   sum_eps=1e-7 if pfgm else 0.0,
-                                   normalize=mode["normalize"] is not False,
-                                   norm_scale=math.sqrt(D if pfgm else D + 1),
-                                   eps=5.0 if pfgm else 1e-5)
-
-
 def _on(device, dtype, *tensors):
     return [None if t is None else t.to(device, dtype) for t in tensors]
 
 
-def _f32(*tensors):
-    return [None if t is None else t.float() for t in tensors]
-
-
 # ---- parity ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_string_parity(kernel_backend, dtype):
-    bname, device = backend = kernel_backend
+def test_string_parity(parity_backend):
+    bname, device, dtype = parity_backend
 
     @given(string_inputs(), st.booleans(), st.booleans())
     def check(inputs, normalize, stable):
         points, quarks, antiquarks, params = inputs
         mode = dict(params, normalize=normalize, stable=stable)
-        oracle = reference.string_field(points, quarks, antiquarks, **mode)
-        standin = reference.string_field(*_f32(points, quarks, antiquarks), **mode)
-        out = ifm.fields.string_field(*_on(device, DTYPES[dtype], points, quarks, antiquarks),
-                                      **mode, backend=bname)
-        assert out.dtype == DTYPES[dtype]
+        oracle, standin = oracle_and_standin("string", (points, quarks, antiquarks), **mode)
+        out = ifm.fields.string_field(*_on(device, dtype, points, quarks, antiquarks), **mode,
+                                      backend=bname)
+        assert out.dtype == dtype
         assert_parity(out, oracle, standin, what=f"string {mode}")
 
-    run(backend, check)
+    run(parity_backend, check)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_coulomb_parity(kernel_backend, dtype):
-    bname, device = backend = kernel_backend
+def test_coulomb_parity(parity_backend):
+    bname, device, dtype = parity_backend
 
     @given(coulomb_inputs(), st.sampled_from(COULOMB_MODES), st.booleans())
     def check(inputs, mode, two_plates):
         points, pos, neg, _ = inputs
         neg = neg if two_plates else None
-        oracle = coulomb_reference(points, pos, neg, mode)
-        standin = coulomb_reference(*_f32(points, pos, neg), mode)
-        out = ifm.fields.coulomb_field(*_on(device, DTYPES[dtype], points, pos, neg), **mode,
+        oracle, standin = oracle_and_standin("coulomb", (points, pos, neg), **mode)
+        out = ifm.fields.coulomb_field(*_on(device, dtype, points, pos, neg), **mode,
                                        backend=bname)
         assert_parity(out, oracle, standin, what=f"coulomb {mode} two_plates={two_plates}")
 
-    run(backend, check)
+    run(parity_backend, check)
 
 
 # ---- permutation invariance ------------------------------------------------------------------
@@ -220,14 +197,14 @@ def test_stable_points_where_default_points(backend):
         points[::2, 1:] += far * params["sigma0"]        # push some rows toward underflow
         p, q, a = _on(device, torch.float32, points, quarks, antiquarks)
         default = ifm.fields.string_field(p, q, a, **params, backend=bname).double().cpu()
-        stable = ifm.fields.string_field(p, q, a, **params, stable=True, backend=bname).double().cpu()
+        stable = ifm.fields.string_field(p, q, a, **params, stable=True, backend=bname)
+        stable = stable.double().cpu()
         assert torch.isfinite(stable).all() and torch.isfinite(default).all()
         allowed = 0
         for st_mode in (False, True):
-            oracle = reference.string_field(points, quarks, antiquarks, **params, stable=st_mode)
-            standin = reference.string_field(*_f32(points, quarks, antiquarks), **params,
-                                             stable=st_mode)
-            allowed = allowed + torch.clamp(2 * row_errors(standin, oracle), min=1e-4)
+            oracle, standin = oracle_and_standin("string", (points, quarks, antiquarks),
+                                                 **params, stable=st_mode)
+            allowed = allowed + torch.clamp(2 * row_errors(standin, oracle), min=FLOOR)
         rows = default.norm(dim=1) > 1e-30
         unit = lambda e: e[rows] / e[rows].norm(dim=1, keepdim=True)  # noqa: E731
         diff = (unit(default) - unit(stable)).norm(dim=1)
@@ -257,15 +234,13 @@ def test_string_coincident_points_and_large_D(backend, D):
     """D = 49152 (CelebA 128x128) with b = 8, B = 3; D = 1. Every mode finite and in parity."""
     bname, device = backend
     points, quarks, antiquarks, params = _coincident_string(D)
-    for normalize in (False, True):
-        for stable in (False, True):
-            mode = dict(params, normalize=normalize, stable=stable)
-            oracle = reference.string_field(points, quarks, antiquarks, **mode)
-            standin = reference.string_field(*_f32(points, quarks, antiquarks), **mode)
-            out = ifm.fields.string_field(*_on(device, torch.float32, points, quarks, antiquarks),
-                                          **mode, backend=bname)
-            assert_parity(out, oracle, standin, what=f"string D={D} {mode}")
-            assert out[5:7].norm() == 0, "queries outside [0, L] must get zero rows"
+    for string_mode in STRING_MODES:
+        mode = dict(params, **string_mode)
+        oracle, standin = oracle_and_standin("string", (points, quarks, antiquarks), **mode)
+        out = ifm.fields.string_field(*_on(device, torch.float32, points, quarks, antiquarks),
+                                      **mode, backend=bname)
+        assert_parity(out, oracle, standin, what=f"string D={D} {mode}")
+        assert out[5:7].norm() == 0, "queries outside [0, L] must get zero rows"
 
 
 @pytest.mark.parametrize("D", [1, 49152])
@@ -276,8 +251,7 @@ def test_coulomb_coincident_points_and_large_D(backend, D):
     pos[2] = pos[0]                                            # two coincident charges
     for mode in COULOMB_MODES:
         for plates in (pos, neg), (pos, None):
-            oracle = coulomb_reference(points, *plates, mode)
-            standin = coulomb_reference(*_f32(points, *plates), mode)
+            oracle, standin = oracle_and_standin("coulomb", (points, *plates), **mode)
             out = ifm.fields.coulomb_field(*_on(device, torch.float32, points, *plates), **mode,
                                            backend=bname)
             assert_parity(out, oracle, standin, what=f"coulomb D={D} {mode}")

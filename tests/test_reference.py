@@ -1,5 +1,6 @@
 """The reference against the authors' outputs and against a scalar transcription of FIELDS.md,
-and every backend on each edge rule of FIELDS.md §2-§4."""
+the reference in float32 against the parity rule on a held-out EFM-shaped case, and every backend
+on each edge rule of FIELDS.md §2-§4."""
 import math
 
 import pytest
@@ -8,8 +9,9 @@ import torch
 import ifm
 from ifm import reference
 
-from cases import string_case
-from parity import golden_names, load_golden, row_errors
+from cases import STRING_GEOMETRIES, coulomb_case, string_case
+from modes import COULOMB_MODE_IDS, COULOMB_MODES, golden_call, golden_oracle, reference_field
+from parity import assert_parity, golden_names, load_golden, row_errors
 
 
 # ---- a scalar, loop-by-loop transcription of FIELDS.md §2, independent of ifm.reference ------
@@ -53,7 +55,8 @@ def spec_string_field(point, quarks, antiquarks, L, sigma0, K, with_max_weight=F
 
 def spec_coulomb_field(point, positive, negative, plate_gamma, pfgm):
     """One query; python floats; the authors' stabilised weights (min_k d_k / (d_j + 1e-7))^DIM,
-    EFM's per-plate normalisation, PFGM's +1e-7 in the sum and sqrt(D) / gamma = 5 scaling."""
+    EFM's per-plate normalisation, PFGM's +1e-7 in the sum and sqrt(D) / gamma = 5 scaling
+    (typed here from FIELDS.md on purpose: it checks ``ifm.fields.coulomb_kernel_args`` too)."""
     dim = len(point)
 
     def plate(charges):
@@ -79,17 +82,7 @@ def test_oracle_matches_authors_golden():
     median row error ~1e-7, worst rows are the ill-conditioned ones near a plate."""
     for name in golden_names():
         meta, data = load_golden(name)
-        if meta["field"] == "string":
-            ant = data["antiquarks"]
-            if "pairing" in data:
-                ant = ant[data["pairing"].long()]
-            oracle = reference.string_field(data["points"].double(), data["quarks"].double(),
-                                            ant.double(), L=meta["L"], sigma0=meta["sigma0"],
-                                            K=meta["K"])
-        else:
-            oracle = reference.coulomb_field(data["points"].double(), data["positive"].double(),
-                                             data["negative"].double(),
-                                             plate_gamma=meta["plate_gamma"])
+        oracle = golden_oracle(meta, data)
         nonzero = data["field"].norm(dim=1) > 0
         err = row_errors(data["field"], oracle)[nonzero]
         assert err.median() < 2e-6, (name, err.median())
@@ -109,7 +102,8 @@ def test_reference_matches_scalar_spec(geometry):
 
 @pytest.mark.parametrize("geometry", ["toy", "cmnist"])
 def test_reference_modes_match_scalar_spec(geometry):
-    """normalize=True is sqrt(D+1) E / (||E|| + 1e-5); stable is E / max_j w_j (FIELDS.md §4, §7)."""
+    """normalize=True is sqrt(D+1) E / (||E|| + 1e-5); stable is E / max_j w_j
+    (FIELDS.md §4, §7)."""
     points, quarks, antiquarks, params = string_case(12, 7, 3, geometry, seed=7)
     got_n = reference.string_field(points, quarks, antiquarks, **params, normalize=True)
     got_s = reference.string_field(points, quarks, antiquarks, **params, stable=True)
@@ -127,22 +121,72 @@ def test_reference_modes_match_scalar_spec(geometry):
 
 
 @pytest.mark.parametrize("plates", [1, 2])
-@pytest.mark.parametrize("plate_gamma, pfgm", [(None, False), (1e-7, False), (5.0, False),
-                                               (None, True)])
-def test_reference_coulomb_matches_scalar_spec(plates, plate_gamma, pfgm):
-    from cases import coulomb_case
+@pytest.mark.parametrize("mode", [m for m in COULOMB_MODES if m["normalize"] is not True],
+                         ids=[i for m, i in zip(COULOMB_MODES, COULOMB_MODE_IDS)
+                              if m["normalize"] is not True])
+def test_reference_coulomb_matches_scalar_spec(plates, mode):
+    """Raw modes and PFGM's, through the public -> kernel argument mapping."""
     points, pos, neg = coulomb_case(9, 6, 5, 3, L=6.0, seed=8)
     points = points[3:]                           # queries away from every charge
     neg = neg if plates == 2 else None
-    got = reference.coulomb_field(points, pos, neg, plate_gamma=plate_gamma,
-                                  sum_eps=1e-7 if pfgm else 0.0, normalize=pfgm,
-                                  norm_scale=math.sqrt(3) if pfgm else None,
-                                  eps=5.0 if pfgm else 1e-5)
+    got = reference_field("coulomb", (points, pos, neg), **mode)
     for i in range(points.shape[0]):
         want = torch.tensor(spec_coulomb_field(points[i].tolist(), pos.tolist(),
                                                None if neg is None else neg.tolist(),
-                                               plate_gamma, pfgm), dtype=torch.float64)
+                                               mode["plate_gamma"], mode["normalize"] == "pfgm"),
+                            dtype=torch.float64)
         assert torch.allclose(got[i], want, rtol=1e-9, atol=1e-12), (i, got[i], want)
+
+
+# rows of each golden file compared with the scalar transcription (python loops over B * D)
+SPEC_ROWS = 4
+
+
+@pytest.mark.parametrize("name", golden_names())
+def test_oracle_matches_scalar_spec_on_golden(name):
+    """The reference in float64 (the oracle of the parity rule) against the scalar transcription
+    of FIELDS.md on the golden inputs, to 1e-9: the float64 counterpart of test_golden, which
+    cannot compare the oracle with itself."""
+    meta, data = load_golden(name)
+    tensors, public = golden_call(meta, data)
+    rows = torch.linspace(0, tensors[0].shape[0] - 1, SPEC_ROWS).round().long().unique()
+    got = golden_oracle(meta, data)[rows]
+    points = tensors[0][rows].double().tolist()
+    plates = [t.double().tolist() for t in tensors[1:]]
+    for i, point in enumerate(points):
+        if meta["field"] == "string":
+            want = spec_string_field(point, *plates, meta["L"], meta["sigma0"], meta["K"])
+        else:
+            want = spec_coulomb_field(point, *plates, meta["plate_gamma"], pfgm=False)
+        want = torch.tensor(want, dtype=torch.float64)
+        err = ((got[i] - want).norm() / want.norm().clamp_min(1e-300)).item()
+        assert err < 1e-9 or (want.norm() == 0 and got[i].norm() == 0), (name, rows[i], err)
+
+
+@pytest.mark.parametrize("mode", COULOMB_MODES, ids=COULOMB_MODE_IDS)
+def test_reference_f32_meets_parity_on_efm_shape(mode):
+    """The reference on float32 inputs (what a user without a compiled backend gets) meets the
+    parity rule on a held-out randomised EFM-CIFAR-shaped case (b = 64, Bp = Bn = 128,
+    D = 3072, L = 100). No authors' output exists for it; the stand-in is the authors'
+    materialising formulation (``coulomb_field_materialized``: their stabilised weights
+    ``(min_k d_k / (d_j + 1e-7))^DIM`` on a ``[b, B, D+1]`` tensor) in float32, which shares no
+    arithmetic with the reference. The rows on or next to a charge (coulomb_case rows 1, 2) are
+    left out: there the authors' float32 weights are 0 / 0 (FIELDS.md §7). The golden files are
+    the other half of this check: test_golden[reference-cpu-*-f32] holds the float32 reference to
+    the authors' own outputs."""
+    points, pos, neg = coulomb_case(67, 128, 128, 3072, L=100.0, seed=3)
+    points = points[3:]
+    f32 = [t.float() for t in (points, pos, neg)]
+    oracle = reference_field("coulomb", (points, pos, neg), **mode)
+    kw = ifm.fields.coulomb_kernel_args(points.shape[1], two_plates=True, **mode)
+    standin = reference.coulomb_field_materialized(*f32, plate_gamma=kw["plate_gamma"],
+                                                   sum_eps=kw["sum_eps"])
+    if kw["normalize"]:
+        standin = reference.normalize_rows(standin, kw["norm_scale"], kw["eps"])
+    assert torch.isfinite(standin).all()
+    out = ifm.fields.coulomb_field(*f32, **mode, backend="reference")
+    assert out.dtype == torch.float32
+    assert_parity(out, oracle, standin, what=f"reference f32 EFM-CIFAR shape {mode}")
 
 
 @pytest.mark.parametrize("geometry", ["toy", "cifar"])
@@ -157,7 +201,6 @@ def test_loop_form_matches_vectorised(geometry, dtype):
 
 
 def test_coulomb_softmax_equals_authors_weights():
-    from cases import coulomb_case
     points, pos, neg = coulomb_case(9, 11, 7, 3, L=6.0, seed=4)
     for stability in (True, False):
         for gamma in (None, 1e-7, 5.0):
@@ -190,16 +233,17 @@ EDGE_Z = {"z=0": 0.0, "z=d": None, "z=L/2": "L/2", "z=L-d": "L-d", "z=L": "L",
 def test_edge_rules(backend, where, geometry, dtype):
     """z exactly 0, d, L/2, L-d, L and outside [0, L], with r = 0 and r > 0."""
     bname, device = backend
-    L, sigma0, K = {"toy": (6.0, 1.0, 10.0), "cifar": (20.0, 1.0, math.pi / 20)}[geometry]
+    L, sigma0, K = STRING_GEOMETRIES[geometry]
     d = math.pi / (2 * K)
-    z = {None: d, "L/2": L / 2, "L-d": L - d, "L": L, "L+": L + 1e-3}.get(EDGE_Z[where], EDGE_Z[where])
+    named = {None: d, "L/2": L / 2, "L-d": L - d, "L": L, "L+": L + 1e-3}
+    z = named.get(EDGE_Z[where], EDGE_Z[where])
     A, C = [0.5, -1.0], [1.5, 0.25]
     tau = z / L
     on_segment = [(1 - tau) * a + tau * c for a, c in zip(A, C)]
     for x in (on_segment, [v + 0.3 * sigma0 for v in on_segment]):
         p, q, a = _one_pair(z, x, A, C, L)
-        want = torch.tensor([spec_string_field(p[0].tolist(), q.tolist(), a.tolist(), L, sigma0, K)],
-                            dtype=torch.float64)
+        want = spec_string_field(p[0].tolist(), q.tolist(), a.tolist(), L, sigma0, K)
+        want = torch.tensor([want], dtype=torch.float64)
         got = ifm.fields.string_field(p.to(device, dtype), q.to(device, dtype),
                                       a.to(device, dtype), L=L, sigma0=sigma0, K=K, backend=bname)
         assert torch.isfinite(got).all()
@@ -236,7 +280,8 @@ def test_ot_pairing_from_golden(backend):
     params = dict(L=meta["L"], sigma0=meta["sigma0"], K=meta["K"])
     ant = data["antiquarks"]
     paired = ifm.fields.string_field(data["points"].to(device), data["quarks"].to(device),
-                                     ant[data["pairing"].long()].to(device), **params, backend=bname)
+                                     ant[data["pairing"].long()].to(device), **params,
+                                     backend=bname)
     unpaired = ifm.fields.string_field(data["points"].to(device), data["quarks"].to(device),
                                        ant.to(device), **params, backend=bname)
     err_p = row_errors(paired, data["field"]).max()
@@ -255,7 +300,8 @@ def test_default_normalize_is_raw_field(backend):
     normalised = ifm.fields.string_field(*args, **params, normalize=True, backend=bname).cpu()
     assert (default - normalised).norm(dim=1).max() > 0.1        # the two are told apart
     default_c = ifm.fields.coulomb_field(*args, backend=bname).cpu()
-    oracle_c = reference.coulomb_field(points, quarks, antiquarks, plate_gamma=5.0)
+    oracle_c = reference.coulomb_field(points, quarks, antiquarks,
+                                       plate_gamma=ifm.fields.EFM_PLATE_GAMMA)
     assert torch.allclose(default_c, oracle_c, rtol=1e-9, atol=1e-12)
 
 

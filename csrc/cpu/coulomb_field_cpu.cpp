@@ -2,9 +2,11 @@
 //
 // Per plate: pass 1 d2_ij = ||x~_i - y_j||^2 over all D + 1 columns from direct differences
 // (SIMD tiles in the data precision); logits field_math.h coulomb_logit in double, log-domain
-// softmax with the row max, coefficients below skip_ratio dropped; pass 2
-// E_i = sum_j coeff_ij (y_j - x~_i) from differences in double. Then the optional per-plate
-// normalisation, -E+ + E- (two plates) and the final normalisation.
+// softmax with the row max, terms below skip_ratio of the row's largest dropped; pass 2
+// E_i = sum_j coeff_ij (y_j - x~_i) from direct differences, accumulated in the data precision
+// over blocks of 64 charges, each block's sum added to the double row (pair_passes.h; every pass
+// in double in the transposed small-D layout). Then the optional per-plate normalisation,
+// -E+ + E- (two plates) and the final normalisation.
 #include <cmath>
 #include <vector>
 
@@ -25,7 +27,7 @@ namespace {
 // bounded by (skip_ratio / e) * d_thr, are below skip_ratio times the largest evaluated term.
 // Otherwise (a query on or next to a charge, or a low dimension) every charge is evaluated.
 template <typename T>
-void coulomb_row_terms(const simd::DistanceKernels<T>& K, const double* d2, int64_t B, int64_t dim,
+void coulomb_row_terms(const simd::PassKernels<T>& kern, const double* d2, int64_t B, int64_t dim,
                        double sum_eps, bool is_double, RowTerms& out) {
   out.n = 0;
   if (B == 0) return;
@@ -39,13 +41,13 @@ void coulomb_row_terms(const simd::DistanceKernels<T>& K, const double* d2, int6
   for (int pass = 0; pass < 2; ++pass) {
     out.gather(d2, B, thr);
     const int64_t nc = out.n;
-    K.coulomb_logits(d2c, nc, dim, e);
+    kern.coulomb_logits(d2c, nc, dim, e);
     const double m = max_of(e, nc);
     if (!std::isfinite(m)) {
       out.n = 0;
       return;
     }
-    K.exp_shift(e, nc, m, e);  // weights relative to the largest
+    kern.exp_shift(e, nc, m, e);  // weights relative to the largest
     // sizes compared squared: term_c^2 = e_c^2 * d2_c
     double sum = 0.0, top2 = 0.0;
 #pragma omp simd reduction(+ : sum) reduction(max : top2)
@@ -77,12 +79,14 @@ void coulomb_row_terms(const simd::DistanceKernels<T>& K, const double* d2, int6
 void combine_plates(double* Ep, double* En, int64_t dim, bool two, bool plate_normalize,
                     double plate_gamma, double* E) {
   const double scale = std::sqrt((double)dim);
-  const double fp = plate_normalize ? normalize_factor(row_norm2(Ep, dim), scale, plate_gamma) : 1.0;
+  const double fp =
+      plate_normalize ? normalize_factor(row_norm2(Ep, dim), scale, plate_gamma) : 1.0;
   if (!two) {
     for (int64_t k = 0; k < dim; ++k) E[k] = Ep[k] * fp;
     return;
   }
-  const double fn = plate_normalize ? normalize_factor(row_norm2(En, dim), scale, plate_gamma) : 1.0;
+  const double fn =
+      plate_normalize ? normalize_factor(row_norm2(En, dim), scale, plate_gamma) : 1.0;
   for (int64_t k = 0; k < dim; ++k) E[k] = En[k] * fn - Ep[k] * fp;
 }
 
@@ -95,7 +99,7 @@ void coulomb_field_impl(const T* points, int64_t b, const T* positive, int64_t B
   const bool is_double = sizeof(T) == sizeof(double);
   const bool two = negative != nullptr;
   num_threads = threads_for(num_threads, b * (Bp + (two ? Bn : 0)) * DIM);
-  const simd::DistanceKernels<T> K = simd::distance_kernels<T>();
+  const simd::PassKernels<T> kern = simd::pass_kernels<T>();
   const int n_plates = two ? 2 : 1;
   const T* charges[2] = {positive, negative};
   const int64_t counts[2] = {Bp, two ? Bn : 0};
@@ -106,7 +110,7 @@ void coulomb_field_impl(const T* points, int64_t b, const T* positive, int64_t B
     std::vector<double> yT[2];
     int64_t pad[2] = {0, 0};
     for (int s = 0; s < n_plates; ++s) {
-      pad[s] = soa_pad(K, counts[s]);
+      pad[s] = soa_pad(kern, counts[s]);
       yT[s].resize((size_t)(DIM * pad[s]));
       transpose_to_double(charges[s], DIM, counts[s], DIM, pad[s], yT[s].data());
     }
@@ -114,18 +118,19 @@ void coulomb_field_impl(const T* points, int64_t b, const T* positive, int64_t B
 #pragma omp parallel num_threads(num_threads)
     {
       RowTerms terms(Bmax);
-      std::vector<double> x(DIM), d2(padmax), c1(padmax), c2(padmax), Eplate[2] = {std::vector<double>(DIM), std::vector<double>(DIM)}, E(DIM);
+      std::vector<double> x(DIM), d2(padmax), c1(padmax), c2(padmax), E(DIM);
+      std::vector<double> Eplate[2] = {std::vector<double>(DIM), std::vector<double>(DIM)};
 #pragma omp for schedule(dynamic, 8)
       for (int64_t i = 0; i < b; ++i) {
         for (int64_t k = 0; k < DIM; ++k) x[k] = (double)points[i * DIM + k];
         for (int s = 0; s < n_plates; ++s) {
           std::fill(Eplate[s].begin(), Eplate[s].end(), 0.0);
           if (counts[s] == 0) continue;
-          K.pass1_soa[0](x.data(), 0.0, yT[s].data(), nullptr, DIM, pad[s], d2.data());
-          coulomb_row_terms(K, d2.data(), counts[s], DIM, sum_eps, is_double, terms);
+          kern.pass1_soa[0](x.data(), 0.0, yT[s].data(), nullptr, DIM, pad[s], d2.data());
+          coulomb_row_terms(kern, d2.data(), counts[s], DIM, sum_eps, is_double, terms);
           terms.scatter(c1.data(), c2.data(), pad[s]);
           double unused = 0.0;
-          K.pass2_soa[0](x.data(), 0.0, yT[s].data(), nullptr, nullptr, c2.data(), DIM, pad[s],
+          kern.pass2_soa[0](x.data(), 0.0, yT[s].data(), nullptr, nullptr, c2.data(), DIM, pad[s],
                          Eplate[s].data(), &unused);
         }
         combine_plates(Eplate[0].data(), Eplate[1].data(), DIM, two, plate_normalize,
@@ -144,10 +149,10 @@ void coulomb_field_impl(const T* points, int64_t b, const T* positive, int64_t B
     groups[s] = {{{}, charges[s], DIM}};
     groups[s][0].rows.resize(b);
     for (int64_t i = 0; i < b; ++i) groups[s][0].rows[i] = i;
-    pass1_matrix<T>(K, points, DIM, nullptr, groups[s], nullptr, 0, counts[s], DIM, d2[s].data(),
+    pass1_matrix<T>(kern, points, DIM, nullptr, groups[s], nullptr, 0, counts[s], DIM, d2[s].data(),
                     num_threads);
   }
-  const int Q2 = K.Q2;
+  const int Q2 = kern.Q2;
   const int64_t n_tiles = (b + Q2 - 1) / Q2;
 #pragma omp parallel num_threads(num_threads)
   {
@@ -165,11 +170,11 @@ void coulomb_field_impl(const T* points, int64_t b, const T* positive, int64_t B
         for (int q = 0; q < Q2; ++q) acc[q] = Eplate[s].data() + q * DIM;
         tt.B = counts[s];
         for (int q = 0; q < valid; ++q) {
-          coulomb_row_terms(K, d2[s].data() + rows[q] * counts[s], counts[s], DIM, sum_eps,
+          coulomb_row_terms(kern, d2[s].data() + rows[q] * counts[s], counts[s], DIM, sum_eps,
                             is_double, tt.rows[q]);
           tt.rows[q].compact();
         }
-        pass2_for_tile<T>(K, points, DIM, nullptr, rows, valid, charges[s], DIM, nullptr, 0, DIM,
+        pass2_for_tile<T>(kern, points, DIM, nullptr, rows, valid, charges[s], DIM, nullptr, 0, DIM,
                           tt, acc.data());
       }
       for (int q = 0; q < valid; ++q) {

@@ -1,5 +1,5 @@
 // Orchestration shared by the CPU string and Coulomb kernels (default target; the SIMD work is
-// in distance_tiles.h): the blocked, threaded pass 1 over a [b, B] distance matrix, the
+// in pair_passes.h): the blocked, threaded pass 1 over a [b, B] distance matrix, the
 // transposed (small-D) pair layout, the per-row lists of surviving pairs and the row output.
 #pragma once
 
@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "../field_math.h"
-#include "distance_tiles.h"
+#include "pair_passes.h"
 #include "kernels.h"
 
 namespace ifm {
@@ -108,7 +108,7 @@ struct TileTerms {
 // merged pair list is dense enough runs the query-tiled kernel, otherwise each row walks its own
 // list; the choice depends on the data only. acc[q] for q >= valid is scratch.
 template <typename T>
-void pass2_for_tile(const simd::DistanceKernels<T>& K, const T* x, int64_t ldx, const T* t,
+void pass2_for_tile(const simd::PassKernels<T>& kern, const T* x, int64_t ldx, const T* t,
                     const int64_t* rows, int valid, const T* y, int64_t ldy, const T* e,
                     int64_t lde, int64_t n, TileTerms<T>& tt, double* const* acc) {
   const int has_e = e != nullptr ? 1 : 0;
@@ -116,19 +116,19 @@ void pass2_for_tile(const simd::DistanceKernels<T>& K, const T* x, int64_t ldx, 
     if (tt.m == 0) return;
     const T* xs[16];
     T ts[16];
-    for (int q = 0; q < K.Q2; ++q) {
+    for (int q = 0; q < kern.Q2; ++q) {
       const int64_t i = rows[std::min(q, valid - 1)];
       xs[q] = x + i * ldx;
       ts[q] = has_e ? t[i] : T(0);
     }
-    K.pass2_tile[has_e](xs, ts, y, ldy, e, lde, tt.js.data(), tt.m, tt.c1.data(), tt.c2.data(),
+    kern.pass2_tile[has_e](xs, ts, y, ldy, e, lde, tt.js.data(), tt.m, tt.c1.data(), tt.c2.data(),
                         n, acc);
     return;
   }
   for (int q = 0; q < valid; ++q) {
     const RowTerms& r = tt.rows[q];
     if (r.n > 0)
-      K.pass2_rows[has_e](x + rows[q] * ldx, has_e ? (double)t[rows[q]] : 0.0, y, ldy, e, lde,
+      kern.pass2_rows[has_e](x + rows[q] * ldx, has_e ? (double)t[rows[q]] : 0.0, y, ldy, e, lde,
                           r.cand.data(), r.c1.data(), r.c2.data(), r.n, n, acc[q]);
   }
 }
@@ -166,10 +166,10 @@ struct QueryGroup {
 // tiles stream through L1. Every r2 entry gets the same chunk sums in the same order whatever
 // the items and num_threads.
 template <typename T>
-void pass1_matrix(const simd::DistanceKernels<T>& K, const T* x, int64_t ldx, const T* t,
+void pass1_matrix(const simd::PassKernels<T>& kern, const T* x, int64_t ldx, const T* t,
                   const std::vector<QueryGroup<T>>& groups, const T* e, int64_t lde, int64_t B,
                   int64_t n, double* r2, int num_threads) {
-  const int QI = K.QI, PJ = K.PJ;
+  const int QI = kern.QI, PJ = kern.PJ;
   struct Tile {
     int g;
     int64_t first;  // index into groups[g].rows
@@ -179,7 +179,7 @@ void pass1_matrix(const simd::DistanceKernels<T>& K, const T* x, int64_t ldx, co
     for (int64_t f = 0; f < (int64_t)groups[g].rows.size(); f += QI) tiles.push_back({g, f});
   if (tiles.empty() || B == 0) return;
   // k chunk of 2 KB per row: a block of 64 query rows is 128 KB, a pair tile 8-16 KB.
-  const int64_t kc = std::max<int64_t>(K.W, (2048 / (int64_t)sizeof(T)) / K.W * K.W);
+  const int64_t kc = std::max<int64_t>(kern.W, (2048 / (int64_t)sizeof(T)) / kern.W * kern.W);
   const int64_t tiles_per_block = std::max<int64_t>(1, 64 / QI);
   const int64_t n_blocks = ((int64_t)tiles.size() + tiles_per_block - 1) / tiles_per_block;
   const int64_t n_pair_tiles = (B + PJ - 1) / PJ;
@@ -220,7 +220,7 @@ void pass1_matrix(const simd::DistanceKernels<T>& K, const T* x, int64_t ldx, co
             xs[q] = x + i * ldx + k0;
             ts[q] = has_e ? t[i] : T(0);
           }
-          K.pass1_tile[has_e](xs, ts, ys, es, len, part);
+          kern.pass1_tile[has_e](xs, ts, ys, es, len, part);
           for (int q = 0; q < qi_valid; ++q) {
             double* dst = r2 + rows[q] * B + j0;
             for (int p = 0; p < pj_valid; ++p) dst[p] += part[q * PJ + p];
@@ -240,8 +240,8 @@ inline int threads_for(int num_threads, int64_t work) {
 
 // Pair count of the transposed layout (a multiple of the SoA kernels' block of 4 vectors).
 template <typename T>
-int64_t soa_pad(const simd::DistanceKernels<T>& K, int64_t B) {
-  const int64_t blk = 4 * (int64_t)K.WD;
+int64_t soa_pad(const simd::PassKernels<T>& kern, int64_t B) {
+  const int64_t blk = 4 * (int64_t)kern.WD;
   return std::max<int64_t>(blk, (B + blk - 1) / blk * blk);
 }
 

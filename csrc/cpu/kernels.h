@@ -28,8 +28,9 @@ void string_field(const T* points, const T* quarks, const T* antiquarks, int64_t
                   const StringParams& p, bool stable, const NormParams& norm, T* out,
                   int num_threads);
 
-// Coulomb field of FIELDS.md §3, then §4. One plate when negative == nullptr (result E+,
-// pointing toward the charges); two plates otherwise (result -E+ + E-). When plate_normalize,
+// Coulomb field of FIELDS.md §3, then §4. One plate when negative == nullptr (then Bn = 0 and
+// the result is E+, pointing toward the charges); two plates otherwise (result -E+ + E-). Every
+// plate has at least one charge (Bp >= 1; Bn >= 1 with two plates). When plate_normalize,
 // each plate term is first replaced by sqrt(D + 1) * E / (||E|| + plate_gamma). sum_eps is added
 // to each softmax denominator (relative to a largest weight of 1).
 template <typename T>

@@ -3,7 +3,7 @@
 //
 // The build never uses -march=native. Each instruction set's traits are compiled inside a
 // `#pragma GCC target` region, and so are the kernels written against them
-// (distance_tiles_impl.h, included once per region by distance_tiles.h); active_isa() picks the
+// (pair_passes_impl.h, included once per region by pair_passes.h); active_isa() picks the
 // best one the CPU supports at run time (__builtin_cpu_supports). IFM_CPU_ISA=scalar|avx2|avx512
 // in the environment caps the choice (tests run every path).
 //

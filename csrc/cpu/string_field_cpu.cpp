@@ -3,9 +3,11 @@
 //   pass 1   r2_ij = sum_k rho_ijk^2, rho = (x_i - base_j) - t_i * Delta_j from the nearer plate
 //            (field_math.h string_query), SIMD register tiles in the data precision;
 //   coeffs   per row in double with string_query / string_pair: logw, row max, w, skip test;
-//   pass 2   E_z = L * sum_j c1, E_x = sum_j c2 * rho_ij + c1 * Delta_j over surviving pairs, in
-//            double, then the optional normalisation.
-// Large D uses row-major tiles; small D (the toys) the transposed layout (field_common.h).
+//   pass 2   E_z = L * sum_j c1 (double), E_x = sum_j c2 * rho_ij + c1 * Delta_j over surviving
+//            pairs, accumulated in the data precision over blocks of 64 pairs, each block's sum
+//            added to the double row (pair_passes.h), then the optional normalisation.
+// Large D uses row-major tiles; small D (the toys) the transposed layout (field_common.h), where
+// every pass is in double.
 #include <cmath>
 #include <memory>
 #include <vector>
@@ -26,7 +28,7 @@ namespace {
 // least the log-weight of the pair with the smallest r2; pairs whose bound is below that
 // maximum's skip level by a factor e are skipped by the exact test anyway.
 template <typename T>
-void string_row_terms(const simd::DistanceKernels<T>& K, const StringQuery& q, const double* r2,
+void string_row_terms(const simd::PassKernels<T>& kern, const StringQuery& q, const double* r2,
                       int64_t B, const double* nu, bool stable, bool is_double, RowTerms& out) {
   out.n = 0;
   if (!q.inside || B == 0) return;
@@ -66,7 +68,7 @@ void string_row_terms(const simd::DistanceKernels<T>& K, const StringQuery& q, c
     out.n = 0;
     return;
   }
-  K.exp_shift(w, nc, stable ? m : 0.0, w);
+  kern.exp_shift(w, nc, stable ? m : 0.0, w);
   const double floor_w = skip_ratio(is_double) * (stable ? 1.0 : std::exp(m));
   const int64_t* cand = out.cand.data();
 #pragma omp simd
@@ -84,12 +86,13 @@ void string_field_impl(const T* points, const T* quarks, const T* antiquarks, in
   const int64_t D = p.D, DIM = D + 1;
   const bool is_double = sizeof(T) == sizeof(double);
   num_threads = threads_for(num_threads, b * B * DIM);
-  const simd::DistanceKernels<T> K = simd::distance_kernels<T>();
+  const simd::PassKernels<T> kern = simd::pass_kernels<T>();
 
   std::vector<StringQuery> qs(b);
   for (int64_t i = 0; i < b; ++i) qs[i] = string_query((double)points[i * DIM], p);
 
-  // Delta_j = C_j - A_j in the data precision (as the reference) and nu_j = 1 / ||(L, Delta_j)||.
+  // Delta_j = C_j - A_j in the data precision (as the authors' code) and
+  // nu_j = 1 / ||(L, Delta_j)|| in double.
   std::vector<T> delta((size_t)(B * D));
   std::vector<double> nu(B);
 #pragma omp parallel for num_threads(num_threads) schedule(static)
@@ -107,7 +110,7 @@ void string_field_impl(const T* points, const T* quarks, const T* antiquarks, in
 
   if (D <= kSoaMaxDim) {
     // Transposed layout: SIMD over pairs, every pass in double.
-    const int64_t Bp = soa_pad(K, B);
+    const int64_t Bp = soa_pad(kern, B);
     std::vector<double> aT((size_t)(D * Bp)), cT((size_t)(D * Bp)), dT((size_t)(D * Bp));
     transpose_to_double(quarks + 1, DIM, B, D, Bp, aT.data());
     transpose_to_double(antiquarks + 1, DIM, B, D, Bp, cT.data());
@@ -123,11 +126,11 @@ void string_field_impl(const T* points, const T* quarks, const T* antiquarks, in
         if (q.inside && B > 0) {
           for (int64_t k = 0; k < D; ++k) x[k] = (double)points[i * DIM + 1 + k];
           const double* base = q.from_antiquark ? cT.data() : aT.data();
-          K.pass1_soa[1](x.data(), q.t, base, dT.data(), D, Bp, r2.data());
-          string_row_terms(K, q, r2.data(), B, nu.data(), stable, is_double, terms);
+          kern.pass1_soa[1](x.data(), q.t, base, dT.data(), D, Bp, r2.data());
+          string_row_terms(kern, q, r2.data(), B, nu.data(), stable, is_double, terms);
           terms.scatter(c1.data(), c2.data(), Bp);
           double sum_c1 = 0.0;
-          K.pass2_soa[1](x.data(), q.t, base, dT.data(), c1.data(), c2.data(), D, Bp,
+          kern.pass2_soa[1](x.data(), q.t, base, dT.data(), c1.data(), c2.data(), D, Bp,
                          E.data() + 1, &sum_c1);
           E[0] = p.L * sum_c1;
         }
@@ -149,7 +152,7 @@ void string_field_impl(const T* points, const T* quarks, const T* antiquarks, in
     }
   }
   std::vector<double> r2((size_t)(b * B), 0.0);
-  pass1_matrix<T>(K, points + 1, DIM, tq.data(), groups, delta.data(), D, B, D, r2.data(),
+  pass1_matrix<T>(kern, points + 1, DIM, tq.data(), groups, delta.data(), D, B, D, r2.data(),
                   num_threads);
   // Pass 2. Items are query tiles: each computes its rows' coefficients and merged pair list;
   // a sparse tile (no merge) runs its per-row pass 2 and writes its rows at once. Dense (merged)
@@ -158,7 +161,7 @@ void string_field_impl(const T* points, const T* quarks, const T* antiquarks, in
   // few large tiles. Every output element is computed by one call in the order of a whole-row
   // call (the kernels treat columns independently): results do not depend on the split or the
   // thread count.
-  const int Q2 = K.Q2;
+  const int Q2 = kern.Q2;
   std::vector<std::pair<int, int64_t>> tiles;  // (group, first row index in the group)
   for (int g = 0; g < 2; ++g)
     for (int64_t f = 0; f < (int64_t)groups[g].rows.size(); f += Q2) tiles.push_back({g, f});
@@ -179,8 +182,9 @@ void string_field_impl(const T* points, const T* quarks, const T* antiquarks, in
     Eq[0] = p.L * sum_c1;
     write_row(Eq, DIM, norm, out + i * DIM);
   };
-  const int64_t vec = 4 * (int64_t)K.W;
-  const int64_t chunk = std::min(D, std::max<int64_t>(vec, (1024 / (int64_t)sizeof(T)) / vec * vec));
+  const int64_t vec = 4 * (int64_t)kern.W;
+  const int64_t chunk =
+      std::min(D, std::max<int64_t>(vec, (1024 / (int64_t)sizeof(T)) / vec * vec));
   const int64_t n_chunks = (D + chunk - 1) / chunk;
 #pragma omp parallel num_threads(num_threads)
   {
@@ -195,7 +199,7 @@ void string_field_impl(const T* points, const T* quarks, const T* antiquarks, in
       if (!cur) cur.reset(new TileTerms<T>(Q2, B));
       TileTerms<T>& tt = *cur;
       for (int q = 0; q < valid; ++q) {
-        string_row_terms(K, qs[rows[q]], r2.data() + rows[q] * B, B, nu.data(), stable,
+        string_row_terms(kern, qs[rows[q]], r2.data() + rows[q] * B, B, nu.data(), stable,
                          is_double, tt.rows[q]);
         tt.rows[q].compact();
       }
@@ -208,7 +212,7 @@ void string_field_impl(const T* points, const T* quarks, const T* antiquarks, in
         const RowTerms& r = tt.rows[q];
         std::fill(Et.begin() + q * DIM, Et.begin() + (q + 1) * DIM, 0.0);
         if (r.n > 0)
-          K.pass2_rows[1](points + 1 + rows[q] * DIM, (double)tq[rows[q]], grp.y, DIM,
+          kern.pass2_rows[1](points + 1 + rows[q] * DIM, (double)tq[rows[q]], grp.y, DIM,
                           delta.data(), D, r.cand.data(), r.c1.data(), r.c2.data(), r.n, D,
                           acc[q]);
       }
@@ -247,7 +251,7 @@ void string_field_impl(const T* points, const T* quarks, const T* antiquarks, in
             xs[q] = points + 1 + i * DIM + c0;
             ts[q] = tq[i];
           }
-          K.pass2_tile[1](xs, ts, groups[tiles[ti].first].y + c0, DIM, delta.data() + c0, D,
+          kern.pass2_tile[1](xs, ts, groups[tiles[ti].first].y + c0, DIM, delta.data() + c0, D,
                           tt.js.data(), tt.m, tt.c1.data(), tt.c2.data(), len, cacc);
         }
       }

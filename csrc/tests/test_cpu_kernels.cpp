@@ -44,7 +44,8 @@ std::vector<double> naive_string(const std::vector<double>& P, const std::vector
     for (int64_t j = 0; j < B; ++j) {
       double s = 0.0;
       for (int64_t k = 1; k <= D; ++k) {
-        const double rho = (P[i * DIM + k] - Q[j * DIM + k]) - tau * (A[j * DIM + k] - Q[j * DIM + k]);
+        const double rho =
+            (P[i * DIM + k] - Q[j * DIM + k]) - tau * (A[j * DIM + k] - Q[j * DIM + k]);
         s += rho * rho;
       }
       r2[j] = s;
@@ -200,17 +201,20 @@ StringCase make_string_case(int64_t b, int64_t B, int64_t D, const Geometry& g, 
       c.A[j * DIM + k] = rng.normal() + 0.5;
     }
   const double d = std::acos(-1.0) / (2.0 * g.K);
-  const double special[] = {0.0, 1e-3, d, g.L / 2, g.L - d, g.L - 1e-3, g.L, -0.5, g.L + 0.5, 2 * d};
+  const double special[] = {0.0,      1e-3, d,    g.L / 2,   g.L - d,
+                            g.L - 1e-3, g.L, -0.5, g.L + 0.5, 2 * d};
   c.P.assign(b * DIM, 0.0);
   for (int64_t i = 0; i < b; ++i) {
     const double z = i < 10 ? special[i] : rng.uniform() * g.L;
     const int64_t j = i % B;
     const double tau = z / g.L;
     // near the pair's segment, within a fraction of the tube width (some rows exactly on it)
-    const double spread = (i % 3 == 0) ? 0.0 : 0.3 * g.sigma0 * rng.uniform() / std::sqrt((double)D);
+    const double spread =
+        (i % 3 == 0) ? 0.0 : 0.3 * g.sigma0 * rng.uniform() / std::sqrt((double)D);
     c.P[i * DIM] = z;
     for (int64_t k = 1; k <= D; ++k)
-      c.P[i * DIM + k] = (1 - tau) * c.Q[j * DIM + k] + tau * c.A[j * DIM + k] + spread * rng.normal();
+      c.P[i * DIM + k] =
+          (1 - tau) * c.Q[j * DIM + k] + tau * c.A[j * DIM + k] + spread * rng.normal();
   }
   return c;
 }
@@ -276,8 +280,8 @@ void run_coulomb(int64_t b, int64_t Bp, int64_t Bn, int64_t D, bool two, bool pl
   const std::vector<double> want = naive_coulomb(widen(P), widen(Yp), two ? &Ynd : nullptr, b,
                                                  Bp, Bn, D, plate_norm, gamma, sum_eps, norm);
   std::vector<T> got(b * (D + 1));
-  ifm::cpu::coulomb_field<T>(P.data(), b, Yp.data(), Bp, two ? Yn.data() : nullptr, Bn, D,
-                             plate_norm, gamma, sum_eps, norm, got.data(), 2);
+  ifm::cpu::coulomb_field<T>(P.data(), b, Yp.data(), Bp, two ? Yn.data() : nullptr,
+                             two ? Bn : 0, D, plate_norm, gamma, sum_eps, norm, got.data(), 2);
   char what[220];
   std::snprintf(what, sizeof what,
                 "coulomb[%s %s b=%lld Bp=%lld Bn=%lld D=%lld two=%d plate=%d eps=%g norm=%d]", isa,
@@ -349,7 +353,8 @@ void run_all(const char* isa) {
             run_string<T>(g, b, B, D, mode & 1, mode & 2, isa);
   // more shapes: the small-D / row-major boundary, k chunks and tails, larger B
   for (int64_t D : {2, 16, 17, 300, 1100})
-    for (int mode = 0; mode < 4; ++mode) run_string<T>(geoms[mode % 3], 13, 41, D, mode & 1, mode & 2, isa);
+    for (int mode = 0; mode < 4; ++mode)
+      run_string<T>(geoms[mode % 3], 13, 41, D, mode & 1, mode & 2, isa);
   for (int64_t b : sizes)
     for (int64_t B : sizes)
       for (int64_t D : sizes)

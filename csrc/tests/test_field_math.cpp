@@ -98,7 +98,8 @@ int main() {
       expect_near("plate, r = 0: sr", pr.sr, 0.0);
       const auto far = ifm::string_pair(q, 1e-6);
       expect_true("plate, r > 0: zero weight", std::isinf(far.logw) && far.logw < 0);
-      expect_true("plate, r > 0: finite coefficients", std::isfinite(far.cos_a) && std::isfinite(far.sr));
+      expect_true("plate, r > 0: finite coefficients",
+                  std::isfinite(far.cos_a) && std::isfinite(far.sr));
     }
   }
   // Pair weight against the formula.

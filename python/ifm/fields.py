@@ -55,6 +55,8 @@ BACKENDS = ("cpu", "cuda", "triton", "reference")
 PFGM_GAMMA = 5.0       # PFGM's normalisation constant (FIELDS.md §3)
 PFGM_SUM_EPS = 1e-7    # PFGM adds 1e-7 to the sum of the weights
 EFM_PLATE_GAMMA = 5.0  # EFM repository's per-plate gamma for images
+# backend="reference" computes in float64 (float32 inputs and outputs then meet the parity rule)
+REFERENCE_COMPUTE_DTYPE = torch.float64
 
 _DEFAULT = object()
 _warned_fallback = set()
@@ -251,7 +253,7 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
     with torch.no_grad():
         if which == "reference":
             out = reference.string_field(p, q, a, L=L, sigma0=sigma0, K=K, d=d, stable=stable,
-                                         **kw)
+                                         **kw, compute_dtype=REFERENCE_COMPUTE_DTYPE)
         elif which == "triton":
             out = _triton_module().string_field(p, q, a, L=L, sigma0=sigma0, K=K, d=d,
                                                 stable=stable, **kw)
@@ -317,7 +319,8 @@ def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
     which = _resolve_backend(backend, p.device, "coulomb_field")
     with torch.no_grad():
         if which == "reference":
-            out = reference.coulomb_field(p, pos, neg, **kw)
+            out = reference.coulomb_field(p, pos, neg, **kw,
+                                          compute_dtype=REFERENCE_COMPUTE_DTYPE)
         elif which == "triton":
             out = _triton_module().coulomb_field(p, pos, neg, **kw)
         else:

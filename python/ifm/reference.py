@@ -1,7 +1,12 @@
 """Pure-PyTorch reference fields: the oracle every backend is tested against.
 
-The code follows ``FIELDS.md`` (the contract shipped in the repository's docs) line by line and
-works in whatever floating dtype it is given; evaluated in float64 it is the test oracle.
+The code follows ``FIELDS.md`` (the contract shipped in the repository's docs) line by line.
+:func:`string_field` and :func:`coulomb_field` compute in ``compute_dtype`` (default: the dtype
+of ``points``) and return the dtype of ``points``. Evaluated in float64 they are the test
+oracle; ``backend="reference"`` of :mod:`ifm.fields` evaluates float32 inputs with
+``compute_dtype=torch.float64``, so that only its inputs and output are float32 and it meets the
+parity rule (tests/data/golden/README.md); in float32 arithmetic they are the parity rule's
+float32 stand-in for randomised cases.
 
 Layout is z-first everywhere: an augmented point is ``(z, x)`` with ``z`` in column 0, so
 tensors are ``[n, D + 1]``.
@@ -12,12 +17,13 @@ Three formulations are kept:
   temporary is ``[chunk_b, chunk_B, D]`` (bounded memory). Supports the ``stable``
   (log-domain) mode.
 * :func:`string_field_loop` -- the authors' formulation: a Python loop over the pairs with
-  per-pair masks. It is slow on purpose: it is the baseline the benchmarks compare against.
+  per-pair masks, in the input dtype. It is slow on purpose: it is the baseline the benchmarks
+  compare against.
 * :func:`coulomb_field` -- Coulomb field of one or two plates, coefficients as a log-domain
   softmax (equal to the authors' stabilised and unstabilised weights wherever those are
   finite, and finite where they are not), chunked over queries.
 * :func:`coulomb_field_materialized` -- the authors' ``[b, B, D+1]`` formulation with their
-  stabilised / unstabilised weights, kept as a baseline.
+  stabilised / unstabilised weights, in the input dtype, kept as a baseline.
 
 These functions do not validate their inputs; :mod:`ifm.fields` does.
 """
@@ -34,6 +40,8 @@ __all__ = [
     "coulomb_field",
     "coulomb_field_materialized",
     "normalize_rows",
+    "combine_plates",
+    "string_pair_terms",
     "tube_width",
     "tube_slope",
     "STRING_R_EPS",
@@ -84,7 +92,7 @@ def tube_slope(z: torch.Tensor, L: float, K: float, d: float) -> torch.Tensor:
     return torch.where(left, kl, torch.where(right, kr, zero))
 
 
-def _pair_terms(r2, s, kappa, sigma0, D):
+def string_pair_terms(r2, s, kappa, sigma0, D):
     """Per-(query, pair) terms of FIELDS.md §2.
 
     Returns ``(expo, den, cos_a, sr)``: the pair weight is ``w = exp(expo) / den``, ``cos_a`` is
@@ -123,15 +131,19 @@ def normalize_rows(E: torch.Tensor, scale: float, eps: float) -> torch.Tensor:
 def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.Tensor, *,
                  L: float, sigma0: float, K: float, d: Optional[float] = None,
                  normalize: bool = False, eps: float = 1e-5, stable: bool = False,
-                 norm_scale: Optional[float] = None,
-                 memory_budget: int = 1 << 24) -> torch.Tensor:
+                 norm_scale: Optional[float] = None, memory_budget: int = 1 << 24,
+                 compute_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """String (IFM) field, vectorised and chunked. See :func:`ifm.fields.string_field`.
 
     ``memory_budget`` bounds the number of elements of the ``[chunk_b, chunk_B, D]`` temporary.
     In ``stable`` mode the raw field is returned in units of the row's largest pair weight
     (``E_i / max_j w_ij``, computed in the log domain), so its direction survives where every
-    float weight underflows.
+    float weight underflows. The arithmetic is in ``compute_dtype`` (default the dtype of
+    ``points``; the inputs are cast to it once); the result has the dtype of ``points``.
     """
+    out_dtype = points.dtype
+    work = out_dtype if compute_dtype is None else compute_dtype
+    points, quarks, antiquarks = (t.to(work) for t in (points, quarks, antiquarks))
     if d is None:
         d = math.pi / (2.0 * K)
     b, DIM = points.shape
@@ -161,7 +173,7 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
             rho = _offsets(xi, ti, A[j0:j0 + cB], Delta[j0:j0 + cB])
             r2_parts.append((rho * rho).sum(-1))
         r2 = torch.cat(r2_parts, 1)
-        expo, den, cos_a, sr = _pair_terms(r2, s[sl], kappa[sl], sigma0, D)
+        expo, den, cos_a, sr = string_pair_terms(r2, s[sl], kappa[sl], sigma0, D)
         ins = inside[sl]
         if stable:
             logw = torch.where(ins, expo - torch.log(den), torch.full_like(expo, -math.inf))
@@ -182,7 +194,7 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
     E = torch.cat(rows, 0)
     if normalize:
         E = normalize_rows(E, math.sqrt(DIM) if norm_scale is None else norm_scale, eps)
-    return E
+    return E.to(out_dtype)
 
 
 def string_field_loop(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.Tensor, *,
@@ -226,7 +238,7 @@ def string_field_loop(points: torch.Tensor, quarks: torch.Tensor, antiquarks: to
             else:
                 s = sigma0 * torch.sin(K * (L - zm))
                 kappa = -K / torch.tan(K * (L - zm))
-            expo, den, cos_a, sr = _pair_terms((rm * rm)[:, None], s[:, None],
+            expo, den, cos_a, sr = string_pair_terms((rm * rm)[:, None], s[:, None],
                                                kappa[:, None], sigma0, D)
             w = (torch.exp(expo) / den)[:, 0]
             E[mask] += (w * cos_a[:, 0])[:, None] * n[None, :]
@@ -236,29 +248,26 @@ def string_field_loop(points: torch.Tensor, quarks: torch.Tensor, antiquarks: to
     return E
 
 
-def _plate_logits(points: torch.Tensor, charges: torch.Tensor) -> torch.Tensor:
-    """``-DIM * log(d_ij + 1e-7)`` for all (query, charge) pairs, distances from differences."""
-    DIM = points.shape[1]
-    diff = points[:, None, :] - charges[None, :, :]
-    dist = torch.sqrt((diff * diff).sum(-1))
-    return -DIM * torch.log(dist + COULOMB_D_EPS)
-
-
 def _plate_field(points, charges, sum_eps, memory_budget):
+    """One plate's term ``sum_j coeff_ij (y_j - x_i)`` with the log-domain softmax of
+    ``-DIM * log(d_ij + 1e-7)``, distances and sum from the same direct differences."""
     b, DIM = points.shape
     cb = _chunk(b, charges.shape[0] * DIM, memory_budget)
     out = []
     for i0 in range(0, b, cb):
-        p = points[i0:i0 + cb]
-        logit = _plate_logits(p, charges)
-        m = logit.amax(1, keepdim=True)
-        e = torch.exp(logit - m)
+        diff = charges[None, :, :] - points[i0:i0 + cb, None, :]          # y_j - x_i
+        logit = -DIM * torch.log(torch.sqrt((diff * diff).sum(-1)) + COULOMB_D_EPS)
+        e = torch.exp(logit - logit.amax(1, keepdim=True))
         coeff = e / (e.sum(1, keepdim=True) + sum_eps)
-        out.append(((coeff[:, :, None]) * (charges[None, :, :] - p[:, None, :])).sum(1))
+        out.append(torch.bmm(coeff[:, None, :], diff)[:, 0])
     return torch.cat(out, 0)
 
 
-def _combine_plates(Ep, En, DIM, plate_gamma):
+def combine_plates(Ep: torch.Tensor, En: Optional[torch.Tensor], DIM: int,
+                   plate_gamma: Optional[float]) -> torch.Tensor:
+    """The Coulomb target from the plate terms (FIELDS.md §3): each term first normalised to
+    ``sqrt(DIM) E / (||E|| + plate_gamma)`` unless ``plate_gamma`` is None, then ``E+`` (one
+    plate, ``En`` None) or ``-E+ + E-``."""
     if plate_gamma is not None:
         Ep = normalize_rows(Ep, math.sqrt(DIM), plate_gamma)
         if En is not None:
@@ -269,22 +278,28 @@ def _combine_plates(Ep, En, DIM, plate_gamma):
 def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
                   negative: Optional[torch.Tensor] = None, *, plate_gamma: Optional[float] = None,
                   sum_eps: float = 0.0, normalize: bool = False, norm_scale: Optional[float] = None,
-                  eps: float = 1e-5, memory_budget: int = 1 << 24) -> torch.Tensor:
+                  eps: float = 1e-5, memory_budget: int = 1 << 24,
+                  compute_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """Coulomb field (FIELDS.md §3) with log-domain softmax coefficients.
 
     Two plates: ``-E+ + E-`` (each plate term first normalised with ``plate_gamma`` unless it is
     None). One plate (``negative is None``): ``E+`` itself, pointing toward the charges.
     ``sum_eps`` is added to the softmax denominator (PFGM adds 1e-7 there, relative to a largest
     weight of 1). ``normalize`` applies ``norm_scale * E / (||E|| + eps)``; ``norm_scale``
-    defaults to sqrt(D + 1).
+    defaults to sqrt(D + 1). The arithmetic is in ``compute_dtype`` (default the dtype of
+    ``points``; the inputs are cast to it once); the result has the dtype of ``points``.
     """
+    out_dtype = points.dtype
+    work = out_dtype if compute_dtype is None else compute_dtype
+    points, positive = points.to(work), positive.to(work)
+    negative = None if negative is None else negative.to(work)
     DIM = points.shape[1]
     Ep = _plate_field(points, positive, sum_eps, memory_budget)
     En = None if negative is None else _plate_field(points, negative, sum_eps, memory_budget)
-    E = _combine_plates(Ep, En, DIM, plate_gamma)
+    E = combine_plates(Ep, En, DIM, plate_gamma)
     if normalize:
         E = normalize_rows(E, math.sqrt(DIM) if norm_scale is None else norm_scale, eps)
-    return E
+    return E.to(out_dtype)
 
 
 def coulomb_field_materialized(points: torch.Tensor, positive: torch.Tensor,
@@ -311,4 +326,4 @@ def coulomb_field_materialized(points: torch.Tensor, positive: torch.Tensor,
 
     Ep = plate(positive)
     En = None if negative is None else plate(negative)
-    return _combine_plates(Ep, En, DIM, plate_gamma)
+    return combine_plates(Ep, En, DIM, plate_gamma)

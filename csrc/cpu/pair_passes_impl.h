@@ -1,6 +1,6 @@
-// Kernels of distance_tiles.h, written once against the traits of simd.h.
+// The pass kernels declared in pair_passes.h, written once against the traits of simd.h.
 //
-// No include guard on purpose: distance_tiles.h includes this file once per instruction set,
+// No include guard on purpose: pair_passes.h includes this file once per instruction set,
 // inside `namespace ifm::cpu::simd::<isa>` (which provides V<T>, kTileQ, kTileP, kTile2, kIsa)
 // and inside that set's `#pragma GCC target` region, so every function here is compiled for it.
 
@@ -235,8 +235,8 @@ inline void exp_shift(const double* a, int64_t n, double shift, double* out) {
 }
 
 template <typename T>
-DistanceKernels<T> make_kernels() {
-  DistanceKernels<T> k;
+PassKernels<T> make_kernels() {
+  PassKernels<T> k;
   k.isa = kIsa;
   k.QI = kTileQ;
   k.PJ = kTileP;
