@@ -26,8 +26,10 @@ import sysconfig
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = "csrc"
 BUILD_INFO = os.path.join(HERE, "python", "ifm", "_build_info.py")
-# Headers the CUDA sources need through torch's ATen/cuda/CUDAContext.h.
-CUDA_HEADERS = ("cuda_runtime_api.h", "cublas_v2.h", "cusparse.h", "cusolverDn.h")
+# Headers the CUDA sources need: nvcc's own (from the toolkit) and, through torch's
+# ATen/cuda/CUDAContext.h, the CUDA libraries' (from the toolkit or torch's pip wheels).
+TOOLKIT_HEADERS = ("cuda_runtime_api.h", "crt/host_defines.h")
+LIBRARY_HEADERS = ("cublas_v2.h", "cusparse.h", "cusolverDn.h")
 FIX = ("install the CUDA toolkit whose major version matches torch.version.cuda (or a torch "
        "build for your toolkit) and set CUDA_HOME, then rebuild with "
        "`pip install --no-build-isolation -e .`")
@@ -54,6 +56,15 @@ def nvcc_version(nvcc):
     return int(m.group(1)), int(m.group(2))
 
 
+def toolkit_root(nvcc):
+    """The toolkit directory nvcc runs from (``TOP=`` of ``nvcc --dryrun``), or None. Differs
+    from the parent of ``nvcc``'s directory when nvcc on PATH is a wrapper script."""
+    out = subprocess.run([nvcc, "--dryrun", "-E", "-x", "cu", os.devnull], capture_output=True,
+                         text=True, check=False)
+    m = re.search(r"^#\$ TOP=(.+)$", out.stdout + out.stderr, re.M)
+    return os.path.realpath(m.group(1).strip()) if m else None
+
+
 def nvcc_archs(nvcc):
     """Real archs (e.g. 75, 90) that ``nvcc --list-gpu-arch`` can compile; empty if unknown."""
     out = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True,
@@ -70,12 +81,14 @@ def cuda_header_dirs(cuda_home, search_paths):
     """
     toolkit = [os.path.join(cuda_home, "include")]
     toolkit += glob.glob(os.path.join(cuda_home, "targets", "*", "include"))
+    missing = [h for h in TOOLKIT_HEADERS
+               if not any(os.path.isfile(os.path.join(d, h)) for d in toolkit)]
     candidates = []
     for entry in search_paths:
         candidates += sorted(glob.glob(os.path.join(entry, "nvidia", "cu[0-9]*", "include")))
         candidates += sorted(glob.glob(os.path.join(entry, "nvidia", "*", "include")))
-    extra, missing = [], []
-    for header in CUDA_HEADERS:
+    extra = []
+    for header in LIBRARY_HEADERS:
         if any(os.path.isfile(os.path.join(d, header)) for d in toolkit + extra):
             continue
         found = next((d for d in candidates if os.path.isfile(os.path.join(d, header))), None)
@@ -122,7 +135,8 @@ def cuda_plan(env, torch_cuda, cuda_home, torch_arch_flags, search_paths):
     ``reason`` says why CUDA is skipped (None when built, or when torch is a CPU build and
     nobody asked for CUDA). Raises CudaUnavailable when IFM_FORCE_CUDA=1 and it cannot be built.
     """
-    plan = dict(cuda=False, reason=None, include_dirs=[], arch_list=None, nvcc=None)
+    plan = dict(cuda=False, reason=None, include_dirs=[], arch_list=None, nvcc=None,
+                cuda_home=cuda_home)
     if env.get("IFM_FORCE_CPU") == "1":
         plan["reason"] = "IFM_FORCE_CPU=1"
         return plan
@@ -137,6 +151,10 @@ def cuda_plan(env, torch_cuda, cuda_home, torch_arch_flags, search_paths):
         if nvcc is None:
             raise CudaUnavailable(f"no nvcc found (CUDA_HOME={cuda_home or 'unset'}, nvcc not on "
                                   f"PATH) for torch's CUDA {torch_cuda}")
+        top = toolkit_root(nvcc)
+        if top and not env.get("CUDA_HOME") and top != os.path.realpath(cuda_home):
+            cuda_home, nvcc = top, nvcc_path(top) or nvcc  # torch guessed from a wrapper
+        plan["cuda_home"] = cuda_home
         major, minor = nvcc_version(nvcc)
         torch_major = int(str(torch_cuda).split(".")[0])
         if major != torch_major:
@@ -197,6 +215,10 @@ def _extension():
         return cpp_extension.CppExtension(
             "ifm._C", sources, include_dirs=[os.path.join(HERE, CSRC)],
             extra_compile_args={"cxx": cxx}, extra_link_args=link)
+    if plan["cuda_home"] != cpp_extension.CUDA_HOME:
+        print(f"ifm-kernels: CUDA toolkit at {plan['cuda_home']} (nvcc's TOP), not "
+              f"{cpp_extension.CUDA_HOME}", flush=True)
+        cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"] = plan["cuda_home"]
     # torch turns TORCH_CUDA_ARCH_LIST into the -gencode flags (no flag naming an arch here,
     # or torch would drop its own).
     os.environ["TORCH_CUDA_ARCH_LIST"] = plan["arch_list"]

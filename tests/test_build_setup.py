@@ -20,19 +20,24 @@ CudaUnavailable = SETUP["CudaUnavailable"]
 TORCH_ARCHS = "sm_75 sm_80 sm_86 sm_90 sm_100 sm_120"
 
 
-def fake_toolkit(root: pathlib.Path, release="13.0", headers=True, archs=(75, 80, 86, 90, 100)):
-    """A CUDA_HOME whose bin/nvcc reports ``release`` and knows ``archs``."""
+def fake_toolkit(root: pathlib.Path, release="13.0", headers=True, archs=(75, 80, 86, 90, 100),
+                 top=None):
+    """A CUDA_HOME whose bin/nvcc reports ``release`` and knows ``archs``; ``headers``: True
+    (all), "toolkit" (nvcc's own only) or False; ``top``: the toolkit nvcc says it runs from."""
     (root / "bin").mkdir(parents=True)
     nvcc = root / "bin" / "nvcc"
     listing = "\\n".join(f"compute_{a}" for a in archs)
-    nvcc.write_text("#!/bin/sh\n"
+    dryrun = f'if [ "$1" = "--dryrun" ]; then echo "#$ TOP={top}/bin/.."; exit 0; fi\n' if top else ""
+    nvcc.write_text("#!/bin/sh\n" + dryrun +
                     f'if [ "$1" = "--list-gpu-arch" ]; then printf "{listing}\\n"; exit 0; fi\n'
                     "echo 'nvcc: NVIDIA (R) Cuda compiler driver'\n"
                     f"echo 'Cuda compilation tools, release {release}, V{release}.1'\n")
     nvcc.chmod(0o755)
     (root / "include").mkdir()
     if headers:
-        for h in SETUP["CUDA_HEADERS"]:
+        libs = SETUP["LIBRARY_HEADERS"] if headers is True else ()
+        for h in SETUP["TOOLKIT_HEADERS"] + libs:
+            (root / "include" / h).parent.mkdir(parents=True, exist_ok=True)
             (root / "include" / h).write_text("")
     return str(root)
 
@@ -72,13 +77,12 @@ def test_degraded_build_says_why_and_forced_build_fails(tmp_path, case):
 @pytest.mark.parametrize("layout", ["nvidia/cu13/include", "nvidia/{lib}/include"])
 def test_headers_of_pip_cuda_12_and_13_wheels_are_found(tmp_path, layout):
     site = tmp_path / "site"
-    libs = {"cuda_runtime_api.h": "cuda_runtime", "cublas_v2.h": "cublas",
-            "cusparse.h": "cusparse", "cusolverDn.h": "cusolver"}
+    libs = {"cublas_v2.h": "cublas", "cusparse.h": "cusparse", "cusolverDn.h": "cusolver"}
     for header, lib in libs.items():
         d = site / layout.format(lib=lib)
         d.mkdir(parents=True, exist_ok=True)
         (d / header).write_text("")
-    p = plan(tmp_path, release="13.0", headers=False, search_paths=[str(site)])
+    p = plan(tmp_path, release="13.0", headers="toolkit", search_paths=[str(site)])
     assert p["cuda"], p["reason"]
     assert {pathlib.Path(d) for d in p["include_dirs"]} == {
         site / layout.format(lib=lib) for lib in libs.values()}
@@ -96,3 +100,12 @@ def test_gencode_flags_summary():
     flags = ["-gencode=arch=compute_75,code=sm_75", "-gencode=arch=compute_120,code=sm_120",
              "-gencode=arch=compute_120,code=compute_120"]
     assert SETUP["arch_flags_summary"](flags) == (["sm_75", "sm_120"], ["compute_120"])
+
+
+def test_toolkit_behind_a_wrapper_nvcc_is_found(tmp_path):
+    """nvcc on PATH may be a script that runs another toolkit's nvcc (torch then guesses the
+    script's parent): the toolkit is the one nvcc reports as TOP."""
+    real = fake_toolkit(tmp_path / "cuda-13.0", release="13.0")
+    wrapper = fake_toolkit(tmp_path / "usr", release="13.0", headers=False, top=real)
+    p = cuda_plan({}, "13.0", wrapper, TORCH_ARCHS, [])
+    assert p["cuda"] and p["cuda_home"] == real, p
