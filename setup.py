@@ -30,9 +30,11 @@ BUILD_INFO = os.path.join(HERE, "python", "ifm", "_build_info.py")
 # ATen/cuda/CUDAContext.h, the CUDA libraries' (from the toolkit or torch's pip wheels).
 TOOLKIT_HEADERS = ("cuda_runtime_api.h", "crt/host_defines.h")
 LIBRARY_HEADERS = ("cublas_v2.h", "cusparse.h", "cusolverDn.h")
-FIX = ("install the CUDA toolkit whose major version matches torch.version.cuda (or a torch "
-       "build for your toolkit) and set CUDA_HOME, then rebuild with "
-       "`pip install --no-build-isolation -e .`")
+FIX = (
+    "install the CUDA toolkit whose major version matches torch.version.cuda (or a torch "
+    "build for your toolkit) and set CUDA_HOME, then rebuild with "
+    "`pip install --no-build-isolation -e .`"
+)
 
 
 class CudaUnavailable(Exception):
@@ -59,16 +61,21 @@ def nvcc_version(nvcc):
 def toolkit_root(nvcc):
     """The toolkit directory nvcc runs from (``TOP=`` of ``nvcc --dryrun``), or None. Differs
     from the parent of ``nvcc``'s directory when nvcc on PATH is a wrapper script."""
-    out = subprocess.run([nvcc, "--dryrun", "-E", "-x", "cu", os.devnull], capture_output=True,
-                         text=True, check=False)
+    out = subprocess.run(
+        [nvcc, "--dryrun", "-E", "-x", "cu", os.devnull],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     m = re.search(r"^#\$ TOP=(.+)$", out.stdout + out.stderr, re.M)
     return os.path.realpath(m.group(1).strip()) if m else None
 
 
 def nvcc_archs(nvcc):
     """Real archs (e.g. 75, 90) that ``nvcc --list-gpu-arch`` can compile; empty if unknown."""
-    out = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True,
-                         check=False).stdout
+    out = subprocess.run(
+        [nvcc, "--list-gpu-arch"], capture_output=True, text=True, check=False
+    ).stdout
     return sorted({int(m) for m in re.findall(r"compute_(\d+)\b", out)})
 
 
@@ -81,8 +88,9 @@ def cuda_header_dirs(cuda_home, search_paths):
     """
     toolkit = [os.path.join(cuda_home, "include")]
     toolkit += glob.glob(os.path.join(cuda_home, "targets", "*", "include"))
-    missing = [h for h in TOOLKIT_HEADERS
-               if not any(os.path.isfile(os.path.join(d, h)) for d in toolkit)]
+    missing = [
+        h for h in TOOLKIT_HEADERS if not any(os.path.isfile(os.path.join(d, h)) for d in toolkit)
+    ]
     candidates = []
     for entry in search_paths:
         candidates += sorted(glob.glob(os.path.join(entry, "nvidia", "cu[0-9]*", "include")))
@@ -100,7 +108,8 @@ def cuda_header_dirs(cuda_home, search_paths):
         raise CudaUnavailable(
             f"CUDA headers not found: {', '.join(missing)} (looked in {cuda_home}/include and "
             "site-packages/nvidia/*/include); install the full CUDA toolkit or torch's "
-            "nvidia-* header wheels")
+            "nvidia-* header wheels"
+        )
     return extra
 
 
@@ -113,7 +122,8 @@ def default_arch_list(torch_arch_flags, compilable):
     if not archs:
         raise CudaUnavailable(
             f"none of torch's CUDA archs ({torch_arch_flags!r}) can be compiled by this nvcc "
-            f"(it knows {compilable}); set TORCH_CUDA_ARCH_LIST")
+            f"(it knows {compilable}); set TORCH_CUDA_ARCH_LIST"
+        )
     names = [f"{a // 10}.{a % 10}" for a in archs]
     names[-1] += "+PTX"
     return ";".join(names)
@@ -124,7 +134,7 @@ def arch_flags_summary(gencode_flags):
     sass, ptx = [], []
     for flag in gencode_flags:
         m = re.search(r",code=\[?([\w,]+)\]?", flag)
-        for code in (m.group(1).split(",") if m else []):
+        for code in m.group(1).split(",") if m else []:
             (sass if code.startswith("sm_") else ptx).append(code)
     return sass, ptx
 
@@ -135,8 +145,9 @@ def cuda_plan(env, torch_cuda, cuda_home, torch_arch_flags, search_paths):
     ``reason`` says why CUDA is skipped (None when built, or when torch is a CPU build and
     nobody asked for CUDA). Raises CudaUnavailable when IFM_FORCE_CUDA=1 and it cannot be built.
     """
-    plan = dict(cuda=False, reason=None, include_dirs=[], arch_list=None, nvcc=None,
-                cuda_home=cuda_home)
+    plan = dict(
+        cuda=False, reason=None, include_dirs=[], arch_list=None, nvcc=None, cuda_home=cuda_home
+    )
     if env.get("IFM_FORCE_CPU") == "1":
         plan["reason"] = "IFM_FORCE_CPU=1"
         return plan
@@ -144,13 +155,17 @@ def cuda_plan(env, torch_cuda, cuda_home, torch_arch_flags, search_paths):
     try:
         if torch_cuda is None:
             if force:
-                raise CudaUnavailable("the installed torch is a CPU build (torch.version.cuda is "
-                                      "None); install a CUDA build of torch")
+                raise CudaUnavailable(
+                    "the installed torch is a CPU build (torch.version.cuda is "
+                    "None); install a CUDA build of torch"
+                )
             return plan
         nvcc = nvcc_path(cuda_home)
         if nvcc is None:
-            raise CudaUnavailable(f"no nvcc found (CUDA_HOME={cuda_home or 'unset'}, nvcc not on "
-                                  f"PATH) for torch's CUDA {torch_cuda}")
+            raise CudaUnavailable(
+                f"no nvcc found (CUDA_HOME={cuda_home or 'unset'}, nvcc not on "
+                f"PATH) for torch's CUDA {torch_cuda}"
+            )
         top = toolkit_root(nvcc)
         if top and not env.get("CUDA_HOME") and top != os.path.realpath(cuda_home):
             cuda_home, nvcc = top, nvcc_path(top) or nvcc  # torch guessed from a wrapper
@@ -158,17 +173,21 @@ def cuda_plan(env, torch_cuda, cuda_home, torch_arch_flags, search_paths):
         major, minor = nvcc_version(nvcc)
         torch_major = int(str(torch_cuda).split(".")[0])
         if major != torch_major:
-            raise CudaUnavailable(f"nvcc at {nvcc} is CUDA {major}.{minor} but torch was built "
-                                  f"with CUDA {torch_cuda} (the major versions must match)")
+            raise CudaUnavailable(
+                f"nvcc at {nvcc} is CUDA {major}.{minor} but torch was built "
+                f"with CUDA {torch_cuda} (the major versions must match)"
+            )
         plan["include_dirs"] = cuda_header_dirs(cuda_home, search_paths)
         plan["arch_list"] = env.get("TORCH_CUDA_ARCH_LIST") or default_arch_list(
-            torch_arch_flags, nvcc_archs(nvcc))
+            torch_arch_flags, nvcc_archs(nvcc)
+        )
         plan.update(cuda=True, nvcc=f"{major}.{minor}")
         return plan
     except CudaUnavailable as exc:
         if force:
-            raise CudaUnavailable(f"IFM_FORCE_CUDA=1 but the CUDA kernels cannot be built: {exc}. "
-                                  f"Fix: {FIX}") from None
+            raise CudaUnavailable(
+                f"IFM_FORCE_CUDA=1 but the CUDA kernels cannot be built: {exc}. Fix: {FIX}"
+            ) from None
         plan["reason"] = str(exc)
         return plan
 
@@ -188,8 +207,10 @@ def write_build_info(info):
             builds = {}
     builds[sysconfig.get_config_var("EXT_SUFFIX")] = info
     with open(BUILD_INFO, "w") as f:
-        f.write('"""What the compiled extension ifm._C holds, per extension suffix.\n\n'
-                'Generated by setup.py at build time; read by ifm._cuda_arch.\n"""\n\n')
+        f.write(
+            '"""What the compiled extension ifm._C holds, per extension suffix.\n\n'
+            'Generated by setup.py at build time; read by ifm._cuda_arch.\n"""\n\n'
+        )
         f.write(f"BUILDS = {builds!r}\n")
 
 
@@ -202,35 +223,65 @@ def _extension():
     cxx = ["-O3", "-fopenmp", "-fno-math-errno"]
     link = ["-fopenmp"]
     flags_of = getattr(torch._C, "_cuda_getArchFlags", None)
-    plan = cuda_plan(os.environ, torch.version.cuda, cpp_extension.CUDA_HOME,
-                     flags_of() if flags_of and torch.version.cuda else "", sys.path)
-    info = dict(cuda=plan["cuda"], cuda_skipped=plan["reason"], sass=[], ptx=[],
-                torch=torch.__version__, torch_cuda=torch.version.cuda, nvcc=plan["nvcc"])
+    plan = cuda_plan(
+        os.environ,
+        torch.version.cuda,
+        cpp_extension.CUDA_HOME,
+        flags_of() if flags_of and torch.version.cuda else "",
+        sys.path,
+    )
+    info = dict(
+        cuda=plan["cuda"],
+        cuda_skipped=plan["reason"],
+        sass=[],
+        ptx=[],
+        torch=torch.__version__,
+        torch_cuda=torch.version.cuda,
+        nvcc=plan["nvcc"],
+    )
     if not plan["cuda"]:
         if plan["reason"] and plan["reason"] != "IFM_FORCE_CPU=1":
-            print(f"\nWARNING: ifm-kernels is built WITHOUT its CUDA kernels: {plan['reason']}. "
-                  f"Fix: {FIX}. (IFM_FORCE_CUDA=1 makes this an error; IFM_FORCE_CPU=1 skips "
-                  "CUDA silently.)\n", file=sys.stderr, flush=True)
+            print(
+                f"\nWARNING: ifm-kernels is built WITHOUT its CUDA kernels: {plan['reason']}. "
+                f"Fix: {FIX}. (IFM_FORCE_CUDA=1 makes this an error; IFM_FORCE_CPU=1 skips "
+                "CUDA silently.)\n",
+                file=sys.stderr,
+                flush=True,
+            )
         write_build_info(info)
         return cpp_extension.CppExtension(
-            "ifm._C", sources, include_dirs=[os.path.join(HERE, CSRC)],
-            extra_compile_args={"cxx": cxx}, extra_link_args=link)
+            "ifm._C",
+            sources,
+            include_dirs=[os.path.join(HERE, CSRC)],
+            extra_compile_args={"cxx": cxx},
+            extra_link_args=link,
+        )
     if plan["cuda_home"] != cpp_extension.CUDA_HOME:
-        print(f"ifm-kernels: CUDA toolkit at {plan['cuda_home']} (nvcc's TOP), not "
-              f"{cpp_extension.CUDA_HOME}", flush=True)
+        print(
+            f"ifm-kernels: CUDA toolkit at {plan['cuda_home']} (nvcc's TOP), not "
+            f"{cpp_extension.CUDA_HOME}",
+            flush=True,
+        )
         cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"] = plan["cuda_home"]
     # torch turns TORCH_CUDA_ARCH_LIST into the -gencode flags (no flag naming an arch here,
     # or torch would drop its own).
     os.environ["TORCH_CUDA_ARCH_LIST"] = plan["arch_list"]
     info["sass"], info["ptx"] = arch_flags_summary(cpp_extension._get_cuda_arch_flags())
-    print(f"ifm-kernels: CUDA {plan['nvcc']} kernels for TORCH_CUDA_ARCH_LIST="
-          f"{plan['arch_list']} (SASS {info['sass']}, PTX {info['ptx']})", flush=True)
+    print(
+        f"ifm-kernels: CUDA {plan['nvcc']} kernels for TORCH_CUDA_ARCH_LIST="
+        f"{plan['arch_list']} (SASS {info['sass']}, PTX {info['ptx']})",
+        flush=True,
+    )
     write_build_info(info)
     sources += sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))
     sources += sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cpp")))
     return cpp_extension.CUDAExtension(
-        "ifm._C", sources, include_dirs=[os.path.join(HERE, CSRC)] + plan["include_dirs"],
-        extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]}, extra_link_args=link)
+        "ifm._C",
+        sources,
+        include_dirs=[os.path.join(HERE, CSRC)] + plan["include_dirs"],
+        extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
+        extra_link_args=link,
+    )
 
 
 if __name__ == "__main__":

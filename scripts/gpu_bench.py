@@ -51,8 +51,10 @@ def baselines(shape, inputs):
     if shape.kind == "string":
         p, q, a = inputs["points"], inputs["quarks"], inputs["antiquarks"]
         kw = dict(L=shape.L, sigma0=shape.sigma0, K=shape.K, d=shape.d)
-        return {"gemm-fp32": lambda: bl.string_gemm(p, q, a, **kw),
-                "gemm-fp64": lambda: bl.string_gemm(p, q, a, **kw, dtype=torch.float64)}
+        return {
+            "gemm-fp32": lambda: bl.string_gemm(p, q, a, **kw),
+            "gemm-fp64": lambda: bl.string_gemm(p, q, a, **kw, dtype=torch.float64),
+        }
     kw = dict(g._coulomb_kwargs(shape))
     kw.pop("sum_eps")
     p, pos, neg = inputs["points"], inputs["positive"], inputs.get("negative")
@@ -74,8 +76,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", required=True)
     ap.add_argument("--dry-run", action="store_true", help="no GPU: shapes and model only")
-    ap.add_argument("--budget-s", type=float, default=210.0,
-                    help="stop measuring new shapes after this many seconds")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=210.0,
+        help="stop measuring new shapes after this many seconds",
+    )
     a = ap.parse_args(argv)
     t0 = time.monotonic()
     import test_bench_gpu as g
@@ -94,9 +100,19 @@ def main(argv=None) -> int:
     rows = []
     for shape in g.SHAPES:
         w = g.work(shape)
-        row = dict(kind=shape.kind, name=shape.name, b=shape.b, B=shape.B, D=shape.D,
-                   plates=shape.plates, pass1_gflop=w["pass1_flop"] / 1e9, backends={},
-                   baselines={}, model_us={}, model_note={})
+        row = dict(
+            kind=shape.kind,
+            name=shape.name,
+            b=shape.b,
+            B=shape.B,
+            D=shape.D,
+            plates=shape.plates,
+            pass1_gflop=w["pass1_flop"] / 1e9,
+            backends={},
+            baselines={},
+            model_us={},
+            model_note={},
+        )
         for backend in ("cuda", "triton"):
             us, note = model_estimate(model, shape, backend, arch)
             row["model_us"][backend] = us
@@ -128,21 +144,38 @@ def main(argv=None) -> int:
         if timed:
             best = min(timed, key=timed.get)
             row["best_pytorch"] = dict(name=best, median_us=timed[best])
-            for backend, r in row["backends"].items():
+            for r in row["backends"].values():
                 if "median_us" in r:
                     r["speedup_vs_best_pytorch"] = timed[best] / r["median_us"]
         del inputs, ref
         torch.cuda.empty_cache()
-        print(f"gpu_bench: {shape.label}: " + ", ".join(
-            f"{k} {v.get('median_us', float('nan')):.1f} us"
-            for k, v in {**row["backends"], **row["baselines"]}.items()), flush=True)
-    result = dict(device=device, arch=arch, reps=REPS, warmup=WARMUP, dtype="float32",
-                  measured=gpu, model=None if model is None else "benchmarks/gpu_model.py",
-                  seconds=round(time.monotonic() - t0, 1), shapes=rows,
-                  torch=torch.__version__)
+        print(
+            f"gpu_bench: {shape.label}: "
+            + ", ".join(
+                f"{k} {v.get('median_us', float('nan')):.1f} us"
+                for k, v in {**row["backends"], **row["baselines"]}.items()
+            ),
+            flush=True,
+        )
+    result = dict(
+        device=device,
+        arch=arch,
+        reps=REPS,
+        warmup=WARMUP,
+        dtype="float32",
+        measured=gpu,
+        model=None if model is None else "benchmarks/gpu_model.py",
+        seconds=round(time.monotonic() - t0, 1),
+        shapes=rows,
+        torch=torch.__version__,
+    )
     with open(a.json, "w") as f:
-        json.dump(result, f, indent=1, default=lambda o: None if isinstance(o, float) and
-                  not math.isfinite(o) else str(o))
+        json.dump(
+            result,
+            f,
+            indent=1,
+            default=lambda o: None if isinstance(o, float) and not math.isfinite(o) else str(o),
+        )
     print(f"gpu_bench: {'measured' if gpu else 'dry run'}: {len(rows)} shapes -> {a.json}")
     return 0
 

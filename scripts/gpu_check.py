@@ -38,8 +38,9 @@ LOGS = OUT / "logs"
 EXIT_FAIL, EXIT_NO_GPU = 1, 3
 SANITIZER_TOOLS = ("memcheck", "racecheck", "synccheck", "initcheck")
 # Per-step limits (s); the whole check aims at about 6 minutes on one H100 / H200.
-TIMEOUTS = dict(build=300, parity=200, sanitizer_tool=75, sanitizer_warmup=90, cuda_graph=90,
-                bench=240)
+TIMEOUTS = dict(
+    build=300, parity=200, sanitizer_tool=75, sanitizer_warmup=90, cuda_graph=90, bench=240
+)
 PARITY_TESTS = [
     # CUDA backend: golden files, odd sizes across every tile / split boundary, published shapes
     ["tests/test_cuda_backend.py", "-k", "gpu"],
@@ -60,8 +61,14 @@ def run(cmd, log: pathlib.Path, timeout: float, env=None) -> tuple:
     with open(log, "w") as f:
         f.write("$ " + " ".join(map(str, cmd)) + "\n")
         f.flush()
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})}, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
         try:
             rc = proc.wait(timeout=timeout)
             timed_out = False
@@ -115,11 +122,19 @@ print(json.dumps(info))
     except (IndexError, json.JSONDecodeError):
         info = {"probe_error": out.stderr[-2000:], "gpu": False}
     info["platform"] = platform.platform()
-    try:
-        info["commit"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                        capture_output=True, text=True).stdout.strip() or None
-    except OSError:
-        info["commit"] = None
+    info["commit"] = os.environ.get("IFM_GPU_COMMIT")  # set when run from a copy of the tree
+    if not info["commit"]:
+        try:
+            info["commit"] = (
+                subprocess.run(
+                    ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                    capture_output=True,
+                    text=True,
+                ).stdout.strip()
+                or None
+            )
+        except OSError:
+            info["commit"] = None
     return info
 
 
@@ -143,13 +158,21 @@ class Check:
         self.figures = {}
 
     def record(self, name, status, seconds, note="", log=None, **extra):
-        step = dict(name=name, status=status, seconds=round(seconds, 1), note=note,
-                    log=str(log.relative_to(OUT)) if log else None, **extra)
+        step = dict(
+            name=name,
+            status=status,
+            seconds=round(seconds, 1),
+            note=note,
+            log=str(log.relative_to(OUT)) if log else None,
+            **extra,
+        )
         if status == "failed" and log:
             step["log_tail"] = tail(log)
         self.steps.append(step)
-        print(f"[gpu_check] {name}: {status} in {seconds:.1f} s{' - ' + note if note else ''}",
-              flush=True)
+        print(
+            f"[gpu_check] {name}: {status} in {seconds:.1f} s{' - ' + note if note else ''}",
+            flush=True,
+        )
 
     # (a) --------------------------------------------------------------------------------
     def build(self):
@@ -158,8 +181,10 @@ class Check:
             self.record("build", "failed", 0, "setuptools is not installed in this environment")
             return
         archs = os.environ.get("IFM_GPU_ARCHS") or self.env.get("capability") or "9.0"
-        env = {"TORCH_CUDA_ARCH_LIST": archs, "MAX_JOBS": os.environ.get("MAX_JOBS",
-                                                                          str(os.cpu_count()))}
+        env = {
+            "TORCH_CUDA_ARCH_LIST": archs,
+            "MAX_JOBS": os.environ.get("MAX_JOBS", str(os.cpu_count())),
+        }
         if self.env.get("torch_cuda"):
             env["IFM_FORCE_CUDA"] = "1"
         cmd = [PY, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-v", "-e", "."]
@@ -170,7 +195,8 @@ class Check:
                 "assert _ops.LOAD_ERROR is None, _ops.LOAD_ERROR; "
                 "cuda = _ops.has_kernel('string_field', 'CUDA'); "
                 "print('CUDA kernels:', cuda, _cuda_arch.build_info()); "
-                "sys.exit(0 if cuda or torch.version.cuda is None else 1)")
+                "sys.exit(0 if cuda or torch.version.cuda is None else 1)"
+            )
             rc2 = subprocess.run([PY, "-c", check], cwd="/", capture_output=True, text=True)
             with open(log, "a") as f:
                 f.write("\n[gpu_check] import check:\n" + rc2.stdout + rc2.stderr)
@@ -189,8 +215,17 @@ class Check:
             return
         t0, total, rcs, counts = now(), 0.0, [], {}
         for i, sel in enumerate(selections):
-            args = [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs",
-                    f"--junitxml={xml}.{i}", *sel]
+            args = [
+                PY,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "-rfEs",
+                f"--junitxml={xml}.{i}",
+                *sel,
+            ]
             if not self.gpu:
                 args.append("--collect-only")
             rc, sec, to = run(args, LOGS / f"{name}.{i}.log", max(timeout - total, 10))
@@ -202,14 +237,16 @@ class Check:
             for i in range(len(selections)):
                 f.write((LOGS / f"{name}.{i}.log").read_text(errors="replace"))
         if not self.gpu:
-            collected = sum(self._collected(LOGS / f"{name}.{i}.log")
-                            for i in range(len(selections)))
+            collected = sum(
+                self._collected(LOGS / f"{name}.{i}.log") for i in range(len(selections))
+            )
             status = "failed" if any(rcs) else "no GPU: not run"
             self.record(name, status, now() - t0, f"{collected} tests collected", log)
             return
         ok = not any(rcs)
-        note = ", ".join(f"{counts.get(k, 0)} {k}" for k in ("passed", "failures", "errors",
-                                                             "skipped"))
+        note = ", ".join(
+            f"{counts.get(k, 0)} {k}" for k in ("passed", "failures", "errors", "skipped")
+        )
         self.record(name, "passed" if ok else "failed", now() - t0, note, log, counts=counts)
 
     @staticmethod
@@ -224,15 +261,30 @@ class Check:
         driver = [PY, str(ROOT / "scripts" / "gpu_sanitize.py")]
         t0 = now()
         san = shutil.which("compute-sanitizer") or next(
-            (p for p in ("/usr/local/cuda/bin/compute-sanitizer",
-                         "/usr/local/cuda/compute-sanitizer/compute-sanitizer")
-             if os.access(p, os.X_OK)), None)
+            (
+                p
+                for p in (
+                    "/usr/local/cuda/bin/compute-sanitizer",
+                    "/usr/local/cuda/compute-sanitizer/compute-sanitizer",
+                )
+                if os.access(p, os.X_OK)
+            ),
+            None,
+        )
         if not self.gpu:
             rc, sec, _ = run(driver + ["--list"], LOGS / "sanitizer.log", 60)
-            note = (f"call list ok; compute-sanitizer: {san or 'not found'}" if rc == 0
-                    else "the driver's call list failed")
-            self.record("sanitizer", "failed" if rc else "no GPU: not run", sec, note,
-                        LOGS / "sanitizer.log")
+            note = (
+                f"call list ok; compute-sanitizer: {san or 'not found'}"
+                if rc == 0
+                else "the driver's call list failed"
+            )
+            self.record(
+                "sanitizer",
+                "failed" if rc else "no GPU: not run",
+                sec,
+                note,
+                LOGS / "sanitizer.log",
+            )
             return
         if san is None:
             self.record("sanitizer", "failed", 0, "compute-sanitizer not found")
@@ -240,32 +292,61 @@ class Check:
         # one run without the sanitizer compiles and caches the Triton kernels
         rc, _, _ = run(driver, LOGS / "sanitizer.warmup.log", TIMEOUTS["sanitizer_warmup"])
         if rc:
-            self.record("sanitizer", "failed", now() - t0, "the driver fails without the sanitizer",
-                        LOGS / "sanitizer.warmup.log")
+            self.record(
+                "sanitizer",
+                "failed",
+                now() - t0,
+                "the driver fails without the sanitizer",
+                LOGS / "sanitizer.warmup.log",
+            )
             return
         results = {}
         for tool in SANITIZER_TOOLS:
             log = LOGS / f"sanitizer.{tool}.log"
-            cmd = [san, "--tool", tool, "--error-exitcode", "99", "--report-api-errors", "no",
-                   "--print-limit", "20", *driver]
+            cmd = [
+                san,
+                "--tool",
+                tool,
+                "--error-exitcode",
+                "99",
+                "--report-api-errors",
+                "no",
+                "--print-limit",
+                "20",
+                *driver,
+            ]
             env = {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}  # exact allocations for memcheck
             rc, sec, to = run(cmd, log, TIMEOUTS["sanitizer_tool"], env)
-            results[tool] = dict(rc=rc, seconds=round(sec, 1), timed_out=to,
-                                 status="passed" if rc == 0 else "failed")
+            results[tool] = dict(
+                rc=rc, seconds=round(sec, 1), timed_out=to, status="passed" if rc == 0 else "failed"
+            )
             if rc:
                 results[tool]["log_tail"] = tail(log, 40)
         self.figures["sanitizer"] = results
         failed = [t for t, r in results.items() if r["rc"]]
-        note = ", ".join(f"{t} {'ok' if not r['rc'] else 'FAILED'} ({r['seconds']} s)"
-                         for t, r in results.items())
-        self.record("sanitizer", "failed" if failed else "passed", now() - t0, note,
-                    LOGS / f"sanitizer.{failed[0] if failed else SANITIZER_TOOLS[0]}.log")
+        note = ", ".join(
+            f"{t} {'ok' if not r['rc'] else 'FAILED'} ({r['seconds']} s)"
+            for t, r in results.items()
+        )
+        self.record(
+            "sanitizer",
+            "failed" if failed else "passed",
+            now() - t0,
+            note,
+            LOGS / f"sanitizer.{failed[0] if failed else SANITIZER_TOOLS[0]}.log",
+        )
 
     # (e) ------------------------------------------------------------------------------------
     def bench(self):
         log = LOGS / "bench.log"
-        cmd = [PY, str(ROOT / "scripts" / "gpu_bench.py"), "--json", str(OUT / "bench.json"),
-               "--budget-s", str(TIMEOUTS["bench"] - 30)]
+        cmd = [
+            PY,
+            str(ROOT / "scripts" / "gpu_bench.py"),
+            "--json",
+            str(OUT / "bench.json"),
+            "--budget-s",
+            str(TIMEOUTS["bench"] - 30),
+        ]
         if not self.gpu:
             cmd.append("--dry-run")
         rc, sec, to = run(cmd, log, TIMEOUTS["bench"])
@@ -289,9 +370,16 @@ class Check:
             code, verdict = EXIT_NO_GPU, "no GPU: the GPU steps were not run"
         else:
             code, verdict = 0, "all steps passed"
-        data = dict(started=started, seconds=round(seconds, 1), verdict=verdict, exit_code=code,
-                    command="bash scripts/gpu.sh", environment=self.env, steps=self.steps,
-                    **self.figures)
+        data = dict(
+            started=started,
+            seconds=round(seconds, 1),
+            verdict=verdict,
+            exit_code=code,
+            command="bash scripts/gpu.sh",
+            environment=self.env,
+            steps=self.steps,
+            **self.figures,
+        )
         (OUT / "report.json").write_text(json.dumps(data, indent=1, default=str))
         sys.path.insert(0, str(ROOT / "scripts"))
         from gpu_report import markdown
@@ -302,17 +390,22 @@ class Check:
 
 
 def main() -> int:
-    t0, started = now(), datetime.datetime.now(datetime.timezone.utc).isoformat(
-        timespec="seconds")
+    t0, started = now(), datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     LOGS.mkdir(parents=True, exist_ok=True)
     env = probe()
     print("[gpu_check] environment: " + json.dumps(env), flush=True)
     check = Check(env)
-    wanted = set(filter(None, os.environ.get(
-        "IFM_GPU_STEPS", "build,parity,sanitizer,cuda_graph,bench").split(",")))
+    wanted = set(
+        filter(
+            None,
+            os.environ.get("IFM_GPU_STEPS", "build,parity,sanitizer,cuda_graph,bench").split(","),
+        )
+    )
     if not env.get("gpu"):
-        print("[gpu_check] no GPU visible to torch: the GPU steps are checked without running",
-              flush=True)
+        print(
+            "[gpu_check] no GPU visible to torch: the GPU steps are checked without running",
+            flush=True,
+        )
     if env.get("ot") is None:
         print("[gpu_check] POT (ot) is not installed: tests that need it skip", flush=True)
     if "build" in wanted:

@@ -12,10 +12,12 @@ def _us(v):
 
 
 def _bench_rows(bench: dict) -> list:
-    lines = ["| shape | b | B | D | CUDA µs | Triton µs | best PyTorch form | its µs | "
-             "CUDA speed-up | Triton speed-up | model CUDA µs | model Triton µs | "
-             "max row rel err (CUDA / Triton) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| shape | b | B | D | CUDA µs | Triton µs | best PyTorch form | its µs | "
+        "CUDA speed-up | Triton speed-up | model CUDA µs | model Triton µs | "
+        "max row rel err (CUDA / Triton) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in bench.get("shapes", []):
         be, best = r.get("backends", {}), r.get("best_pytorch") or {}
 
@@ -34,7 +36,8 @@ def _bench_rows(bench: dict) -> list:
             f"{cell('triton', 'speedup_vs_best_pytorch', lambda x: f'{x:.2f}×')} | "
             f"{_us(r['model_us'].get('cuda'))} | {_us(r['model_us'].get('triton'))} | "
             f"{cell('cuda', 'max_row_rel_err', lambda x: f'{x:.1e}')} / "
-            f"{cell('triton', 'max_row_rel_err', lambda x: f'{x:.1e}')} |")
+            f"{cell('triton', 'max_row_rel_err', lambda x: f'{x:.1e}')} |"
+        )
     return lines
 
 
@@ -47,8 +50,11 @@ def markdown(data: dict) -> str:
         f"{data['seconds']:.0f} s in all · commit {env.get('commit') or '?'}",
         "",
         f"Machine: {env.get('gpu_name') or 'no GPU visible to torch'}"
-        + (f" (sm_{env.get('capability', '').replace('.', '')}, {env.get('sm_count')} SMs)"
-           if env.get("gpu") else "")
+        + (
+            f" (sm_{env.get('capability', '').replace('.', '')}, {env.get('sm_count')} SMs)"
+            if env.get("gpu")
+            else ""
+        )
         + f"; Python {env.get('python')}, torch {env.get('torch')} (CUDA "
         f"{env.get('torch_cuda')}), triton {env.get('triton')}, "
         f"{env.get('nvcc_version') or 'no nvcc'}; POT {env.get('ot') or 'absent'}, "
@@ -75,9 +81,10 @@ def markdown(data: dict) -> str:
             f"{bench['warmup']} warm-up calls, on {bench.get('device')}; speed-up = best "
             "PyTorch form's time / the backend's. The model columns are the static model's "
             f"estimates for {bench['arch']} (benchmarks/gpu_model.py), not measurements."
-            if measured else
-            "No GPU: nothing measured; the model columns are the static model's estimates "
-            f"for {bench['arch']} (benchmarks/gpu_model.py), not measurements.")
+            if measured
+            else "No GPU: nothing measured; the model columns are the static model's estimates "
+            f"for {bench['arch']} (benchmarks/gpu_model.py), not measurements."
+        )
         lines += [""] + _bench_rows(bench)
         notes = {n for r in bench.get("shapes", []) for n in r.get("model_note", {}).values()}
         if notes:

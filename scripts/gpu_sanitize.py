@@ -20,10 +20,14 @@ import sys
 import torch
 
 B_QUERIES, B_PAIRS = 5, 37  # odd: partial tiles in every kernel
-STRING_CALLS = [("string raw", 67, dict(normalize=False, stable=False)),
-                ("string normalised stable, split D", 300, dict(normalize=True, stable=True))]
-COULOMB_CALLS = [("coulomb two plates", 67, dict(plate_gamma=5.0, normalize=True)),
-                 ("coulomb PFGM", 67, dict(normalize="pfgm"))]
+STRING_CALLS = [
+    ("string raw", 67, dict(normalize=False, stable=False)),
+    ("string normalised stable, split D", 300, dict(normalize=True, stable=True)),
+]
+COULOMB_CALLS = [
+    ("coulomb two plates", 67, dict(plate_gamma=5.0, normalize=True)),
+    ("coulomb PFGM", 67, dict(normalize="pfgm")),
+]
 
 
 def calls(backends):
@@ -55,12 +59,12 @@ def run_one(backend, dtype, label, D, kw, device="cuda"):
     if label.startswith("string"):
         params = dict(L=20.0, sigma0=1.0, K=math.pi / 20)
         out = ifm.fields.string_field(*args, **params, **kw, backend=backend)
-        ref = ifm.fields.string_field(*(a.double().cpu() for a in args), **params, **kw,
-                                      backend="reference")
+        ref = ifm.fields.string_field(
+            *(a.double().cpu() for a in args), **params, **kw, backend="reference"
+        )
     else:
         out = ifm.fields.coulomb_field(*args, **kw, backend=backend)
-        ref = ifm.fields.coulomb_field(*(a.double().cpu() for a in args), **kw,
-                                       backend="reference")
+        ref = ifm.fields.coulomb_field(*(a.double().cpu() for a in args), **kw, backend="reference")
     out = out.double().cpu()
     err = float(((out - ref).norm(dim=1) / ref.norm(dim=1).clamp_min(1e-300)).max())
     tol = 1e-2 if dtype == torch.float32 else 1e-8
@@ -73,8 +77,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--list", action="store_true", help="print the calls, run nothing")
     ap.add_argument("--backend", choices=["cuda", "triton", "cpu", "both"], default="both")
-    ap.add_argument("--device", default="cuda", help="cpu: check the driver itself without a GPU "
-                    "(backend cpu, or triton under TRITON_INTERPRET=1)")
+    ap.add_argument(
+        "--device",
+        default="cuda",
+        help="cpu: check the driver itself without a GPU "
+        "(backend cpu, or triton under TRITON_INTERPRET=1)",
+    )
     a = ap.parse_args(argv)
     backends = ["cuda", "triton"] if a.backend == "both" else [a.backend]
     todo = calls(backends)
@@ -91,8 +99,9 @@ def main(argv=None) -> int:
         return 2
     for backend, dtype, label, D, kw in todo:
         err = run_one(backend, dtype, label, D, kw, a.device)
-        print(f"gpu_sanitize: {backend} {label} {dtype}: ok (max row rel err {err:.2g})",
-              flush=True)
+        print(
+            f"gpu_sanitize: {backend} {label} {dtype}: ok (max row rel err {err:.2g})", flush=True
+        )
     return 0
 
 

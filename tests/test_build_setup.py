@@ -20,18 +20,24 @@ CudaUnavailable = SETUP["CudaUnavailable"]
 TORCH_ARCHS = "sm_75 sm_80 sm_86 sm_90 sm_100 sm_120"
 
 
-def fake_toolkit(root: pathlib.Path, release="13.0", headers=True, archs=(75, 80, 86, 90, 100),
-                 top=None):
+def fake_toolkit(
+    root: pathlib.Path, release="13.0", headers=True, archs=(75, 80, 86, 90, 100), top=None
+):
     """A CUDA_HOME whose bin/nvcc reports ``release`` and knows ``archs``; ``headers``: True
     (all), "toolkit" (nvcc's own only) or False; ``top``: the toolkit nvcc says it runs from."""
     (root / "bin").mkdir(parents=True)
     nvcc = root / "bin" / "nvcc"
     listing = "\\n".join(f"compute_{a}" for a in archs)
-    dryrun = f'if [ "$1" = "--dryrun" ]; then echo "#$ TOP={top}/bin/.."; exit 0; fi\n' if top else ""
-    nvcc.write_text("#!/bin/sh\n" + dryrun +
-                    f'if [ "$1" = "--list-gpu-arch" ]; then printf "{listing}\\n"; exit 0; fi\n'
-                    "echo 'nvcc: NVIDIA (R) Cuda compiler driver'\n"
-                    f"echo 'Cuda compilation tools, release {release}, V{release}.1'\n")
+    dryrun = ""
+    if top:
+        dryrun = f'if [ "$1" = "--dryrun" ]; then echo "#$ TOP={top}/bin/.."; exit 0; fi\n'
+    nvcc.write_text(
+        "#!/bin/sh\n"
+        + dryrun
+        + f'if [ "$1" = "--list-gpu-arch" ]; then printf "{listing}\\n"; exit 0; fi\n'
+        "echo 'nvcc: NVIDIA (R) Cuda compiler driver'\n"
+        f"echo 'Cuda compilation tools, release {release}, V{release}.1'\n"
+    )
     nvcc.chmod(0o755)
     (root / "include").mkdir()
     if headers:
@@ -61,17 +67,26 @@ def test_torch_cuda_arch_list_wins(tmp_path):
 
 @pytest.mark.parametrize("case", ["other major", "headers missing", "no nvcc"])
 def test_degraded_build_says_why_and_forced_build_fails(tmp_path, case):
-    kw = {"other major": dict(release="12.4"), "headers missing": dict(release="13.0",
-                                                                       headers=False),
-          "no nvcc": dict(release="")}[case]
-    expected = {"other major": "CUDA 12.4 but torch was built with CUDA 13.0",
-                "headers missing": "CUDA headers not found: cuda_runtime_api.h",
-                "no nvcc": "no nvcc found"}[case]
+    kw = {
+        "other major": dict(release="12.4"),
+        "headers missing": dict(release="13.0", headers=False),
+        "no nvcc": dict(release=""),
+    }[case]
+    expected = {
+        "other major": "CUDA 12.4 but torch was built with CUDA 13.0",
+        "headers missing": "CUDA headers not found: cuda_runtime_api.h",
+        "no nvcc": "no nvcc found",
+    }[case]
     p = plan(tmp_path, **kw)
     assert not p["cuda"] and expected in p["reason"]
     with pytest.raises(CudaUnavailable, match="IFM_FORCE_CUDA=1 but the CUDA kernels cannot"):
-        cuda_plan({"IFM_FORCE_CUDA": "1"}, "13.0",
-                  str(tmp_path / "cuda") if kw["release"] else None, TORCH_ARCHS, [])
+        cuda_plan(
+            {"IFM_FORCE_CUDA": "1"},
+            "13.0",
+            str(tmp_path / "cuda") if kw["release"] else None,
+            TORCH_ARCHS,
+            [],
+        )
 
 
 @pytest.mark.parametrize("layout", ["nvidia/cu13/include", "nvidia/{lib}/include"])
@@ -85,7 +100,8 @@ def test_headers_of_pip_cuda_12_and_13_wheels_are_found(tmp_path, layout):
     p = plan(tmp_path, release="13.0", headers="toolkit", search_paths=[str(site)])
     assert p["cuda"], p["reason"]
     assert {pathlib.Path(d) for d in p["include_dirs"]} == {
-        site / layout.format(lib=lib) for lib in libs.values()}
+        site / layout.format(lib=lib) for lib in libs.values()
+    }
 
 
 def test_cpu_torch_needs_no_toolkit_unless_cuda_is_forced():
@@ -97,8 +113,11 @@ def test_cpu_torch_needs_no_toolkit_unless_cuda_is_forced():
 
 
 def test_gencode_flags_summary():
-    flags = ["-gencode=arch=compute_75,code=sm_75", "-gencode=arch=compute_120,code=sm_120",
-             "-gencode=arch=compute_120,code=compute_120"]
+    flags = [
+        "-gencode=arch=compute_75,code=sm_75",
+        "-gencode=arch=compute_120,code=sm_120",
+        "-gencode=arch=compute_120,code=compute_120",
+    ]
     assert SETUP["arch_flags_summary"](flags) == (["sm_75", "sm_120"], ["compute_120"])
 
 

@@ -11,16 +11,19 @@ from ifm import _cuda_arch, _ops, fields
 SASS = ["sm_75", "sm_80", "sm_86", "sm_89", "sm_90", "sm_100", "sm_120"]
 
 
-@pytest.mark.parametrize("cc,sass,ptx,runs", [
-    (90, SASS, ["compute_120"], True),
-    (86, ["sm_80"], [], True),          # same major, newer minor: the sm_80 SASS runs
-    (75, ["sm_80", "sm_90"], [], False),  # older GPU
-    (100, ["sm_80", "sm_90"], [], False),  # newer major without PTX
-    (120, ["sm_80", "sm_90"], ["compute_90"], True),  # PTX JIT-compiles on newer GPUs
-    (80, ["sm_90"], ["compute_90"], False),  # PTX of a newer arch does not run
-    (90, ["sm_90a"], [], True),
-    (100, ["sm_90a"], ["compute_90a"], False),  # arch-specific code runs on that arch only
-])
+@pytest.mark.parametrize(
+    "cc,sass,ptx,runs",
+    [
+        (90, SASS, ["compute_120"], True),
+        (86, ["sm_80"], [], True),  # same major, newer minor: the sm_80 SASS runs
+        (75, ["sm_80", "sm_90"], [], False),  # older GPU
+        (100, ["sm_80", "sm_90"], [], False),  # newer major without PTX
+        (120, ["sm_80", "sm_90"], ["compute_90"], True),  # PTX JIT-compiles on newer GPUs
+        (80, ["sm_90"], ["compute_90"], False),  # PTX of a newer arch does not run
+        (90, ["sm_90a"], [], True),
+        (100, ["sm_90a"], ["compute_90a"], False),  # arch-specific code runs on that arch only
+    ],
+)
 def test_runs_on(cc, sass, ptx, runs):
     assert _cuda_arch.runs_on(cc, sass, ptx) is runs
 
@@ -39,15 +42,17 @@ def simulated_gpu(monkeypatch):
 
 
 def test_cuda_call_on_a_gpu_without_code_names_both_archs(simulated_gpu):
-    with pytest.raises(RuntimeError, match=r"no code for GPU 0 \(Tesla T4, sm_75\).*"
-                                           r"SASS sm_80, sm_90 and PTX none"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"no code for GPU 0 \(Tesla T4, sm_75\).*"
+        r"SASS sm_80, sm_90 and PTX none",
+    ):
         fields._resolve_backend("cuda", torch.device("cuda", 0), "string_field")
 
 
 def test_auto_uses_triton_on_a_gpu_without_code(simulated_gpu):
     with pytest.warns(RuntimeWarning, match="sm_75.*backend='auto' uses the next backend"):
-        assert fields._resolve_backend("auto", torch.device("cuda", 0), "coulomb_field") == \
-            "triton"
+        assert fields._resolve_backend("auto", torch.device("cuda", 0), "coulomb_field") == "triton"
 
 
 def test_auto_uses_cuda_when_the_build_covers_the_gpu(simulated_gpu, monkeypatch):
@@ -57,12 +62,15 @@ def test_auto_uses_cuda_when_the_build_covers_the_gpu(simulated_gpu, monkeypatch
 
 
 def test_degraded_build_warns_its_reason_on_a_gpu(simulated_gpu, monkeypatch):
-    info = dict(cuda=False, cuda_skipped="nvcc at /x is CUDA 12.4 but torch was built with "
-                "CUDA 13.0", sass=[], ptx=[])
+    info = dict(
+        cuda=False,
+        cuda_skipped="nvcc at /x is CUDA 12.4 but torch was built with CUDA 13.0",
+        sass=[],
+        ptx=[],
+    )
     monkeypatch.setattr(_cuda_arch, "build_info", lambda: info)
     with pytest.warns(RuntimeWarning, match="built without CUDA kernels .nvcc at /x is CUDA 12.4"):
-        assert fields._resolve_backend("auto", torch.device("cuda", 0), "string_field") == \
-            "triton"
+        assert fields._resolve_backend("auto", torch.device("cuda", 0), "string_field") == "triton"
 
 
 def test_this_build_is_recorded():

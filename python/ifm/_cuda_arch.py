@@ -15,15 +15,14 @@ import functools
 import re
 import sysconfig
 import warnings
-from typing import Optional
 
 import torch
 
 _warned = set()
 
 
-@functools.lru_cache(maxsize=None)
-def build_info() -> Optional[dict]:
+@functools.cache
+def build_info() -> dict | None:
     """This interpreter's entry of ``ifm._build_info`` (None when the module is absent)."""
     try:
         from . import _build_info
@@ -56,7 +55,7 @@ def runs_on(capability: int, sass, ptx) -> bool:
     return False
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _capability(index: int) -> int:
     major, minor = torch.cuda.get_device_capability(index)
     return 10 * major + minor
@@ -66,7 +65,7 @@ def _device_index(device: torch.device) -> int:
     return device.index if device.index is not None else torch.cuda.current_device()
 
 
-def unusable_reason(device: torch.device) -> Optional[str]:
+def unusable_reason(device: torch.device) -> str | None:
     """Why the CUDA kernels cannot run on ``device`` (None when they can, or when the build
     recorded nothing)."""
     info = build_info()
@@ -74,19 +73,24 @@ def unusable_reason(device: torch.device) -> Optional[str]:
         return None
     if not info.get("cuda"):
         skipped = info.get("cuda_skipped")
-        return (f"ifm was built without CUDA kernels ({skipped})" if skipped else
-                "ifm was built without CUDA kernels (torch was a CPU build)")
+        return (
+            f"ifm was built without CUDA kernels ({skipped})"
+            if skipped
+            else "ifm was built without CUDA kernels (torch was a CPU build)"
+        )
     index = _device_index(device)
     cc = _capability(index)
     if runs_on(cc, info.get("sass", []), info.get("ptx", [])):
         return None
     built = ", ".join(info.get("sass", [])) or "none"
     ptx = ", ".join(info.get("ptx", [])) or "none"
-    return (f"ifm's CUDA kernels have no code for GPU {index} "
-            f"({torch.cuda.get_device_name(index)}, sm_{cc}): the extension was built for "
-            f"SASS {built} and PTX {ptx}. Rebuild for it: TORCH_CUDA_ARCH_LIST="
-            f"\"{cc // 10}.{cc % 10}\" pip install --no-build-isolation -e . "
-            "(or use backend='triton')")
+    return (
+        f"ifm's CUDA kernels have no code for GPU {index} "
+        f"({torch.cuda.get_device_name(index)}, sm_{cc}): the extension was built for "
+        f"SASS {built} and PTX {ptx}. Rebuild for it: TORCH_CUDA_ARCH_LIST="
+        f'"{cc // 10}.{cc % 10}" pip install --no-build-isolation -e . '
+        "(or use backend='triton')"
+    )
 
 
 def usable(device: torch.device) -> bool:
@@ -97,8 +101,11 @@ def usable(device: torch.device) -> bool:
         return True
     if reason not in _warned:
         _warned.add(reason)
-        warnings.warn(f"{reason}; backend='auto' uses the next backend (Triton when installed)",
-                      RuntimeWarning, stacklevel=4)
+        warnings.warn(
+            f"{reason}; backend='auto' uses the next backend (Triton when installed)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
     return False
 
 
