@@ -7,7 +7,7 @@
 #      2.11, in place) and every step that needs no GPU must work, the GPU steps must report
 #      "no GPU: not run" and the exit code must be 3 (no GPU), not 1 (failure);
 #   2. the Triton suite under the interpreter with triton 3.6 (tests/test_triton_kernels.py and
-#      the parity tests of backend triton) in the same environment.
+#      the parity tests of backend triton) in the same environment (numpy < 2.4, see below).
 #
 # The venv lives outside the checkout: ${IFM_GPU_VENV:-$HOME/.cache/ifm-kernels/venv-gpu-py312},
 # created on the first run with ${IFM_GPU_PYTHON:-python3.12} (pyenv) and the packages above
@@ -27,8 +27,10 @@ if [ ! -x "$VENV/bin/python" ]; then
   command -v "$py" >/dev/null || fail "$py not found (pyenv install 3.12)"
   echo "check_gpu_kit: creating $VENV ($("$py" --version), torch $TORCH, triton $TRITON)"
   "$py" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q "torch==$TORCH" "triton==$TRITON" numpy scipy pytest \
-    hypothesis setuptools ninja || { rm -rf "$VENV"; fail "installing the venv"; }
+  # numpy < 2.4: triton 3.6's interpreter converts 1-element arrays to Python scalars, an
+  # error since NumPy 2.4 (triton 3.9's interpreter does not; on a GPU no interpreter runs)
+  "$VENV/bin/python" -m pip install -q "torch==$TORCH" "triton==$TRITON" "numpy<2.4" scipy \
+    pytest hypothesis setuptools ninja || { rm -rf "$VENV"; fail "installing the venv"; }
 fi
 PY="$VENV/bin/python"
 "$PY" - "$TORCH" "$TRITON" <<'PY' || fail "$VENV is not shaped like the GPU machines"
@@ -37,6 +39,9 @@ import torch, triton
 assert sys.version_info[:2] == (3, 12), sys.version
 assert torch.__version__.split("+")[0] == sys.argv[1] and torch.version.cuda, torch.__version__
 assert triton.__version__ == sys.argv[2], triton.__version__
+import numpy
+assert tuple(map(int, numpy.__version__.split(".")[:2])) < (2, 4), (
+    f"numpy {numpy.__version__}: triton 3.6's interpreter needs numpy < 2.4")
 for absent in ("ot", "pytest_benchmark"):
     assert importlib.util.find_spec(absent) is None, f"{absent} is installed"
 print(f"check_gpu_kit: Python {sys.version.split()[0]}, torch {torch.__version__}, "

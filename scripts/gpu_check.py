@@ -37,10 +37,15 @@ OUT = pathlib.Path(os.environ.get("IFM_GPU_OUT", "gpu-report")).resolve()
 LOGS = OUT / "logs"
 EXIT_FAIL, EXIT_NO_GPU = 1, 3
 SANITIZER_TOOLS = ("memcheck", "racecheck", "synccheck", "initcheck")
-# Per-step limits (s); the whole check aims at about 6 minutes on one H100 / H200.
+# Per-step limits (s). The whole check aims at about 6 minutes on one H100 / H200 and stops at
+# IFM_GPU_BUDGET_S (default 480 s): a step's limit is cut so that each later step keeps its
+# RESERVE (the GPU machines are lent for about 15 minutes, their start included).
 TIMEOUTS = dict(
-    build=300, parity=200, sanitizer_tool=75, sanitizer_warmup=90, cuda_graph=90, bench=240
+    build=240, parity=180, sanitizer_tool=60, sanitizer_warmup=60, cuda_graph=60, bench=180
 )
+RESERVE = dict(parity=60, sanitizer=60, cuda_graph=20, bench=60)
+ORDER = ("build", "parity", "sanitizer", "cuda_graph", "bench")
+BUDGET_S = float(os.environ.get("IFM_GPU_BUDGET_S", "480"))
 PARITY_TESTS = [
     # CUDA backend: golden files, odd sizes across every tile / split boundary, published shapes
     ["tests/test_cuda_backend.py", "-k", "gpu"],
@@ -156,6 +161,18 @@ class Check:
         self.gpu = bool(env.get("gpu"))
         self.steps = []
         self.figures = {}
+        self.deadline = now() + BUDGET_S
+        self.current = "build"
+
+    def limit(self, key: str) -> float:
+        """``TIMEOUTS[key]`` cut to the time left before the deadline less the later steps'
+        reserves (at least 10 s). Without a GPU (a dry run on a small CI machine, no lease to
+        fit in): three times the limit, no deadline."""
+        if not self.gpu:
+            return 3.0 * TIMEOUTS[key]
+        later = ORDER[ORDER.index(self.current) + 1 :]
+        left = self.deadline - now() - sum(RESERVE.get(s, 0) for s in later)
+        return max(10.0, min(TIMEOUTS[key], left))
 
     def record(self, name, status, seconds, note="", log=None, **extra):
         step = dict(
@@ -188,7 +205,7 @@ class Check:
         if self.env.get("torch_cuda"):
             env["IFM_FORCE_CUDA"] = "1"
         cmd = [PY, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-v", "-e", "."]
-        rc, sec, to = run(cmd, log, TIMEOUTS["build"], env)
+        rc, sec, to = run(cmd, log, self.limit("build"), env)
         if rc == 0:
             check = (
                 "import sys, torch; from ifm import _ops, _cuda_arch; "
@@ -205,7 +222,8 @@ class Check:
         self.record("build", "passed" if rc == 0 else "failed", sec, note, log)
 
     # (b), (d) -----------------------------------------------------------------------------
-    def pytest_step(self, name, selections, timeout):
+    def pytest_step(self, name, selections):
+        timeout = self.limit(name)
         log = LOGS / f"{name}.log"
         xml = LOGS / f"{name}.xml"
         files = [s for sel in selections for s in sel if s.endswith(".py")]
@@ -290,7 +308,7 @@ class Check:
             self.record("sanitizer", "failed", 0, "compute-sanitizer not found")
             return
         # one run without the sanitizer compiles and caches the Triton kernels
-        rc, _, _ = run(driver, LOGS / "sanitizer.warmup.log", TIMEOUTS["sanitizer_warmup"])
+        rc, _, _ = run(driver, LOGS / "sanitizer.warmup.log", self.limit("sanitizer_warmup"))
         if rc:
             self.record(
                 "sanitizer",
@@ -316,7 +334,7 @@ class Check:
                 *driver,
             ]
             env = {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}  # exact allocations for memcheck
-            rc, sec, to = run(cmd, log, TIMEOUTS["sanitizer_tool"], env)
+            rc, sec, to = run(cmd, log, self.limit("sanitizer_tool"), env)
             results[tool] = dict(
                 rc=rc, seconds=round(sec, 1), timed_out=to, status="passed" if rc == 0 else "failed"
             )
@@ -345,11 +363,11 @@ class Check:
             "--json",
             str(OUT / "bench.json"),
             "--budget-s",
-            str(TIMEOUTS["bench"] - 30),
+            str(self.limit("bench") - 40),
         ]
         if not self.gpu:
             cmd.append("--dry-run")
-        rc, sec, to = run(cmd, log, TIMEOUTS["bench"])
+        rc, sec, to = run(cmd, log, self.limit("bench"))
         try:
             self.figures["bench"] = json.loads((OUT / "bench.json").read_text())
         except (OSError, json.JSONDecodeError):
@@ -408,16 +426,17 @@ def main() -> int:
         )
     if env.get("ot") is None:
         print("[gpu_check] POT (ot) is not installed: tests that need it skip", flush=True)
-    if "build" in wanted:
-        check.build()
-    if "parity" in wanted:
-        check.pytest_step("parity", PARITY_TESTS, TIMEOUTS["parity"])
-    if "sanitizer" in wanted:
-        check.sanitizer()
-    if "cuda_graph" in wanted:
-        check.pytest_step("cuda_graph", [["tests/test_cuda_graph.py"]], TIMEOUTS["cuda_graph"])
-    if "bench" in wanted:
-        check.bench()
+    steps = dict(
+        build=check.build,
+        parity=lambda: check.pytest_step("parity", PARITY_TESTS),
+        sanitizer=check.sanitizer,
+        cuda_graph=lambda: check.pytest_step("cuda_graph", [["tests/test_cuda_graph.py"]]),
+        bench=check.bench,
+    )
+    for name in ORDER:
+        if name in wanted:
+            check.current = name
+            steps[name]()
     return check.report(started, now() - t0)
 
 
