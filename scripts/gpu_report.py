@@ -11,6 +11,13 @@ def _us(v):
     return "–" if v is None else f"{v:.1f}"
 
 
+def _best(best: dict) -> str:
+    if not best:
+        return "–"
+    err = best.get("max_row_rel_err")
+    return best["name"] + ("" if err is None else f" (err {err:.0e})")
+
+
 def _bench_rows(bench: dict) -> list:
     lines = [
         "| shape | b | B | D | CUDA µs | Triton µs | best PyTorch form | its µs | "
@@ -30,7 +37,7 @@ def _bench_rows(bench: dict) -> list:
         two = "×2" if r["kind"] == "coulomb" and r.get("plates") == 2 else ""
         lines.append(
             f"| {r['kind']} {r['name']} | {r['b']} | {r['B']}{two} | {r['D']} | "
-            f"{cell('cuda')} | {cell('triton')} | {best.get('name', '–')} | "
+            f"{cell('cuda')} | {cell('triton')} | {_best(best)} | "
             f"{_us(best.get('median_us'))} | "
             f"{cell('cuda', 'speedup_vs_best_pytorch', lambda x: f'{x:.2f}×')} | "
             f"{cell('triton', 'speedup_vs_best_pytorch', lambda x: f'{x:.2f}×')} | "
@@ -86,6 +93,8 @@ def markdown(data: dict) -> str:
             f"for {bench['arch']} (benchmarks/gpu_model.py), not measurements."
         )
         lines += [""] + _bench_rows(bench)
+        for f in bench.get("failures", []):
+            lines.append(f"- FAILED: {f}")
         notes = {n for r in bench.get("shapes", []) for n in r.get("model_note", {}).values()}
         if notes:
             lines += ["", "Model: " + "; ".join(sorted(notes))]
