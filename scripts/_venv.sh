@@ -1,4 +1,4 @@
-# Sourced by scripts/test.sh, demo.sh, gpu.sh: create (or reuse) the virtual environment
+# Sourced by scripts/test.sh and demo.sh: create (or reuse) the virtual environment
 # $IFM_VENV (default: $1), install torch ($2, a pip requirement) and the build tools, then build
 # ifm in editable mode without build isolation with the extras $3. Extra environment for the
 # build (e.g. IFM_FORCE_CUDA=1) is inherited. IFM_TORCH_INDEX, when set, is the index torch alone is

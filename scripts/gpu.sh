@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# On a machine with an NVIDIA GPU and a CUDA toolkit: install a CUDA build of torch, build ifm
-# with its CUDA kernels, run the test suite (every backend, GPU tests included) and the GPU
-# benchmarks. Extra arguments go to the benchmark run.
-set -euo pipefail
-. "$(dirname "$0")/_venv.sh"
-export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
-IFM_FORCE_CUDA=1 ifm_venv_install .venv-gpu "${IFM_TORCH_SPEC:-torch}" test,triton
-python - <<'PY'
-import sys
-import torch
-if not torch.cuda.is_available():
-    sys.exit("scripts/gpu.sh: no GPU visible to torch; run it on a GPU machine")
-PY
-python -m pytest -q
-python -m pytest -q benchmarks/test_bench_gpu.py --benchmark-only "$@"
+# The one GPU check, for a GPU machine without a package index (about 6 minutes on one H100 /
+# H200). Uses the current environment's Python (a CUDA build of torch, triton, nvcc,
+# compute-sanitizer, pytest; POT and pytest-benchmark optional): no venv, no network.
+#
+#   (a) builds ifm in place with its CUDA kernels for the visible GPU
+#       (pip install --no-build-isolation --no-deps -e .);
+#   (b) GPU parity tests of the CUDA and Triton backends (edge and published shapes);
+#   (c) compute-sanitizer memcheck / racecheck / synccheck / initcheck on one small call of each
+#       kernel of both backends (scripts/gpu_sanitize.py);
+#   (d) tests/test_cuda_graph.py (CUDA-graph capture);
+#   (e) CUDA-event benchmarks at the published shapes per backend, beside the best PyTorch form
+#       and the static model's estimate (scripts/gpu_bench.py);
+#   (f) REPORT.md and report.json in ${IFM_GPU_OUT:-gpu-report}/.
+#
+# Each step prints its time and has a limit; a failing step is reported and the next one runs.
+# Exit code: 0 all passed, 1 a step failed, 3 no GPU visible (the GPU steps were not run).
+# Python: ${PYTHON:-python} (python3 when there is no `python`). Details: scripts/gpu_check.py.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-$(command -v python || command -v python3)}"
+exec "$PY" scripts/gpu_check.py "$@"

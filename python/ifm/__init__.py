@@ -7,11 +7,15 @@ Main entry points: :func:`ifm.fields.string_field`, :func:`ifm.fields.coulomb_fi
 on first use.
 """
 import importlib
+import importlib.metadata
 
 from . import fields, reference
 from .fields import available_backends, coulomb_field, string_field
 
-__version__ = "0.1.0"
+try:  # the version lives in pyproject.toml only
+    __version__ = importlib.metadata.version("ifm-kernels")
+except importlib.metadata.PackageNotFoundError:  # run from a source tree without installing
+    __version__ = "0+unknown"
 _LAZY = ("plans", "points", "matchers", "sampling", "compat", "demo", "distributed")
 __all__ = ["fields", "reference", "available_backends", "string_field", "coulomb_field",
            "__version__", *_LAZY]

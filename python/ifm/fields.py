@@ -33,7 +33,7 @@ from typing import List, Optional, Union
 
 import torch
 
-from . import _checks, _ops, reference
+from . import _checks, _cuda_arch, _ops, reference
 
 __all__ = [
     "string_field",
@@ -112,7 +112,7 @@ def _resolve_backend(backend: str, device: torch.device, fn_name: str) -> str:
         if device.type == "cpu" and _ops.has_kernel(fn_name, "CPU"):
             return "cpu"
         if device.type == "cuda":
-            if _ops.has_kernel(fn_name, "CUDA"):
+            if _cuda_arch.usable(device) and _ops.has_kernel(fn_name, "CUDA"):
                 return "cuda"
             if _triton_module() is not None:
                 return "triton"
@@ -139,6 +139,7 @@ def _resolve_backend(backend: str, device: torch.device, fn_name: str) -> str:
         if device.type != "cuda":
             raise ValueError(f"backend='cuda' ({fn_name}_cuda) needs CUDA tensors, got tensors on "
                              f"{device}; move them with .cuda()")
+        _cuda_arch.check(device)
     elif backend == "triton":
         if _triton_module() is None:
             raise RuntimeError("backend='triton' is unavailable: triton is not installed "
