@@ -1,0 +1,97 @@
+"""Host side of the launches shared by both fields: the device's plan profile, the launch guard,
+and one launch helper per shared pass (every launch of the package goes through :func:`launch`,
+which :func:`ifm_kernels._introspect.record_launches` can intercept)."""
+from __future__ import annotations
+
+import math
+import threading
+
+import torch
+
+from . import _introspect, _passes
+from ._plan import INTERPRETER_PROFILE, Plan, Profile, gpu_profile
+
+
+def device_profile(device: torch.device) -> Profile:
+    """The GPU profile of ``device``'s GPU, the interpreter's for CPU tensors (or the profile
+    given to :func:`~ifm_kernels._introspect.record_launches` while recording)."""
+    rec = _introspect.recording()
+    if rec is not None:
+        return rec.profile
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return gpu_profile(props.multi_processor_count)
+    return INTERPRETER_PROFILE
+
+
+# Triton's interpreter (triton 3.9 runtime/interpreter.py) patches triton.language globally and
+# keeps the grid index in a global builder for the length of each launch: launches from several
+# Python threads at once break each other. Under the interpreter, one field call holds this lock.
+_INTERPRETER_LOCK = threading.Lock()
+
+
+def launch_guard(device: torch.device):
+    """Context of one field call: on a GPU, make the tensors' device current (Triton launches on
+    the current CUDA device); under the interpreter (CPU tensors), serialise the calls."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    return _INTERPRETER_LOCK
+
+
+def launch(kernel, grid, args, constexprs, num_warps):
+    """Every launch of the package goes through here (or is recorded)."""
+    rec = _introspect.recording()
+    if rec is not None:
+        rec.launches.append(_introspect.LaunchRecord(kernel, tuple(grid), tuple(args),
+                                                     dict(constexprs), num_warps))
+        return
+    kernel[tuple(grid)](*args, num_warps=num_warps, enable_fp_fusion=True, **constexprs)
+
+
+def launch_distance(plan: Plan, points, y0, y1, rows, n, col0, ncols, L, string: bool):
+    """Pass 1; returns ``(partial[S, rows, n], nsq[S, n] or None)``."""
+    dt, dev = points.dtype, points.device
+    part = torch.empty((plan.nslices, rows, n), dtype=dt, device=dev)
+    nsq = torch.empty((plan.nslices, n), dtype=dt, device=dev) if string else part
+    launch(_passes.distance_kernel, plan.dist_grid,
+           (points, y0, y1 if y1 is not None else y0, part, nsq,
+            rows, n, points.shape[1], col0, ncols, plan.cols_per_slice, float(L)),
+           dict(STRING=string, BI=plan.dist_bi, BJ=plan.dist_bj, BK=plan.dist_bk),
+           plan.num_warps)
+    return part, (nsq if string else None)
+
+
+def live_lists(plan: Plan, device):
+    """``(list[tiles_i, sums_blocks], count[tiles_i])`` int32 buffers of the live pair blocks
+    per block of rows of the sums pass (written by the coefficient pass)."""
+    lst = torch.empty((plan.sums_grid[0], plan.sums_blocks), dtype=torch.int32, device=device)
+    cnt = torch.empty((plan.sums_grid[0],), dtype=torch.int32, device=device)
+    return lst, cnt
+
+
+def launch_pair_sums(plan: Plan, points, y0, y1, c1, c2, lists, out, rows, n, col0, ncols, L,
+                     string: bool):
+    """Pass 2 into ``out`` (columns ``col0 .. col0 + ncols - 1``) over the live blocks
+    ``lists = (list, count)``."""
+    launch(_passes.pair_sums_kernel, plan.sums_grid,
+           (points, y0, y1 if y1 is not None else y0, c1, c2 if c2 is not None else c1,
+            lists[0], lists[1], out, rows, n, points.shape[1], col0, ncols, plan.sums_blocks,
+            float(L)),
+           dict(STRING=string, BI=plan.sums_bi, BJ=plan.sums_bj, BK=plan.sums_bk),
+           plan.num_warps)
+
+
+def launch_finalize(plan: Plan, ep, en, out, *, plate_gamma, normalize, norm_scale, eps):
+    """Finalisation (``finalize_kernel``); a no-op when there is nothing to do."""
+    plate_norm = plate_gamma is not None
+    if en is None and not plate_norm and not normalize:
+        if ep is not out:
+            out.copy_(ep)
+        return
+    rows, width = out.shape
+    launch(_passes.finalize_kernel, plan.fin_grid,
+           (ep, en if en is not None else ep, out, rows, width, math.sqrt(width),
+            float(plate_gamma) if plate_norm else 0.0, float(norm_scale), float(eps)),
+           dict(HAS_NEG=en is not None, PLATE_NORM=plate_norm, NORMALIZE=bool(normalize),
+                BR=plan.fin_br, BW=plan.fin_bw),
+           plan.num_warps)
