@@ -62,21 +62,22 @@ def launch_distance(plan: Plan, points, y0, y1, rows, n, col0, ncols, L, string:
 
 
 def live_lists(plan: Plan, device):
-    """``(list[tiles_i, sums_blocks], count[tiles_i])`` int32 buffers of the live pair blocks
-    per block of rows of the sums pass (written by the coefficient pass)."""
-    lst = torch.empty((plan.sums_grid[0], plan.sums_blocks), dtype=torch.int32, device=device)
-    cnt = torch.empty((plan.sums_grid[0],), dtype=torch.int32, device=device)
+    """``(list[tiles_i, chunks * seg_len], count[tiles_i, chunks])`` int32 buffers of the live
+    pair blocks per block of rows of the sums pass, one segment per chunk of the coefficient
+    pass (written by it)."""
+    lst = torch.empty((plan.sums_grid[0], plan.list_stride), dtype=torch.int32, device=device)
+    cnt = torch.empty((plan.sums_grid[0], plan.coef_chunks), dtype=torch.int32, device=device)
     return lst, cnt
 
 
 def launch_pair_sums(plan: Plan, points, y0, y1, c1, c2, lists, out, rows, n, col0, ncols, L,
-                     string: bool):
-    """Pass 2 into ``out`` (columns ``col0 .. col0 + ncols - 1``) over the live blocks
-    ``lists = (list, count)``."""
+                     string: bool, ez=None):
+    """Pass 2 into ``out`` (columns ``col0 .. col0 + ncols - 1``; string: also column 0 from the
+    chunks' ``ez``) over the live blocks ``lists = (list, count)``."""
     launch(_passes.pair_sums_kernel, plan.sums_grid,
            (points, y0, y1 if y1 is not None else y0, c1, c2 if c2 is not None else c1,
-            lists[0], lists[1], out, rows, n, points.shape[1], col0, ncols, plan.sums_blocks,
-            float(L)),
+            ez if ez is not None else c1, lists[0], lists[1], out, rows, n, points.shape[1],
+            col0, ncols, plan.coef_chunks, plan.seg_len, plan.list_stride, float(L)),
            dict(STRING=string, BI=plan.sums_bi, BJ=plan.sums_bj, BK=plan.sums_bk),
            plan.num_warps)
 

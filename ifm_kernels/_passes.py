@@ -103,11 +103,13 @@ def distance_kernel(p_ptr, y0_ptr, y1_ptr, part_ptr, nsq_ptr,
     tile). Coulomb: ``y0`` = the charges, all D + 1 columns, ``x - y``.
     ``partial[slice, i, j]`` receives the slice's sum.
     """
-    tiles_j = tl.cdiv(n, BJ)
+    # query tiles fastest: the programs resident at once share each pair tile (read from HBM
+    # once, then from L2) and the query rows stay in L2
+    tiles_i = tl.cdiv(rows, BI)
     pid = tl.program_id(0)
     sl = tl.program_id(1)
-    ib = pid // tiles_j
-    jb = pid % tiles_j
+    ib = pid % tiles_i
+    jb = pid // tiles_i
     offs_i = ib * BI + tl.arange(0, BI)
     offs_j = jb * BJ + tl.arange(0, BJ)
     mi = offs_i < rows
@@ -153,15 +155,17 @@ def distance_kernel(p_ptr, y0_ptr, y1_ptr, part_ptr, nsq_ptr,
 # pass 2: weighted sums over the live pair blocks, from differences
 # ----------------------------------------------------------------------------------------------
 @triton.jit
-def pair_sums_kernel(p_ptr, y0_ptr, y1_ptr, c1_ptr, c2_ptr, list_ptr, count_ptr, out_ptr,
-                     rows, n, width, col0, ncols, nblocks, L: tl.float64,
-                     STRING: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr,
+def pair_sums_kernel(p_ptr, y0_ptr, y1_ptr, c1_ptr, c2_ptr, ez_ptr, list_ptr, count_ptr,
+                     out_ptr, rows, n, width, col0, ncols, nchunks, seg_len, stride,
+                     L: tl.float64, STRING: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr,
                      BK: tl.constexpr):
     """Grid ``(tiles_i, tiles_k)``: program -> (BI query rows, BK columns), loop over the live
-    blocks of BJ pairs of its rows (``list[ib, :count[ib]]``, block indices of BJ pairs in pair order).
+    blocks of BJ pairs of its rows in pair order: per chunk ``c`` of pairs, the block indices
+    ``list[ib, c * seg_len : c * seg_len + count[ib, c]]``.
 
     String: ``out[i, 1 + k] = sum_j c2_ij rho_ijk + c1_ij Delta_jk`` (``c1 = w cos_a nu_j``,
-    ``c2 = w sr``); Coulomb: ``out[i, k] = sum_j c1_ij (y_jk - x_ik)``.
+    ``c2 = w sr``), and ``out[i, 0] = L sum_chunks ez[i, chunk]`` from the programs of the first
+    column block; Coulomb: ``out[i, k] = sum_j c1_ij (y_jk - x_ik)``.
     """
     ib = tl.program_id(0)
     kb = tl.program_id(1)
@@ -182,38 +186,48 @@ def pair_sums_kernel(p_ptr, y0_ptr, y1_ptr, c1_ptr, c2_ptr, list_ptr, count_ptr,
     # coefficient once for them; reduced over BJ after the loop
     acc3 = tl.zeros([BI, BK, BJ], dtype=p_ptr.dtype.element_ty)
     crow = offs_i.to(tl.int64) * n
-    count = tl.load(count_ptr + ib)
-    for q in range(0, count):
-        jb = tl.load(list_ptr + ib * nblocks + q)
-        offs_j = jb * BJ + tl.arange(0, BJ)
-        cmask = mi[:, None] & (offs_j < n)[None, :]
-        yp = tl.minimum(offs_j, n - 1).to(tl.int64)[None, :] * width + lcols[:, None]  # [BK, BJ]
-        c1 = tl.load(c1_ptr + crow[:, None] + offs_j[None, :], mask=cmask, other=0.0)
-        a = tl.load(y0_ptr + yp)
-        if STRING:
-            c2 = tl.load(c2_ptr + crow[:, None] + offs_j[None, :], mask=cmask, other=0.0)
-            cc = tl.load(y1_ptr + yp)
-            delta = cc - a
-            base = tl.where(fa[:, None, None], cc[None, :, :], a[None, :, :])
-            r = (x[:, :, None] - base) - t[:, None, None] * delta[None, :, :]
-            acc3 += c2[:, None, :] * r
-            acc3 += c1[:, None, :] * delta[None, :, :]
-        else:
-            acc3 -= c1[:, None, :] * (x[:, :, None] - a[None, :, :])  # coeff (y - x)
+    for ch in range(0, nchunks):
+        count = tl.load(count_ptr + ib * nchunks + ch)
+        seg = list_ptr + ib * stride + ch * seg_len
+        for q in range(0, count):
+            jb = tl.load(seg + q)
+            offs_j = jb * BJ + tl.arange(0, BJ)
+            cmask = mi[:, None] & (offs_j < n)[None, :]
+            yp = tl.minimum(offs_j, n - 1).to(tl.int64)[None, :] * width + lcols[:, None]
+            c1 = tl.load(c1_ptr + crow[:, None] + offs_j[None, :], mask=cmask, other=0.0)
+            a = tl.load(y0_ptr + yp)                                        # [BK, BJ]
+            if STRING:
+                c2 = tl.load(c2_ptr + crow[:, None] + offs_j[None, :], mask=cmask, other=0.0)
+                cc = tl.load(y1_ptr + yp)
+                delta = cc - a
+                base = tl.where(fa[:, None, None], cc[None, :, :], a[None, :, :])
+                r = (x[:, :, None] - base) - t[:, None, None] * delta[None, :, :]
+                acc3 += c2[:, None, :] * r
+                acc3 += c1[:, None, :] * delta[None, :, :]
+            else:
+                acc3 -= c1[:, None, :] * (x[:, :, None] - a[None, :, :])  # coeff (y - x)
     acc = tl.sum(acc3, axis=2)
     tl.store(out_ptr + prow[:, None] + cols[None, :], acc, mask=xmask)
+    if STRING:
+        if kb == 0:
+            # E_z = L sum_j c1: the chunks' float64 sums in chunk order, into column 0
+            ez = tl.zeros([BI], dtype=tl.float64)
+            for ch in range(0, nchunks):
+                ez += tl.load(ez_ptr + offs_i.to(tl.int64) * nchunks + ch, mask=mi, other=0.0)
+            tl.store(out_ptr + prow, (L * ez).to(out_ptr.dtype.element_ty), mask=mi)
 
 
 @triton.jit
-def live_blocks(list_ptr, count_ptr, rb, nblocks, j0, live, cnt,
+def live_blocks(seg_ptr, rb, stride, j0, live, cnt,
                 NSUB: tl.constexpr, SBJ: tl.constexpr, BR: tl.constexpr):
-    """Appends to row block ``rb``'s list the pair blocks (of SBJ pairs) of the coefficient tile
-    starting at pair ``j0`` that have a non-zero coefficient; ``live`` is the tile's ``[BR,
-    NSUB * SBJ]`` non-zero mask (int32). Returns the new count ``cnt``."""
+    """Appends to row block ``rb``'s segment of the list (``seg_ptr + rb * stride``, one segment
+    per chunk of pairs) the pair blocks (of SBJ pairs) of the coefficient tile starting at pair
+    ``j0`` that have a non-zero coefficient; ``live`` is the tile's ``[BR, NSUB * SBJ]``
+    non-zero mask (int32). Returns the new count ``cnt``."""
     sub = tl.max(tl.max(tl.reshape(live, (BR, NSUB, SBJ)), axis=2), axis=0)
     pos = cnt + tl.cumsum(sub, axis=0) - sub
     ids = j0 // SBJ + tl.arange(0, NSUB)
-    tl.store(list_ptr + rb * nblocks + pos, ids, mask=(sub > 0) & (ids < nblocks))
+    tl.store(seg_ptr + rb * stride + pos, ids, mask=sub > 0)
     return cnt + tl.sum(sub, axis=0)
 
 

@@ -27,7 +27,9 @@ class Profile:
 
     ``dist_tile_bytes`` / ``sums_tile_bytes``: bytes of data in the 3-D register tile
     ``[BI, BJ, BK]`` of the distance and the sums pass (elements = bytes // itemsize; each pass
-    also holds a 3-D accumulator of that size); ``row_budget``: elements of the 2-D float64
+    also holds a 3-D accumulator of that size); ``coulomb_dist_*``: the distance pass of the
+    Coulomb form, which loads one pair tensor instead of two and so affords a larger tile (fewer
+    L2 re-reads of the queries and charges); ``row_budget``: elements of the 2-D float64
     tiles of the coefficient and finalisation passes; ``sm_count`` x ``resident``: programs
     resident at once (one wave); ``min_steps_per_slice``: fewest BK steps a column slice of the
     distance pass gets.
@@ -41,6 +43,9 @@ class Profile:
     row_budget: int
     dist_bi_max: int
     dist_bj_max: int
+    coulomb_dist_tile_bytes: int
+    coulomb_dist_bi_max: int
+    coulomb_dist_bj_max: int
     sums_bi_max: int
     sums_bj_max: int
     sums_bk_max: int
@@ -58,15 +63,18 @@ def gpu_profile(sm_count: int) -> Profile:
     to <= 128 registers per thread for float32 on sm_80 and sm_90: benchmarks/gpu_model.py
     reports them), so one wave is ``4 x sm_count`` programs (528 on an H100, 432 on an A100)."""
     return Profile("gpu", sm_count=max(int(sm_count), 1), resident=4, dist_tile_bytes=16384,
-                   sums_tile_bytes=16384, row_budget=512, dist_bi_max=8, dist_bj_max=16,
-                   sums_bi_max=8, sums_bj_max=64, sums_bk_max=16, min_steps_per_slice=8,
-                   num_warps=4)
+                   sums_tile_bytes=16384, row_budget=512, dist_bi_max=16, dist_bj_max=32,
+                   coulomb_dist_tile_bytes=32768, coulomb_dist_bi_max=32,
+                   coulomb_dist_bj_max=32, sums_bi_max=8, sums_bj_max=64, sums_bk_max=16,
+                   min_steps_per_slice=8, num_warps=4)
 
 
 # The interpreter runs programs one after another with numpy: few, large programs are fast.
 INTERPRETER_PROFILE = Profile("interpreter", sm_count=1, resident=1, dist_tile_bytes=1 << 19,
                               sums_tile_bytes=1 << 19, row_budget=1 << 17, dist_bi_max=64,
-                              dist_bj_max=64, sums_bi_max=64, sums_bj_max=1 << 12,
+                              dist_bj_max=64, coulomb_dist_tile_bytes=1 << 19,
+                              coulomb_dist_bi_max=64, coulomb_dist_bj_max=64,
+                              sums_bi_max=64, sums_bj_max=1 << 12,
                               sums_bk_max=1 << 14, min_steps_per_slice=1, num_warps=1)
 
 
@@ -81,10 +89,15 @@ class Plan:
     nslices: int
     cols_per_slice: int
     dist_grid: tuple
-    # coefficient pass (per field); one program per block of sums_bi rows
+    # coefficient pass (per field): programs (block of sums_bi rows, chunk of coef_chunk_len
+    # pairs); the live-block list of a row block has one segment of seg_len per chunk
     coef_br: int
     coef_bj: int
+    coef_chunks: int
+    coef_chunk_len: int
     coef_grid: tuple
+    seg_len: int
+    list_stride: int
     # weighted sums; sums_blocks = pair blocks of sums_bj (length of a live-block list)
     sums_bi: int
     sums_bj: int
@@ -147,27 +160,31 @@ def _sums_blocks(rows: int, ncols: int, budget: int, profile: Profile):
 
 
 def make_plan(rows: int, n: int, ncols: int, width: int, profile: Profile,
-              itemsize: int = 4) -> Plan:
-    """Block sizes from the shapes (all powers of two).
+              itemsize: int = 4, *, string: bool = False) -> Plan:
+    """Block sizes from the shapes (all powers of two); ``string``: the string form (two pair
+    tensors), else the Coulomb form.
 
     * distance: ``BI = min(np2(b), dist_bi_max)``, ``BJ = min(np2(B), dist_bj_max)``,
-      ``BK = clamp(dist_budget // (BI BJ), 1, np2(ncols))``; ``S`` column slices from
+      ``BK = clamp(dist_budget // (BI BJ), 1, np2(ncols))`` (the ``coulomb_dist_*`` caps for
+      the Coulomb form); ``S`` column slices from
       :func:`_slices` (D is split only while the tiles do not fill whole waves, so the partial
       buffer ``[S, b, B]`` stays O(b B) for a device).
     * sums: ``(BI, BK)`` from :func:`_sums_blocks`, ``BJ = clamp(sums_budget // (BI BK), 1,
       min(np2(B), sums_bj_max))``.
-    * coefficients: one program per block of ``sums_bi`` rows (it writes that block's list of
-      live pair blocks), ``BJ`` = the largest multiple of the sums' BJ within
-      ``row_budget // BR`` (at least one pair block).
+    * coefficients: one program per (block of ``sums_bi`` rows, chunk of pairs): it writes the
+      row block's live pair blocks of its chunk; ``BJ`` = the largest multiple of the sums' BJ
+      within ``row_budget // BR`` (at least one pair block); chunks of a whole number of BJ
+      steps, as many as fill the device (``ceil(slots / row blocks)``, at most one per step).
     * finalisation: ``BR = clamp(np2(ceil(b / slots)), 1, 8)`` on a GPU, ``min(np2(b), 64)``
       under the interpreter; ``BW = clamp(row_budget // BR, 1, np2(width))``.
     """
     p = profile
-    dist_budget = max(p.dist_tile_bytes // itemsize, 1)
+    tile_bytes = p.dist_tile_bytes if string else p.coulomb_dist_tile_bytes
+    dist_budget = max(tile_bytes // itemsize, 1)
     sums_budget = max(p.sums_tile_bytes // itemsize, 1)
     # distance
-    bi = min(next_pow2(rows), p.dist_bi_max)
-    bj = min(next_pow2(n), p.dist_bj_max)
+    bi = min(next_pow2(rows), p.dist_bi_max if string else p.coulomb_dist_bi_max)
+    bj = min(next_pow2(n), p.dist_bj_max if string else p.coulomb_dist_bj_max)
     bk = _clamp(dist_budget // (bi * bj), 1, next_pow2(ncols))
     tiles = cdiv(rows, bi) * cdiv(n, bj)
     steps = max(cdiv(ncols, bk), 1)
@@ -181,6 +198,12 @@ def make_plan(rows: int, n: int, ncols: int, width: int, profile: Profile,
     # coefficients: rows of one sums block, columns a multiple of the sums' pair block
     cbr = sbi
     cbj = max(sbj, _clamp(p.row_budget // cbr, 1, next_pow2(n)))
+    row_blocks = cdiv(rows, cbr)
+    csteps = max(cdiv(n, cbj), 1)
+    chunks = _clamp(cdiv(p.slots, row_blocks), 1, csteps)
+    chunk_len = cdiv(csteps, chunks) * cbj
+    chunks = max(cdiv(n, chunk_len), 1)
+    seg_len = chunk_len // sbj
     # finalisation
     if p.name == "interpreter":
         fbr = min(next_pow2(rows), 64)
@@ -189,7 +212,8 @@ def make_plan(rows: int, n: int, ncols: int, width: int, profile: Profile,
     fbw = _clamp(p.row_budget // fbr, 1, next_pow2(width))
     return Plan(dist_bi=bi, dist_bj=bj, dist_bk=bk, nslices=nslices,
                 cols_per_slice=cols_per_slice, dist_grid=(tiles, nslices),
-                coef_br=cbr, coef_bj=cbj, coef_grid=(cdiv(rows, cbr),),
+                coef_br=cbr, coef_bj=cbj, coef_chunks=chunks, coef_chunk_len=chunk_len,
+                coef_grid=(row_blocks, chunks), seg_len=seg_len, list_stride=chunks * seg_len,
                 sums_bi=sbi, sums_bj=sbj, sums_bk=sbk, sums_blocks=sblocks,
                 sums_grid=(cdiv(rows, sbi), max(cdiv(ncols, sbk), 1)),
                 fin_br=fbr, fin_bw=fbw, fin_grid=(cdiv(rows, fbr),), num_warps=p.num_warps)
