@@ -242,17 +242,47 @@ def _block_counts(live, bi: int, bj: int) -> list:
 _SASS_CACHE: dict = {}
 
 
+def _cache_path() -> str:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "ifm-gpu-model", "sass.json")
+
+
+def _load_cache() -> None:
+    if _SASS_CACHE:
+        return
+    try:
+        import json
+        with open(_cache_path()) as fh:
+            _SASS_CACHE.update(json.load(fh))
+    except (OSError, ValueError):
+        pass
+
+
+def _save_cache() -> None:
+    import json
+    path = _cache_path()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as fh:
+        json.dump(_SASS_CACHE, fh)
+    os.replace(path + ".tmp", path)
+
+
 def _compiled_summary(rec, sm: int) -> dict:
+    """SASS summary (``gpu_sass.kernel_summary``) of a recorded launch compiled for ``sm``;
+    cached on disk by the kernel's source hash, constexprs, signature, warps and target."""
     import gpu_sass
     from ifm_kernels import _introspect
 
-    key = (rec.name, tuple(sorted(rec.constexprs.items())), rec.num_warps, sm,
-           tuple(str(v.dtype) for v in rec.args if hasattr(v, "dtype")))
+    _load_cache()
+    sig = _introspect.launch_signature(rec)
+    key = repr((rec.name, rec.kernel.cache_key, sorted(rec.constexprs.items()),
+                sorted(sig.items()), rec.num_warps, sm))
     if key not in _SASS_CACHE:
         compiled = _introspect.compile_kernel(rec, sm)
         summary = gpu_sass.kernel_summary(compiled.asm["cubin"])
         summary["shared_bytes"] = int(compiled.metadata.shared)
         _SASS_CACHE[key] = summary
+        _save_cache()
     return _SASS_CACHE[key]
 
 
@@ -354,10 +384,10 @@ def triton_kernel_estimates(field: str, case, dtype, arch: str) -> List[dict]:
             tiles_i, tiles_j = -(-rows // c["BI"]), -(-n // c["BJ"])
             unique = (rows + ny * n) * ncols * it
             reads = (rows * tiles_j + ny * n * tiles_i) * ncols * it
+            # query tiles run fastest: each pair tile comes from HBM once and is re-read from
+            # L2 by the other query tiles resident at the same time; the queries stay in L2
             dram = unique + ns * rows * n * it + (ns * n * it if c["STRING"] else 0)
             l2 = max(reads - unique, 0)
-            if unique > a.l2_mb * 1e6 / 2:     # re-reads do not stay in L2
-                dram, l2 = dram + l2, 0.0
             per, cls = _program_count(s, [trips], 0)
         elif name.endswith("_stats_kernel") or name.endswith("_coeff_kernel"):
             string = name.startswith("string")
@@ -418,3 +448,248 @@ def triton_kernel_estimates(field: str, case, dtype, arch: str) -> List[dict]:
                     "dram_bytes": float(dram), "l2_bytes": float(l2),
                     "note": "x".join(f"{c[k]}" for k in ("BI", "BJ", "BK", "BR", "BW") if k in c)})
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# bound, the PyTorch form, the driver
+# ----------------------------------------------------------------------------------------------
+def useful_flop(case) -> float:
+    """FLOP an exact evaluation needs (an FMA counts 2): string ``5 b B D`` (``x - base``, the FMA
+    ``- t Delta``, the FMA ``r r + acc``) plus ``7`` per kept (query, pair, column) (rho again,
+    the FMAs with c2 and c1); Coulomb ``3 b B (D + 1)`` per plate plus ``3`` per kept term."""
+    D, b, B = case.D, case.b, case.B
+    if case.kind == "string":
+        kept = int(live_mask(case).sum())
+        return 5.0 * b * B * D + 7.0 * kept * D
+    total = 0.0
+    for plate in range(case.plates):
+        kept = int(live_mask(case, plate).sum())
+        total += 3.0 * b * B * (D + 1) + 3.0 * kept * (D + 1)
+    return total
+
+
+def io_bytes(case, itemsize: int) -> float:
+    rows = case.b + case.B * (2 if case.kind == "string" else case.plates)
+    return (rows + case.b) * (case.D + 1) * itemsize
+
+
+def fewest_launches(case) -> int:
+    """Launches the two-pass design needs at least: distances, coefficients, sums per pair set,
+    plus one finalisation where plates are combined or rows normalised."""
+    if case.kind == "string":
+        return 3
+    fin = case.plates == 2 or case.params["plate_gamma"] is not None or \
+        bool(case.params["normalize"])
+    return 3 * case.plates + int(fin)
+
+
+def bound_us(case, dtype, arch: str) -> float:
+    a = ARCHS[arch]
+    it = _itemsize(dtype)
+    return max(useful_flop(case) / (a.fp32_tflops * 1e6),
+               io_bytes(case, it) / (a.hbm_tbs * 1e6)) + LAUNCH_US * fewest_launches(case)
+
+
+def _gemm_us(m, n, k, it, a: Arch) -> float:
+    flop_t = 2.0 * m * n * k / (GEMM_FRACTION * a.fp32_tflops * 1e6)
+    mem_t = (m * k + k * n + m * n) * it / (a.hbm_tbs * 1e6)
+    return max(flop_t, mem_t) + LAUNCH_US
+
+
+def _elementwise_us(count: int, elems: float, it, a: Arch) -> float:
+    """``count`` elementwise / reduction launches, each reading and writing ``elems``."""
+    return count * (2.0 * elems * it / (a.hbm_tbs * 1e6) + LAUNCH_US)
+
+
+def torch_form_estimate(case, dtype, arch: str) -> dict:
+    """What a user would run instead, on the same GPU (launch and kernel counts from
+    benchmarks/baselines.py):
+
+    * Coulomb, per plate: ``torch.cdist`` (norms, the augmented-matrix GEMM ``[b, D+3] x
+      [D+3, B]``, clamp, sqrt: 1 GEMM + 8 launches), ``-DIM log(d + 1e-7)`` (3), ``softmax``
+      (1), ``coeff @ Y`` (GEMM), ``- x`` (1); then plate normalisation / combination /
+      row normalisation (8 launches over ``[b, D+1]``).
+    * string (``string_gemm``): 5 GEMMs (``x A^T``, ``x Delta^T``, ``c2 A``, ``c2 Delta``,
+      ``c1 Delta``), ~35 elementwise launches over ``[b, B]`` (r^2 assembly, the pair terms,
+      the weights), ~12 over ``[b, D]`` / ``[B, D]`` and ~25 tiny ones over ``[b]`` / ``[B]``.
+
+    GEMMs at ``GEMM_FRACTION`` of FP32 peak (cuBLAS SGEMM without TF32; float64: the FP64
+    rate, i.e. FP32 peak x c_fp32 / c_fp64), elementwise kernels at HBM bandwidth."""
+    a = ARCHS[arch]
+    it = _itemsize(dtype)
+    slow = 1.0 if it == 4 else a.c_fp64 / a.c_fp32
+    D, b, B = case.D, case.b, case.B
+    if case.kind == "string":
+        gemm = 2 * _gemm_us(b, B, D, it, a) + 3 * _gemm_us(b, D, B, it, a)
+        elem = (_elementwise_us(35, b * B, it, a) + _elementwise_us(12, b * D, it, a)
+                + _elementwise_us(25, b, it, a))
+        launches = 5 + 35 + 12 + 25
+    else:
+        gemm = case.plates * (_gemm_us(b, B, D + 3, it, a) + _gemm_us(b, D + 1, B, it, a))
+        elem = case.plates * (_elementwise_us(6, b * B, it, a) + _elementwise_us(7, b * D, it, a))
+        elem += _elementwise_us(8, b * D, it, a)
+        launches = case.plates * 15 + 8
+    gemm_flop_t = gemm - LAUNCH_US * (5 if case.kind == "string" else 2 * case.plates)
+    us = gemm_flop_t * slow + LAUNCH_US * (5 if case.kind == "string" else 2 * case.plates) + elem
+    return {"us": us, "launches": launches}
+
+
+def kernel_estimates(backend: str, field: str, case, dtype, arch: str) -> Optional[List[dict]]:
+    """Per-kernel dicts of the contract for ``backend`` ("triton" or "cuda"); None when the
+    CUDA model (benchmarks/gpu_model_cuda.py) is not there."""
+    if backend == "triton":
+        return triton_kernel_estimates(field, case, dtype, arch)
+    try:
+        import gpu_model_cuda
+    except ImportError:
+        return None
+    return gpu_model_cuda.kernel_estimates(field, case, dtype, arch)
+
+
+def estimate(field: str, case_name: str, backend: str, dtype=None, arch: str = "sm_90") -> dict:
+    """Model of one call: ``{"us", "bound_us", "ratio", "launches", "torch_us", "kernels"}``
+    (``us`` None when the backend has no model here). ``case_name``: ``"CIFAR"``,
+    ``"string-CIFAR"``, ... (benchmarks/conftest.py)."""
+    import torch
+
+    dtype = dtype or torch.float32
+    cases = published_cases()
+    case = cases.get(case_name) or cases[f"{field}-{case_name}"]
+    ks = kernel_estimates(backend, field, case, dtype, arch)
+    bnd = bound_us(case, dtype, arch)
+    out = {"bound_us": bnd, "torch_us": torch_form_estimate(case, dtype, arch)["us"],
+           "us": None, "ratio": None, "launches": None, "kernels": None}
+    if ks is not None:
+        t = call_time(ks, ARCHS[arch])
+        out.update(us=t["us"], ratio=t["us"] / bnd, launches=t["launches"], kernels=t["kernels"])
+    return out
+
+
+def _targets(case) -> float:
+    return 3.0 if case.name == "toy" else 1.5
+
+
+def table(archs=("sm_90", "sm_80", "sm_89"), dtypes=None, backends=("triton", "cuda")) -> str:
+    import torch
+
+    dtypes = dtypes or (torch.float32, torch.float64)
+    lines = []
+    cases = published_cases()
+    for arch in archs:
+        a = ARCHS[arch]
+        lines += ["", f"**{a.name}** ({arch}: {a.sms} SMs at {a.clock_ghz} GHz, FP32 "
+                  f"{a.fp32_tflops} TFLOP/s, HBM {a.hbm_tbs} TB/s, L2 {a.l2_tbs} TB/s assumed)", "",
+                  "| shape | dtype | backend | launches | estimate µs | bound µs | estimate / bound "
+                  "| PyTorch form µs | speed-up vs PyTorch | largest kernel (issue / memory µs) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for key, case in cases.items():
+            for dt in dtypes:
+                for be in backends:
+                    e = estimate(case.kind, key, be, dt, arch)
+                    if e["us"] is None:
+                        lines.append(f"| {case.kind} {case.name} | {str(dt)[6:]} | {be} | – | "
+                                     f"no model | {e['bound_us']:.1f} | – | {e['torch_us']:.1f} "
+                                     "| – | – |")
+                        continue
+                    top = max(e["kernels"], key=lambda k: k["us"])
+                    lines.append(
+                        f"| {case.kind} {case.name} | {str(dt)[6:]} | {be} | {e['launches']} | "
+                        f"{e['us']:.1f} | {e['bound_us']:.1f} | {e['ratio']:.2f}× | "
+                        f"{e['torch_us']:.1f} | {e['torch_us'] / e['us']:.2f}× | "
+                        f"{top['name']} ({top['issue_us']:.1f} / {top['memory_us']:.1f}) |")
+    return "\n".join(lines)
+
+
+def kernel_table(arch: str = "sm_90", dtype=None, backend: str = "triton") -> str:
+    """Per kernel of every published shape: grid, registers, resident blocks, waves, warp
+    instructions, issue / memory time."""
+    import torch
+
+    dtype = dtype or torch.float32
+    lines = ["| shape | kernel | tile | grid | registers | resident/SM | waves | "
+             "warp instr. (M) | DRAM MB | L2 MB | issue µs | memory µs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key, case in published_cases().items():
+        ks = kernel_estimates(backend, case.kind, case, dtype, arch)
+        if ks is None:
+            continue
+        for k in ks:
+            t = kernel_time(k, ARCHS[arch])
+            lines.append(f"| {case.kind} {case.name} | {k['name']} | {k.get('note', '')} | "
+                         f"{k['grid']} | {k['registers']} | {t['resident']} | {t['waves']} | "
+                         f"{k['warp_instructions'] / 1e6:.2f} | {k['dram_bytes'] / 1e6:.1f} | "
+                         f"{k['l2_bytes'] / 1e6:.1f} | {t['issue_us']:.1f} | "
+                         f"{t['memory_us']:.1f} |")
+    return "\n".join(lines)
+
+
+def targets_report() -> str:
+    """The targets of the GPU work, from the model (H100, float32): image shapes within 1.5x of
+    the bound for the faster backend and 2x for the other, toys within 3x; RTX 4090 within 2x of
+    the H100 estimate scaled by FP32 peak; image shapes >= 1.5x faster than the PyTorch form."""
+    import torch
+
+    f32 = torch.float32
+    h, g = ARCHS["sm_90"], ARCHS["sm_89"]
+    lines = []
+    for key, case in published_cases().items():
+        ests = {be: estimate(case.kind, key, be, f32, "sm_90") for be in ("triton", "cuda")}
+        have = {be: e for be, e in ests.items() if e["us"] is not None}
+        best = min(have.values(), key=lambda e: e["us"])
+        lim = _targets(case)
+        parts = []
+        for be, e in have.items():
+            need = lim if e is best or case.name == "toy" else 2.0
+            ok = e["ratio"] <= need
+            parts.append(f"{be} {e['ratio']:.2f}× of bound (target {need:g}×: "
+                         f"{'met' if ok else 'NOT met'})")
+        tri = have.get("triton")
+        if tri is not None:
+            e89 = estimate(case.kind, key, "triton", f32, "sm_89")
+            scaled = tri["us"] * h.fp32_tflops / g.fp32_tflops
+            ok = e89["us"] <= 2 * scaled
+            parts.append(f"RTX 4090 triton {e89['us']:.0f} µs vs 2 × {scaled:.0f} µs "
+                         f"({'met' if ok else 'NOT met'})")
+            if case.name != "toy":
+                sp = tri["torch_us"] / best["us"]
+                parts.append(f"vs PyTorch form {sp:.2f}× ({'met' if sp >= 1.5 else 'NOT met'})")
+        lines.append(f"- {case.kind} {case.name}: " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    os.environ.pop("TRITON_INTERPRET", None)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--arch", action="append", choices=sorted(ARCHS),
+                    help="GPU(s) to model (default: sm_90, sm_80, sm_89)")
+    ap.add_argument("--f32-only", action="store_true", help="float32 only")
+    ap.add_argument("--kernels", action="store_true", help="also the per-kernel table (sm_90)")
+    ap.add_argument("--write", metavar="FILE",
+                    help="replace the block between <!-- gpu-model:begin --> and "
+                         "<!-- gpu-model:end --> of FILE (BENCHMARKS.md) with the output")
+    args = ap.parse_args(argv)
+    import torch
+
+    archs = tuple(args.arch or ("sm_90", "sm_80", "sm_89"))
+    dtypes = (torch.float32,) if args.f32_only else (torch.float32, torch.float64)
+    parts = [f"Static model (`python benchmarks/gpu_model.py`; LAUNCH_US={LAUNCH_US}, "
+             f"SAT_WARPS={SAT_WARPS}, GEMM_FRACTION={GEMM_FRACTION}): **estimates from the "
+             "compiled code, not measurements**.", table(archs, dtypes)]
+    if args.kernels:
+        parts += ["", "Per kernel (H100, float32, Triton):", "", kernel_table("sm_90")]
+    parts += ["", "Targets (H100, float32):", "", targets_report()]
+    text = "\n".join(parts)
+    print(text)
+    if args.write:
+        with open(args.write) as fh:
+            doc = fh.read()
+        begin, end = "<!-- gpu-model:begin -->", "<!-- gpu-model:end -->"
+        i, j = doc.index(begin) + len(begin), doc.index(end)
+        with open(args.write, "w") as fh:
+            fh.write(doc[:i] + "\n" + text + "\n" + doc[j:])
+
+
+if __name__ == "__main__":
+    main()

@@ -63,7 +63,7 @@ def gpu_profile(sm_count: int) -> Profile:
     to <= 128 registers per thread for float32 on sm_80 and sm_90: benchmarks/gpu_model.py
     reports them), so one wave is ``4 x sm_count`` programs (528 on an H100, 432 on an A100)."""
     return Profile("gpu", sm_count=max(int(sm_count), 1), resident=4, dist_tile_bytes=16384,
-                   sums_tile_bytes=16384, row_budget=512, dist_bi_max=16, dist_bj_max=32,
+                   sums_tile_bytes=16384, row_budget=256, dist_bi_max=16, dist_bj_max=32,
                    coulomb_dist_tile_bytes=32768, coulomb_dist_bi_max=32,
                    coulomb_dist_bj_max=32, sums_bi_max=8, sums_bj_max=64, sums_bk_max=16,
                    min_steps_per_slice=8, num_warps=4)
