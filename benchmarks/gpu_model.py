@@ -578,9 +578,10 @@ def table(archs=("sm_90", "sm_80", "sm_89"), dtypes=None, backends=("triton", "c
     for arch in archs:
         a = ARCHS[arch]
         lines += ["", f"**{a.name}** ({arch}: {a.sms} SMs at {a.clock_ghz} GHz, FP32 "
-                  f"{a.fp32_tflops} TFLOP/s, HBM {a.hbm_tbs} TB/s, L2 {a.l2_tbs} TB/s assumed)", "",
-                  "| shape | dtype | backend | launches | estimate µs | bound µs | estimate / bound "
-                  "| PyTorch form µs | speed-up vs PyTorch | largest kernel (issue / memory µs) |",
+                  f"{a.fp32_tflops} TFLOP/s, HBM {a.hbm_tbs} TB/s, L2 {a.l2_tbs} TB/s assumed)",
+                  "", "| shape | dtype | backend | launches | estimate µs | bound µs | "
+                  "estimate / bound | PyTorch form µs | speed-up vs PyTorch | "
+                  "largest kernel (issue / memory µs) |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for key, case in cases.items():
             for dt in dtypes:

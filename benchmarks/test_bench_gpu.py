@@ -30,9 +30,11 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-for _p in (HERE, ROOT, os.path.join(ROOT, "python"), os.path.join(ROOT, "tests")):
+for _p in (ROOT, os.path.join(ROOT, "python"), HERE):
     if _p not in sys.path:
         sys.path.insert(0, _p)
+if os.path.join(ROOT, "tests") not in sys.path:   # tests/parity.py (after benchmarks/conftest)
+    sys.path.append(os.path.join(ROOT, "tests"))
 
 import conftest  # noqa: E402
 from ifm import fields, reference  # noqa: E402

@@ -10,11 +10,13 @@ Steps of a field call (docs/DESIGN.md, "Numerics every kernel follows"):
   (one running sum per lane, reduced over BK once after the loop), as ``S`` partial sums over
   slices of the columns (``partial[S, b, B]``). The string form also writes the slices'
   partial ``||Delta_j||^2`` (``nsq[S, B]``).
-* coefficient pass, per field: one program per block of query rows adds the ``S`` partials in
-  slice order in float64, evaluates the coefficients in float64 (``_field_math.py``), takes the row maximum,
-  zeroes the pairs below ``skip_ratio`` of the row's largest and stores the coefficients
-  (``[b, B]``, data precision) and, per block of rows of the sums pass, the ordered list of
-  pair blocks with a non-zero coefficient (``live_blocks``).
+* coefficient pass, per field, two kernels over (block of query rows, chunk of pairs): the first
+  adds the ``S`` partials in slice order in float64, evaluates the log-weights in float64
+  (``_field_math.py``) and keeps the chunk's row maxima (and sums); the second combines the
+  chunks in order, evaluates the coefficients again, zeroes the pairs below ``skip_ratio`` of
+  the row's largest and stores the coefficients (``[b, B]``, data precision) and, per block of
+  rows of the sums pass, the ordered list of pair blocks with a non-zero coefficient
+  (``live_blocks``).
 * pass 2, ``pair_sums_kernel``: for each (block of rows, block of columns) the weighted sum over the
   live pair blocks of its rows only, from differences, in the data precision in a
   ``[BI, BJ, BK]`` accumulator reduced over BJ after the loop. A pair block outside the list

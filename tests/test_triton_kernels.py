@@ -444,3 +444,58 @@ def test_constants_mirror_the_header():
     assert fm.STRING_COS_EPS.value == reference.STRING_COS_EPS
     assert fm.STRING_DEN_EPS.value == reference.STRING_DEN_EPS
     assert fm.COULOMB_D_EPS.value == reference.COULOMB_D_EPS
+
+
+# ----------------------------------------------------------------------------------------------
+# the static model's SASS helpers and estimator (benchmarks/gpu_sass.py, gpu_model.py)
+# ----------------------------------------------------------------------------------------------
+_SASS = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+.L_x_1:
+        /*0010*/                   FADD R2, R3, -R4 ;
+        /*0020*/                   FFMA R5, R2, R2, R5 ;
+.L_x_2:
+        /*0030*/                   LDG.E R6, desc[UR4][R8.64] ;
+        /*0040*/              @P0  BRA `(.L_x_2) ;
+        /*0050*/              @P1  BRA `(.L_x_1) ;
+        /*0060*/                   EXIT ;
+.L_x_3:
+        /*0070*/                   BRA `(.L_x_3);
+"""
+
+
+def _bench_module(name):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.join(root, "benchmarks") not in sys.path:
+        sys.path.insert(0, os.path.join(root, "benchmarks"))
+    import importlib
+    return importlib.import_module(name)
+
+
+def test_sass_loops():
+    """Loops from backward branches, nesting, per-class counts of the own instructions."""
+    gpu_sass = _bench_module("gpu_sass")
+    loops = gpu_sass.loop_summary(_SASS)
+    outer, inner, trap = loops
+    assert (outer["instructions"], outer["own"], outer["depth"], outer["inner"]) == (5, 3, 0, 1)
+    assert (inner["instructions"], inner["depth"]) == (2, 1)
+    assert outer["classes"] == {"fp32": 2, "branch": 1}
+    assert inner["classes"] == {"mem_global": 1, "branch": 1}
+    assert trap["instructions"] == 1
+
+
+def test_model_charges_a_tail_wave():
+    """544 blocks of 4 warps (128 registers: 4 resident per SM) on 132 SMs: 16 SMs run a fifth
+    block alone, at a quarter of the issue rate (4 warps for 4 schedulers, SAT_WARPS = 4);
+    512 blocks take one round: the model's issue time doubles for 6 % more work."""
+    gpu_model = _bench_module("gpu_model")
+    arch = gpu_model.ARCHS["sm_90"]
+
+    def k(grid):
+        return {"name": "k", "grid": grid, "threads": 128, "registers": 128, "shared_bytes": 0,
+                "warp_instructions": 4 * grid * 1000.0, "dram_bytes": 0.0, "l2_bytes": 0.0}
+
+    full, tail = gpu_model.issue_us(k(512), arch), gpu_model.issue_us(k(544), arch)
+    assert gpu_model.resident_blocks(k(1), arch) == 4
+    assert tail / full == pytest.approx(2.0)
+    assert gpu_model.issue_us(k(528), arch) == pytest.approx(full)
