@@ -376,7 +376,7 @@ def triton_kernel_estimates(field: str, case, dtype, arch: str) -> List[dict]:
         warps = r.num_warps
         name = r.name
         if name == "distance_kernel":
-            rows, n, ncols, cps = r.args[5], r.args[6], r.args[9], r.args[10]
+            rows, n, ncols, cps = r.args[7], r.args[8], r.args[11], r.args[12]
             ns = r.grid[1]
             full = [max(0, min(ncols, (k + 1) * cps) - k * cps) // c["BK"] for k in range(ns)]
             trips = sum(full) / ns
@@ -407,8 +407,8 @@ def triton_kernel_estimates(field: str, case, dtype, arch: str) -> List[dict]:
                 ncoef = 2 if string else 1
                 dram = ncoef * rows * n * it
         elif name == "pair_sums_kernel":
-            rows, n, ncols = r.args[9], r.args[10], r.args[13]
-            chunks = r.args[14]
+            rows, n, ncols = r.args[11], r.args[12], r.args[15]
+            chunks = r.args[16]
             live = live_mask(case, plate)
             counts = _block_counts(live, c["BI"], c["BJ"])
             plate += 1

@@ -67,7 +67,8 @@ class record_launches:
 
 
 _PTR_TYPES = {torch.float32: "*fp32", torch.float64: "*fp64", torch.float16: "*fp16",
-              torch.bfloat16: "*bf16", torch.int32: "*i32", torch.int64: "*i64"}
+              torch.bfloat16: "*bf16", torch.int8: "*i8", torch.int32: "*i32",
+              torch.int64: "*i64"}
 
 
 def launch_signature(rec: LaunchRecord) -> dict:

@@ -49,16 +49,24 @@ def launch(kernel, grid, args, constexprs, num_warps):
 
 
 def launch_distance(plan: Plan, points, y0, y1, rows, n, col0, ncols, L, string: bool):
-    """Pass 1; returns ``(partial[S, rows, n], nsq[S, n] or None)``."""
+    """Pass 1; returns ``(partial[S, rows, n], nsq[S, n], (t[rows], fa[rows]))`` (the last two
+    None for the Coulomb form)."""
     dt, dev = points.dtype, points.device
     part = torch.empty((plan.nslices, rows, n), dtype=dt, device=dev)
-    nsq = torch.empty((plan.nslices, n), dtype=dt, device=dev) if string else part
+    if string:
+        nsq = torch.empty((plan.nslices, n), dtype=dt, device=dev)
+        tq = torch.empty((rows,), dtype=dt, device=dev)
+        fa = torch.empty((rows,), dtype=torch.int8, device=dev)
+    else:
+        nsq, tq, fa = part, part, part
     launch(_passes.distance_kernel, plan.dist_grid,
-           (points, y0, y1 if y1 is not None else y0, part, nsq,
+           (points, y0, y1 if y1 is not None else y0, part, nsq, tq, fa,
             rows, n, points.shape[1], col0, ncols, plan.cols_per_slice, float(L)),
            dict(STRING=string, BI=plan.dist_bi, BJ=plan.dist_bj, BK=plan.dist_bk),
            plan.num_warps)
-    return part, (nsq if string else None)
+    if not string:
+        return part, None, None
+    return part, nsq, (tq, fa)
 
 
 def live_lists(plan: Plan, device):
@@ -71,13 +79,16 @@ def live_lists(plan: Plan, device):
 
 
 def launch_pair_sums(plan: Plan, points, y0, y1, c1, c2, lists, out, rows, n, col0, ncols, L,
-                     string: bool, ez=None):
+                     string: bool, ez=None, queries=None):
     """Pass 2 into ``out`` (columns ``col0 .. col0 + ncols - 1``; string: also column 0 from the
-    chunks' ``ez``) over the live blocks ``lists = (list, count)``."""
+    chunks' ``ez``, with the queries' ``(t, fa)`` from pass 1) over the live blocks
+    ``lists = (list, count)``."""
+    tq, fa = queries if queries is not None else (c1, c1)
     launch(_passes.pair_sums_kernel, plan.sums_grid,
            (points, y0, y1 if y1 is not None else y0, c1, c2 if c2 is not None else c1,
-            ez if ez is not None else c1, lists[0], lists[1], out, rows, n, points.shape[1],
-            col0, ncols, plan.coef_chunks, plan.seg_len, plan.list_stride, float(L)),
+            ez if ez is not None else c1, tq, fa, lists[0], lists[1], out, rows, n,
+            points.shape[1], col0, ncols, plan.coef_chunks, plan.seg_len, plan.list_stride,
+            float(L)),
            dict(STRING=string, BI=plan.sums_bi, BJ=plan.sums_bj, BK=plan.sums_bk),
            plan.num_warps)
 

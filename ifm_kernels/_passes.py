@@ -93,7 +93,7 @@ def _offset_tile(x, y0_ptr, y1_ptr, yrow, cols, ymask, fa, t, STRING: tl.constex
 # pass 1: partial squared distances
 # ----------------------------------------------------------------------------------------------
 @triton.jit
-def distance_kernel(p_ptr, y0_ptr, y1_ptr, part_ptr, nsq_ptr,
+def distance_kernel(p_ptr, y0_ptr, y1_ptr, part_ptr, nsq_ptr, t_ptr, fa_ptr,
                     rows, n, width, col0, ncols, cols_per_slice, L: tl.float64,
                     STRING: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr,
                     BK: tl.constexpr):
@@ -102,7 +102,8 @@ def distance_kernel(p_ptr, y0_ptr, y1_ptr, part_ptr, nsq_ptr,
     String (STRING): ``y0`` = quarks A, ``y1`` = antiquarks C, columns 1..D,
     ``rho = (x - base) - t * (C - A)`` (base/t from the nearer plate); also the slice's partial
     ``sum_k (C - A)^2`` into ``nsq[slice, j]`` (written by the programs of the first query
-    tile). Coulomb: ``y0`` = the charges, all D + 1 columns, ``x - y``.
+    tile), and each query's ``t`` (data precision) and from-antiquark flag into ``t[i]``,
+    ``fa[i]`` for pass 2 (written by the programs of the first pair tile and slice). Coulomb: ``y0`` = the charges, all D + 1 columns, ``x - y``.
     ``partial[slice, i, j]`` receives the slice's sum.
     """
     # query tiles fastest: the programs resident at once share each pair tile (read from HBM
@@ -151,14 +152,17 @@ def distance_kernel(p_ptr, y0_ptr, y1_ptr, part_ptr, nsq_ptr,
     if STRING:
         if ib == 0:
             tl.store(nsq_ptr + sl * n + offs_j, tl.sum(nsq2, axis=1), mask=mj)
+        if (jb == 0) & (sl == 0):
+            tl.store(t_ptr + offs_i, t, mask=mi)
+            tl.store(fa_ptr + offs_i, fa.to(tl.int8), mask=mi)
 
 
 # ----------------------------------------------------------------------------------------------
 # pass 2: weighted sums over the live pair blocks, from differences
 # ----------------------------------------------------------------------------------------------
 @triton.jit
-def pair_sums_kernel(p_ptr, y0_ptr, y1_ptr, c1_ptr, c2_ptr, ez_ptr, list_ptr, count_ptr,
-                     out_ptr, rows, n, width, col0, ncols, nchunks, seg_len, stride,
+def pair_sums_kernel(p_ptr, y0_ptr, y1_ptr, c1_ptr, c2_ptr, ez_ptr, t_ptr, fa_ptr, list_ptr,
+                     count_ptr, out_ptr, rows, n, width, col0, ncols, nchunks, seg_len, stride,
                      L: tl.float64, STRING: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr,
                      BK: tl.constexpr):
     """Grid ``(tiles_i, tiles_k)``: program -> (BI query rows, BK columns), loop over the live
@@ -182,7 +186,13 @@ def pair_sums_kernel(p_ptr, y0_ptr, y1_ptr, c1_ptr, c2_ptr, ez_ptr, list_ptr, co
     # (masked load) and their columns are not stored, so the pair tile needs no mask
     lcols = col0 + tl.minimum(ks, ncols - 1)
     x = tl.load(p_ptr + prow[:, None] + lcols[None, :], mask=mi[:, None], other=0.0)
-    fa, t = _query_offsets(p_ptr, prow, mi, L, STRING)
+    if STRING:
+        # the queries' t and plate from pass 1 (float64 work done once per query)
+        t = tl.load(t_ptr + offs_i, mask=mi, other=0.0)
+        fa = tl.load(fa_ptr + offs_i, mask=mi, other=0) != 0
+    else:
+        fa = offs_i < 0
+        t = tl.zeros([BI], dtype=p_ptr.dtype.element_ty)
     # one running sum per (query, column, pair lane) in a [BI, BK, BJ] tile: the pairs are the
     # fastest dimension (lanes), so a thread holds several columns of a query and loads each
     # coefficient once for them; reduced over BJ after the loop

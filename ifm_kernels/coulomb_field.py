@@ -126,8 +126,8 @@ def _plate_field(plan: _plan.Plan, points: torch.Tensor, charges: torch.Tensor, 
     """One plate's raw field ``sum_j coeff_ij (y_j - x_i)`` into ``dest [b, D+1]``."""
     b, width = points.shape
     n = charges.shape[0]
-    part, _ = _launch.launch_distance(plan, points, charges, None, b, n, 0, width, 0.0,
-                                      string=False)
+    part, _, _ = _launch.launch_distance(plan, points, charges, None, b, n, 0, width, 0.0,
+                                         string=False)
     coeff = torch.empty((b, n), dtype=points.dtype, device=points.device)
     stats = torch.empty((3, b, plan.coef_chunks), dtype=torch.float64, device=points.device)
     lists = _launch.live_lists(plan, points.device)

@@ -140,8 +140,8 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
     plan = _plan.make_plan(b, B, D, width, _launch.device_profile(points.device),
                            points.element_size(), string=True)
     with _launch.launch_guard(points.device):
-        part, nsq = _launch.launch_distance(plan, points, quarks, antiquarks, b, B, 1, D, L,
-                                            string=True)
+        part, nsq, queries = _launch.launch_distance(plan, points, quarks, antiquarks, b, B, 1,
+                                                     D, L, string=True)
         c1 = torch.empty((b, B), dtype=points.dtype, device=points.device)
         c2 = torch.empty_like(c1)
         stats = torch.empty((b, plan.coef_chunks), dtype=torch.float64, device=points.device)
@@ -160,7 +160,7 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
                             SBJ=plan.sums_bj),
                        plan.num_warps)
         _launch.launch_pair_sums(plan, points, quarks, antiquarks, c1, c2, lists, out, b, B, 1,
-                                 D, L, string=True, ez=ez)
+                                 D, L, string=True, ez=ez, queries=queries)
         if normalize:
             _launch.launch_finalize(plan, out, None, out, plate_gamma=None, normalize=True,
                                     norm_scale=norm_scale, eps=eps)
