@@ -180,10 +180,22 @@ def call_time(kernels: List[dict], arch: Arch) -> dict:
 # published shapes and their kept pairs
 # ----------------------------------------------------------------------------------------------
 def published_cases() -> dict:
-    """``{"string-CIFAR": Case, ...}``: the full-size cases of benchmarks/conftest.py."""
+    """``{"string-CIFAR": Case, ...}``: the full-size cases of benchmarks/conftest.py plus the
+    two published string shapes only the GPU benchmarks run (FIELDS.md: CelebA-128, CMNIST)."""
+    import math as _m
+
     import conftest
 
-    return {f"{c.kind}-{c.name}": c for c in conftest._FULL_CASES}
+    cases = {f"{c.kind}-{c.name}": c for c in conftest._FULL_CASES}
+    extra = [conftest._string_case("CelebA-128", 49152, 64, 64, 20.0, 1.0, _m.pi / 20,
+                                   ("image:3,128,128", "gauss"), high_d=True),
+             conftest._string_case("CMNIST", 3072, 128, 128, 40.0, 10.0, 5.0,
+                                   ("image:3,32,32", "image:3,32,32"), high_d=True)]
+    for c in extra:
+        cases.setdefault(f"{c.kind}-{c.name}", c)
+    order = ["string-toy", "string-CIFAR", "string-W2S", "string-CelebA-64",
+             "string-CelebA-128", "string-CMNIST"]
+    return {k: cases[k] for k in order + [k for k in cases if k not in order]}
 
 
 _LIVE_CACHE: dict = {}

@@ -43,6 +43,18 @@ from parity import assert_parity  # noqa: E402
 ARCH_OF_CAPABILITY = {(9, 0): "sm_90", (8, 0): "sm_80", (8, 9): "sm_89"}
 
 
+def gpu_cases() -> dict:
+    """The published shapes (benchmarks/gpu_model.py: conftest's cases plus CelebA-128 and
+    CMNIST); under IFM_BENCH_QUICK=1 conftest's shrunk cases."""
+    if conftest.QUICK:
+        return dict(conftest.CASES)
+    import gpu_model
+    return gpu_model.published_cases()
+
+
+CASES = gpu_cases()
+
+
 def _kernel_args(case) -> dict:
     """Kernel-level arguments of a case (the public -> kernel mapping of ``ifm.fields``)."""
     width = case.D + 1
@@ -132,12 +144,12 @@ def model_estimate(case, backend: str) -> dict:
 
 
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
-@pytest.mark.parametrize("key", list(conftest.CASES))
+@pytest.mark.parametrize("key", list(CASES))
 def test_gpu_field(benchmark, key, backend):
     reason = _skip_reason(backend)
     if reason:
         pytest.skip(reason)
-    case = conftest.CASES[key]
+    case = CASES[key]
     benchmark.group = f"gpu {case.kind} {case.name}"
     inputs = conftest.make_inputs(case)
     dev = {k: v.cuda() for k, v in inputs.items()}
