@@ -288,7 +288,7 @@ def _compiled_summary(rec, sm: int) -> dict:
     _load_cache()
     sig = _introspect.launch_signature(rec)
     key = repr((rec.name, rec.kernel.cache_key, sorted(rec.constexprs.items()),
-                sorted(sig.items()), rec.num_warps, sm))
+                sorted(sig.items()), rec.num_warps, rec.maxnreg, sm))
     if key not in _SASS_CACHE:
         compiled = _introspect.compile_kernel(rec, sm)
         summary = gpu_sass.kernel_summary(compiled.asm["cubin"])

@@ -27,6 +27,7 @@ class LaunchRecord:
     args: tuple
     constexprs: dict
     num_warps: int
+    maxnreg: int = 0
 
     @property
     def name(self) -> str:
@@ -98,8 +99,10 @@ def compile_kernel(rec: LaunchRecord, arch: int = 90):
     from triton.compiler import ASTSource
 
     src = ASTSource(fn=rec.kernel, signature=launch_signature(rec), constexprs=rec.constexprs)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                          options={"num_warps": rec.num_warps, "enable_fp_fusion": True})
+    options = {"num_warps": rec.num_warps, "enable_fp_fusion": True}
+    if rec.maxnreg:
+        options["maxnreg"] = rec.maxnreg
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 
 def _cuobjdump() -> str:

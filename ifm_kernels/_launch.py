@@ -38,14 +38,22 @@ def launch_guard(device: torch.device):
     return _INTERPRETER_LOCK
 
 
-def launch(kernel, grid, args, constexprs, num_warps):
-    """Every launch of the package goes through here (or is recorded)."""
+def launch(kernel, grid, args, constexprs, num_warps, maxnreg: int = 0):
+    """Every launch of the package goes through here (or is recorded); ``maxnreg`` caps the
+    registers per thread (0: the compiler's choice; ignored by the interpreter)."""
     rec = _introspect.recording()
     if rec is not None:
         rec.launches.append(_introspect.LaunchRecord(kernel, tuple(grid), tuple(args),
-                                                     dict(constexprs), num_warps))
+                                                     dict(constexprs), num_warps, maxnreg))
         return
-    kernel[tuple(grid)](*args, num_warps=num_warps, enable_fp_fusion=True, **constexprs)
+    extra = {"maxnreg": maxnreg} if maxnreg and not _interpreting() else {}
+    kernel[tuple(grid)](*args, num_warps=num_warps, enable_fp_fusion=True, **extra,
+                        **constexprs)
+
+
+def _interpreting() -> bool:
+    import os
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def launch_distance(plan: Plan, points, y0, y1, rows, n, col0, ncols, L, string: bool):
@@ -90,7 +98,7 @@ def launch_pair_sums(plan: Plan, points, y0, y1, c1, c2, lists, out, rows, n, co
             points.shape[1], col0, ncols, plan.coef_chunks, plan.seg_len, plan.list_stride,
             float(L)),
            dict(STRING=string, BI=plan.sums_bi, BJ=plan.sums_bj, BK=plan.sums_bk),
-           plan.num_warps)
+           plan.num_warps, plan.sums_maxnreg)
 
 
 def launch_finalize(plan: Plan, ep, en, out, *, plate_gamma, normalize, norm_scale, eps):

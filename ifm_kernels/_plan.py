@@ -32,7 +32,8 @@ class Profile:
     L2 re-reads of the queries and charges); ``row_budget``: elements of the 2-D float64
     tiles of the coefficient and finalisation passes; ``sm_count`` x ``resident``: programs
     resident at once (one wave); ``min_steps_per_slice``: fewest BK steps a column slice of the
-    distance pass gets.
+    distance pass gets; ``sums_maxnreg``: register cap of the sums pass (``maxnreg``; 0 = the
+    compiler's choice).
     """
 
     name: str
@@ -51,6 +52,7 @@ class Profile:
     sums_bk_max: int
     min_steps_per_slice: int
     num_warps: int
+    sums_maxnreg: int = 0
 
     @property
     def slots(self) -> int:
@@ -62,13 +64,14 @@ def gpu_profile(sm_count: int) -> Profile:
     """GPU: 4 warps (128 threads) per program, planned for 4 programs resident per SM, so one
     wave is ``4 x sm_count`` programs (528 on an H100, 432 on an A100). Most float32 kernels
     compile to <= 128 registers per thread on sm_80 / sm_90 (4 resident); the string form of
-    the sums pass needs ~141 (3 resident). benchmarks/gpu_model.py reports each kernel's
+    the sums pass would take 141 (3 resident) and is capped at 128 (``maxnreg``; no spills, one
+    more instruction per loop iteration). benchmarks/gpu_model.py reports each kernel's
     registers and charges the residency they allow."""
     return Profile("gpu", sm_count=max(int(sm_count), 1), resident=4, dist_tile_bytes=16384,
                    sums_tile_bytes=16384, row_budget=256, dist_bi_max=16, dist_bj_max=32,
                    coulomb_dist_tile_bytes=32768, coulomb_dist_bi_max=32,
                    coulomb_dist_bj_max=32, sums_bi_max=8, sums_bj_max=64, sums_bk_max=16,
-                   min_steps_per_slice=8, num_warps=4)
+                   min_steps_per_slice=8, num_warps=4, sums_maxnreg=128)
 
 
 # The interpreter runs programs one after another with numpy: few, large programs are fast.
@@ -111,6 +114,7 @@ class Plan:
     fin_bw: int
     fin_grid: tuple
     num_warps: int
+    sums_maxnreg: int = 0
 
 
 def sm_cost(programs: int, work: float, profile: Profile) -> float:
@@ -218,4 +222,5 @@ def make_plan(rows: int, n: int, ncols: int, width: int, profile: Profile,
                 coef_grid=(row_blocks, chunks), seg_len=seg_len, list_stride=chunks * seg_len,
                 sums_bi=sbi, sums_bj=sbj, sums_bk=sbk, sums_blocks=sblocks,
                 sums_grid=(cdiv(rows, sbi), max(cdiv(ncols, sbk), 1)),
-                fin_br=fbr, fin_bw=fbw, fin_grid=(cdiv(rows, fbr),), num_warps=p.num_warps)
+                fin_br=fbr, fin_bw=fbw, fin_grid=(cdiv(rows, fbr),), num_warps=p.num_warps,
+                sums_maxnreg=p.sums_maxnreg)
