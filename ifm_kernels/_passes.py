@@ -103,8 +103,9 @@ def distance_kernel(p_ptr, y0_ptr, y1_ptr, part_ptr, nsq_ptr, t_ptr, fa_ptr,
     ``rho = (x - base) - t * (C - A)`` (base/t from the nearer plate); also the slice's partial
     ``sum_k (C - A)^2`` into ``nsq[slice, j]`` (written by the programs of the first query
     tile), and each query's ``t`` (data precision) and from-antiquark flag into ``t[i]``,
-    ``fa[i]`` for pass 2 (written by the programs of the first pair tile and slice). Coulomb: ``y0`` = the charges, all D + 1 columns, ``x - y``.
-    ``partial[slice, i, j]`` receives the slice's sum.
+    ``fa[i]`` for pass 2 (written by the programs of the first pair tile and slice).
+    Coulomb: ``y0`` = the charges, all D + 1 columns, ``x - y``. ``partial[slice, i, j]``
+    receives the slice's sum.
     """
     # query tiles fastest: the programs resident at once share each pair tile (read from HBM
     # once, then from L2) and the query rows stay in L2
