@@ -1,16 +1,21 @@
 """String (IFM) field in Triton: FIELDS.md §2 and §4, semantics of ``csrc/field_math.h``.
 
-Launches (docs/DESIGN.md, "Numerics every kernel follows"; kernels of passes 1, 3 and 4 are in
-``_common.py``):
+Launches (docs/DESIGN.md, "Numerics every kernel follows"; the shared kernels are in
+``_passes.py``):
 
 1. ``distance_kernel`` (string form): partial ``r^2`` and ``||Delta_j||^2`` per column slice.
-2. ``string_coeff_kernel``: per block of query rows, in float64: ``r^2`` (slices summed in
-   order), ``logw, cos_a, sr`` (``string_pair``), the row maximum ``m``; then
+2. ``string_stats_kernel``: per (block of query rows, chunk of pairs), in float64: ``r^2``
+   (slices summed in order), ``logw`` (``string_pair``) and the chunk's largest ``logw`` per
+   row. Rows are the rows of one block of the sums pass; chunks split the pairs so that the
+   coefficient pass fills the GPU (``_plan.make_plan``).
+3. ``string_coeff_kernel``: same grid: the row maximum ``m`` from the chunks' maxima; then
    ``w = exp(logw)`` (default) or ``exp(logw - m)`` (stable), zero below ``skip_ratio`` of the
-   row's largest weight, ``c1 = w cos_a nu_j``, ``c2 = w sr`` into ``[b, B]`` buffers and
-   ``E_z = L sum_j c1`` straight into column 0 of the output.
-3. ``pair_sums_kernel``: ``E_x = sum_j c2 rho + c1 Delta`` from differences.
-4. ``finalize_kernel`` (only with ``normalize``): ``norm_scale E / (||E|| + eps)``.
+   row's largest weight, ``c1 = w cos_a nu_j``, ``c2 = w sr`` into ``[b, B]`` buffers (data
+   precision), the chunk's ``sum_j c1`` (float64) and its live pair blocks.
+4. ``pair_sums_kernel``: ``E_x = sum_j c2 rho + c1 Delta`` from differences over the live pair
+   blocks, accumulated in the data precision; the programs of the first column block also write
+   ``E_z = L sum_chunks sum_j c1`` into column 0.
+5. ``finalize_kernel`` (only with ``normalize``): ``norm_scale E / (||E|| + eps)``.
 """
 from __future__ import annotations
 
@@ -18,65 +23,98 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _common as C
+from . import _field_math as fm
+from . import _launch, _passes, _plan
 
 
 @triton.jit
-def string_coeff_kernel(p_ptr, part_ptr, nsq_ptr, c1_ptr, c2_ptr, out_ptr,
-                        rows, n, width, nslices,
+def _query_terms(p_ptr, offs_i, mi, width, L, sigma0, K, d):
+    """``string_query`` of a block of rows, as ``[BR, 1]`` columns."""
+    z = tl.load(p_ptr + offs_i.to(tl.int64) * width, mask=mi, other=0.0).to(tl.float64)
+    D = (width - 1).to(tl.float64)
+    inside, s, inv_2s2, kappa, pow_s = fm.string_query(z, L, sigma0, K, d, D)
+    return inside[:, None], s[:, None], inv_2s2[:, None], kappa[:, None], pow_s[:, None]
+
+
+@triton.jit
+def string_stats_kernel(p_ptr, part_ptr, stats_ptr, rows, n, width, nslices, chunk_len, nchunks,
+                        L: tl.float64, sigma0: tl.float64, K: tl.float64, d: tl.float64,
+                        BR: tl.constexpr, BJ: tl.constexpr):
+    """Grid ``(ceil(b / BR), chunks)``: the largest log-weight of each row over one chunk of
+    ``chunk_len`` pairs into ``stats[row, chunk]`` (float64)."""
+    offs_i = tl.program_id(0) * BR + tl.arange(0, BR)
+    ch = tl.program_id(1)
+    mi = offs_i < rows
+    inside, s, inv_2s2, kappa, pow_s = _query_terms(p_ptr, offs_i, mi, width, L, sigma0, K, d)
+    j_begin = ch * chunk_len
+    j_end = tl.minimum(n, j_begin + chunk_len)
+    m = tl.full([BR], -fm.INF, tl.float64)
+    for j0 in range(j_begin, j_end, BJ):
+        offs_j = j0 + tl.arange(0, BJ)
+        mask = mi[:, None] & (offs_j < j_end)[None, :]
+        r2 = _passes.summed_partials(part_ptr, nslices, rows, n, offs_i, offs_j, mask)
+        logw, cos_a, sr = fm.string_pair(inside, s, inv_2s2, kappa, pow_s, r2)
+        m = tl.maximum(m, tl.max(tl.where(mask, logw, -fm.INF), axis=1))
+    tl.store(stats_ptr + offs_i.to(tl.int64) * nchunks + ch, m, mask=mi)
+
+
+@triton.jit
+def string_coeff_kernel(p_ptr, part_ptr, nsq_ptr, stats_ptr, c1_ptr, c2_ptr, ez_ptr, list_ptr,
+                        count_ptr, rows, n, width, nslices, chunk_len, nchunks, list_stride,
                         L: tl.float64, sigma0: tl.float64, K: tl.float64, d: tl.float64,
                         log_skip: tl.float64,
-                        STABLE: tl.constexpr, BR: tl.constexpr, BJ: tl.constexpr):
-    """Grid ``(ceil(b / BR),)``: the ``[b, B]`` coefficient pass of one block of rows."""
-    offs_i = tl.program_id(0) * BR + tl.arange(0, BR)
+                        STABLE: tl.constexpr, BR: tl.constexpr, BJ: tl.constexpr,
+                        SBJ: tl.constexpr):
+    """Grid ``(ceil(b / BR), chunks)``: the coefficients of one block of rows over one chunk of
+    pairs, with the row maximum from ``stats`` (all chunks, in order); ``sum_j c1`` of the chunk
+    into ``ez[row, chunk]`` (float64) and the chunk's live blocks of SBJ pairs into the row
+    block's list (BJ is a multiple of SBJ, ``chunk_len`` of BJ)."""
+    rb = tl.program_id(0)
+    ch = tl.program_id(1)
+    offs_i = rb * BR + tl.arange(0, BR)
     mi = offs_i < rows
-    prow = offs_i.to(tl.int64) * width
-    z = tl.load(p_ptr + prow, mask=mi, other=0.0).to(tl.float64)
-    D = (width - 1).to(tl.float64)
-    inside, s, inv_2s2, kappa, pow_s = C.string_query(z, L, sigma0, K, d, D)
-    inside = inside[:, None]
-    s = s[:, None]
-    inv_2s2 = inv_2s2[:, None]
-    kappa = kappa[:, None]
-    pow_s = pow_s[:, None]
-
-    # row maximum of the log-weights
-    m = tl.full([BR], -C._INF, tl.float64)
-    for j0 in range(0, n, BJ):
-        offs_j = j0 + tl.arange(0, BJ)
-        mask = mi[:, None] & (offs_j < n)[None, :]
-        r2 = C.summed_partials(part_ptr, nslices, rows, n, offs_i, offs_j, mask)
-        logw, cos_a, sr = C.string_pair(inside, s, inv_2s2, kappa, pow_s, r2)
-        m = tl.maximum(m, tl.max(tl.where(mask, logw, -C._INF), axis=1))
+    inside, s, inv_2s2, kappa, pow_s = _query_terms(p_ptr, offs_i, mi, width, L, sigma0, K, d)
+    srow = offs_i.to(tl.int64) * nchunks
+    m = tl.full([BR], -fm.INF, tl.float64)
+    for c in range(0, nchunks):
+        m = tl.maximum(m, tl.load(stats_ptr + srow + c, mask=mi, other=-fm.INF))
     if STABLE:
-        shift = tl.where(m > -C._INF, m, 0.0)
+        shift = tl.where(m > -fm.INF, m, 0.0)
     else:
         shift = tl.zeros([BR], dtype=tl.float64)
     floor = (m + log_skip)[:, None]
 
-    # coefficients
     dt = c1_ptr.dtype.element_ty
     ez = tl.zeros([BR], dtype=tl.float64)
     crow = offs_i.to(tl.int64) * n
-    for j0 in range(0, n, BJ):
+    cnt = rb * 0
+    j_begin = ch * chunk_len
+    j_end = tl.minimum(n, j_begin + chunk_len)
+    seg = list_ptr + ch * (chunk_len // SBJ)
+    for j0 in range(j_begin, j_end, BJ):
         offs_j = j0 + tl.arange(0, BJ)
-        mj = offs_j < n
+        mj = offs_j < j_end
         mask = mi[:, None] & mj[None, :]
-        r2 = C.summed_partials(part_ptr, nslices, rows, n, offs_i, offs_j, mask)
-        logw, cos_a, sr = C.string_pair(inside, s, inv_2s2, kappa, pow_s, r2)
+        r2 = _passes.summed_partials(part_ptr, nslices, rows, n, offs_i, offs_j, mask)
+        logw, cos_a, sr = fm.string_pair(inside, s, inv_2s2, kappa, pow_s, r2)
         nsq = tl.zeros([BJ], dtype=tl.float64)
         for sl in range(0, nslices):
             nsq += tl.load(nsq_ptr + sl * n + offs_j, mask=mj, other=0.0).to(tl.float64)
         nu = 1.0 / tl.sqrt(L * L + nsq)
-        keep = mask & (logw >= floor) & (logw > -C._INF)
-        w = tl.exp(tl.where(keep, logw - shift[:, None], -C._INF))
+        keep = mask & (logw >= floor) & (logw > -fm.INF)
+        w = tl.exp(tl.where(keep, logw - shift[:, None], -fm.INF))
         c1 = w * cos_a * nu[None, :]
         c2 = w * sr
         ez += tl.sum(c1, axis=1)
         idx = crow[:, None] + offs_j[None, :]
-        tl.store(c1_ptr + idx, c1.to(dt), mask=mask)
-        tl.store(c2_ptr + idx, c2.to(dt), mask=mask)
-    tl.store(out_ptr + prow, (L * ez).to(dt), mask=mi)
+        c1 = c1.to(dt)
+        c2 = c2.to(dt)
+        tl.store(c1_ptr + idx, c1, mask=mask)
+        tl.store(c2_ptr + idx, c2, mask=mask)
+        live = (mask & ((c1 != 0.0) | (c2 != 0.0))).to(tl.int32)
+        cnt = _passes.live_blocks(seg, rb, list_stride, j0, live, cnt, BJ // SBJ, SBJ, BR)
+    tl.store(ez_ptr + srow + ch, ez, mask=mi)
+    tl.store(count_ptr + rb * nchunks + ch, cnt)
 
 
 def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.Tensor, *,
@@ -87,7 +125,8 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
     Inputs: validated, contiguous, float32 or float64, same device (CUDA, or CPU under
     ``TRITON_INTERPRET=1``); ``points [b, D+1]``, ``quarks``/``antiquarks [B, D+1]`` z-first.
     Extra memory: ``partial [S, b, B]``, ``nsq [S, B]`` and the coefficients ``c1, c2 [b, B]``
-    in the data precision (``S`` from :func:`ifm_kernels._common.make_plan`).
+    in the data precision, two float64 ``[b, chunks]`` buffers, the live-block lists (``S``,
+    the chunks and the blocks from :func:`ifm_kernels._plan.make_plan`).
     """
     points, quarks, antiquarks = (t.contiguous() for t in (points, quarks, antiquarks))
     b, width = points.shape
@@ -98,21 +137,32 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
         return out
     if B == 0 or D == 0:
         return out.zero_()
-    plan = C.make_plan(b, B, D, width, C.device_profile(points.device),
-                       points.element_size())
-    with C.launch_guard(points.device):
-        part, nsq = C.launch_distance(plan, points, quarks, antiquarks, b, B, 1, D, L,
-                                      string=True)
+    plan = _plan.make_plan(b, B, D, width, _launch.device_profile(points.device),
+                           points.element_size(), string=True)
+    with _launch.launch_guard(points.device):
+        part, nsq, queries = _launch.launch_distance(plan, points, quarks, antiquarks, b, B, 1,
+                                                     D, L, string=True)
         c1 = torch.empty((b, B), dtype=points.dtype, device=points.device)
         c2 = torch.empty_like(c1)
-        C.launch(string_coeff_kernel, plan.coef_grid,
-                 (points, part, nsq, c1, c2, out, b, B, width, plan.nslices, float(L),
-                  float(sigma0), float(K), float(d), C.log_skip_ratio(points.dtype)),
-                 dict(STABLE=bool(stable), BR=plan.coef_br, BJ=plan.coef_bj), plan.num_warps)
-        C.launch_pair_sums(plan, points, quarks, antiquarks, c1, c2, out, b, B, 1, D, L,
-                           string=True)
+        stats = torch.empty((b, plan.coef_chunks), dtype=torch.float64, device=points.device)
+        ez = torch.empty_like(stats)
+        lists = _launch.live_lists(plan, points.device)
+        params = (float(L), float(sigma0), float(K), float(d))
+        _launch.launch(string_stats_kernel, plan.coef_grid,
+                       (points, part, stats, b, B, width, plan.nslices, plan.coef_chunk_len,
+                        plan.coef_chunks) + params,
+                       dict(BR=plan.coef_br, BJ=plan.coef_bj), plan.num_warps)
+        _launch.launch(string_coeff_kernel, plan.coef_grid,
+                       (points, part, nsq, stats, c1, c2, ez, lists[0], lists[1], b, B, width,
+                        plan.nslices, plan.coef_chunk_len, plan.coef_chunks, plan.list_stride)
+                       + params + (fm.log_skip_ratio(points.dtype),),
+                       dict(STABLE=bool(stable), BR=plan.coef_br, BJ=plan.coef_bj,
+                            SBJ=plan.sums_bj),
+                       plan.num_warps)
+        _launch.launch_pair_sums(plan, points, quarks, antiquarks, c1, c2, lists, out, b, B, 1,
+                                 D, L, string=True, ez=ez, queries=queries)
         if normalize:
-            C.launch_finalize(plan, out, None, out, plate_gamma=None, normalize=True,
-                              norm_scale=norm_scale, eps=eps)
+            _launch.launch_finalize(plan, out, None, out, plate_gamma=None, normalize=True,
+                                    norm_scale=norm_scale, eps=eps)
     return out
 

@@ -1,7 +1,9 @@
-"""Triton-specific tests of ``ifm_kernels`` (issue 4): the launch plan derived from the shapes,
-launch counts, edge sizes (b = 1, B = 1, sizes that are not multiples of the blocks, D up to
-49152 with tiny b and B), the GPU code paths (several column slices, many tiles) run under the
-interpreter, determinism, and an offline compile of every kernel for sm_90.
+"""Triton-specific tests of ``ifm_kernels``: the launch plan derived from the shapes, launch
+counts, edge sizes (b = 1, B = 1, sizes that are not multiples of the blocks, D up to 49152 with
+tiny b and B), the GPU code paths (several column slices, many tiles, the H100 and A100 plans
+themselves) run under the interpreter, the live-block lists of the sums pass, determinism, the
+constants of the field_math.h mirror against the header, and an offline compile of every kernel
+for sm_80 and sm_90.
 
 The launchers are called directly (the public API's parity is tests/test_fields_parity.py).
 Without a GPU, tests/conftest.py turns Triton's interpreter on; shapes stay small there.
@@ -21,14 +23,17 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
 
 import ifm_kernels  # noqa: E402
 from ifm import reference  # noqa: E402
-from ifm_kernels import _common as C  # noqa: E402
+from ifm_kernels import _field_math as fm  # noqa: E402
+from ifm_kernels import _introspect, _launch  # noqa: E402
+from ifm_kernels import _plan as P  # noqa: E402
 
 from cases import coulomb_case, string_case  # noqa: E402
 from parity import assert_parity  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float64]
-H100 = C.gpu_profile(132)
+H100 = P.gpu_profile(132)
+A100 = P.gpu_profile(108)
 
 # published shapes (FIELDS.md tables): (name, b, B, ncols) with ncols = D (string) or D + 1
 PUBLISHED = [("string toy", 1024, 4096, 2), ("string CIFAR", 64, 256, 3072),
@@ -80,7 +85,7 @@ def _meta(*shape, dtype=torch.float32):
 
 
 def _record_string(b, B, D, profile=H100, dtype=torch.float32, normalize=True):
-    with C.record_launches(profile) as rec:
+    with _introspect.record_launches(profile) as rec:
         ifm_kernels.string_field(_meta(b, D + 1, dtype=dtype), _meta(B, D + 1, dtype=dtype),
                                  _meta(B, D + 1, dtype=dtype), L=20.0, sigma0=1.0,
                                  K=math.pi / 20, d=10.0, stable=False, normalize=normalize,
@@ -89,7 +94,7 @@ def _record_string(b, B, D, profile=H100, dtype=torch.float32, normalize=True):
 
 
 def _record_coulomb(b, Bp, Bn, D, profile=H100, plate_gamma=5.0, normalize=False):
-    with C.record_launches(profile) as rec:
+    with _introspect.record_launches(profile) as rec:
         ifm_kernels.coulomb_field(_meta(b, D + 1), _meta(Bp, D + 1),
                                   None if Bn is None else _meta(Bn, D + 1),
                                   plate_gamma=plate_gamma, sum_eps=0.0, normalize=normalize,
@@ -104,7 +109,7 @@ def _pow2(v):
     return v >= 1 and (v & (v - 1)) == 0
 
 
-@pytest.mark.parametrize("profile", [H100, C.gpu_profile(108), C.INTERPRETER_PROFILE],
+@pytest.mark.parametrize("profile", [H100, A100, P.INTERPRETER_PROFILE],
                          ids=["H100", "A100", "interpreter"])
 @pytest.mark.parametrize("itemsize", [4, 8])
 @pytest.mark.parametrize("case", PUBLISHED + [("tiny", 1, 1, 1), ("odd", 37, 5, 123),
@@ -112,58 +117,85 @@ def _pow2(v):
 def test_plan_derivation(case, profile, itemsize):
     """Block sizes are powers of two within the profile's caps and budget, grids cover the
     shapes, column slices tile the columns, and the partial buffer stays O(b B)."""
-    _, b, B, ncols = case
-    p = C.make_plan(b, B, ncols, ncols + 1, profile, itemsize)
-    budget = profile.tile_bytes // itemsize
+    name, b, B, ncols = case
+    string = not name.startswith("coulomb")
+    p = P.make_plan(b, B, ncols, ncols + 1, profile, itemsize, string=string)
+    dist_budget = (profile.dist_tile_bytes if string else profile.coulomb_dist_tile_bytes) \
+        // itemsize
+    sums_budget = profile.sums_tile_bytes // itemsize
     sizes = [p.dist_bi, p.dist_bj, p.dist_bk, p.coef_br, p.coef_bj, p.sums_bi, p.sums_bj,
              p.sums_bk, p.fin_br, p.fin_bw]
     assert all(_pow2(v) for v in sizes), sizes
-    assert p.dist_bi <= profile.dist_bi_max and p.dist_bj <= profile.dist_bj_max
-    assert p.dist_bi * p.dist_bj * p.dist_bk <= max(budget, p.dist_bi * p.dist_bj)
-    assert p.sums_bi * p.sums_bj * p.sums_bk <= max(budget, p.sums_bi * p.sums_bk)
+    if string:
+        assert p.dist_bi <= profile.dist_bi_max and p.dist_bj <= profile.dist_bj_max
+    else:
+        assert p.dist_bi <= profile.coulomb_dist_bi_max
+        assert p.dist_bj <= profile.coulomb_dist_bj_max
+    assert p.dist_bi * p.dist_bj * p.dist_bk <= max(dist_budget, p.dist_bi * p.dist_bj)
+    assert p.sums_bi * p.sums_bj * p.sums_bk <= max(sums_budget, p.sums_bi * p.sums_bk)
     assert p.sums_bk <= profile.sums_bk_max and p.sums_bi <= profile.sums_bi_max
     assert p.sums_bj <= profile.sums_bj_max
-    assert p.coef_br * p.coef_bj <= max(profile.row_budget, p.coef_br)
+    # the coefficient pass owns whole row blocks of the sums pass and whole pair blocks
+    assert p.coef_br == p.sums_bi and p.coef_bj % p.sums_bj == 0
+    assert p.coef_bj <= max(profile.row_budget // p.coef_br, p.sums_bj)
+    assert p.sums_blocks == triton.cdiv(B, p.sums_bj)
+    assert p.coef_chunk_len % p.coef_bj == 0 and p.seg_len * p.sums_bj == p.coef_chunk_len
+    assert p.coef_chunks * p.coef_chunk_len >= B > (p.coef_chunks - 1) * p.coef_chunk_len
+    assert p.list_stride == p.coef_chunks * p.seg_len
     # never more than needed: a block is at most the next power of two of its extent
-    assert p.dist_bi <= C.next_pow2(b) and p.dist_bj <= C.next_pow2(B)
-    assert p.dist_bk <= C.next_pow2(ncols) and p.sums_bk <= C.next_pow2(ncols)
+    assert p.dist_bi <= P.next_pow2(b) and p.dist_bj <= P.next_pow2(B)
+    assert p.dist_bk <= P.next_pow2(ncols) and p.sums_bk <= P.next_pow2(ncols)
     # grids cover the shapes
     tiles = triton.cdiv(b, p.dist_bi) * triton.cdiv(B, p.dist_bj)
     assert p.dist_grid == (tiles, p.nslices)
     assert p.cols_per_slice % p.dist_bk == 0
     assert p.nslices * p.cols_per_slice >= ncols > (p.nslices - 1) * p.cols_per_slice
     assert p.sums_grid[0] * p.sums_bi >= b and p.sums_grid[1] * p.sums_bk >= ncols
-    assert p.coef_grid[0] * p.coef_br >= b and p.fin_grid[0] * p.fin_br >= b
-    # D is split only to reach the target program count: partial buffer O(b B)
-    bound = (profile.target_programs + tiles) * p.dist_bi * p.dist_bj
-    assert p.nslices * b * B <= max(b * B, bound)
+    assert p.coef_grid == (p.sums_grid[0], p.coef_chunks) and p.fin_grid[0] * p.fin_br >= b
+    # D is split only to fill the device: at most 16 waves of programs, partial buffer O(b B)
+    assert p.nslices == 1 or tiles * p.nslices <= 16 * profile.slots
     steps = triton.cdiv(ncols, p.dist_bk)
     assert p.nslices <= max(1, steps // profile.min_steps_per_slice)
-    if profile is C.INTERPRETER_PROFILE:
+    if profile is P.INTERPRETER_PROFILE:
         assert p.nslices == 1
 
 
+@pytest.mark.parametrize("profile", [H100, A100], ids=["H100", "A100"])
+@pytest.mark.parametrize("case", PUBLISHED[1:8], ids=lambda c: c[0])
+def test_plan_fills_whole_waves(case, profile):
+    """At the image shapes pass 1 launches whole waves: the most loaded SM's time
+    (``_plan.sm_cost``) is within 12 % of the work spread evenly over the SMs (the
+    ``S = ceil(target / tiles)`` rule left 544 programs on 528 slots: 1.45x)."""
+    name, b, B, ncols = case
+    p = P.make_plan(b, B, ncols, ncols + 1, profile, 4, string=name.startswith("string"))
+    progs = p.dist_grid[0] * p.dist_grid[1]
+    work = p.cols_per_slice // p.dist_bk
+    even = progs * work / profile.sm_count
+    assert P.sm_cost(progs, work, profile) <= 1.12 * max(even, work * profile.resident), \
+        (progs, work)
+
+
 def test_plan_examples_h100():
-    """The documented configurations (BENCHMARKS.md (GPU roofline section)) for two published shapes."""
-    p = C.make_plan(64, 256, 3072, 3073, H100, 4)                  # string CIFAR
+    """The configurations BENCHMARKS.md's GPU section shows for two published shapes."""
+    p = P.make_plan(64, 256, 3072, 3073, H100, 4, string=True)     # string CIFAR
     assert (p.dist_bi, p.dist_bj, p.dist_bk) == (16, 32, 8)
-    assert (p.sums_bi, p.sums_bj, p.sums_bk) == (4, 16, 64)
-    assert p.dist_grid[0] * p.dist_grid[1] >= H100.target_programs
-    p = C.make_plan(64, 64, 49152, 49153, H100, 4)                 # string CelebA-128
-    assert p.nslices > 1 and p.dist_grid[0] * p.dist_grid[1] >= H100.target_programs
+    assert p.dist_grid[0] * p.dist_grid[1] == 512                  # one wave of 528 slots
+    p = P.make_plan(64, 64, 49152, 49153, H100, 4, string=True)    # string CelebA-128
+    assert p.nslices > 1 and p.dist_grid[0] * p.dist_grid[1] <= H100.slots
 
 
 @pytest.mark.parametrize("normalize", [False, True])
 def test_string_launch_count(normalize):
     rec = _record_string(64, 256, 3072, normalize=normalize)
     names = [r.name for r in rec]
-    assert names == ["distance_kernel", "string_coeff_kernel", "pair_sums_kernel"] + \
+    assert names == ["distance_kernel", "string_stats_kernel", "string_coeff_kernel",
+                     "pair_sums_kernel"] + \
         (["finalize_kernel"] if normalize else [])
 
 
 @pytest.mark.parametrize("Bn,plate_gamma,normalize,count", [
-    (None, None, False, 3), (None, None, True, 4), (None, 5.0, False, 4),
-    (1024, None, False, 7), (1024, 5.0, True, 7)])
+    (None, None, False, 4), (None, None, True, 5), (None, 5.0, False, 5),
+    (1024, None, False, 9), (1024, 5.0, True, 9)])
 def test_coulomb_launch_count(Bn, plate_gamma, normalize, count):
     rec = _record_coulomb(64, 1024, Bn, 3072, plate_gamma=plate_gamma, normalize=normalize)
     assert len(rec) == count
@@ -175,8 +207,9 @@ def test_coulomb_launch_count(Bn, plate_gamma, normalize, count):
 
 def test_recorded_grids_match_plan():
     rec = _record_string(37, 5, 123)
-    p = C.make_plan(37, 5, 123, 124, H100, 4)
-    assert [r.grid for r in rec] == [p.dist_grid, p.coef_grid, p.sums_grid, p.fin_grid]
+    p = P.make_plan(37, 5, 123, 124, H100, 4, string=True)
+    assert [r.grid for r in rec] == [p.dist_grid, p.coef_grid, p.coef_grid, p.sums_grid,
+                                     p.fin_grid]
     assert all(r.num_warps == H100.num_warps for r in rec)
 
 
@@ -223,22 +256,82 @@ def test_query_on_a_charge_keeps_the_other_charges():
 # ----------------------------------------------------------------------------------------------
 # GPU code paths under the interpreter: many tiles, several column slices, BI halving
 # ----------------------------------------------------------------------------------------------
-SMALL_GPU_LIKE = C.Profile("gpu", tile_bytes=256, row_budget=16, dist_bi_max=4, dist_bj_max=4,
+SMALL_GPU_LIKE = P.Profile("gpu", sm_count=4, resident=4, dist_tile_bytes=256,
+                           sums_tile_bytes=256, row_budget=16, dist_bi_max=4, dist_bj_max=4,
+                           coulomb_dist_tile_bytes=256, coulomb_dist_bi_max=4,
+                           coulomb_dist_bj_max=4,
                            sums_bi_max=4, sums_bj_max=4, sums_bk_max=8, min_steps_per_slice=1,
-                           target_programs=16, num_warps=1)
+                           num_warps=1)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_small_blocks_many_programs(monkeypatch, dtype):
     """Force a GPU-like plan with tiny blocks (several slices, partial tiles everywhere)."""
-    monkeypatch.setattr(C, "device_profile", lambda device: SMALL_GPU_LIKE)
-    plan = C.make_plan(6, 5, 21, 22, SMALL_GPU_LIKE, torch.tensor([], dtype=dtype).element_size())
+    monkeypatch.setattr(_launch, "device_profile", lambda device: SMALL_GPU_LIKE)
+    plan = P.make_plan(6, 5, 21, 22, SMALL_GPU_LIKE, torch.tensor([], dtype=dtype).element_size(),
+                       string=True)
     assert plan.nslices > 1 and plan.dist_grid[0] > 1 and plan.sums_grid[1] > 1
     points, quarks, antiquarks, params = string_case(6, 5, 21, "cmnist", seed=4)
     check_string(points, quarks, antiquarks, params, dtype, stable=True, normalize=True)
     check_string(points, quarks, antiquarks, params, dtype)
     points, pos, neg = coulomb_case(6, 5, 3, 20, L=6.0, seed=4)
     check_coulomb(points, pos, neg, dtype, plate_gamma=1e-7, normalize=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("profile", [H100, A100], ids=["H100", "A100"])
+def test_real_gpu_plans_under_the_interpreter(monkeypatch, profile, dtype):
+    """The H100 and A100 plans themselves (their block sizes, slices, live-block lists), not
+    only the interpreter's, on small shapes that still give several tiles and partial blocks."""
+    monkeypatch.setattr(_launch, "device_profile", lambda device: profile)
+    plan = P.make_plan(10, 70, 20, 21, profile, torch.tensor([], dtype=dtype).element_size(),
+                       string=True)
+    assert plan.dist_grid[0] > 1 and plan.sums_grid[0] > 1 and plan.sums_blocks > 1
+    points, quarks, antiquarks, params = string_case(10, 70, 20, "cifar", seed=5)
+    check_string(points, quarks, antiquarks, params, dtype, stable=True, normalize=True)
+    points, pos, neg = coulomb_case(10, 70, 21, 20, L=20.0, seed=5)
+    check_coulomb(points, pos, neg, dtype, plate_gamma=5.0, normalize=True)
+
+
+@pytest.mark.parametrize("field", ["string", "coulomb"])
+def test_live_block_lists(monkeypatch, field):
+    """The coefficient pass lists, per row block of the sums pass, exactly the pair blocks with a
+    non-zero coefficient for one of its rows, in pair order; pass 2 visits only those."""
+    monkeypatch.setattr(_launch, "device_profile", lambda device: SMALL_GPU_LIKE)
+    seen = []
+    real = _launch.launch_pair_sums
+
+    def spy(plan, points, y0, y1, c1, c2, lists, *rest, **kw):
+        seen.append((plan, c1.clone(), None if c2 is None else c2.clone(),
+                     lists[0].clone(), lists[1].clone()))
+        return real(plan, points, y0, y1, c1, c2, lists, *rest, **kw)
+
+    monkeypatch.setattr(_launch, "launch_pair_sums", spy)
+    if field == "string":
+        # sigma0 = 0.05: most weights underflow, so most pair blocks are dead
+        points, quarks, antiquarks, params = string_case(10, 23, 12, "cifar", seed=8)
+        params = dict(params, sigma0=0.05)
+        check_string(points, quarks, antiquarks, params, torch.float32)
+    else:
+        points, pos, _ = coulomb_case(10, 23, 3, 12, L=6.0, seed=8)
+        check_coulomb(points, pos, None, torch.float32)
+    plan, c1, c2, lst, cnt = seen[0]
+    assert plan.coef_chunks > 1  # the lists have several segments
+    nz = c1 != 0 if c2 is None else (c1 != 0) | (c2 != 0)
+    total = 0
+    for rb in range(plan.sums_grid[0]):
+        rows = nz[rb * plan.sums_bi:(rb + 1) * plan.sums_bi]
+        want = [jb for jb in range(plan.sums_blocks)
+                if rows[:, jb * plan.sums_bj:(jb + 1) * plan.sums_bj].any()]
+        got = []
+        for ch in range(plan.coef_chunks):
+            seg = lst[rb, ch * plan.seg_len:ch * plan.seg_len + int(cnt[rb, ch])].tolist()
+            assert all(ch * plan.seg_len <= jb < (ch + 1) * plan.seg_len for jb in seg)
+            got += seg
+        assert got == want, rb
+        total += len(want)
+    if field == "string":
+        assert total < plan.sums_grid[0] * plan.sums_blocks  # some blocks are skipped
 
 
 # ----------------------------------------------------------------------------------------------
@@ -270,13 +363,13 @@ _COMPILE_SCRIPT = textwrap.dedent("""
     import json, math, sys
     import torch
     import ifm_kernels
-    from ifm_kernels import _common as C
+    from ifm_kernels import _introspect, _plan
     out = {}
-    for arch in (90,):
-        prof = C.gpu_profile(132)
+    for arch, sms in ((90, 132), (80, 108)):
+        prof = _plan.gpu_profile(sms)
         meta = lambda *s, dt: torch.empty(*s, dtype=dt, device="meta")
         for dt in (torch.float32, torch.float64):
-            with C.record_launches(prof) as rec:
+            with _introspect.record_launches(prof) as rec:
                 ifm_kernels.string_field(meta(64, 3073, dt=dt), meta(256, 3073, dt=dt),
                                          meta(256, 3073, dt=dt), L=20.0, sigma0=1.0,
                                          K=math.pi / 20, d=10.0, stable=True, normalize=True,
@@ -290,15 +383,15 @@ _COMPILE_SCRIPT = textwrap.dedent("""
                 if key in seen:
                     continue
                 seen.add(key)
-                res = C.compile_resources(r, arch=arch)
+                res = _introspect.compile_resources(r, arch=arch)
                 out[f"sm{arch}/{dt}/{r.name}/{r.constexprs}"] = res
     json.dump(out, sys.stdout)
 """)
 
 
-def test_kernels_compile_for_sm90():
+def test_kernels_compile_for_sm80_and_sm90():
     """Every kernel variant of a CIFAR-size string call and an EFM two-plate call compiles for
-    sm_90 (float32 and float64) without register spills."""
+    sm_80 and sm_90 (float32 and float64) without register spills."""
     nvidia = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     if not os.path.exists(os.path.join(nvidia, "ptxas")):
         pytest.skip("this triton build has no bundled ptxas")
@@ -308,21 +401,101 @@ def test_kernels_compile_for_sm90():
     env["PYTHONPATH"] = os.pathsep.join([root, os.path.join(root, "python"),
                                          env.get("PYTHONPATH", "")])
     proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     import json
     res = json.loads(proc.stdout)
-    assert len(res) >= 2 * 6
+    assert len(res) >= 2 * 2 * 6
     for key, r in res.items():
-        assert r["local_bytes"] == 0, f"{key} spills: {r}"
-        assert r["registers"] <= 255 and r["shared_bytes"] <= 228 * 1024, (key, r)
+        assert not r["spill"] and r["local_bytes"] == 0, f"{key} spills: {r}"
+        assert r["registers"] <= 255 and r["shared_bytes"] <= 160 * 1024, (key, r)
 
 
-def test_constants_mirror_the_reference():
-    """``_common.py`` mirrors csrc/field_math.h; both use ifm.reference's constants."""
-    assert C.STRING_TAN_EPS.value == reference.STRING_TAN_EPS
-    assert C.STRING_R_EPS.value == reference.STRING_R_EPS
-    assert C.STRING_COS_EPS.value == reference.STRING_COS_EPS
-    assert C.STRING_DEN_EPS.value == reference.STRING_DEN_EPS
-    assert C.COULOMB_D_EPS.value == reference.COULOMB_D_EPS
-    assert C.skip_ratio(torch.float32) == 2.0 ** -44 and C.skip_ratio(torch.float64) == 2.0 ** -80
+def _header_constants() -> dict:
+    """``constexpr double kName = value;`` lines and the ``skip_ratio`` hex literals of
+    csrc/field_math.h, parsed from the header itself."""
+    import re
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    text = open(os.path.join(root, "csrc", "field_math.h")).read()
+    consts = {m.group(1): float(m.group(2)) for m in
+              re.finditer(r"constexpr\s+double\s+(k\w+)\s*=\s*([-+0-9.eE]+)\s*;", text)}
+    m = re.search(r"skip_ratio\(bool is_double\)\s*\{\s*return is_double \? (0x[0-9a-fp.+-]+) : "
+                  r"(0x[0-9a-fp.+-]+);", text)
+    assert m, "skip_ratio not found in csrc/field_math.h"
+    consts["skip_ratio_f64"] = float.fromhex(m.group(1))
+    consts["skip_ratio_f32"] = float.fromhex(m.group(2))
+    return consts
+
+
+def test_constants_mirror_the_header():
+    """``_field_math.py`` mirrors csrc/field_math.h: every constant of the header has its value
+    here (parsed from the header), and both agree with ifm.reference."""
+    h = _header_constants()
+    mirror = {"kStringTanEps": fm.STRING_TAN_EPS.value, "kStringREps": fm.STRING_R_EPS.value,
+              "kStringCosEps": fm.STRING_COS_EPS.value, "kStringDenEps": fm.STRING_DEN_EPS.value,
+              "kCoulombDEps": fm.COULOMB_D_EPS.value,
+              "skip_ratio_f64": fm.skip_ratio(torch.float64),
+              "skip_ratio_f32": fm.skip_ratio(torch.float32)}
+    assert set(h) == set(mirror), f"header constants {sorted(h)} vs mirror {sorted(mirror)}"
+    for name, value in h.items():
+        assert mirror[name] == value, f"{name}: field_math.h {value}, _field_math.py {mirror[name]}"
+    assert fm.STRING_TAN_EPS.value == reference.STRING_TAN_EPS
+    assert fm.STRING_R_EPS.value == reference.STRING_R_EPS
+    assert fm.STRING_COS_EPS.value == reference.STRING_COS_EPS
+    assert fm.STRING_DEN_EPS.value == reference.STRING_DEN_EPS
+    assert fm.COULOMB_D_EPS.value == reference.COULOMB_D_EPS
+
+
+# ----------------------------------------------------------------------------------------------
+# the static model's SASS helpers and estimator (benchmarks/gpu_sass.py, gpu_model.py)
+# ----------------------------------------------------------------------------------------------
+_SASS = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+.L_x_1:
+        /*0010*/                   FADD R2, R3, -R4 ;
+        /*0020*/                   FFMA R5, R2, R2, R5 ;
+.L_x_2:
+        /*0030*/                   LDG.E R6, desc[UR4][R8.64] ;
+        /*0040*/              @P0  BRA `(.L_x_2) ;
+        /*0050*/              @P1  BRA `(.L_x_1) ;
+        /*0060*/                   EXIT ;
+.L_x_3:
+        /*0070*/                   BRA `(.L_x_3);
+"""
+
+
+def _bench_module(name):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.join(root, "benchmarks") not in sys.path:
+        sys.path.insert(0, os.path.join(root, "benchmarks"))
+    import importlib
+    return importlib.import_module(name)
+
+
+def test_sass_loops():
+    """Loops from backward branches, nesting, per-class counts of the own instructions."""
+    gpu_sass = _bench_module("gpu_sass")
+    loops = gpu_sass.loop_summary(_SASS)
+    outer, inner, trap = loops
+    assert (outer["instructions"], outer["own"], outer["depth"], outer["inner"]) == (5, 3, 0, 1)
+    assert (inner["instructions"], inner["depth"]) == (2, 1)
+    assert outer["classes"] == {"fp32": 2, "branch": 1}
+    assert inner["classes"] == {"mem_global": 1, "branch": 1}
+    assert trap["instructions"] == 1
+
+
+def test_model_charges_a_tail_wave():
+    """544 blocks of 4 warps (128 registers: 4 resident per SM) on 132 SMs: 16 SMs run a fifth
+    block alone, at a quarter of the issue rate (4 warps for 4 schedulers, SAT_WARPS = 4);
+    512 blocks take one round: the model's issue time doubles for 6 % more work."""
+    gpu_model = _bench_module("gpu_model")
+    arch = gpu_model.ARCHS["sm_90"]
+
+    def k(grid):
+        return {"name": "k", "grid": grid, "threads": 128, "registers": 128, "shared_bytes": 0,
+                "warp_instructions": 4 * grid * 1000.0, "dram_bytes": 0.0, "l2_bytes": 0.0}
+
+    full, tail = gpu_model.issue_us(k(512), arch), gpu_model.issue_us(k(544), arch)
+    assert gpu_model.resident_blocks(k(1), arch) == 4
+    assert tail / full == pytest.approx(2.0)
+    assert gpu_model.issue_us(k(528), arch) == pytest.approx(full)

@@ -1,0 +1,126 @@
+"""Triton mirror of ``csrc/field_math.h``: its constants and the per-pair math of both fields.
+
+Triton cannot include a C header, so this is the one other copy of ``field_math.h``
+(tests/test_triton_kernels.py parses the header and checks the constants here against it; both
+are tested against the same float64 reference). Everything here works in float64, whatever the
+data precision (FIELDS.md §7, "Logit precision"): it runs in the ``[b, B]`` coefficient pass.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+# constants: the values of csrc/field_math.h (kStringTanEps, ...) and ifm.reference
+STRING_TAN_EPS = tl.constexpr(1e-5)   # kappa = K / (tan(K z) + 1e-5) on the left end
+STRING_R_EPS = tl.constexpr(1e-11)    # sin(alpha) / (r + 1e-11)
+STRING_COS_EPS = tl.constexpr(1e-8)   # (cos(alpha) + 1e-8) * (s / sigma0)^D
+STRING_DEN_EPS = tl.constexpr(1e-2)   # ... + 1e-2
+COULOMB_D_EPS = tl.constexpr(1e-7)    # (d + 1e-7) in the Coulomb weights
+INF = tl.constexpr(float("inf"))
+
+
+SKIP_RATIO_F64 = 2.0 ** -80         # field_math.h: skip_ratio(true)
+SKIP_RATIO_F32 = 2.0 ** -44         # field_math.h: skip_ratio(false)
+
+
+def skip_ratio(dtype: torch.dtype) -> float:
+    """Pairs whose weight (string) or contribution (Coulomb) is below this fraction of the row's
+    largest are skipped (``field_math.h: skip_ratio``): 2^-80 for float64 data, 2^-44 else."""
+    return SKIP_RATIO_F64 if dtype == torch.float64 else SKIP_RATIO_F32
+
+
+def log_skip_ratio(dtype: torch.dtype) -> float:
+    return math.log(skip_ratio(dtype))
+
+
+@triton.jit
+def _tan(a):
+    return tl.sin(a) / tl.cos(a)
+
+
+@triton.jit
+def string_offset_params(z, L):
+    """``(from_antiquark, t)`` of ``field_math.h: string_query``: offsets are taken from the
+    nearer plate, ``rho = (x - base) - t * Delta`` with ``base = A, t = z / L`` for ``z <= L/2``
+    and ``base = C, t = -(L - z) / L`` otherwise. ``z`` float64."""
+    from_anti = z > 0.5 * L
+    t = tl.where(from_anti, -(L - z) / L, z / L)
+    return from_anti, t
+
+
+@triton.jit
+def string_query(z, L, sigma0, K, d, D):
+    """Everything about a query that depends on its z only (``field_math.h: string_query``).
+
+    Returns ``(inside, s, inv_2s2, kappa, pow_s)``: inside ``0 <= z <= L``, tube width ``s``
+    (0 outside), ``1 / (2 s^2)`` (0 when s == 0), slope ``kappa`` (``-inf`` at z == L) and
+    ``(s / sigma0)^D``. ``z`` is a float64 tensor; the parameters are float64 scalars.
+    """
+    inside = (z >= 0.0) & (z <= L)
+    left = z < d
+    right = (z > L - d) & (~left)
+    zl = tl.where(left, z, 0.0)
+    zr = tl.where(right, L - z, 0.0)
+    s_left = sigma0 * tl.sin(K * zl)
+    kappa_left = K / (_tan(K * zl) + STRING_TAN_EPS)
+    # sigma0 * sin(K (L - z)) == sigma0 * cos(K (z - L + d)) since d = pi / (2K);
+    # -K / tan(K (L - z)) is the well-conditioned form of the authors' K * tan(pi - K (z - L + d)).
+    s_right = sigma0 * tl.sin(K * zr)
+    tr = _tan(K * zr)
+    kappa_right = tl.where(tr > 0.0, -K / tl.where(tr > 0.0, tr, 1.0), -INF)
+    s = tl.where(left, s_left, tl.where(right, s_right, sigma0))
+    kappa = tl.where(left, kappa_left, tl.where(right, kappa_right, 0.0))
+    s = tl.where(inside, s, 0.0)
+    kappa = tl.where(inside, kappa, 0.0)
+    pos = s > 0.0
+    s_safe = tl.where(pos, s, 1.0)
+    inv_2s2 = tl.where(pos, 0.5 / (s_safe * s_safe), 0.0)
+    # pow(s / sigma0, D) for D >= 1 (exactly 0 at s == 0, exactly 1 at s == sigma0)
+    pow_s = tl.where(pos, tl.exp(D * tl.log(s_safe / sigma0)), 0.0)
+    return inside, s, inv_2s2, kappa, pow_s
+
+
+@triton.jit
+def string_pair(inside, s, inv_2s2, kappa, pow_s, r2):
+    """Coefficients of one (query, pair) term (``field_math.h: string_pair``), float64.
+
+    The query arguments are ``[R, 1]`` (or broadcastable), ``r2`` is ``[R, J]``. Returns
+    ``(logw, cos_a, sr)``: the pair field is ``exp(logw) * [cos_a * n_j + sr * (0, rho_ij)]``;
+    ``logw`` is ``-inf`` where the pair contributes nothing (outside the plates, or on a plate
+    away from the pair's end point).
+    """
+    r = tl.sqrt(r2)
+    use_k = (r2 > 0.0) & (kappa != 0.0)
+    tan_a = tl.where(use_k, r * tl.where(use_k, kappa, 0.0), 0.0)
+    inf_t = tl.abs(tan_a) == INF
+    tan_f = tl.where(inf_t, 0.0, tan_a)
+    cos_f = 1.0 / tl.sqrt(1.0 + tan_f * tan_f)
+    cos_a = tl.where(inf_t, 0.0, cos_f)
+    sin_a = tl.where(inf_t, tl.where(tan_a > 0.0, 1.0, -1.0), tan_f * cos_f)
+    sr = sin_a / (r + STRING_R_EPS)
+    expo = -r2 * inv_2s2  # 0 when s == 0 and r == 0 (the limit)
+    den = (cos_a + STRING_COS_EPS) * pow_s + STRING_DEN_EPS
+    logw = expo - tl.log(den)
+    dead = (~inside) | ((s == 0.0) & (r2 > 0.0))
+    logw = tl.where(dead, -INF, logw)
+    cos_a = tl.where(dead, 1.0, cos_a)
+    sr = tl.where(dead, 0.0, sr)
+    return logw, cos_a, sr
+
+
+@triton.jit
+def coulomb_logit(d2, dim):
+    """``log((1 / (d + 1e-7))^DIM)`` (``field_math.h: coulomb_logit``), float64."""
+    return -dim * tl.log(tl.sqrt(d2) + COULOMB_D_EPS)
+
+
+@triton.jit
+def normalize_factor(norm2, scale, eps):
+    """Row scale of ``scale * E / (||E|| + eps)``; 0 for a zero row, also at eps = 0
+    (``field_math.h: normalize_factor``)."""
+    return tl.where(norm2 == 0.0, 0.0, scale / (tl.sqrt(norm2) + eps))
+
+
