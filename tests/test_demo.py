@@ -46,7 +46,9 @@ def test_stretched_target_is_the_same_direction_field():
     z = torch.rand(50, generator=g) * 40
     t_z, t_x = torch.rand(50, generator=g) + 0.5, torch.randn(50, 2, generator=g) * 0.05
     s_z, s_x = net.stretch(z, t_z, t_x)
-    assert torch.allclose(s_z ** 2 + (s_x ** 2).sum(1), torch.full((50,), 3.0))
+    assert torch.allclose(s_z ** 2 + (s_x ** 2).sum(1), t_z ** 2 + (t_x ** 2).sum(1))
+    zero = net.stretch(z[:2], torch.tensor([0.0, 1e-25]), torch.tensor([[0.0, 0.0], [1e-25, 0.0]]))
+    assert float(zero[0].abs().max()) <= 1e-25 and float(zero[1].abs().max()) <= 1e-25
     # back in z coordinates (x part / s(z)), the slope dx/dz is the target's
     s = net.scale(z)
     assert torch.allclose((s_x / s) / s_z[:, None], t_x / t_z[:, None], rtol=1e-4)

@@ -115,8 +115,8 @@ class FieldNet(torch.nn.Module):
     when it integrates ``dx/dz`` across the gap (at L = 40 a 0.01 error in ``f_x`` moves a
     sample by ~0.2; the result is a filled disc). The net therefore fits
     :meth:`stretch` of the target -- the x part times ``s(z)`` (:func:`frame_scale`, ~L between
-    the plates, 1 inside the end regions where the lines bend onto the charges), renormalised
-    to ``sqrt(D+1)`` -- which is the same direction field in the coordinates ``(z / s, x)``
+    the plates, 1 inside the end regions where the lines bend onto the charges), rescaled to
+    the target's norm -- which is the same direction field in the coordinates ``(z / s, x)``
     and, between the plates, the same for every L. :meth:`forward` returns the field in the
     original coordinates (x part divided by ``s(z)``); :meth:`raw` the stretched output.
     """
@@ -137,9 +137,10 @@ class FieldNet(torch.nn.Module):
 
     def stretch(self, z: torch.Tensor, t_z: torch.Tensor, t_x: torch.Tensor):
         """A target ``(t_z [b], t_x [b, D])`` at heights ``z`` in the net's stretched frame."""
+        norm = torch.sqrt(t_z ** 2 + (t_x ** 2).sum(1))
         t_x = t_x * self.scale(z.to(t_x.dtype))
-        norm = torch.sqrt(t_z ** 2 + (t_x ** 2).sum(1)).clamp_min(1e-30)
-        k = math.sqrt(t_x.shape[1] + 1) / norm
+        # keep each row's norm (<= sqrt(D+1); small where the field vanishes), turn its direction
+        k = norm / torch.sqrt(t_z ** 2 + (t_x ** 2).sum(1)).clamp_min(1e-12)
         return t_z * k, t_x * k[:, None]
 
     def raw(self, x: torch.Tensor, z: torch.Tensor):
@@ -408,10 +409,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="auto",
                         choices=["auto", "cpu", "cuda", "triton", "reference"],
                         help="field backend (default: %(default)s)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's own choice)")
 
 
 def main_from_args(args: argparse.Namespace, command: str = "ifm demo") -> int:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"ifm demo: --threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     summary = run_demo(out=args.out, seed=args.seed, quick=args.quick, backend=args.backend,
                        progress=not args.no_progress, command=command)
     print(_markdown(summary))
