@@ -403,7 +403,8 @@ def run_demo(out: str = "ifm-demo-out", seed: int = 0, quick: bool = False,
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="ifm-demo-out", help="output folder (default: %(default)s)")
+    parser.add_argument("--out", default="ifm-demo-out",
+                        help="output folder (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="a much smaller run (seconds)")
     parser.add_argument("--backend", default="auto",

@@ -332,7 +332,8 @@ def mesh(x0: Optional[torch.Tensor] = None, x1: Optional[torch.Tensor] = None, *
     except (TypeError, ValueError):
         raise TypeError("ranges must be a sequence of (lo, hi) pairs, one per z-first column")
     if len(rng) < 2:
-        raise ValueError(f"ranges needs one (lo, hi) pair per z-first column (>= 2), got {len(rng)}")
+        raise ValueError(f"ranges needs one (lo, hi) pair per z-first column (>= 2), got "
+                         f"{len(rng)}")
     like = x0 if isinstance(x0, torch.Tensor) else torch.empty(0)
     total = num_points ** len(rng)
     if isinstance(b, bool) or not isinstance(b, int) or not (1 <= b <= total):

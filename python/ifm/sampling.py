@@ -26,7 +26,8 @@ Give ``steps`` (number of Euler steps to cross the full gap, step ``L / steps``)
 ``ceil(L / step_size)`` steps), or ``grid``: an increasing 1-D sequence of z values from 0 to L
 (both included) whose consecutive differences are the steps, e.g. :func:`plate_refined_grid`,
 which resolves the end regions of the string field (width ``d = pi / (2K)``, where the lines bend
-onto the charges) with extra steps; a sample between two grid values first steps to the next one. Each sample carries its own z (``z_start`` may differ per sample,
+onto the charges) with extra steps; a sample between two grid values first steps to the next
+one. Each sample carries its own z (``z_start`` may differ per sample,
 default: the start plate); a sample whose remaining distance is below the step takes a clipped
 step and is then frozen on the plate, so **every sample stops exactly on its own end plate** and
 is not evaluated again. Explicit Euler, evaluated at the start of each step:
@@ -39,7 +40,8 @@ is **guarded** when ``c < min_cos`` -- ``f_z`` is near zero or has the wrong sig
 line). A guarded step uses ``f_z' = orientation * max(|f_z|, min_cos * ||f||)`` instead of
 ``f_z``: the sign is forced to the field's orientation and the slope is bounded,
 ``||dx/dz|| <= sqrt(1 / min_cos^2 - 1)`` (about 20 for the default ``min_cos = 0.05``). A sample
-whose whole output is zero (``||f|| = 0``) moves straight along z (and counts as guarded). The result counts guarded
+whose whole output is zero (``||f|| = 0``) moves straight along z (and counts as guarded). The
+result counts guarded
 sample-steps in total, per sample, and how many of them had the wrong sign.
 
 The authors' solvers
@@ -145,9 +147,11 @@ def _check_grid(grid, L):
 
 def _check_args(net, x, L, direction, steps, step_size, orientation, min_cos):
     if not callable(net):
-        raise TypeError(f"net must be callable as net(x, z) -> (f_x, f_z), got {type(net).__name__}")
+        raise TypeError(f"net must be callable as net(x, z) -> (f_x, f_z), got "
+                        f"{type(net).__name__}")
     check_batch("x", x, "n")
-    if isinstance(L, bool) or not isinstance(L, (int, float)) or not (L > 0) or not math.isfinite(L):
+    if isinstance(L, bool) or not isinstance(L, (int, float)) or not (L > 0) \
+            or not math.isfinite(L):
         raise ValueError(f"L must be a positive finite number, got {L!r}")
     if direction not in ("forward", "backward"):
         raise ValueError(f"direction must be 'forward' (P->Q, z: 0 -> L) or 'backward' "
@@ -261,7 +265,8 @@ def euler(net: Callable, x: torch.Tensor, *, L: float, direction: str = "forward
             last = remaining[active] <= h * (1 + 1e-9)
         else:  # next grid value beyond z in the travel direction
             if sign > 0:
-                nxt = grid[torch.searchsorted(grid, za + tol, right=True).clamp(max=grid.numel() - 1)]
+                nxt = grid[torch.searchsorted(grid, za + tol, right=True)
+                           .clamp(max=grid.numel() - 1)]
             else:
                 nxt = grid[(torch.searchsorted(grid, za - tol, right=False) - 1).clamp(min=0)]
             dz = nxt - za
@@ -310,7 +315,8 @@ def _positive(name, v):
 
 def _check_start(net, x, z_start):
     if not callable(net):
-        raise TypeError(f"net must be callable as net(x, z) -> (f_x, f_z), got {type(net).__name__}")
+        raise TypeError(f"net must be callable as net(x, z) -> (f_x, f_z), got "
+                        f"{type(net).__name__}")
     check_batch("x", x, "n")
     n = x.shape[0]
     if z_start is None:
@@ -350,7 +356,8 @@ def rk45(net: Callable, x: torch.Tensor, *, L: float, direction: str = "forward"
 
     check_batch("x", x, "n")
     if not callable(net):
-        raise TypeError(f"net must be callable as net(x, z) -> (f_x, f_z), got {type(net).__name__}")
+        raise TypeError(f"net must be callable as net(x, z) -> (f_x, f_z), got "
+                        f"{type(net).__name__}")
     L = _positive("L", L)
     if direction not in ("forward", "backward"):
         raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
