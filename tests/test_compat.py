@@ -146,17 +146,16 @@ def _efm_config(DIM=3, stability=True, gamma=1e-7):
 def test_efm_keyword_call_and_stability_at_toy_d(stability):
     d = _rec("efm_groundtruth_toy")
     ref = d[f"field_stability_{stability}"]
-    for cfg in (_efm_config(stability=stability), _toy_config()):
-        cfg_ = cfg if hasattr(cfg, "training") else NS(**vars(cfg))
-        if not hasattr(cfg, "training"):
-            cfg_.efm = NS(training=NS(stability=stability, gamma=1e-7), dist_behind=10.0)
-        efm = compat.EFM(cfg_)
+    toy = _toy_config()
+    toy.efm.training.stability = stability
+    for cfg in (_efm_config(stability=stability), toy):
+        efm = compat.EFM(cfg)
         out = efm.GroundTruth(perturbed_samples_vec=d["points"], p_samples=d["positive"],
                               q_samples=d["negative"])
         assert _rel(out, ref) < 1e-5
         assert torch.equal(efm(d["points"], d["positive"], d["negative"]), out)
-        assert torch.equal(compat.ground_truth(cfg_, "efm")(d["points"], d["positive"],
-                                                            d["negative"], cfg_), out)
+        assert torch.equal(compat.ground_truth(cfg, "efm")(d["points"], d["positive"],
+                                                           d["negative"], cfg), out)
 
 
 def test_efm_unstabilised_underflow_is_their_stabilised_result():

@@ -53,6 +53,9 @@ Values
 * EFM ``gamma``: the per-plate normalisation ``sqrt(D+1) E / (||E|| + gamma)`` of the EFM
   repository. ``plate_norm=False`` is the copy inside the IFM repository, which skips it (and
   does not read ``gamma``).
+* ``device`` is not read: the result is on the inputs' device (their code allocates on
+  ``config.device`` and fails when the inputs are elsewhere). ``field_form`` is read by none of
+  their functions.
 * ``dist_behind`` (``config.efm.dist_behind`` in their toy notebook) is read by none of their
   functions; it is checked to be a positive number when present and kept as ``.dist_behind``,
   for a solver such as :func:`ifm.sampling.dipole_efm` (their behind-plate continuation is set
