@@ -48,8 +48,9 @@ seeded like their global one reproduces their points; ``tests/data/authors/``):
   :func:`uniform` plus ``mltp * (1 + cos(2 pi (z - L/2) / L)) * u``, ``u`` uniform on the sphere
   (a deterministic radius, 2 mltp at the middle, 0 at the plates), beside the paper's
   :func:`noised`.
-* :func:`pfgm` -- ``"Gaussian_mixing"`` of the IFM repository (above), in their order: ``m``,
-  ``|z|``, the ``restrict_M`` redraw, the direction, then the radius.
+* :func:`pfgm` -- ``"Gaussian_mixing"`` of the IFM repository (above; ``form="efm"``: the EFM
+  repository's, with ``m ~ U(0, M)`` and z not clamped), in their order: ``m``, ``|z|``, the
+  ``restrict_M`` redraw, the direction, then the radius.
 * :func:`mesh` -- ``"mesh"`` (EFM toy): a shuffled regular grid of z-first points, the first
   ``b`` of a random permutation of the ``num_points^(D+1)`` grid points.
 
@@ -189,28 +190,35 @@ def noised(x0: torch.Tensor, x1: torch.Tensor, *, L: float, b: Optional[int] = N
 def pfgm(x0: torch.Tensor, x1: Optional[torch.Tensor] = None, *, L: float,
          b: Optional[int] = None, eps: float = EPS, sigma_end: float = PFGM_SIGMA_END,
          M: float = PFGM_M, tau: float = PFGM_TAU, restrict_M: bool = False,
-         generator: Optional[torch.Generator] = None) -> torch.Tensor:
+         form: str = "ifm", generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """PFGM-style perturbation around the data plate z = 0 (module docstring); ``x1`` unused.
     ``restrict_M=True``: queries with ``|N(0, sigma_end^2)| < 0.005`` redraw
-    ``m ~ U(0, int(0.7 M))`` (their ``restrict_M``)."""
+    ``m ~ U(0, int(0.7 M))`` (their ``restrict_M``). ``form="ifm"``: the IFM repository's
+    ``Gaussian_mixing`` (``m = M N(0, 1)``, z clamped to ``[eps, L - eps]``); ``form="efm"``: the
+    EFM repository's (``m ~ U(0, M)``, z not clamped)."""
     L = _real("L", L)
     eps = _real("eps", eps, allow_zero=True)
     sigma_end = _real("sigma_end", sigma_end)
     M = _real("M", M, allow_zero=True)
     tau = _real("tau", tau)
     _check_bool("restrict_M", restrict_M)
+    if form not in ("ifm", "efm"):
+        raise ValueError(f"form must be 'ifm' or 'efm' (whose repository's Gaussian_mixing), "
+                         f"got {form!r}")
     a, _, b = _pairs(x0, x1, b, need_x1=False)
     _check_generator(generator, a.device)
     if not (2 * eps < L):
         raise ValueError(f"eps must be < L/2, got eps={eps}, L={L}")
     D = a.shape[1]
-    m = _randn((b,), a, generator) * M
+    m = (_randn if form == "ifm" else _rand)((b,), a, generator) * M
     z0 = (_randn((b,), a, generator) * sigma_end).abs()
     if restrict_M:
         m = _restrict_m(m, z0, M, a, generator)
     # (1 + tau)^m in float64: exp(191 * 5 * log 1.03) overflows float32 for rare m
     factor = torch.exp(m.double() * math.log1p(tau))
-    z = (z0.double() * factor).clamp(eps, L - eps)
+    z = z0.double() * factor
+    if form == "ifm":
+        z = z.clamp(eps, L - eps)
     u = uniform_on_sphere(b, D, a, generator)
     radius = (_randn((b, D), a, generator) * sigma_end).norm(dim=1).double() * factor
     x = a + u * radius.to(a.dtype)[:, None]
