@@ -60,7 +60,7 @@ K = 10.0
 class DemoConfig:
     """Sizes of one demo run (full and ``--quick`` presets below)."""
 
-    ifm_steps: int = 2000
+    ifm_steps: int = 3000
     efm_steps: int = 1000
     B: int = 1024
     b: int = 512
@@ -99,10 +99,16 @@ def gaussian(n: int, generator: Optional[torch.Generator] = None) -> torch.Tenso
     return torch.randn(n, 2, generator=generator)
 
 
-def frame_scale(z: torch.Tensor, L: float, width: float) -> torch.Tensor:
-    """``s(z) = 1 + (L - 1) (1 - exp(-z / width)) (1 - exp(-(L - z) / width))``: about ``L``
-    between the plates, 1 at the plates (the stretch of the x part in :class:`FieldNet`)."""
-    return 1 + (L - 1) * (1 - torch.exp(-z / width)) * (1 - torch.exp(-(L - z) / width))
+def _smoothstep(u: torch.Tensor) -> torch.Tensor:
+    u = u.clamp(0, 1)
+    return u * u * (3 - 2 * u)
+
+
+def frame_scale(z: torch.Tensor, L: float, d: float) -> torch.Tensor:
+    """``s(z) = 1 + (L - 1) r(z)``, ``r`` rising smoothly from 0 at ``z = d`` to 1 at ``z = 3d``
+    and falling back from ``L - 3d`` to ``L - d``: 1 in the end regions, L between the plates
+    (the stretch of the x part in :class:`FieldNet`)."""
+    return 1 + (L - 1) * _smoothstep((z - d) / (2 * d)) * _smoothstep((L - d - z) / (2 * d))
 
 
 class FieldNet(torch.nn.Module):
@@ -114,8 +120,9 @@ class FieldNet(torch.nn.Module):
     fit barely sees the x part at large L, and the sampler multiplies what error is left by L
     when it integrates ``dx/dz`` across the gap (at L = 40 a 0.01 error in ``f_x`` moves a
     sample by ~0.2; the result is a filled disc). The net therefore fits
-    :meth:`stretch` of the target -- the x part times ``s(z)`` (:func:`frame_scale`, ~L between
-    the plates, 1 inside the end regions where the lines bend onto the charges), rescaled to
+    :meth:`stretch` of the target -- the x part times ``s(z)`` (:func:`frame_scale`, L between
+    the plates, 1 inside the end regions where the lines bend onto the charges and the plain
+    z-frame target is the well-conditioned one), rescaled to
     the target's norm -- which is the same direction field in the coordinates ``(z / s, x)``
     and, between the plates, the same for every L. :meth:`forward` returns the field in the
     original coordinates (x part divided by ``s(z)``); :meth:`raw` the stretched output.
@@ -125,7 +132,6 @@ class FieldNet(torch.nn.Module):
                  data_scale: float = 4.0):
         super().__init__()
         self.L, self.d, self.data_scale = float(L), float(d), float(data_scale)
-        self.width = self.d / 4
         self.mlp = torch.nn.Sequential(
             torch.nn.Linear(D + 3, hidden), torch.nn.SiLU(),
             torch.nn.Linear(hidden, hidden), torch.nn.SiLU(),
@@ -133,7 +139,7 @@ class FieldNet(torch.nn.Module):
             torch.nn.Linear(hidden, D + 1))
 
     def scale(self, z: torch.Tensor) -> torch.Tensor:
-        return frame_scale(z.reshape(-1, 1), self.L, self.width)
+        return frame_scale(z.reshape(-1, 1), self.L, self.d)
 
     def stretch(self, z: torch.Tensor, t_z: torch.Tensor, t_x: torch.Tensor):
         """A target ``(t_z [b], t_x [b, D])`` at heights ``z`` in the net's stretched frame."""
