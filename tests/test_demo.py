@@ -20,17 +20,40 @@ def test_quick_demo_writes_outputs(tmp_path):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((out / "summary.json").read_text())
     runs = summary["runs"]
-    assert {(r["method"], r["L"]) for r in runs} == {("IFM", 6.0), ("IFM", 40.0),
-                                                     ("EFM", 6.0), ("EFM", 40.0)}
+    assert {(r["method"], r["L"]) for r in runs} == {
+        (m, L) for m in ("IFM", "EFM", "IFM (exact field)") for L in (6.0, 40.0)}
+    q = demo.QUICK
     for r in runs:
         assert math.isfinite(r["w2_generated_target"]) and r["w2_generated_target"] > 0
         assert r["w2_source_target"] > 0 and r["train_time_s"] > 0
-        assert r["network_calls_per_sample"] == demo.QUICK.euler_steps + 2 * demo.QUICK.end_steps
+        calls = (q.exact_steps + 2 * q.exact_end_steps if r["method"] == "IFM (exact field)"
+                 else q.euler_steps + 2 * q.end_steps)
+        assert r["network_calls_per_sample"] == calls
         assert r["ratio"] == pytest.approx(r["w2_generated_target"] / r["w2_source_target"])
-    assert summary["seed"] == 3 and summary["quick"] is True
+    exact = [r for r in runs if r["method"] == "IFM (exact field)"]
+    assert all(r["train_steps"] == 0 and r["pairs"] == q.exact_pairs for r in exact)
+    assert summary["seed"] == 3 and summary["quick"] is True and summary["w2_floor"] > 0
     md = (out / "summary.md").read_text()
     assert md.count("| IFM |") == 2 and md.count("| EFM |") == 2
+    assert md.count("| IFM (exact field) |") == 2
     assert "ifm demo --quick" in md
+
+
+def test_stretched_target_is_the_same_direction_field():
+    import torch
+    net = demo.FieldNet(40.0, math.pi / 20, hidden=8)
+    g = torch.Generator().manual_seed(0)
+    z = torch.rand(50, generator=g) * 40
+    t_z, t_x = torch.rand(50, generator=g) + 0.5, torch.randn(50, 2, generator=g) * 0.05
+    s_z, s_x = net.stretch(z, t_z, t_x)
+    assert torch.allclose(s_z ** 2 + (s_x ** 2).sum(1), t_z ** 2 + (t_x ** 2).sum(1))
+    zero = net.stretch(z[:2], torch.tensor([0.0, 1e-25]), torch.tensor([[0.0, 0.0], [1e-25, 0.0]]))
+    assert float(zero[0].abs().max()) <= 1e-25 and float(zero[1].abs().max()) <= 1e-25
+    # back in z coordinates (x part / s(z)), the slope dx/dz is the target's
+    s = net.scale(z)
+    assert torch.allclose((s_x / s) / s_z[:, None], t_x / t_z[:, None], rtol=1e-4)
+    assert float(net.scale(torch.tensor([0.0]))) == 1.0
+    assert float(net.scale(torch.tensor([20.0]))) == pytest.approx(40.0, rel=1e-6)
 
 
 def test_swiss_roll_and_seed_repeatable():

@@ -1,6 +1,8 @@
 """ifm.sampling: Euler along z, both directions, plate landing, the f_z guard."""
 import math
+import pathlib
 
+import numpy as np
 import pytest
 import torch
 
@@ -160,3 +162,88 @@ def test_bad_net_output():
         sampling.euler(lambda x, z: (torch.zeros(2, 3), torch.ones(2)), x, L=L, steps=2)
     with pytest.raises(TypeError, match="net"):
         sampling.euler("net", x, L=L, steps=2)
+
+
+# --------------------------------------------------------------------------------------------
+# the authors' solvers: outputs recorded from their code (tests/data/authors/README.md)
+# --------------------------------------------------------------------------------------------
+AUTHORS = pathlib.Path(__file__).parent / "data" / "authors"
+
+
+def _rec(name):
+    return {k: torch.tensor(v) for k, v in np.load(AUTHORS / f"{name}.npz").items()}
+
+
+def _lin(x, z):
+    A = torch.tensor([[0.1, -0.3], [0.2, 0.05]])
+    return x @ A.T + 0.2, 1 + 0.1 * z
+
+
+def test_fixed_step_euler_reproduces_their_learned_ode_solver():
+    d = _rec("ifm_solvers")
+    init = d["euler_init"]
+    r = sampling.fixed_step_euler(_lin, init[:, 1:], L=float(d["L"]), step=float(d["euler_step"]),
+                                  z_start=init[:, 0])
+    assert r.nfe == int(d["euler_steps"])
+    assert torch.allclose(torch.cat([r.z[:, None], r.samples], 1), d["euler_mapped"], atol=1e-5)
+    # backward (their image solver) retraces the same fixed steps of this affine-in-x field
+    back = sampling.fixed_step_euler(lambda x, z: (-x, torch.ones_like(z)), r.samples,
+                                     L=6.0, step=0.5, direction="backward", z_start=r.z)
+    assert bool((back.z <= 1e-3).all()) and back.nfe == 12
+
+
+def test_rk45_log_z_reproduces_their_pfgm_sampler():
+    d = _rec("ifm_solvers")
+
+    def net(x, z):
+        return 0.3 * x - 0.1, 2.0 + 0.05 * z
+
+    r = sampling.rk45(net, d["rk45_y"], L=float(d["rk45_L"]), direction="backward",
+                      variable="log_z")
+    assert r.nfe == int(d["rk45_nfe"])  # their defaults: RK45, rtol = atol = 1e-4, eps = 1e-3
+    assert torch.allclose(r.samples, d["rk45_out"], atol=1e-4)
+    assert float(r.z[0]) == pytest.approx(1e-3)
+
+
+def test_rk45_in_z_is_accurate_on_a_curved_field():
+    A, _ = _data()
+    r = sampling.rk45(_curved_field(), A, L=L, rtol=1e-8, atol=1e-8)
+    assert torch.allclose(r.samples, A * math.e, atol=1e-6)
+    back = sampling.rk45(_curved_field(), r.samples, L=L, direction="backward", rtol=1e-8,
+                         atol=1e-8)
+    assert torch.allclose(back.samples, A, atol=1e-6)
+    # default tolerances (theirs) are far coarser than Euler's error with few steps
+    assert r.nfe < 200
+
+
+def _dip(x, z):
+    return torch.stack([-0.5 * torch.ones_like(z), 0.2 * x[:, 1]], 1), 6.6 - z + 0.3 * x[:, 0]
+
+
+def test_dipole_efm_reproduces_their_behind_plate_solver():
+    d = _rec("efm_dipole_solver")
+    init = d["init"]
+    r = sampling.dipole_efm(_dip, init[:, 1:], L=float(d["L"]), step=float(d["step"]),
+                            z_start=init[:, 0], behind_step=float(d["behind_step"]),
+                            behind_num_steps=int(d["behind_num_steps"]))
+    out = torch.cat([r.z[:, None], r.samples], 1)
+    assert torch.allclose(out, d["mapped"], atol=1e-5)
+    moved = (d["mapped"][:, 0] - (float(d["L"]) + 0.3)).abs() > 1e-4
+    assert bool(moved.any()) and not bool(moved.all())  # the continuation did act, on some
+    row = sampling.dipole_efm(_dip, init[:, 1:], L=6.0, step=0.5, z_start=init[:, 0],
+                              behind_step=0.05, behind_num_steps=40, behind_norm="row")
+    assert not torch.allclose(row.samples, r.samples)
+
+
+@pytest.mark.parametrize("call, exc, word", [
+    (lambda x: sampling.rk45(_lin, x, L=6.0, variable="t"), ValueError, "variable"),
+    (lambda x: sampling.rk45(_lin, x, L=6.0, variable="log_z", z_from=0.0), ValueError, "> 0"),
+    (lambda x: sampling.fixed_step_euler(_lin, x, L=6.0, step=0.0), ValueError, "step"),
+    (lambda x: sampling.dipole_efm(_dip, x, L=6.0, step=0.5, behind_norm="max"), ValueError,
+     "behind_norm"),
+    (lambda x: sampling.dipole_efm(_dip, x, L=6.0, step=0.5, behind_num_steps=-1), ValueError,
+     "behind_num_steps"),
+])
+def test_authors_solvers_bad_inputs(call, exc, word):
+    with pytest.raises(exc, match=word):
+        call(torch.zeros(3, 2))

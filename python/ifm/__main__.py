@@ -1,4 +1,5 @@
-"""Command line: ``ifm demo [--out DIR] [--seed N] [--quick]`` (also ``python -m ifm demo``)."""
+"""Command line: ``ifm demo [--out DIR] [--seed N] [--quick] [--no-progress] [--threads N]``
+(also ``python -m ifm demo``)."""
 from __future__ import annotations
 
 import argparse

@@ -2,26 +2,38 @@
 
 For each method (IFM: string field, :class:`ifm.matchers.IFMMatcher`; EFM: two-plate Coulomb
 field, :class:`ifm.matchers.EFMMatcher`) and each plate distance L, a small MLP is trained on the
-fused targets (``backend="auto"``: the compiled CPU kernel when built), then the source samples are
-carried along the learned field from z = 0 to z = L with :func:`ifm.sampling.euler`. Outputs in
-``--out``:
+fused targets (``backend="auto"``: the compiled CPU kernel when built), then fresh source samples
+are carried along the learned field from z = 0 to z = L with :func:`ifm.sampling.euler`. Beside
+them, ``"IFM (exact field)"`` carries the same samples along the fused Monte Carlo string field
+itself (``exact_pairs`` fresh pairs, no network): what the kernels' field transports, so that a
+remaining gap of the learned run is the network's. Outputs in ``--out``:
 
 * ``samples.png`` -- source, target and generated samples for every run;
 * ``field_lines.png`` -- field lines between the plates (x_1 against z) for every run;
 * ``summary.md`` / ``summary.json`` -- Wasserstein-2 distance (POT, exact EMD on the samples)
-  between generated and target samples, and between source and target for scale; training time;
-  network calls per sample.
+  between generated and target samples, between source and target for scale, and between two
+  independent target draws (the sampling floor); times; field evaluations per sample.
 
-Setup (the published toy parameters): P = N(0, I_2) on the plate z = 0, Q = a Swiss roll on
-z = L; sigma0 = 1, K = 10 (end regions d = pi/20), B = 1024 pairs, b = 512 queries per step,
-independent plan, the paper's noised interpolation as query points (``points="noised"``: variance
-``(6/L) (L/2 - |L/2 - z|)`` per coordinate, see :func:`noise_scale`; with the noise-free
-``uniform`` sampler the network only sees the segments and the L = 6 run ends ~2x farther from
-the target); EFM: plate gamma 1e-7 (the EFM
-toys), ``efm`` query points (interpolation + N(0, I) noise). The Swiss roll is ``(t cos t, t sin t) / SWISS_SCALE + noise``, t ~ U(1.5 pi, 4.5 pi).
-The network sees ``(z/L, exp(-z/d), exp(-(L-z)/d), x / data_scale)`` -- the two exponential
-features resolve the narrow end regions -- and the sampler uses a grid with ``end_steps`` extra
-steps inside each end region (:func:`ifm.sampling.plate_refined_grid`).
+Setup: P = N(0, I_2) on the plate z = 0, Q = a Swiss roll on z = L; sigma0 = 1, K = 10 (end
+regions d = pi/20), B = 1024 pairs, b = 512 queries per step, independent plan, the paper's
+noised interpolation as IFM query points (``points="noised"``, standard deviation scaled by
+:func:`noise_scale`); EFM: plate gamma 1e-7 (the EFM toys) and ``efm`` query points
+(interpolation + N(0, I) noise). The Swiss roll is ``(t cos t, t sin t) / SWISS_SCALE + noise``,
+t ~ U(1.5 pi, 4.5 pi). The network sees ``(z/L, exp(-z/d), exp(-(L-z)/d), x / data_scale)`` and
+fits the target in stretched coordinates (:class:`FieldNet`: why a plain fit gives a filled disc
+at L = 40); the sampler uses a grid with ``end_steps`` extra steps inside each end region
+(:func:`ifm.sampling.plate_refined_grid`).
+
+The authors' toy (IFM repository, ``notebooks/TrainingToyExperiments.ipynb``, Gaussian -> Swiss
+roll) differs in budget, not in the field: L = 6 only (no L = 40 configuration), ``both_side``
+queries (:func:`ifm.points.both_side`: eps 0.5, sigma_end 0.8, M 4, tau 0.03, no noise), independent
+plan, SCALE 1, K 10, 1024 pairs and 256 queries per step, a ReLU network of ~20M weights
+(2 -> 2048 -> 2048 -> 128 on x plus a 128-d sinusoidal embedding of z, then 128 -> 3072 ->
+3072 -> 3), Adam 1e-4 for 2000 steps on a GPU, then fixed Euler steps of 0.25 in z
+(:func:`ifm.sampling.fixed_step_euler`) from z = eps + 0.5 = 1 with x drawn from P, up to
+z >= L; their roll is scikit-learn's ``make_swiss_roll(noise=0.8)[:, [0, 2]] / 5``. Their EFM toy
+trains on ``mesh`` queries (:func:`ifm.points.mesh`) and samples with
+:func:`ifm.sampling.dipole_efm`.
 """
 from __future__ import annotations
 
@@ -36,7 +48,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from . import matchers, sampling
+from . import fields, matchers, sampling
 
 SWISS_SCALE = 1.5
 SWISS_NOISE = 0.5
@@ -48,7 +60,7 @@ K = 10.0
 class DemoConfig:
     """Sizes of one demo run (full and ``--quick`` presets below)."""
 
-    ifm_steps: int = 2000
+    ifm_steps: int = 3000
     efm_steps: int = 1000
     B: int = 1024
     b: int = 512
@@ -59,11 +71,16 @@ class DemoConfig:
     n_eval: int = 3000
     n_lines: int = 60
     Ls: tuple = (6.0, 40.0)
+    exact_pairs: int = 4096
+    exact_steps: int = 50
+    exact_end_steps: int = 10
+    exact_Ls: tuple = (6.0, 40.0)
 
 
 FULL = DemoConfig()
 QUICK = DemoConfig(ifm_steps=30, efm_steps=15, B=128, b=64, hidden=32, euler_steps=16,
-                   end_steps=2, n_eval=200, n_lines=12)
+                   end_steps=2, n_eval=200, n_lines=12, exact_pairs=256, exact_steps=8,
+                   exact_end_steps=2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -82,8 +99,34 @@ def gaussian(n: int, generator: Optional[torch.Generator] = None) -> torch.Tenso
     return torch.randn(n, 2, generator=generator)
 
 
+def _smoothstep(u: torch.Tensor) -> torch.Tensor:
+    u = u.clamp(0, 1)
+    return u * u * (3 - 2 * u)
+
+
+def frame_scale(z: torch.Tensor, L: float, d: float) -> torch.Tensor:
+    """``s(z) = 1 + (L - 1) r(z)``, ``r`` rising smoothly from 0 at ``z = d`` to 1 at ``z = 3d``
+    and falling back from ``L - 3d`` to ``L - d``: 1 in the end regions, L between the plates
+    (the stretch of the x part in :class:`FieldNet`)."""
+    return 1 + (L - 1) * _smoothstep((z - d) / (2 * d)) * _smoothstep((L - d - z) / (2 * d))
+
+
 class FieldNet(torch.nn.Module):
-    """MLP ``(x, z) -> (f_x, f_z)`` (the :mod:`ifm.sampling` signature)."""
+    """MLP ``(x, z) -> (f_x, f_z)`` (the :mod:`ifm.sampling` signature) that learns the field's
+    direction in stretched coordinates.
+
+    Between the plates a field line has ``dx/dz = v / L`` (``v = C - A``): the normalised
+    target's x part shrinks like ``1 / L`` while its z part stays ``~ sqrt(D+1)``, so a plain MSE
+    fit barely sees the x part at large L, and the sampler multiplies what error is left by L
+    when it integrates ``dx/dz`` across the gap (at L = 40 a 0.01 error in ``f_x`` moves a
+    sample by ~0.2; the result is a filled disc). The net therefore fits
+    :meth:`stretch` of the target -- the x part times ``s(z)`` (:func:`frame_scale`, L between
+    the plates, 1 inside the end regions where the lines bend onto the charges and the plain
+    z-frame target is the well-conditioned one), rescaled to
+    the target's norm -- which is the same direction field in the coordinates ``(z / s, x)``
+    and, between the plates, the same for every L. :meth:`forward` returns the field in the
+    original coordinates (x part divided by ``s(z)``); :meth:`raw` the stretched output.
+    """
 
     def __init__(self, L: float, d: float, hidden: int = 256, D: int = 2,
                  data_scale: float = 4.0):
@@ -95,12 +138,27 @@ class FieldNet(torch.nn.Module):
             torch.nn.Linear(hidden, hidden), torch.nn.SiLU(),
             torch.nn.Linear(hidden, D + 1))
 
-    def forward(self, x: torch.Tensor, z: torch.Tensor):
-        z = z.reshape(-1, 1)
+    def scale(self, z: torch.Tensor) -> torch.Tensor:
+        return frame_scale(z.reshape(-1, 1), self.L, self.d)
+
+    def stretch(self, z: torch.Tensor, t_z: torch.Tensor, t_x: torch.Tensor):
+        """A target ``(t_z [b], t_x [b, D])`` at heights ``z`` in the net's stretched frame."""
+        norm = torch.sqrt(t_z ** 2 + (t_x ** 2).sum(1))
+        t_x = t_x * self.scale(z.to(t_x.dtype))
+        # keep each row's norm (<= sqrt(D+1); small where the field vanishes), turn its direction
+        k = norm / torch.sqrt(t_z ** 2 + (t_x ** 2).sum(1)).clamp_min(1e-12)
+        return t_z * k, t_x * k[:, None]
+
+    def raw(self, x: torch.Tensor, z: torch.Tensor):
+        z = z.reshape(-1, 1).to(x.dtype)
         feats = torch.cat([z / self.L, torch.exp(-z / self.d), torch.exp(-(self.L - z) / self.d),
                            x / self.data_scale], dim=1)
         out = self.mlp(feats)
         return out[:, 1:], out[:, 0]
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor):
+        f_x, f_z = self.raw(x, z)
+        return f_x / self.scale(z.to(x.dtype)), f_z
 
 
 def w2(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -132,10 +190,8 @@ def _matcher(method: str, L: float, cfg: DemoConfig, generator, backend: str):
 
 
 def train(method: str, L: float, cfg: DemoConfig, seed: int, backend: str = "auto",
-          progress: bool = True):
-    """Train one FieldNet; returns ``(net, seconds, final_loss)``."""
-    from tqdm.auto import tqdm
-
+          bar=None):
+    """Train one FieldNet on the stretched target; returns ``(net, seconds, final_loss)``."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     d = math.pi / (2 * K)
@@ -146,28 +202,28 @@ def train(method: str, L: float, cfg: DemoConfig, seed: int, backend: str = "aut
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     t0 = time.perf_counter()
     loss = torch.tensor(float("nan"))
-    bar = tqdm(range(steps), desc=f"{method} L={L:g}", disable=not progress, leave=False)
-    for _ in bar:
+    for _ in range(steps):
         z, x, target = matcher.sample_location_and_target(gaussian(cfg.B, g), swiss_roll(cfg.B, g))
-        f_x, f_z = net(x, z)
-        loss = matcher.loss((f_z, f_x), target)
+        t_z, t_x = net.stretch(z, target.z, target.x)
+        f_x, f_z = net.raw(x, z)
+        loss = matcher.loss((f_z, f_x), (t_z, t_x))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        if bar is not None:
+            bar.update(1)
     return net, time.perf_counter() - t0, loss.item()
 
 
-def evaluate(net, L: float, cfg: DemoConfig, source: torch.Tensor, target: torch.Tensor):
-    """Generated samples, field lines and metrics of one trained net."""
-    grid = sampling.plate_refined_grid(L, cfg.euler_steps, math.pi / (2 * K), cfg.end_steps)
-    net.eval()
-    res = sampling.euler(net, source, L=L, grid=grid)
-    lines = sampling.euler(net, source[:cfg.n_lines], L=L, grid=grid, return_trajectory=True)
+def _grid(L: float, steps: int, end_steps: int):
+    return sampling.plate_refined_grid(L, steps, math.pi / (2 * K), end_steps)
+
+
+def _metrics(res, target):
     gen = res.samples
     ok = torch.isfinite(gen).all(dim=1)
-    return gen, lines.trajectory, {
+    return {
         "w2_generated_target": w2(gen[ok], target[ok]) if bool(ok.any()) else float("nan"),
         "nonfinite_samples": int((~ok).sum()),
         "network_calls_per_sample": int(res.calls_per_sample.max()),
@@ -175,44 +231,87 @@ def evaluate(net, L: float, cfg: DemoConfig, source: torch.Tensor, target: torch
     }
 
 
+def evaluate(net, L: float, cfg: DemoConfig, source: torch.Tensor, target: torch.Tensor):
+    """Generated samples, field lines and metrics of one trained net."""
+    grid = _grid(L, cfg.euler_steps, cfg.end_steps)
+    net.eval()
+    res = sampling.euler(net, source, L=L, grid=grid)
+    lines = sampling.euler(net, source[:cfg.n_lines], L=L, grid=grid, return_trajectory=True)
+    return res.samples, lines.trajectory, _metrics(res, target)
+
+
+def exact_field_run(L: float, cfg: DemoConfig, seed: int, source: torch.Tensor,
+                    target: torch.Tensor, backend: str = "auto"):
+    """Carry ``source`` along the fused Monte Carlo string field itself (no network):
+    ``cfg.exact_pairs`` fresh independent pairs, the normalised target at every Euler step."""
+    g = torch.Generator().manual_seed(seed + 999)
+    n = cfg.exact_pairs
+    quarks = torch.cat([torch.zeros(n, 1), gaussian(n, g)], dim=1)
+    antiquarks = torch.cat([torch.full((n, 1), L), swiss_roll(n, g)], dim=1)
+
+    def field(x, z):
+        pts = torch.cat([z.reshape(-1, 1).to(x.dtype), x], dim=1)
+        E = fields.string_field(pts, quarks, antiquarks, L=L, sigma0=SIGMA0, K=K,
+                                normalize=True, backend=backend)
+        return E[:, 1:], E[:, 0]
+
+    grid = _grid(L, cfg.exact_steps, cfg.exact_end_steps)
+    t0 = time.perf_counter()
+    res = sampling.euler(field, source, L=L, grid=grid)
+    seconds = time.perf_counter() - t0
+    lines = sampling.euler(field, source[:cfg.n_lines], L=L, grid=grid, return_trajectory=True)
+    return res.samples, lines.trajectory, _metrics(res, target), seconds
+
+
 # --------------------------------------------------------------------------------------------
 # figures and tables
 # --------------------------------------------------------------------------------------------
+EXACT = "IFM (exact field)"
+METHODS = ("IFM", EXACT, "EFM")
+
+
 def _plots(out: str, source, target, runs: List[Dict], gens, lines, Ls):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = ["IFM", "EFM"]
     lim = float(target.abs().max()) * 1.15
-    fig, axes = plt.subplots(len(Ls), 3, figsize=(11, 3.7 * len(Ls)), squeeze=False)
+    methods = [m for m in METHODS if any(r["method"] == m for r in runs)]
+    fig, axes = plt.subplots(len(Ls), len(methods) + 1, figsize=(3.6 * (len(methods) + 1),
+                                                                 3.7 * len(Ls)), squeeze=False)
     for i, L in enumerate(Ls):
         ax = axes[i][0]
         ax.scatter(source[:, 0], source[:, 1], s=2, alpha=0.4, label="source P (z=0)")
         ax.scatter(target[:, 0], target[:, 1], s=2, alpha=0.4, label="target Q (z=L)")
-        ax.set_title(f"source and target (L={L:g})")
+        ax.set_title(f"source and target (L={L:g})", fontsize=9)
         ax.legend(loc="lower right", fontsize=7, markerscale=4)
         for j, m in enumerate(methods):
             ax = axes[i][j + 1]
-            run = next(r for r in runs if r["method"] == m and r["L"] == L)
+            run = next((r for r in runs if r["method"] == m and r["L"] == L), None)
+            if run is None:
+                ax.axis("off")
+                continue
             g = gens[(m, L)]
             ax.scatter(target[:, 0], target[:, 1], s=2, alpha=0.25, c="lightgray")
             ax.scatter(g[:, 0], g[:, 1], s=2, alpha=0.5, c="C3")
-            ax.set_title(f"{m}, L={L:g}: W2 = {run['w2_generated_target']:.2f} "
-                         f"(source {run['w2_source_target']:.2f})", fontsize=9)
+            ax.set_title(f"{m}, L={L:g}: W2 = {run['w2_generated_target']:.2f}", fontsize=9)
         for ax in axes[i]:
             ax.set_xlim(-lim, lim)
             ax.set_ylim(-lim, lim)
             ax.set_aspect("equal")
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "samples.png"), dpi=90)
+    fig.savefig(os.path.join(out, "samples.png"), dpi=80)
     plt.close(fig)
 
-    fig, axes = plt.subplots(len(Ls), 2, figsize=(11, 3.4 * len(Ls)), squeeze=False)
+    fig, axes = plt.subplots(len(Ls), len(methods), figsize=(4.4 * len(methods), 3.4 * len(Ls)),
+                             squeeze=False)
     for i, L in enumerate(Ls):
         for j, m in enumerate(methods):
             ax = axes[i][j]
+            if (m, L) not in lines:
+                ax.axis("off")
+                continue
             traj = lines[(m, L)]  # [steps+1, n, 3] z-first
             ax.plot(traj[:, :, 0].numpy(), traj[:, :, 1].numpy(), lw=0.6, alpha=0.7)
             ax.scatter(np.zeros(source.shape[0]), source[:, 0], s=1, c="C0", alpha=0.3)
@@ -221,25 +320,27 @@ def _plots(out: str, source, target, runs: List[Dict], gens, lines, Ls):
             ax.set_ylim(-lim, lim)
             ax.set_xlabel("z")
             ax.set_ylabel("x_1")
-            ax.set_title(f"{m} field lines, L={L:g} (plates at z=0 and z=L)", fontsize=9)
+            ax.set_title(f"{m} field lines, L={L:g}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "field_lines.png"), dpi=90)
+    fig.savefig(os.path.join(out, "field_lines.png"), dpi=80)
     plt.close(fig)
 
 
 def _markdown(summary: Dict) -> str:
     rows = ["| method | L | W2(generated, target) | W2(source, target) | ratio | train steps | "
-            "train time (s) | network calls / sample | guarded steps |",
+            "time (s) | field evaluations / sample | guarded steps |",
             "|---|---|---|---|---|---|---|---|---|"]
     for r in summary["runs"]:
+        steps = r["train_steps"] if r["train_steps"] else "— (no network)"
         rows.append(f"| {r['method']} | {r['L']:g} | {r['w2_generated_target']:.3f} | "
-                    f"{r['w2_source_target']:.3f} | {r['ratio']:.3f} | {r['train_steps']} | "
+                    f"{r['w2_source_target']:.3f} | {r['ratio']:.3f} | {steps} | "
                     f"{r['train_time_s']:.1f} | {r['network_calls_per_sample']} | "
                     f"{r['guarded_steps']} |")
     s = summary
     return ("\n".join(rows) + "\n\n"
             f"Command: `{s['command']}` · field backend: {s['backend']} · seed {s['seed']} · "
-            f"{s['n_eval']} evaluation samples · total {s['total_time_s']:.0f} s on "
+            f"{s['n_eval']} evaluation samples · sampling floor (two independent draws of the "
+            f"target) {s['w2_floor']:.3f} · total {s['total_time_s']:.0f} s on "
             f"{s['threads']} thread(s).\n")
 
 
@@ -248,37 +349,57 @@ def _markdown(summary: Dict) -> str:
 # --------------------------------------------------------------------------------------------
 def run_demo(out: str = "ifm-demo-out", seed: int = 0, quick: bool = False,
              backend: str = "auto", progress: bool = True, command: str = "ifm demo") -> Dict:
-    """Run the demo into ``out``; returns the summary dictionary (also written as JSON)."""
-    from . import fields
-
+    """Run the demo into ``out``; returns the summary dictionary (also written as JSON).
+    ``progress``: one bar over all training steps (else a line per run)."""
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {seed!r}")
     cfg = QUICK if quick else FULL
     os.makedirs(out, exist_ok=True)
+    print(f"ifm demo: figures and summary go to {os.path.abspath(out)}/", flush=True)
     t_start = time.perf_counter()
     ge = torch.Generator().manual_seed(seed + 12345)
     source, target = gaussian(cfg.n_eval, ge), swiss_roll(cfg.n_eval, ge)
     w2_src = w2(source, target)
+    w2_floor = w2(swiss_roll(cfg.n_eval, ge), target)
     used = backend if backend != "auto" else (
         "cpu" if "cpu" in fields.available_backends("cpu") else "reference")
     runs, gens, lines = [], {}, {}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        total = len(cfg.Ls) * (cfg.ifm_steps + cfg.efm_steps)
+        bar = tqdm(total=total, desc="ifm demo (training steps)", mininterval=2.0)
+
+    def record(method, L, gen, traj, metrics, seconds, steps, loss=None):
+        gens[(method, L)], lines[(method, L)] = gen, traj
+        run = {"method": method, "L": L, **metrics, "w2_source_target": w2_src,
+               "ratio": metrics["w2_generated_target"] / w2_src, "train_steps": steps,
+               "train_time_s": seconds, "final_loss": loss}
+        runs.append(run)
+        msg = (f"{method} L={L:g}: W2 {run['w2_generated_target']:.3f} (source {w2_src:.3f}, "
+               f"floor {w2_floor:.3f}), {seconds:.1f} s")
+        (bar.write if bar is not None else print)(msg)
+
     for method in ("IFM", "EFM"):
         for L in cfg.Ls:
-            net, seconds, loss = train(method, L, cfg, seed, backend, progress)
+            net, seconds, loss = train(method, L, cfg, seed, backend, bar)
             gen, traj, metrics = evaluate(net, L, cfg, source, target)
-            gens[(method, L)], lines[(method, L)] = gen, traj
-            run = {"method": method, "L": L, **metrics, "w2_source_target": w2_src,
-                   "ratio": metrics["w2_generated_target"] / w2_src,
-                   "train_steps": cfg.ifm_steps if method == "IFM" else cfg.efm_steps,
-                   "train_time_s": seconds, "final_loss": loss}
-            runs.append(run)
-            if progress:
-                print(f"{method} L={L:g}: W2 {run['w2_generated_target']:.3f} (source "
-                      f"{w2_src:.3f}), {seconds:.1f} s", flush=True)
+            record(method, L, gen, traj, metrics, seconds,
+                   cfg.ifm_steps if method == "IFM" else cfg.efm_steps, loss)
+        if method == "IFM":
+            for L in cfg.exact_Ls:
+                gen, traj, metrics, seconds = exact_field_run(L, cfg, seed, source, target,
+                                                              backend)
+                record(EXACT, L, gen, traj, metrics, seconds, 0)
+                runs[-1]["pairs"] = cfg.exact_pairs
+    if bar is not None:
+        bar.close()
+    order = {m: i for i, m in enumerate(METHODS)}
+    runs.sort(key=lambda r: (order[r["method"]], r["L"]))
     _plots(out, source, target, runs, gens, lines, cfg.Ls)
     summary = {"command": command, "seed": seed, "quick": quick, "backend": used,
                "threads": torch.get_num_threads(), "config": asdict(cfg),
-               "n_eval": cfg.n_eval, "runs": runs,
+               "n_eval": cfg.n_eval, "w2_floor": w2_floor, "runs": runs,
                "total_time_s": time.perf_counter() - t_start}
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
@@ -288,16 +409,23 @@ def run_demo(out: str = "ifm-demo-out", seed: int = 0, quick: bool = False,
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="ifm-demo-out", help="output folder (default: %(default)s)")
+    parser.add_argument("--out", default="ifm-demo-out",
+                        help="output folder (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="a much smaller run (seconds)")
     parser.add_argument("--backend", default="auto",
                         choices=["auto", "cpu", "cuda", "triton", "reference"],
                         help="field backend (default: %(default)s)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's own choice)")
 
 
 def main_from_args(args: argparse.Namespace, command: str = "ifm demo") -> int:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"ifm demo: --threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     summary = run_demo(out=args.out, seed=args.seed, quick=args.quick, backend=args.backend,
                        progress=not args.no_progress, command=command)
     print(_markdown(summary))

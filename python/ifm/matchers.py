@@ -4,8 +4,13 @@
 
     matcher = ifm.matchers.IFMMatcher(L=6.0, sigma0=1.0, K=10.0)
     z, x_tilde, target = matcher.sample_location_and_target(x0, x1)
-    f_x, f_z = net(x_tilde, z)
-    loss = matcher.loss((f_z, f_x), target)
+    f_x, f_z = net(x_tilde, z)                 # the network (ifm.sampling signature): x part first
+    loss = matcher.loss((f_z, f_x), target)    # the loss: z part first, like Target(z, x)
+
+The two orders differ on purpose: the network follows :mod:`ifm.sampling` (``net(x, z) ->
+(f_x, f_z)``), while predictions and targets follow the z-first layout of :mod:`ifm.fields`
+(``Target(z, x)``; a z-first ``[b, D+1]`` tensor is accepted as well). Passing ``(f_x, f_z)``
+to ``loss`` is rejected unless the shapes happen to match, so keep the z part first.
 
 ``x0`` is the batch on the plate z = 0 (P: quarks / positive charges) and ``x1`` the batch on the
 plate z = L (Q: antiquarks / negative charges); both ``[B, ...]`` with the same per-sample shape
@@ -42,7 +47,8 @@ broadcasts it, and pairs each rank's ``x0`` with its partners from the gathered 
 returned pairing then indexes the gathered ``x1`` (rank order).
 
 ``loss(prediction, target)`` is the mean squared error over all ``b * (D+1)`` entries; the
-prediction is a ``(f_z, f_x)`` pair shaped like the target, or a z-first ``[b, D+1]`` tensor.
+prediction is a ``(z part, x part)`` pair shaped like the target -- ``(f_z, f_x)``, the reverse
+of the network's return order -- or a z-first ``[b, D+1]`` tensor.
 """
 from __future__ import annotations
 

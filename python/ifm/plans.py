@@ -58,7 +58,7 @@ from typing import Callable, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from .points import check_batch
+from ._batch import check_batch
 
 __all__ = [
     "COSTS",

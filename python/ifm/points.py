@@ -31,6 +31,29 @@ Samplers
   queries also land near the plates and beyond the segments, where Coulomb lines curve. ``z`` may
   leave ``[0, L]`` (EFM's field exists everywhere) only when ``z_noise=True``.
 
+The authors' samplers, under their names, drawing random numbers in their order (a generator
+seeded like their global one reproduces their points; ``tests/data/authors/``):
+
+* :func:`both_side` -- ``interpolation="both_side"``. ``form="toy"`` (their ``ToyTrain``, the
+  toy checkpoints): half the queries near each plate, ``z = eps + |N(0, sigma_end^2)| (1 +
+  tau)^m`` and ``z = L - eps - |N(0, sigma_end^2)| (1 + tau)^m``, ``m ~ U(0, M)``; queries past
+  ``[eps, L - eps]`` are redrawn uniform in it; ``x = (1 - w) A + w C`` with their weight
+  ``w = (z - eps) / L``; toy defaults ``eps = 0.5``, ``sigma_end = 0.8``, ``M = 4``,
+  ``tau = 0.03``; ``b`` must be even. ``form="image"`` (their image trainer's one-sided form):
+  ``z = eps + |N(0, sigma_end^2)| (1 + tau)^m`` for all queries, the same redraw, ``w = z / L``.
+* :func:`uniform_mixing` -- ``"Uniform_mixing"``: ``z = clamp(|N(0, sigma_end^2)| (1 +
+  tau)^m, eps, L - eps)``, ``m ~ U(0, M)``, ``x = (1 - z/L) A + (z/L) C``, no noise (their noised
+  branch of this sampler reads an undefined variable).
+* :func:`noised_cos` -- ``"Uniform"`` with ``noised_interpolation=True``, the code's noised form:
+  :func:`uniform` plus ``mltp * (1 + cos(2 pi (z - L/2) / L)) * u``, ``u`` uniform on the sphere
+  (a deterministic radius, 2 mltp at the middle, 0 at the plates), beside the paper's
+  :func:`noised`.
+* :func:`pfgm` -- ``"Gaussian_mixing"`` of the IFM repository (above; ``form="efm"``: the EFM
+  repository's, with ``m ~ U(0, M)`` and z not clamped), in their order: ``m``, ``|z|``, the
+  ``restrict_M`` redraw, the direction, then the radius.
+* :func:`mesh` -- ``"mesh"`` (EFM toy): a shuffled regular grid of z-first points, the first
+  ``b`` of a random permutation of the ``num_points^(D+1)`` grid points.
+
 Images (``[B, C, H, W]``) may be passed directly: they are flattened to ``[B, D]``.
 """
 from __future__ import annotations
@@ -41,9 +64,11 @@ from typing import Callable, Optional, Union
 
 import torch
 
+from ._batch import check_batch, check_partner  # noqa: F401 (re-exported for matchers)
 from ._checks import check_scalar as _real
 
-__all__ = ["EPS", "uniform", "noised", "pfgm", "efm", "get_point_sampler", "SAMPLERS",
+__all__ = ["EPS", "uniform", "noised", "noised_cos", "pfgm", "efm", "both_side",
+           "uniform_mixing", "mesh", "get_point_sampler", "SAMPLERS",
            "uniform_on_sphere", "noise_sigma"]
 
 EPS = 1e-3
@@ -55,31 +80,6 @@ PFGM_TAU = 0.03
 # --------------------------------------------------------------------------------------------
 # checks and helpers
 # --------------------------------------------------------------------------------------------
-def check_batch(name: str, t, what: str = "B") -> None:
-    """``t`` is a floating tensor ``[n, ...]`` with ``n >= 1`` and at least 2 dims."""
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor [{what}, D] (or [{what}, C, H, W]), got "
-                        f"{type(t).__name__}")
-    if not t.is_floating_point():
-        raise TypeError(f"{name} must have a floating dtype, got {t.dtype}")
-    if t.dim() < 2 or t.shape[0] == 0:
-        raise ValueError(f"{name} must be [{what}, D] (or [{what}, C, H, W]) with {what} >= 1, "
-                         f"got shape {tuple(t.shape)}")
-
-
-def check_partner(name: str, t, ref_name: str, ref: torch.Tensor) -> None:
-    """``t`` is a tensor with the shape, dtype and device of ``ref`` (aligned pairs)."""
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor shaped like {ref_name}, got "
-                        f"{type(t).__name__}")
-    if t.shape != ref.shape:
-        raise ValueError(f"{ref_name} and {name} must have the same shape (aligned pairs), got "
-                         f"{tuple(ref.shape)} and {tuple(t.shape)}")
-    if t.dtype != ref.dtype or t.device != ref.device:
-        raise TypeError(f"{name} ({t.dtype}, {t.device}) must have {ref_name}'s dtype and device "
-                        f"({ref.dtype}, {ref.device})")
-
-
 def _pairs(x0, x1, b, *, need_x1: bool = True):
     check_batch("x0", x0)
     a = x0.reshape(x0.shape[0], -1)
@@ -109,6 +109,27 @@ def _rand(shape, like, generator):
 
 def _randn(shape, like, generator):
     return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def _check_bool(name, v):
+    if not isinstance(v, bool):
+        raise TypeError(f"{name} must be a bool, got {v!r}")
+
+
+def _restrict_m(m, z0, M, like, generator):
+    """Their ``restrict_M``: ``m ~ U(0, int(0.7 M))`` where ``z0 < 0.005``."""
+    idx = z0 < 0.005
+    m = m.clone()
+    m[idx] = _rand((int(idx.sum()),), like, generator) * int(M * 0.7)
+    return m
+
+
+def _redraw_outside(z, L, eps, like, generator):
+    """Their redraw: ``z > L - eps`` first, then ``z < eps``, each ``U(eps, L - eps)``."""
+    for outside in (lambda v: v > L - eps, lambda v: v < eps):
+        idx = outside(z).nonzero().flatten()
+        z[idx] = eps + _rand((idx.numel(),), like, generator) * (L - 2 * eps)
+    return z
 
 
 def uniform_on_sphere(n: int, D: int, like: torch.Tensor,
@@ -168,26 +189,38 @@ def noised(x0: torch.Tensor, x1: torch.Tensor, *, L: float, b: Optional[int] = N
 
 def pfgm(x0: torch.Tensor, x1: Optional[torch.Tensor] = None, *, L: float,
          b: Optional[int] = None, eps: float = EPS, sigma_end: float = PFGM_SIGMA_END,
-         M: float = PFGM_M, tau: float = PFGM_TAU,
-         generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """PFGM-style perturbation around the data plate z = 0 (module docstring); ``x1`` unused."""
+         M: float = PFGM_M, tau: float = PFGM_TAU, restrict_M: bool = False,
+         form: str = "ifm", generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """PFGM-style perturbation around the data plate z = 0 (module docstring); ``x1`` unused.
+    ``restrict_M=True``: queries with ``|N(0, sigma_end^2)| < 0.005`` redraw
+    ``m ~ U(0, int(0.7 M))`` (their ``restrict_M``). ``form="ifm"``: the IFM repository's
+    ``Gaussian_mixing`` (``m = M N(0, 1)``, z clamped to ``[eps, L - eps]``); ``form="efm"``: the
+    EFM repository's (``m ~ U(0, M)``, z not clamped)."""
     L = _real("L", L)
     eps = _real("eps", eps, allow_zero=True)
     sigma_end = _real("sigma_end", sigma_end)
     M = _real("M", M, allow_zero=True)
     tau = _real("tau", tau)
+    _check_bool("restrict_M", restrict_M)
+    if form not in ("ifm", "efm"):
+        raise ValueError(f"form must be 'ifm' or 'efm' (whose repository's Gaussian_mixing), "
+                         f"got {form!r}")
     a, _, b = _pairs(x0, x1, b, need_x1=False)
     _check_generator(generator, a.device)
     if not (2 * eps < L):
         raise ValueError(f"eps must be < L/2, got eps={eps}, L={L}")
     D = a.shape[1]
-    m = M * _randn((b,), a, generator)
+    m = (_randn if form == "ifm" else _rand)((b,), a, generator) * M
+    z0 = (_randn((b,), a, generator) * sigma_end).abs()
+    if restrict_M:
+        m = _restrict_m(m, z0, M, a, generator)
     # (1 + tau)^m in float64: exp(191 * 5 * log 1.03) overflows float32 for rare m
     factor = torch.exp(m.double() * math.log1p(tau))
-    z = (sigma_end * _randn((b,), a, generator).abs()).double() * factor
-    z = z.clamp(eps, L - eps)
-    radius = (sigma_end * _randn((b, D), a, generator)).norm(dim=1).double() * factor
+    z = z0.double() * factor
+    if form == "ifm":
+        z = z.clamp(eps, L - eps)
     u = uniform_on_sphere(b, D, a, generator)
+    radius = (_randn((b, D), a, generator) * sigma_end).norm(dim=1).double() * factor
     x = a + u * radius.to(a.dtype)[:, None]
     return torch.cat([z.to(a.dtype)[:, None], x], dim=1)
 
@@ -211,7 +244,118 @@ def efm(x0: torch.Tensor, x1: torch.Tensor, *, L: float, b: Optional[int] = None
     return torch.cat([z[:, None], x], dim=1)
 
 
-SAMPLERS = {"uniform": uniform, "noised": noised, "pfgm": pfgm, "efm": efm}
+def noised_cos(x0: torch.Tensor, x1: torch.Tensor, *, L: float, b: Optional[int] = None,
+               eps: float = EPS, mltp: float = 1.0,
+               generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """The authors' code's noised interpolation (``"Uniform"`` with ``noised_interpolation``):
+    :func:`uniform` plus ``mltp * (1 + cos(2 pi (z - L/2) / L)) * u``, ``u`` uniform on the
+    sphere; ``mltp`` is their ``noised_interpolation_mltp``."""
+    L = _real("L", L)
+    eps = _real("eps", eps, allow_zero=True)
+    mltp = _real("mltp", mltp, allow_zero=True)
+    a, c, b = _pairs(x0, x1, b)
+    _check_generator(generator, a.device)
+    z = _uniform_z(b, L, eps, a, generator)
+    t = (z / L)[:, None]
+    x = c * t + (1 - t) * a
+    u = uniform_on_sphere(b, a.shape[1], a, generator)
+    x = x + mltp * u * (1 + torch.cos(2 * math.pi / L * (z - L / 2)))[:, None]
+    return torch.cat([z[:, None], x], dim=1)
+
+
+def both_side(x0: torch.Tensor, x1: torch.Tensor, *, L: float, b: Optional[int] = None,
+              eps: float = 0.5, sigma_end: float = 0.8, M: float = 4.0, tau: float = 0.03,
+              form: str = "toy", generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """The authors' ``both_side`` queries (module docstring); ``form="toy"`` (their
+    ``ToyTrain``, defaults of their toy notebook) or ``"image"`` (one-sided image form)."""
+    L = _real("L", L)
+    eps = _real("eps", eps, allow_zero=True)
+    sigma_end = _real("sigma_end", sigma_end)
+    M = _real("M", M, allow_zero=True)
+    tau = _real("tau", tau, allow_zero=True)
+    if form not in ("toy", "image"):
+        raise ValueError(f"form must be 'toy' (their ToyTrain) or 'image', got {form!r}")
+    if not (2 * eps < L):
+        raise ValueError(f"eps must be < L/2, got eps={eps}, L={L}")
+    a, c, b = _pairs(x0, x1, b)
+    _check_generator(generator, a.device)
+    if form == "toy":
+        if b % 2:
+            raise ValueError(f"b must be even for form='toy' (half the queries at each plate), "
+                             f"got {b}")
+        h = b // 2
+        sides = []
+        for sign, base in ((1.0, eps), (-1.0, L - eps)):
+            mult = (1 + tau) ** (_rand((h,), a, generator) * M)
+            offset = (_randn((h,), a, generator) * sigma_end).abs()
+            sides.append(base + sign * offset * mult)
+        z = _redraw_outside(torch.cat(sides), L, eps, a, generator)
+        w = ((z - eps) / L)[:, None]
+    else:
+        mult = (1 + tau) ** (_rand((b,), a, generator) * M)
+        z = (_randn((b,), a, generator) * sigma_end).abs() * mult + eps
+        z = _redraw_outside(z, L, eps, a, generator)
+        w = (z / L)[:, None]
+    x = c * w + (1 - w) * a
+    return torch.cat([z[:, None], x], dim=1)
+
+
+def uniform_mixing(x0: torch.Tensor, x1: torch.Tensor, *, L: float, b: Optional[int] = None,
+                   eps: float = EPS, sigma_end: float = PFGM_SIGMA_END, M: float = PFGM_M,
+                   tau: float = PFGM_TAU, restrict_M: bool = False,
+                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """The authors' ``Uniform_mixing`` (module docstring)."""
+    L = _real("L", L)
+    eps = _real("eps", eps, allow_zero=True)
+    sigma_end = _real("sigma_end", sigma_end)
+    M = _real("M", M, allow_zero=True)
+    tau = _real("tau", tau)
+    _check_bool("restrict_M", restrict_M)
+    if not (2 * eps < L):
+        raise ValueError(f"eps must be < L/2, got eps={eps}, L={L}")
+    a, c, b = _pairs(x0, x1, b)
+    _check_generator(generator, a.device)
+    m = _rand((b,), a, generator) * M
+    z0 = (_randn((b,), a, generator) * sigma_end).abs()
+    if restrict_M:
+        m = _restrict_m(m, z0, M, a, generator)
+    z = (z0 * (1 + tau) ** m).clamp(eps, L - eps)
+    t = (z / L)[:, None]
+    return torch.cat([z[:, None], c * t + (1 - t) * a], dim=1)
+
+
+def mesh(x0: Optional[torch.Tensor] = None, x1: Optional[torch.Tensor] = None, *,
+         L: Optional[float] = None, b: int, ranges, num_points: int,
+         generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """The EFM toy's ``"mesh"`` queries: the regular grid of ``num_points`` values per z-first
+    column over ``ranges = [(lo_0, hi_0), (lo_1, hi_1), ...]`` (column 0 = z; the first column
+    varies slowest), shuffled by a random permutation, first ``b`` points. Their ``KV`` dict maps
+    to ``ranges=[KV["x"], KV["y"], KV["z"]]`` (their mesh puts ``KV["x"]`` in column 0). The data
+    and ``L`` are not used (they may be passed for the common signature); dtype and device come
+    from ``x0`` when given (float32 on the CPU otherwise)."""
+    if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 1:
+        raise ValueError(f"num_points must be a positive int, got {num_points!r}")
+    try:
+        rng = [(float(lo), float(hi)) for lo, hi in ranges]
+    except (TypeError, ValueError):
+        raise TypeError("ranges must be a sequence of (lo, hi) pairs, one per z-first column")
+    if len(rng) < 2:
+        raise ValueError(f"ranges needs one (lo, hi) pair per z-first column (>= 2), got "
+                         f"{len(rng)}")
+    like = x0 if isinstance(x0, torch.Tensor) else torch.empty(0)
+    total = num_points ** len(rng)
+    if isinstance(b, bool) or not isinstance(b, int) or not (1 <= b <= total):
+        raise ValueError(f"b must be an int in [1, {total}] (grid points), got {b!r}")
+    _check_generator(generator, like.device)
+    axes = [torch.linspace(lo, hi, num_points, dtype=like.dtype, device=like.device)
+            for lo, hi in rng]
+    grid = torch.cartesian_prod(*axes)
+    perm = torch.randperm(total, generator=generator, device=like.device)
+    return grid[perm][:b]
+
+
+SAMPLERS = {"uniform": uniform, "noised": noised, "noised_cos": noised_cos, "pfgm": pfgm,
+            "efm": efm, "both_side": both_side, "uniform_mixing": uniform_mixing, "mesh": mesh}
 
 
 def get_point_sampler(sampler: Union[str, Callable] = "uniform", **kwargs) -> Callable:

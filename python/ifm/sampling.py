@@ -26,7 +26,8 @@ Give ``steps`` (number of Euler steps to cross the full gap, step ``L / steps``)
 ``ceil(L / step_size)`` steps), or ``grid``: an increasing 1-D sequence of z values from 0 to L
 (both included) whose consecutive differences are the steps, e.g. :func:`plate_refined_grid`,
 which resolves the end regions of the string field (width ``d = pi / (2K)``, where the lines bend
-onto the charges) with extra steps; a sample between two grid values first steps to the next one. Each sample carries its own z (``z_start`` may differ per sample,
+onto the charges) with extra steps; a sample between two grid values first steps to the next
+one. Each sample carries its own z (``z_start`` may differ per sample,
 default: the start plate); a sample whose remaining distance is below the step takes a clipped
 step and is then frozen on the plate, so **every sample stops exactly on its own end plate** and
 is not evaluated again. Explicit Euler, evaluated at the start of each step:
@@ -39,8 +40,27 @@ is **guarded** when ``c < min_cos`` -- ``f_z`` is near zero or has the wrong sig
 line). A guarded step uses ``f_z' = orientation * max(|f_z|, min_cos * ||f||)`` instead of
 ``f_z``: the sign is forced to the field's orientation and the slope is bounded,
 ``||dx/dz|| <= sqrt(1 / min_cos^2 - 1)`` (about 20 for the default ``min_cos = 0.05``). A sample
-whose whole output is zero (``||f|| = 0``) moves straight along z (and counts as guarded). The result counts guarded
+whose whole output is zero (``||f|| = 0``) moves straight along z (and counts as guarded). The
+result counts guarded
 sample-steps in total, per sample, and how many of them had the wrong sign.
+
+The authors' solvers
+--------------------
+* :func:`rk45` -- adaptive Runge-Kutta 4(5) of ``scipy.integrate.solve_ivp`` (the solver of
+  PFGM's and the EFM repository's ``get_rk45_sampler_pfgm``) over all samples at once, defaults
+  as theirs: ``rtol = atol = 1e-4``, ``method="RK45"``. ``variable="z"`` integrates
+  ``dx/dz = f_x / f_z`` in z (IFM; the same ``f_z`` guard as :func:`euler`);
+  ``variable="log_z"`` is their change of variable ``z = exp(t)`` (EFM / PFGM): ``t`` runs from
+  ``log(z_from)`` to ``log(z_to)`` with ``dx/dt = z f_x / (f_z + 1e-5)``, ``dz/dt = z``, where
+  their sampler goes from ``L`` down to ``eps = 1e-3``.
+* :func:`fixed_step_euler` -- their ``LearnedODESolver`` (toys) / ``LearnedImageODESolver``
+  (images): every sample moves ``x <- x +/- step / (f_z + gamma) * f`` until all have passed the
+  end plate (no clipping: the last step overshoots, as theirs).
+* :func:`dipole_efm` -- EFM's ``LearnDippoleEFMODESolver``: ``floor(L / step)`` steps
+  ``v <- v + (step / f_z + gamma) f``, then the samples whose field still points forward
+  (``f_z > 0``) go on behind the second plate with steps of length ``behind_step`` along the
+  field for ``behind_num_steps`` steps, each sample until it is back within ``margin = 0.05`` of
+  the plate.
 """
 from __future__ import annotations
 
@@ -50,9 +70,10 @@ from typing import Callable, List, Optional
 
 import torch
 
-from .points import check_batch
+from ._batch import check_batch
 
-__all__ = ["SampleResult", "euler", "zfirst_net", "plate_refined_grid"]
+__all__ = ["SampleResult", "ODEResult", "euler", "rk45", "fixed_step_euler", "dipole_efm",
+           "zfirst_net", "plate_refined_grid"]
 
 
 @dataclass
@@ -126,9 +147,11 @@ def _check_grid(grid, L):
 
 def _check_args(net, x, L, direction, steps, step_size, orientation, min_cos):
     if not callable(net):
-        raise TypeError(f"net must be callable as net(x, z) -> (f_x, f_z), got {type(net).__name__}")
+        raise TypeError(f"net must be callable as net(x, z) -> (f_x, f_z), got "
+                        f"{type(net).__name__}")
     check_batch("x", x, "n")
-    if isinstance(L, bool) or not isinstance(L, (int, float)) or not (L > 0) or not math.isfinite(L):
+    if isinstance(L, bool) or not isinstance(L, (int, float)) or not (L > 0) \
+            or not math.isfinite(L):
         raise ValueError(f"L must be a positive finite number, got {L!r}")
     if direction not in ("forward", "backward"):
         raise ValueError(f"direction must be 'forward' (P->Q, z: 0 -> L) or 'backward' "
@@ -242,7 +265,8 @@ def euler(net: Callable, x: torch.Tensor, *, L: float, direction: str = "forward
             last = remaining[active] <= h * (1 + 1e-9)
         else:  # next grid value beyond z in the travel direction
             if sign > 0:
-                nxt = grid[torch.searchsorted(grid, za + tol, right=True).clamp(max=grid.numel() - 1)]
+                nxt = grid[torch.searchsorted(grid, za + tol, right=True)
+                           .clamp(max=grid.numel() - 1)]
             else:
                 nxt = grid[(torch.searchsorted(grid, za - tol, right=False) - 1).clamp(min=0)]
             dz = nxt - za
@@ -260,3 +284,224 @@ def euler(net: Callable, x: torch.Tensor, *, L: float, direction: str = "forward
                         guarded=int(guarded_ps.sum()), guarded_per_sample=guarded_ps,
                         reversed=n_reversed,
                         trajectory=torch.stack(traj) if return_trajectory else None)
+
+
+# --------------------------------------------------------------------------------------------
+# the authors' solvers
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ODEResult:
+    """Output of :func:`rk45`, :func:`fixed_step_euler` and :func:`dipole_efm`.
+
+    Attributes:
+        samples: end points, shaped like the input ``x``.
+        z: ``[n]`` final z of every sample.
+        nfe: number of network calls (batched evaluations).
+        message: the integrator's status message (``rk45``), else ``""``.
+    """
+
+    samples: torch.Tensor
+    z: torch.Tensor
+    nfe: int
+    message: str = ""
+
+
+def _positive(name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0) \
+            or not math.isfinite(v):
+        raise ValueError(f"{name} must be a positive finite number, got {v!r}")
+    return float(v)
+
+
+def _check_start(net, x, z_start):
+    if not callable(net):
+        raise TypeError(f"net must be callable as net(x, z) -> (f_x, f_z), got "
+                        f"{type(net).__name__}")
+    check_batch("x", x, "n")
+    n = x.shape[0]
+    if z_start is None:
+        return None
+    if not isinstance(z_start, torch.Tensor) or z_start.shape != (n,):
+        raise ValueError(f"z_start must be a [{n}] tensor, got "
+                         f"{getattr(z_start, 'shape', type(z_start).__name__)}")
+    return z_start.to(device=x.device, dtype=x.dtype)
+
+
+def _call(net, x, z):
+    f_x, f_z = net(x, z)
+    _check_output(f_x, f_z, x)
+    return f_x.to(x.dtype).reshape(x.shape[0], -1), f_z.reshape(-1).to(x.dtype)
+
+
+@torch.no_grad()
+def rk45(net: Callable, x: torch.Tensor, *, L: float, direction: str = "forward",
+         variable: str = "z", z_from: Optional[float] = None, z_to: Optional[float] = None,
+         rtol: float = 1e-4, atol: float = 1e-4, method: str = "RK45", orientation: int = 1,
+         min_cos: float = 0.05) -> ODEResult:
+    """Adaptive integration of the field lines with ``scipy.integrate.solve_ivp`` (module
+    docstring).
+
+    Args:
+        net: ``net(x, z) -> (f_x, f_z)``. x: ``[n, D]`` (or ``[n, C, H, W]``) start positions.
+        L: plate distance. direction: ``"forward"`` (z: 0 -> L) or ``"backward"`` (z: L -> 0);
+            sets the default ``z_from`` / ``z_to``.
+        variable: ``"z"`` (integrate in z) or ``"log_z"`` (in ``t = log z``, as their PFGM
+            sampler; needs ``z_from, z_to > 0``, default ``z_to = 1e-3`` backward, their
+            ``eps``; default ``z_from = 1e-3`` forward).
+        z_from, z_to: start and end z (defaults: the plates, see ``variable``).
+        rtol, atol, method: passed to ``solve_ivp`` (their defaults 1e-4, 1e-4, ``"RK45"``).
+        orientation, min_cos: the ``f_z`` guard of :func:`euler` (``variable="z"`` only).
+    """
+    from scipy import integrate
+
+    check_batch("x", x, "n")
+    if not callable(net):
+        raise TypeError(f"net must be callable as net(x, z) -> (f_x, f_z), got "
+                        f"{type(net).__name__}")
+    L = _positive("L", L)
+    if direction not in ("forward", "backward"):
+        raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
+    if variable not in ("z", "log_z"):
+        raise ValueError(f"variable must be 'z' or 'log_z', got {variable!r}")
+    if orientation not in (1, -1):
+        raise ValueError(f"orientation must be +1 or -1, got {orientation!r}")
+    if isinstance(min_cos, bool) or not isinstance(min_cos, (int, float)) \
+            or not (0 < min_cos < 1):
+        raise ValueError(f"min_cos must be in (0, 1), got {min_cos!r}")
+    rtol, atol = _positive("rtol", rtol), _positive("atol", atol)
+    low = 1e-3 if variable == "log_z" else 0.0
+    forward = direction == "forward"
+    z0 = float(z_from) if z_from is not None else (low if forward else L)
+    z1 = float(z_to) if z_to is not None else (L if forward else low)
+    if variable == "log_z" and not (z0 > 0 and z1 > 0):
+        raise ValueError(f"variable='log_z' needs z_from, z_to > 0, got {z0}, {z1}")
+    if z0 == z1:
+        raise ValueError(f"z_from and z_to must differ, got {z0}")
+    n, shape, dtype = x.shape[0], x.shape, x.dtype
+    nfe = 0
+
+    def fz_guarded(f_x, f_z):
+        norm = torch.sqrt(f_x.pow(2).sum(1) + f_z.pow(2))
+        floor = min_cos * norm
+        guard = (orientation * f_z < floor) | (norm == 0)
+        fz = torch.where(guard, orientation * torch.maximum(f_z.abs(), floor), f_z)
+        return torch.where(fz == 0, torch.ones_like(fz), fz)
+
+    def rhs(s, y):
+        nonlocal nfe
+        nfe += 1
+        if variable == "z":
+            xs = torch.as_tensor(y, dtype=dtype, device=x.device).reshape(shape)
+            f_x, f_z = _call(net, xs, torch.full((n,), s, dtype=dtype, device=x.device))
+            return (f_x / fz_guarded(f_x, f_z)[:, None]).double().cpu().numpy().reshape(-1)
+        z = math.exp(s)
+        state = torch.as_tensor(y, dtype=dtype, device=x.device).reshape(n, -1)
+        xs = state[:, 1:].reshape(shape)
+        f_x, f_z = _call(net, xs, torch.full((n,), z, dtype=dtype, device=x.device))
+        drift = torch.cat([torch.full((n, 1), z, dtype=dtype, device=x.device),
+                           z * f_x / (f_z + 1e-5)[:, None]], dim=1)
+        return drift.double().cpu().numpy().reshape(-1)
+
+    flat = x.detach().double().cpu().reshape(n, -1)
+    if variable == "z":
+        y0, span = flat.numpy().reshape(-1), (z0, z1)
+    else:
+        y0 = torch.cat([torch.full((n, 1), z0, dtype=torch.float64), flat], 1).numpy().reshape(-1)
+        span = (math.log(z0), math.log(z1))
+    sol = integrate.solve_ivp(rhs, span, y0, rtol=rtol, atol=atol, method=method)
+    if not sol.success:
+        raise RuntimeError(f"rk45: solve_ivp failed: {sol.message}")
+    end = torch.as_tensor(sol.y[:, -1]).reshape(n, -1)
+    if variable == "log_z":
+        end = end[:, 1:]
+    samples = end.to(dtype=dtype, device=x.device).reshape(shape)
+    return ODEResult(samples=samples, z=torch.full((n,), z1, dtype=dtype, device=x.device),
+                     nfe=nfe, message=str(sol.message))
+
+
+@torch.no_grad()
+def fixed_step_euler(net: Callable, x: torch.Tensor, *, L: float, step: float,
+                     direction: str = "forward", z_start: Optional[torch.Tensor] = None,
+                     gamma: float = 0.0, z_stop: Optional[float] = None,
+                     max_steps: int = 100_000) -> ODEResult:
+    """The authors' fixed-step Euler along z (``LearnedODESolver`` forward,
+    ``LearnedImageODESolver`` backward): ``v <- v + s * step / (f_z + gamma) * f`` with
+    ``s = +1`` forward (until every z >= ``z_stop``, default L) or ``-1`` backward (until every
+    z <= ``z_stop``, default their ``epsilon`` 1e-3; theirs tests the first sample only). Every
+    sample takes every step (the last one may overshoot the plate, as theirs); ``z_start``
+    defaults to the start plate. ``config.ode.step`` / ``config.ode.gamma`` are their
+    ``step`` / ``gamma``."""
+    z_start = _check_start(net, x, z_start)
+    L = _positive("L", L)
+    step = _positive("step", step)
+    if direction not in ("forward", "backward"):
+        raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma):
+        raise ValueError(f"gamma must be a finite number, got {gamma!r}")
+    forward = direction == "forward"
+    stop = float(z_stop) if z_stop is not None else (L if forward else 1e-3)
+    n = x.shape[0]
+    z = z_start if z_start is not None else torch.full((n,), 0.0 if forward else L,
+                                                       dtype=x.dtype, device=x.device)
+    v = torch.cat([z[:, None], x.reshape(n, -1)], dim=1)
+    sign = 1.0 if forward else -1.0
+    nfe = 0
+    while bool((v[:, 0] < stop).any() if forward else (v[:, 0] > stop).any()):
+        if nfe >= max_steps:
+            raise RuntimeError(f"fixed_step_euler: not past z_stop={stop} after {max_steps} steps")
+        f_x, f_z = _call(net, v[:, 1:].reshape(x.shape), v[:, 0].clone())
+        nfe += 1
+        f = torch.cat([f_z[:, None], f_x], dim=1)
+        v = v + sign * (step / (f_z[:, None] + gamma)) * f
+    return ODEResult(samples=v[:, 1:].reshape(x.shape), z=v[:, 0], nfe=nfe)
+
+
+@torch.no_grad()
+def dipole_efm(net: Callable, x: torch.Tensor, *, L: float, step: float,
+               z_start: Optional[torch.Tensor] = None, gamma: float = 0.0,
+               behind_step: float = 1.5, behind_num_steps: int = 350, margin: float = 0.05,
+               behind_norm: str = "batch") -> ODEResult:
+    """EFM's two-plate solver with its continuation behind the second plate (module
+    docstring); defaults ``behind_step = 1.5``, ``behind_num_steps = 350`` as their toy configs.
+
+    ``behind_norm="batch"`` (theirs) divides each step by the norm of the whole
+    ``[m, D+1]`` field of the ``m`` samples still moving (so the step shrinks with the batch);
+    ``"row"`` divides each sample's field by its own norm (steps of exactly ``behind_step``).
+    """
+    z_start = _check_start(net, x, z_start)
+    L = _positive("L", L)
+    step = _positive("step", step)
+    behind_step = _positive("behind_step", behind_step)
+    if isinstance(behind_num_steps, bool) or not isinstance(behind_num_steps, int) \
+            or behind_num_steps < 0:
+        raise ValueError(f"behind_num_steps must be an int >= 0, got {behind_num_steps!r}")
+    if behind_norm not in ("batch", "row"):
+        raise ValueError(f"behind_norm must be 'batch' (theirs) or 'row', got {behind_norm!r}")
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma):
+        raise ValueError(f"gamma must be a finite number, got {gamma!r}")
+    n = x.shape[0]
+    z = z_start if z_start is not None else torch.zeros(n, dtype=x.dtype, device=x.device)
+    v = torch.cat([z[:, None], x.reshape(n, -1)], dim=1)
+    nfe = 0
+
+    def field(rows):
+        nonlocal nfe
+        nfe += 1
+        f_x, f_z = _call(net, rows[:, 1:].reshape(rows.shape[0], *x.shape[1:]), rows[:, 0].clone())
+        return torch.cat([f_z[:, None], f_x], dim=1)
+
+    for _ in range(math.floor(L / step)):
+        f = field(v)
+        v = v + (step / f[:, :1] + gamma) * f
+    f = field(v)
+    start = f[:, 0] > 0
+    mask = start
+    for _ in range(behind_num_steps):
+        idx = mask.nonzero().flatten()
+        if idx.numel() == 0:
+            break
+        f_m = field(v[idx])
+        scale = (f_m.norm() if behind_norm == "batch" else f_m.norm(dim=1, keepdim=True))
+        v[idx] = v[idx] + (behind_step / scale) * f_m
+        mask = start & (v[:, 0] >= L + margin)
+    return ODEResult(samples=v[:, 1:].reshape(x.shape), z=v[:, 0], nfe=nfe)
