@@ -42,11 +42,21 @@ def _tan(a):
 
 
 @triton.jit
+def _f64(x):
+    """``x`` as a float64 scalar tensor: the operand of every comparison with a float parameter.
+    Triton 3.6's comparison operators turn a Python float operand into a float32 constant
+    (rounded) before promoting it, and the interpreter passes ``tl.float64`` arguments as Python
+    floats, so ``z < d`` there compares with float32(d). Compiled code receives the argument as
+    a float64 scalar already: this is a no-op there (same PTX)."""
+    return tl.full([], x, tl.float64)
+
+
+@triton.jit
 def string_offset_params(z, L):
     """``(from_antiquark, t)`` of ``field_math.h: string_query``: offsets are taken from the
     nearer plate, ``rho = (x - base) - t * Delta`` with ``base = A, t = z / L`` for ``z <= L/2``
     and ``base = C, t = -(L - z) / L`` otherwise. ``z`` float64."""
-    from_anti = z > 0.5 * L
+    from_anti = z > 0.5 * _f64(L)
     t = tl.where(from_anti, -(L - z) / L, z / L)
     return from_anti, t
 
@@ -59,9 +69,9 @@ def string_query(z, L, sigma0, K, d, D):
     (0 outside), ``1 / (2 s^2)`` (0 when s == 0), slope ``kappa`` (``-inf`` at z == L) and
     ``(s / sigma0)^D``. ``z`` is a float64 tensor; the parameters are float64 scalars.
     """
-    inside = (z >= 0.0) & (z <= L)
-    left = z < d
-    right = (z > L - d) & (~left)
+    inside = (z >= 0.0) & (z <= _f64(L))
+    left = z < _f64(d)
+    right = (z > _f64(L - d)) & (~left)
     zl = tl.where(left, z, 0.0)
     zr = tl.where(right, L - z, 0.0)
     s_left = sigma0 * tl.sin(K * zl)
