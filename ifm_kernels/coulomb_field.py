@@ -17,6 +17,7 @@ final normalisation; skipped for one plate without any normalisation.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -24,6 +25,10 @@ import triton
 import triton.language as tl
 
 from . import _common as C
+
+# Launch plans depend only on ints and the (hashable, frozen) device profile: computed once per
+# shape and device kind.
+_plan = functools.lru_cache(maxsize=1024)(C.make_plan)
 
 
 @triton.jit
@@ -104,14 +109,12 @@ def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
         return out
     profile = C.device_profile(points.device)
     with C.launch_guard(points.device):
-        plan_p = C.make_plan(b, positive.shape[0], width, width, profile,
-                             points.element_size())
+        plan_p = _plan(b, positive.shape[0], width, width, profile, points.element_size())
         _plate_field(plan_p, points, positive, sum_eps, out)
         en = None
         if negative is not None:
             en = torch.empty_like(points)
-            plan_n = C.make_plan(b, negative.shape[0], width, width, profile,
-                                 points.element_size())
+            plan_n = _plan(b, negative.shape[0], width, width, profile, points.element_size())
             _plate_field(plan_n, points, negative, sum_eps, en)
         C.launch_finalize(plan_p, out, en, out, plate_gamma=plate_gamma, normalize=normalize,
                           norm_scale=norm_scale, eps=eps)

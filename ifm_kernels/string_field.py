@@ -14,11 +14,17 @@ Launches (docs/DESIGN.md, "Numerics every kernel follows"; kernels of passes 1, 
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
 from . import _common as C
+
+# Launch plans depend only on ints and the (hashable, frozen) device profile: computed once per
+# shape and device kind.
+_plan = functools.lru_cache(maxsize=1024)(C.make_plan)
 
 
 @triton.jit
@@ -98,8 +104,7 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
         return out
     if B == 0 or D == 0:
         return out.zero_()
-    plan = C.make_plan(b, B, D, width, C.device_profile(points.device),
-                       points.element_size())
+    plan = _plan(b, B, D, width, C.device_profile(points.device), points.element_size())
     with C.launch_guard(points.device):
         part, nsq = C.launch_distance(plan, points, quarks, antiquarks, b, B, 1, D, L,
                                       string=True)

@@ -7,15 +7,22 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import struct
 from typing import Optional, Sequence
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def check_scalar(name: str, value, *, positive: bool = True, allow_zero: bool = False) -> float:
     """A finite real number (``> 0`` when ``positive``; ``>= 0`` with ``allow_zero``)."""
+    if type(value) is float or type(value) is int:  # the common case, without the ABC check
+        value = float(value)
+        if math.isfinite(value) and (not positive or value > 0 or (allow_zero and value == 0)):
+            return value
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise TypeError(f"{name} must be a real number, got a tensor of shape {tuple(value.shape)}")
@@ -72,65 +79,135 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+_FINFO = {dt: torch.finfo(compute_dtype(dt)) for dt in FLOAT_DTYPES}
+
+
 def magnitude_bound(dtype: torch.dtype, width: int) -> float:
     """Largest |value| for which no squared distance over ``width`` columns can overflow:
     two points with coordinates below it have ``sum_k (x_k - y_k)^2 < 4 width bound^2 = max``."""
-    return math.sqrt(torch.finfo(compute_dtype(dtype)).max / (4.0 * width))
+    return math.sqrt(_FINFO[dtype].max / (4.0 * width))
 
 
 def check_params_fit(dtype: torch.dtype, **params) -> None:
     """Every non-zero parameter is a normal number of the compute dtype (float32 for half
     inputs): e.g. ``sigma0 = 1e-300`` is 0 in float32 and would turn ``s / sigma0`` into 0/0."""
-    info = torch.finfo(compute_dtype(dtype))
+    info = _FINFO[dtype]
+    lo, hi = info.tiny, info.max
     for name, value in params.items():
-        if value is not None and value != 0 and not info.tiny <= abs(value) <= info.max:
+        if value is not None and value != 0 and not lo <= abs(value) <= hi:
             raise ValueError(f"{name} = {value:g} is outside the range of {compute_dtype(dtype)} "
                              f"(normal numbers {info.tiny:.3g} .. {info.max:.3g}), the precision "
                              "of the tensors; rescale the problem or pass float64 tensors")
 
 
-def check_finite_values(named: Sequence[tuple]) -> None:
-    """No NaN/inf, and no value so large that a squared distance overflows (one pass each)."""
+ENV_SWITCH = "IFM_CHECK_FINITE"
+_ENV_VALUES = {"": None, "auto": None, "1": True, "0": False}
+
+
+def _env_default():
+    raw = os.environ.get(ENV_SWITCH, "")
+    try:
+        return _ENV_VALUES[raw.strip().lower()]
+    except KeyError:
+        raise ValueError(f"environment variable {ENV_SWITCH} must be 1 (value checks on every "
+                         f"device), 0 (none) or unset/auto (CPU tensors only), got {raw!r}") from None
+
+
+def _reads_no_values(t: torch.Tensor) -> bool:
+    """True while the tensors hold no readable values: torch.compile traces, fake tensors
+    (FakeTensorMode, export), or a CUDA graph captures (a host read would end the capture)."""
+    if torch.compiler.is_compiling() or isinstance(t, FakeTensor):
+        return True
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+def value_checks(check_finite, t: torch.Tensor) -> bool:
+    """Whether the checks that read tensor values (finite values, plate columns) run.
+
+    ``check_finite``: ``None`` (default) takes the environment variable ``IFM_CHECK_FINITE``:
+    unset or ``auto`` checks CPU tensors only (free of device syncs), ``1`` every device, ``0``
+    none. ``True``/``False`` force it. Where values cannot be read (:func:`_reads_no_values`)
+    nothing runs; an explicit ``True`` is then an error rather than a skipped check.
+    """
+    if check_finite is None:
+        env = _env_default()
+        if not (t.device.type == "cpu" if env is None else env):
+            return False
+    elif check_finite is False:
+        return False
+    elif check_finite is not True:
+        raise TypeError(f"check_finite must be a bool or None (default: {ENV_SWITCH}, CPU "
+                        f"tensors only), got {check_finite!r}")
+    if _reads_no_values(t):
+        if check_finite:
+            raise ValueError("check_finite=True reads tensor values on the host, which cannot "
+                             "happen while torch.compile traces, on fake tensors or while a CUDA "
+                             "graph captures; pass check_finite=None (the default) there")
+        return False
+    return True
+
+
+def check_values(named: Sequence[tuple], plates: Sequence[tuple]) -> None:
+    """The checks that read tensor values, in one batched reduction (``_foreach_norm``, max |v|;
+    NaN propagates through it).
+
+    ``named``: ``(name, tensor)``, all of one dtype and width: no NaN/inf and no value so large
+    that a squared distance overflows. ``plates``: ``(name, tensor, z)``: column 0 equals ``z``;
+    ``z = None``: the plate's position is column 0 of row 0, which must be > 0 and shared by
+    every row. Errors name the first offending argument (tensors before plates).
+    """
+    bound = magnitude_bound(named[0][1].dtype, named[0][1].shape[1])
+    tensors = [t.detach() for _, t in named]
+    cols = []
+    for name, t, z in plates:
+        col = t.detach().select(1, 0)
+        if z is None:
+            z = float(col[0])
+            if not (math.isfinite(z) and z > 0):
+                check_finite_values(named, bound)
+                raise ValueError(f"{name}: column 0 must be the plate position z = L > 0 "
+                                 f"(z-first layout [n, D+1]), got {z:g} in row 0")
+        cols.append((name, col, z))
+        tensors.append(col - z if z else col)
+    norms = torch._foreach_norm(tensors, math.inf)
+    if not all(float(n) < bound for n in norms[:len(named)]):
+        check_finite_values(named, bound)
+    for (name, col, z), n in zip(cols, norms[len(named):]):
+        if not float(n) <= 1e-5 * max(1.0, abs(z)):  # NaN included
+            col = col.double()
+            lo, hi = float(col.min()), float(col.max())
+            raise ValueError(
+                f"{name}: column 0 must be the plate position z = {z:g} for every row (z-first "
+                f"layout [n, D+1]); found values in [{lo:g}, {hi:g}]. If your tensors are "
+                f"z-last, move the last column first (e.g. t.roll(1, dims=1)).")
+
+
+def check_finite_values(named: Sequence[tuple], bound: float) -> None:
+    """Raise for the first tensor with a non-finite value or one whose magnitude reaches
+    ``bound`` (naming the argument and the index)."""
     for name, t in named:
-        bound = magnitude_bound(t.dtype, t.shape[1])
-        lo, hi = (float(v) for v in t.detach().aminmax())   # no temporary; NaN if any is NaN
-        biggest = math.nan if math.isnan(lo) or math.isnan(hi) else max(-lo, hi)
-        if math.isfinite(biggest) and biggest < bound:
-            continue
+        t = t.detach()
         bad = ~torch.isfinite(t)
         if bool(bad.any()):
             idx = tuple(int(i) for i in bad.nonzero()[0].tolist())
             raise ValueError(f"{name} has a non-finite value {t[idx].item()} at index {idx}; "
                              "pass check_finite=False to skip this check")
-        idx = tuple(int(i) for i in (t.abs() >= bound).nonzero()[0].tolist())
-        raise ValueError(
-            f"{name} has a value {t[idx].item():g} at index {idx} too large for "
-            f"{compute_dtype(t.dtype)} arithmetic: squared distances over {t.shape[1]} columns overflow unless every "
-            f"|value| < {bound:.3g} (sqrt(finfo.max / (4 (D+1)))); rescale the data, or pass "
-            "check_finite=False to skip this check")
+        big = t.abs() >= bound
+        if bool(big.any()):
+            idx = tuple(int(i) for i in big.nonzero()[0].tolist())
+            raise ValueError(
+                f"{name} has a value {t[idx].item():g} at index {idx} too large for "
+                f"{compute_dtype(t.dtype)} arithmetic: squared distances over {t.shape[1]} "
+                f"columns overflow unless every |value| < {bound:.3g} "
+                "(sqrt(finfo.max / (4 (D+1)))); rescale the data, or pass check_finite=False "
+                "to skip this check")
 
 
-def check_plate_column(name: str, t: torch.Tensor, z: float) -> None:
-    """Column 0 of a plate's charges is the plate's z (z-first layout)."""
-    col = t[:, 0].double()
-    tol = 1e-5 * max(1.0, abs(z))
-    if bool(((col - z).abs() > tol).any()):
-        lo, hi = float(col.min()), float(col.max())
-        raise ValueError(
-            f"{name}: column 0 must be the plate position z = {z:g} for every row (z-first "
-            f"layout [n, D+1]); found values in [{lo:g}, {hi:g}]. If your tensors are z-last, "
-            f"move the last column first (e.g. t.roll(1, dims=1)).")
-
-
-def plate_position(name: str, t: torch.Tensor) -> float:
-    """The z of a plate whose position is not given: column 0, constant and > 0."""
-    col = t[:, 0].double()
-    z = float(col[0])
-    if not math.isfinite(z) or z <= 0:
-        raise ValueError(f"{name}: column 0 must be the plate position z = L > 0 (z-first layout "
-                         f"[n, D+1]), got {z:g} in row 0")
-    check_plate_column(name, t, z)
-    return z
+def round_to(value: float, dtype: torch.dtype) -> float:
+    """``value`` rounded to ``dtype`` (float32 or float64), on the host without a tensor."""
+    if dtype == torch.float64:
+        return value
+    return struct.unpack("f", struct.pack("f", value))[0]
 
 
 def string_geometry(L, sigma0, K, d) -> tuple:
