@@ -113,12 +113,12 @@ def _env_default():
                          f"device), 0 (none) or unset/auto (CPU tensors only), got {raw!r}") from None
 
 
-def _reads_no_values(t: torch.Tensor) -> bool:
-    """True while the tensors hold no readable values: torch.compile traces, fake tensors
-    (FakeTensorMode, export), or a CUDA graph captures (a host read would end the capture)."""
-    if torch.compiler.is_compiling() or isinstance(t, FakeTensor):
+def _tracing(t: torch.Tensor) -> bool:
+    """True while torch.compile or torch.export traces, or a CUDA graph captures on ``t``'s
+    device (a host read would end the capture)."""
+    if torch.compiler.is_compiling():
         return True
-    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+    return t.is_cuda and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 def value_checks(check_finite, t: torch.Tensor) -> bool:
@@ -126,8 +126,9 @@ def value_checks(check_finite, t: torch.Tensor) -> bool:
 
     ``check_finite``: ``None`` (default) takes the environment variable ``IFM_CHECK_FINITE``:
     unset or ``auto`` checks CPU tensors only (free of device syncs), ``1`` every device, ``0``
-    none. ``True``/``False`` force it. Where values cannot be read (:func:`_reads_no_values`)
-    nothing runs; an explicit ``True`` is then an error rather than a skipped check.
+    none. ``True``/``False`` force it. While tracing or capturing (:func:`_tracing`) nothing
+    runs; an explicit ``True`` is then an error rather than a skipped check. Fake tensors hold
+    no values: a check wanted on them is an error.
     """
     if check_finite is None:
         env = _env_default()
@@ -138,12 +139,16 @@ def value_checks(check_finite, t: torch.Tensor) -> bool:
     elif check_finite is not True:
         raise TypeError(f"check_finite must be a bool or None (default: {ENV_SWITCH}, CPU "
                         f"tensors only), got {check_finite!r}")
-    if _reads_no_values(t):
+    if _tracing(t):
         if check_finite:
             raise ValueError("check_finite=True reads tensor values on the host, which cannot "
-                             "happen while torch.compile traces, on fake tensors or while a CUDA "
-                             "graph captures; pass check_finite=None (the default) there")
+                             "happen while torch.compile or torch.export traces or a CUDA graph "
+                             "captures; pass check_finite=None (the default) there")
         return False
+    if isinstance(t, FakeTensor):
+        raise ValueError(f"the value checks (check_finite={check_finite}, {ENV_SWITCH}="
+                         f"{os.environ.get(ENV_SWITCH, '')!r}) read tensor values, which fake "
+                         f"tensors ({t.device.type}) do not hold; pass check_finite=False")
     return True
 
 
