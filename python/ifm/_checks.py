@@ -25,7 +25,8 @@ def check_scalar(name: str, value, *, positive: bool = True, allow_zero: bool = 
             return value
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
-            raise TypeError(f"{name} must be a real number, got a tensor of shape {tuple(value.shape)}")
+            raise TypeError(f"{name} must be a real number, got a tensor of shape "
+                            f"{tuple(value.shape)}")
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
@@ -110,7 +111,8 @@ def _env_default():
         return _ENV_VALUES[raw.strip().lower()]
     except KeyError:
         raise ValueError(f"environment variable {ENV_SWITCH} must be 1 (value checks on every "
-                         f"device), 0 (none) or unset/auto (CPU tensors only), got {raw!r}") from None
+                         f"device), 0 (none) or unset/auto (CPU tensors only), got {raw!r}"
+                         ) from None
 
 
 def _tracing(t: torch.Tensor) -> bool:

@@ -99,7 +99,8 @@ def available_backends(device: Union[str, torch.device, None] = None) -> List[st
     for dev in devices:
         if dev.type == "cpu" and _ops.has_kernel("string_field", "CPU"):
             names.append("cpu")
-        if dev.type == "cuda" and torch.cuda.is_available() and _ops.has_kernel("string_field", "CUDA"):
+        if dev.type == "cuda" and torch.cuda.is_available() \
+                and _ops.has_kernel("string_field", "CUDA"):
             names.append("cuda")
         if _triton_usable(dev) and (dev.type == "cpu" or torch.cuda.is_available()):
             names.append("triton")
@@ -145,7 +146,7 @@ def _resolve_uncached(backend: str, device: torch.device, fn_name: str) -> str:
             _warned_fallback.add(key)
             warnings.warn(f"ifm.fields.{fn_name}: no compiled backend for {device.type} tensors "
                           f"({_build_hint()}); using the slow pure-PyTorch reference",
-                          RuntimeWarning, stacklevel=3)
+                          RuntimeWarning, stacklevel=4)
         return "reference"
     if backend == "cpu":
         if device.type != "cpu":
@@ -298,7 +299,8 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
 # Coulomb field
 # --------------------------------------------------------------------------------------------
 def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
-                  negative: Optional[torch.Tensor] = None, *, plate_gamma=_DEFAULT, normalize: Union[bool, str] = False,
+                  negative: Optional[torch.Tensor] = None, *, plate_gamma=_DEFAULT,
+                  normalize: Union[bool, str] = False,
                   eps: Optional[float] = None, backend: str = "auto",
                   check_finite: Optional[bool] = None) -> torch.Tensor:
     """Coulomb field target of EFM (two plates) or PFGM (one plate), FIELDS.md §3.
