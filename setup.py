@@ -3,7 +3,8 @@
 Install torch first (the CPU build: `pip install torch==2.13.0`), then
 `pip install --no-build-isolation -e .` (pip must not fetch torch into an isolated build env).
 
-* The C++ extension (csrc/ops.cpp + csrc/cpu/*.cpp, OpenMP) is always built.
+* The C++ extension (csrc/ops.cpp, csrc/value_checks.cpp, csrc/cpu/*.cpp; OpenMP) is always
+  built.
 * CUDA sources (csrc/cuda/*.cu, csrc/cuda/*.cpp) are added when the installed torch has CUDA and a
   CUDA toolkit is found, or when IFM_FORCE_CUDA=1; IFM_FORCE_CPU=1 skips them.
 """
@@ -39,7 +40,8 @@ def _cuda_include_dirs():
 
 
 def _extension():
-    sources = [os.path.join(CSRC, "ops.cpp")] + sorted(glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
+    sources = [os.path.join(CSRC, "ops.cpp"), os.path.join(CSRC, "value_checks.cpp")]
+    sources += sorted(glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
     cxx = ["-O3", "-fopenmp", "-fno-math-errno"]
     link = ["-fopenmp"]
     if not _want_cuda():

@@ -15,6 +15,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_FLOAT_DTYPE_SET = frozenset(FLOAT_DTYPES)
 
 
 def check_scalar(name: str, value, *, positive: bool = True, allow_zero: bool = False) -> float:
@@ -45,17 +46,18 @@ def check_matrix(name: str, t, *, width: Optional[int] = None) -> None:
     if t.layout != torch.strided:
         raise TypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}; "
                         "call .to_dense() first")
-    if t.dtype not in FLOAT_DTYPES:
+    if t.dtype not in _FLOAT_DTYPE_SET:
         raise TypeError(f"{name} must have a floating dtype (float16, bfloat16, float32, float64), "
                         f"got {t.dtype}")
-    if t.dim() != 2:
+    shape = t.shape
+    if len(shape) != 2:
         raise ValueError(f"{name} must be 2-D [n, D+1] (z in column 0), got shape {tuple(t.shape)}")
-    if t.shape[0] == 0:
+    if shape[0] == 0:
         raise ValueError(f"{name} must have at least one row, got shape {tuple(t.shape)}")
-    if width is None and t.shape[1] < 2:
+    if width is None and shape[1] < 2:
         raise ValueError(f"{name} must have D+1 >= 2 columns (z, then the data), got shape "
                          f"{tuple(t.shape)}")
-    if width is not None and t.shape[1] != width:
+    if width is not None and shape[1] != width:
         raise ValueError(f"{name} must have {width} columns (D+1, like points), got shape "
                          f"{tuple(t.shape)}")
 
@@ -63,14 +65,15 @@ def check_matrix(name: str, t, *, width: Optional[int] = None) -> None:
 def check_same_kind(named: Sequence[tuple]) -> None:
     """All tensors share the first one's dtype and device."""
     first_name, first = named[0]
+    dtype, cpu = first.dtype, first.is_cpu
     for name, t in named[1:]:
-        if t.dtype != first.dtype:
+        if t.dtype != dtype:
             raise TypeError(f"{name} has dtype {t.dtype} but {first_name} has {first.dtype}; "
                             "pass all tensors in one dtype")
-        if t.device != first.device:
+        if not (cpu and t.is_cpu) and t.device != first.device:
             raise ValueError(f"{name} is on {t.device} but {first_name} is on {first.device}; "
                              "pass all tensors on one device")
-    if first.device.type == "meta":
+    if first.is_meta:
         raise ValueError(f"{first_name} is on the meta device, which holds no values; pass CPU or "
                          "CUDA tensors (shape-only tracing: call torch.ops.ifm.* directly)")
 
@@ -86,7 +89,13 @@ _FINFO = {dt: torch.finfo(compute_dtype(dt)) for dt in FLOAT_DTYPES}
 def magnitude_bound(dtype: torch.dtype, width: int) -> float:
     """Largest |value| for which no squared distance over ``width`` columns can overflow:
     two points with coordinates below it have ``sum_k (x_k - y_k)^2 < 4 width bound^2 = max``."""
-    return math.sqrt(_FINFO[dtype].max / (4.0 * width))
+    bound = _BOUNDS.get((dtype, width))
+    if bound is None:
+        bound = _BOUNDS[(dtype, width)] = math.sqrt(_FINFO[dtype].max / (4.0 * width))
+    return bound
+
+
+_BOUNDS = {}
 
 
 def check_params_fit(dtype: torch.dtype, **params) -> None:
@@ -105,8 +114,27 @@ ENV_SWITCH = "IFM_CHECK_FINITE"
 _ENV_VALUES = {"": None, "auto": None, "1": True, "0": False}
 
 
+def _env_raw() -> str:
+    """``os.environ.get(ENV_SWITCH, "")``, read from ``os.environ``'s own dict where CPython
+    has one (it is what ``os.environ[...] = ...`` and ``monkeypatch.setenv`` update), which
+    skips the key encoding of the ``Mapping`` interface (about 0.5 us a call)."""
+    if _ENV_DATA is None or os.environ is not _ENVIRON:
+        return os.environ.get(ENV_SWITCH, "")
+    raw = _ENV_DATA.get(_ENV_KEY)
+    return "" if raw is None else os.environ.decodevalue(raw)
+
+
+_ENVIRON = os.environ
+try:
+    _ENV_DATA, _ENV_KEY = os.environ._data, os.environ.encodekey(ENV_SWITCH)
+except AttributeError:  # another Python implementation
+    _ENV_DATA = _ENV_KEY = None
+
+
 def _env_default():
-    raw = os.environ.get(ENV_SWITCH, "")
+    raw = _env_raw()
+    if not raw:
+        return None
     try:
         return _ENV_VALUES[raw.strip().lower()]
     except KeyError:
@@ -134,7 +162,7 @@ def value_checks(check_finite, t: torch.Tensor) -> bool:
     """
     if check_finite is None:
         env = _env_default()
-        if not (t.device.type == "cpu" if env is None else env):
+        if not (t.is_cpu if env is None else env):
             return False
     elif check_finite is False:
         return False
@@ -147,23 +175,60 @@ def value_checks(check_finite, t: torch.Tensor) -> bool:
                              "happen while torch.compile or torch.export traces or a CUDA graph "
                              "captures; pass check_finite=None (the default) there")
         return False
-    if isinstance(t, FakeTensor):
+    if type(t) is not torch.Tensor and isinstance(t, FakeTensor):
         raise ValueError(f"the value checks (check_finite={check_finite}, {ENV_SWITCH}="
                          f"{os.environ.get(ENV_SWITCH, '')!r}) read tensor values, which fake "
                          f"tensors ({t.device.type}) do not hold; pass check_finite=False")
     return True
 
 
-def check_values(named: Sequence[tuple], plates: Sequence[tuple]) -> None:
-    """The checks that read tensor values, in one batched reduction (``_foreach_norm``, max |v|;
-    NaN propagates through it).
+_CHECK_OP = []  # [torch.ops.ifm.check_values.default or None], looked up once
+
+
+def _check_op():
+    """The compiled CPU checker ``ifm::check_values`` (csrc/value_checks.cpp), or None when the
+    extension is missing or was built without it."""
+    if not _CHECK_OP:
+        from . import _ops
+
+        op = None
+        if _ops.extension_loaded():
+            try:
+                op = torch.ops.ifm.check_values.default
+            except (AttributeError, RuntimeError):
+                op = None
+            else:  # the overload's builtin, without OpOverload.__call__'s Python frame
+                op = getattr(op, "_op", op)
+        _CHECK_OP.append(op)
+    return _CHECK_OP[0]
+
+
+NO_PLATE = math.inf       # check_values: the tensor is no plate
+PLATE_AT_ROW_0 = math.nan  # check_values: the plate's position is column 0 of row 0
+
+
+def check_values(named: Sequence[tuple], plate_z: Sequence[float]) -> None:
+    """The checks that read tensor values: one compiled pass on CPU tensors, else one batched
+    reduction (``_foreach_norm``, max |v|; NaN propagates through it).
 
     ``named``: ``(name, tensor)``, all of one dtype and width: no NaN/inf and no value so large
-    that a squared distance overflows. ``plates``: ``(name, tensor, z)``: column 0 equals ``z``;
-    ``z = None``: the plate's position is column 0 of row 0, which must be > 0 and shared by
-    every row. Errors name the first offending argument (tensors before plates).
+    that a squared distance overflows. ``plate_z``: one entry per tensor: :data:`NO_PLATE`, or
+    the plate position ``z`` that column 0 must equal, or :data:`PLATE_AT_ROW_0`: the position
+    is column 0 of row 0, which must be > 0 and shared by every row. Errors name the first
+    offending argument (values of every tensor before plates).
+
+    CPU tensors go through the compiled ``ifm::check_values`` (csrc/value_checks.cpp) first, one
+    pass that only says whether every check passes; when one fails (or on other devices, or
+    without the extension) the reductions below find the argument and index and raise.
     """
-    bound = magnitude_bound(named[0][1].dtype, named[0][1].shape[1])
+    first = named[0][1]
+    bound = magnitude_bound(first.dtype, first.shape[1])
+    if first.is_cpu:
+        op = _CHECK_OP[0] if _CHECK_OP else _check_op()
+        if op is not None and op([t for _, t in named], bound, plate_z) == 0:
+            return
+    plates = [(name, t, None if z != z else z)
+              for (name, t), z in zip(named, plate_z) if z != NO_PLATE]
     tensors = [t.detach() for _, t in named]
     cols = []
     for name, t, z in plates:

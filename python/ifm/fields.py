@@ -174,11 +174,11 @@ def _resolve_uncached(backend: str, device: torch.device, fn_name: str) -> str:
     return backend
 
 
-def _prepare(named, plates, check_finite, **params):
+def _prepare(named, plate_z, check_finite, **params):
     """Checks shared by both fields, after the per-argument metadata checks.
 
     Metadata (dtype, device, parameter ranges) is always checked; the tensor values (finite, not
-    too large, plate columns: ``plates`` as in :func:`ifm._checks.check_values`) only where
+    too large, plate columns: ``plate_z`` as in :func:`ifm._checks.check_values`) only where
     :func:`ifm._checks.value_checks` says so. Returns the tensors in the compute dtype (float32
     for half inputs), detached, and the output dtype.
     """
@@ -188,13 +188,10 @@ def _prepare(named, plates, check_finite, **params):
     compute = _checks.compute_dtype(dtype)
     _checks.check_params_fit(compute, **params)
     if _checks.value_checks(check_finite, first):
-        _checks.check_values(named, plates)
-    tensors = []
-    for _, t in named:
-        if t.requires_grad:
-            t = t.detach()
-        tensors.append(t if t.dtype == compute else t.to(compute))
-    return tensors, dtype
+        _checks.check_values(named, plate_z)
+    if compute == dtype:
+        return [t.detach() if t.requires_grad else t for _, t in named], dtype
+    return [t.detach().to(compute) for _, t in named], dtype
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,8 +275,7 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
         raise TypeError(f"stable must be a bool, got {stable!r}")
     (p, q, a), out_dtype = _prepare(
         [("points", points), ("quarks", quarks), ("antiquarks", antiquarks)],
-        [("quarks", quarks, 0.0), ("antiquarks", antiquarks, L)], check_finite,
-        L=L, sigma0=sigma0, K=K, d=d, eps=eps)
+        [_checks.NO_PLATE, 0.0, L], check_finite, L=L, sigma0=sigma0, K=K, d=d, eps=eps)
     # The plate sits at L as the tensors hold it: a query with z == antiquarks' z is on the
     # plate (inside), also when L is not representable in the compute dtype (e.g. 0.3 in float32).
     L = _checks.round_to(L, p.dtype)
@@ -339,12 +335,12 @@ def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
         eps = _checks.check_scalar("eps", eps, allow_zero=True)
     kw = coulomb_kernel_args(width, two_plates=negative is not None, plate_gamma=plate_gamma,
                              normalize=normalize, eps=eps)
-    named = [("points", points), ("positive", positive)]
-    if negative is not None:
-        named.append(("negative", negative))
-    plates = [("positive", positive, 0.0)] + ([] if negative is None else
-                                               [("negative", negative, None)])
-    tensors, out_dtype = _prepare(named, plates, check_finite, eps=kw["eps"],
+    if negative is None:
+        named, plate_z = [("points", points), ("positive", positive)], [_checks.NO_PLATE, 0.0]
+    else:
+        named = [("points", points), ("positive", positive), ("negative", negative)]
+        plate_z = [_checks.NO_PLATE, 0.0, _checks.PLATE_AT_ROW_0]
+    tensors, out_dtype = _prepare(named, plate_z, check_finite, eps=kw["eps"],
                                   plate_gamma=kw["plate_gamma"])
     p, pos = tensors[0], tensors[1]
     neg = tensors[2] if negative is not None else None
