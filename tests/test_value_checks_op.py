@@ -187,3 +187,36 @@ def test_default_cpu_call_uses_the_op(field, monkeypatch):
     bad[2, 0] = math.nan
     with pytest.raises(ValueError, match=r"points has a non-finite value nan at index \(2, 0\)"):
         call(bad, q, a)
+
+
+def test_scalar_memo_keeps_every_check():
+    """ifm.fields remembers validated scalar arguments per (arguments, dtype): a remembered set
+    still gets the tensor checks, and arguments of another type or value are checked again."""
+    from ifm import fields
+
+    p, q, a = _inputs(torch.float32)
+    geometry = dict(L=L, sigma0=1.0, K=10.0)
+    ref = fields.string_field(p, q, a, **geometry)
+    assert torch.equal(fields.string_field(p, q, a, **geometry), ref)
+    with pytest.raises(TypeError, match="quarks has dtype"):
+        fields.string_field(p, q.double(), a, **geometry)
+    with pytest.raises(TypeError, match="sigma0 must be a real number"):
+        fields.string_field(p, q, a, L=L, sigma0=True, K=10.0)
+    with pytest.raises(TypeError, match="normalize must be a bool"):
+        fields.string_field(p, q, a, **geometry, normalize=1)
+    with pytest.raises(ValueError, match="sigma0 = 1e-300 is outside the range of torch.float32"):
+        fields.string_field(p, q, a, L=L, sigma0=1e-300, K=10.0)
+    fields.string_field(p.double(), q.double(), a.double(), L=L, sigma0=1e-300, K=10.0)
+    with pytest.raises(ValueError, match="sigma0 = 1e-300 is outside the range of torch.float32"):
+        fields.string_field(p, q, a, L=L, sigma0=1e-300, K=10.0)
+    for i in range(fields._MEMO_SIZE + 10):
+        fields.string_field(p, q, a, L=L, sigma0=1.0 + i * 1e-3, K=10.0)
+    assert len(fields._STRING_SCALARS) <= fields._MEMO_SIZE
+    ref = fields.coulomb_field(p, q, a)
+    assert torch.equal(fields.coulomb_field(p, q, a), ref)
+    with pytest.raises(TypeError, match="plate_gamma must be a real number"):
+        fields.coulomb_field(p, q, a, plate_gamma=True)
+    with pytest.raises(ValueError, match="normalize must be False, True or 'pfgm'"):
+        fields.coulomb_field(p, q, a, normalize="yes")
+    with pytest.raises(ValueError, match="eps = 1e-300 is outside the range of torch.float32"):
+        fields.coulomb_field(p, q, a, eps=1e-300)

@@ -174,10 +174,38 @@ def _resolve_uncached(backend: str, device: torch.device, fn_name: str) -> str:
     return backend
 
 
+# Scalar arguments already validated, per (arguments, dtype of points): a trainer passes the same
+# ones every step, and their checks cost about as much as the kernel of a small call. Only plain
+# numbers (float, int, None) are keys (a tensor or bool argument takes the checks every time);
+# torch.compile traces the checks instead (constants there).
+_PLAIN = frozenset((float, int, type(None)))
+_STRING_SCALARS = {}
+_COULOMB_SCALARS = {}
+_MEMO_SIZE = 256
+
+
+def _memo_get(memo, key, *values):
+    if torch.compiler.is_compiling():
+        return None
+    for v in values:
+        if type(v) not in _PLAIN:
+            return None
+    return memo.get(key)
+
+
+def _memo_put(memo, key, value, *values):
+    if torch.compiler.is_compiling() or any(type(v) not in _PLAIN for v in values):
+        return
+    if len(memo) >= _MEMO_SIZE:
+        memo.clear()
+    memo[key] = value
+
+
 def _prepare(named, plate_z, check_finite, **params):
     """Checks shared by both fields, after the per-argument metadata checks.
 
-    Metadata (dtype, device, parameter ranges) is always checked; the tensor values (finite, not
+    Metadata (dtype, device, parameter ranges: ``params``, none when already checked) is always
+    checked; the tensor values (finite, not
     too large, plate columns: ``plate_z`` as in :func:`ifm._checks.check_values`) only where
     :func:`ifm._checks.value_checks` says so. Returns the tensors in the compute dtype (float32
     for half inputs), detached, and the output dtype.
@@ -186,7 +214,8 @@ def _prepare(named, plate_z, check_finite, **params):
     first = named[0][1]
     dtype = first.dtype
     compute = _checks.compute_dtype(dtype)
-    _checks.check_params_fit(compute, **params)
+    if params:
+        _checks.check_params_fit(compute, **params)
     if _checks.value_checks(check_finite, first):
         _checks.check_values(named, plate_z)
     if compute == dtype:
@@ -267,21 +296,31 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
     if quarks.shape[0] != antiquarks.shape[0]:
         raise ValueError(f"quarks and antiquarks must have the same number of rows (index-aligned "
                          f"pairs), got {quarks.shape[0]} and {antiquarks.shape[0]}")
-    L, sigma0, K, d = _checks.string_geometry(L, sigma0, K, d)
-    eps = _checks.check_scalar("eps", eps, allow_zero=True)
+    args = (L, sigma0, K, d, eps)
+    key = (args, points.dtype, width, normalize is True)  # a non-bool normalize raises below
+    memo = _memo_get(_STRING_SCALARS, key, *args)
+    if memo is None:
+        L, sigma0, K, d = _checks.string_geometry(L, sigma0, K, d)
+        eps = _checks.check_scalar("eps", eps, allow_zero=True)
     if not isinstance(normalize, bool):
         raise TypeError(f"normalize must be a bool, got {normalize!r}")
     if not isinstance(stable, bool):
         raise TypeError(f"stable must be a bool, got {stable!r}")
-    (p, q, a), out_dtype = _prepare(
-        [("points", points), ("quarks", quarks), ("antiquarks", antiquarks)],
-        [_checks.NO_PLATE, 0.0, L], check_finite, L=L, sigma0=sigma0, K=K, d=d, eps=eps)
-    # The plate sits at L as the tensors hold it: a query with z == antiquarks' z is on the
-    # plate (inside), also when L is not representable in the compute dtype (e.g. 0.3 in float32).
-    L = _checks.round_to(L, p.dtype)
-    d = min(d, L / 2.0)
+    named = [("points", points), ("quarks", quarks), ("antiquarks", antiquarks)]
+    if memo is None:
+        (p, q, a), out_dtype = _prepare(named, [_checks.NO_PLATE, 0.0, L], check_finite,
+                                        L=L, sigma0=sigma0, K=K, d=d, eps=eps)
+        # The plate sits at L as the tensors hold it: a query with z == antiquarks' z is on the
+        # plate (inside), also when L is not representable in the compute dtype (e.g. 0.3 in
+        # float32).
+        L_z = _checks.round_to(L, p.dtype)
+        memo = (L, L_z, sigma0, K, min(d, L_z / 2.0), string_kernel_args(
+            width, normalize=normalize, eps=eps))
+        _memo_put(_STRING_SCALARS, key, memo, *args)
+    else:
+        (p, q, a), out_dtype = _prepare(named, [_checks.NO_PLATE, 0.0, memo[0]], check_finite)
+    _, L, sigma0, K, d, kw = memo
     which = _resolve_backend(backend, p.device, "string_field")
-    kw = string_kernel_args(width, normalize=normalize, eps=eps)
     if which == "reference":  # the compiled backends make their inputs contiguous themselves
         p, q, a = p.contiguous(), q.contiguous(), a.contiguous()
         out = reference.string_field(p, q, a, L=L, sigma0=sigma0, K=K, d=d, stable=stable, **kw)
@@ -325,23 +364,30 @@ def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
     _checks.check_matrix("positive", positive, width=width)
     if negative is not None:
         _checks.check_matrix("negative", negative, width=width)
-    if plate_gamma is not _DEFAULT and plate_gamma is not None:
-        plate_gamma = _checks.check_scalar("plate_gamma", plate_gamma, allow_zero=True)
-    if not isinstance(normalize, (bool, str)):
-        raise TypeError(f"normalize must be False, True or 'pfgm', got {normalize!r}")
-    if normalize not in (False, True, "pfgm"):
-        raise ValueError(f"normalize must be False, True or 'pfgm', got {normalize!r}")
-    if eps is not None:
-        eps = _checks.check_scalar("eps", eps, allow_zero=True)
-    kw = coulomb_kernel_args(width, two_plates=negative is not None, plate_gamma=plate_gamma,
-                             normalize=normalize, eps=eps)
+    args = (None if plate_gamma is _DEFAULT else plate_gamma, eps)
+    key = (plate_gamma, normalize, eps, negative is None, width, points.dtype)
+    kw = _memo_get(_COULOMB_SCALARS, key, *args) if type(normalize) in (bool, str) else None
+    params = {}
+    if kw is None:
+        if plate_gamma is not _DEFAULT and plate_gamma is not None:
+            plate_gamma = _checks.check_scalar("plate_gamma", plate_gamma, allow_zero=True)
+        if not isinstance(normalize, (bool, str)):
+            raise TypeError(f"normalize must be False, True or 'pfgm', got {normalize!r}")
+        if normalize not in (False, True, "pfgm"):
+            raise ValueError(f"normalize must be False, True or 'pfgm', got {normalize!r}")
+        if eps is not None:
+            eps = _checks.check_scalar("eps", eps, allow_zero=True)
+        kw = coulomb_kernel_args(width, two_plates=negative is not None, plate_gamma=plate_gamma,
+                                 normalize=normalize, eps=eps)
+        params = dict(eps=kw["eps"], plate_gamma=kw["plate_gamma"])
     if negative is None:
         named, plate_z = [("points", points), ("positive", positive)], [_checks.NO_PLATE, 0.0]
     else:
         named = [("points", points), ("positive", positive), ("negative", negative)]
         plate_z = [_checks.NO_PLATE, 0.0, _checks.PLATE_AT_ROW_0]
-    tensors, out_dtype = _prepare(named, plate_z, check_finite, eps=kw["eps"],
-                                  plate_gamma=kw["plate_gamma"])
+    tensors, out_dtype = _prepare(named, plate_z, check_finite, **params)
+    if params:
+        _memo_put(_COULOMB_SCALARS, key, kw, *args)
     p, pos = tensors[0], tensors[1]
     neg = tensors[2] if negative is not None else None
     which = _resolve_backend(backend, p.device, "coulomb_field")
