@@ -4,7 +4,8 @@
   ``ifm.fields`` beside the raw ``torch.ops.ifm.*`` op it ends in; the difference is the Python
   API's cost (target <= 15 us per call). ``fields-default`` runs the CPU value checks
   (check_finite=None), ``fields-unchecked`` passes ``check_finite=False`` (what a CUDA call does
-  by default).
+  by default); ``check-op`` is the compiled value checker ``torch.ops.ifm.check_values`` alone on
+  the same tensors (the part of ``fields-default`` that reads the values).
 * ``triton-host-string`` / ``triton-host-coulomb2``: host time of one Triton call with its kernel
   launches stubbed (``ifm_kernels._common.record_launches`` with the H200 profile, 132 SMs): the
   plan (cached), the buffers and the launch arguments; the Triton binding of each launch on a
@@ -22,7 +23,7 @@ import pytest
 import torch
 
 import ifm
-from ifm import _ops
+from ifm import _checks, _ops
 
 needs_ext = pytest.mark.skipif(not _ops.extension_loaded(),
                                reason=f"ifm._C not built: {_ops.LOAD_ERROR}")
@@ -46,13 +47,24 @@ def _per_call_us(benchmark):
         benchmark.extra_info["median_us"] = stats.median * 1e6
 
 
+def _check_op(benchmark, tensors, plate_z):
+    op = _checks._check_op()
+    if op is None:
+        pytest.skip("ifm._C built without ifm::check_values")
+    bound = _checks.magnitude_bound(tensors[0].dtype, tensors[0].shape[1])
+    assert op(tensors, bound, plate_z) == 0
+    benchmark(op, tensors, bound, plate_z)
+
+
 @needs_ext
-@pytest.mark.parametrize("path", ["raw-op", "fields-default", "fields-unchecked"])
+@pytest.mark.parametrize("path", ["raw-op", "fields-default", "fields-unchecked", "check-op"])
 def test_api_string(benchmark, path):
     benchmark.group = "api-string"
     p, q, a = _tiny()
     width = p.shape[1]
-    if path == "raw-op":
+    if path == "check-op":
+        _check_op(benchmark, [p, q, a], [_checks.NO_PLATE, 0.0, GEOMETRY["L"]])
+    elif path == "raw-op":
         kw = ifm.fields.string_kernel_args(width)
         d = math.pi / (2 * GEOMETRY["K"])
         op = torch.ops.ifm.string_field.default
@@ -66,11 +78,13 @@ def test_api_string(benchmark, path):
 
 
 @needs_ext
-@pytest.mark.parametrize("path", ["raw-op", "fields-default", "fields-unchecked"])
+@pytest.mark.parametrize("path", ["raw-op", "fields-default", "fields-unchecked", "check-op"])
 def test_api_coulomb(benchmark, path):
     benchmark.group = "api-coulomb"
     p, q, a = _tiny()
-    if path == "raw-op":
+    if path == "check-op":
+        _check_op(benchmark, [p, q, a], [_checks.NO_PLATE, 0.0, _checks.PLATE_AT_ROW_0])
+    elif path == "raw-op":
         kw = ifm.fields.coulomb_kernel_args(p.shape[1], two_plates=True)
         op = torch.ops.ifm.coulomb_field.default
         benchmark(op, p, q, a, kw["plate_gamma"], kw["sum_eps"], kw["normalize"],
