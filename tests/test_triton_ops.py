@@ -14,6 +14,7 @@ pytest.importorskip("triton")
 
 import ifm  # noqa: E402
 import ifm_kernels  # noqa: E402
+from ifm import _checks  # noqa: E402
 from ifm_kernels import _common as C  # noqa: E402
 
 # the launcher modules (the package's attributes of these names are the functions)
@@ -72,8 +73,11 @@ def test_public_triton_backend_calls_the_op():
     names = [e.name for e in prof.events()]
     assert names.count("ifm::string_field_triton") == 1, names
     assert names.count("ifm::coulomb_field_triton") == 1, names
-    assert [n for n in names if n.startswith("ifm::")] == ["ifm::string_field_triton",
-                                                           "ifm::coulomb_field_triton"]
+    # A default call on CPU tensors also runs the compiled value check (docs/INPUTS.md), one op
+    # before each field; on CUDA tensors no value check runs.
+    check = ["ifm::check_values"] if DEVICE == "cpu" and _checks._check_op() is not None else []
+    assert [n for n in names if n.startswith("ifm::")] == (
+        check + ["ifm::string_field_triton"] + check + ["ifm::coulomb_field_triton"])
 
 
 def test_fake_kernels_give_shapes_without_running():
