@@ -3,7 +3,8 @@
 Install torch first, then `pip install --no-build-isolation -e .` (pip must not fetch torch into an
 isolated build env).
 
-* The C++ extension (csrc/ops.cpp + csrc/cpu/*.cpp, OpenMP) is always built.
+* The C++ extension (csrc/ops.cpp, csrc/value_checks.cpp, csrc/cpu/*.cpp; OpenMP) is always
+  built.
 * The CUDA sources (csrc/cuda/) are added when the installed torch is a CUDA build and a matching
   CUDA toolkit is found. When they cannot be built (no nvcc, nvcc's CUDA major version differs
   from torch's, headers missing) the build goes on without them and prints one warning with the
@@ -218,7 +219,7 @@ def _extension():
     import torch
     from torch.utils import cpp_extension
 
-    sources = [os.path.join(CSRC, "ops.cpp")]
+    sources = [os.path.join(CSRC, "ops.cpp"), os.path.join(CSRC, "value_checks.cpp")]
     sources += sorted(glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
     cxx = ["-O3", "-fopenmp", "-fno-math-errno"]
     link = ["-fopenmp"]

@@ -22,6 +22,7 @@ final normalisation; skipped for one plate without any normalisation.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -30,6 +31,10 @@ import triton.language as tl
 
 from . import _field_math as fm
 from . import _launch, _passes, _plan
+
+# Launch plans depend only on ints and the (hashable, frozen) device profile: computed once per
+# shape and device kind.
+_cached_plan = functools.lru_cache(maxsize=1024)(_plan.make_plan)
 
 
 @triton.jit
@@ -164,13 +169,13 @@ def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
         return out
     profile = _launch.device_profile(points.device)
     with _launch.launch_guard(points.device):
-        plan_p = _plan.make_plan(b, positive.shape[0], width, width, profile,
+        plan_p = _cached_plan(b, positive.shape[0], width, width, profile,
                                  points.element_size())
         _plate_field(plan_p, points, positive, sum_eps, out)
         en = None
         if negative is not None:
             en = torch.empty_like(points)
-            plan_n = _plan.make_plan(b, negative.shape[0], width, width, profile,
+            plan_n = _cached_plan(b, negative.shape[0], width, width, profile,
                                      points.element_size())
             _plate_field(plan_n, points, negative, sum_eps, en)
         _launch.launch_finalize(plan_p, out, en, out, plate_gamma=plate_gamma,

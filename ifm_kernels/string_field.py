@@ -19,12 +19,18 @@ Launches (docs/DESIGN.md, "Numerics every kernel follows"; the shared kernels ar
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
 from . import _field_math as fm
 from . import _launch, _passes, _plan
+
+# Launch plans depend only on ints and the (hashable, frozen) device profile: computed once per
+# shape and device kind.
+_cached_plan = functools.lru_cache(maxsize=1024)(_plan.make_plan)
 
 
 @triton.jit
@@ -137,7 +143,7 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
         return out
     if B == 0 or D == 0:
         return out.zero_()
-    plan = _plan.make_plan(b, B, D, width, _launch.device_profile(points.device),
+    plan = _cached_plan(b, B, D, width, _launch.device_profile(points.device),
                            points.element_size(), string=True)
     with _launch.launch_guard(points.device):
         part, nsq, queries = _launch.launch_distance(plan, points, quarks, antiquarks, b, B, 1,

@@ -156,3 +156,12 @@ def test_requires_grad_inputs_give_a_constant_target():
 def test_parameters_outside_float32_are_rejected():
     with pytest.raises(ValueError, match="outside the range of torch.float32"):
         call_string(sigma0=1e-300, backend="reference")
+
+
+@pytest.mark.parametrize("value", [0.3, 6.0, 1e-30, 3.4e38, 1 / 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_plate_position_rounding_matches_torch(value, dtype):
+    """L is rounded to the compute dtype on the host (no tensor, no sync) as torch rounds it."""
+    from ifm import _checks
+
+    assert _checks.round_to(value, dtype) == torch.tensor(value, dtype=dtype).item()

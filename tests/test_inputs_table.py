@@ -44,6 +44,7 @@ def test_tables_are_well_formed():
     for row in REJECTED:
         assert row["Entry"] in ("string", "coulomb", "both", "pinned"), row
         assert row["Raises"] in ("TypeError", "ValueError"), row
+        assert row["Reads values"] in ("yes", ""), row
         assert _words(row["Message contains"]), row
     for row in ACCEPTED:
         assert row["Entry"] in ("string", "coulomb", "both"), row
@@ -102,11 +103,29 @@ def test_rejected_row(backend, row, entry):
     bname, device = backend
     ns = _namespace(device)
     exc = {"TypeError": TypeError, "ValueError": ValueError}[row["Raises"]]
+    kwargs = _kwargs(row["Example"], ns)
+    if row["Reads values"] == "yes" and torch.device(device).type != "cpu":
+        kwargs.setdefault("check_finite", True)  # off by default there (no device sync)
     with pytest.raises(exc) as info:
-        _call(entry, _kwargs(row["Example"], ns), ns, bname)
+        _call(entry, kwargs, ns, bname)
     assert type(info.value) is exc, f"{row['Id']}: {type(info.value).__name__}: {info.value}"
     for word in _words(row["Message contains"]):
         assert word in str(info.value), f"{row['Id']}: {word!r} not in {str(info.value)!r}"
+
+
+VALUE_ROWS = [row for row in REJECTED if row["Reads values"] == "yes"]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy under the Triton interpreter
+@pytest.mark.parametrize("row, entry", _cases(VALUE_ROWS))
+def test_value_rows_are_skipped_by_check_finite_false(backend, row, entry):
+    """Every "Reads values" row is a value check: check_finite=False turns it off (and what
+    the kernels then do with the values is tests/test_unchecked_values.py's subject)."""
+    bname, device = backend
+    ns = _namespace(device)
+    kwargs = dict(_kwargs(row["Example"], ns), check_finite=False)
+    out = _call(entry, kwargs, ns, bname)
+    assert out.shape == ns["P"].shape
 
 
 def _contiguous_copies(kw):

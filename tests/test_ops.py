@@ -77,3 +77,14 @@ def test_auto_picks_cpu_kernels_for_cpu_tensors():
     p, q, a, prm = string_case(4, 3, 2, "toy")
     out = ifm.fields.string_field(p, q, a, **prm)
     assert torch.equal(out, ifm.fields.string_field_cpu(p, q, a, **prm))
+
+
+@needs_ext
+def test_kernel_table_matches_the_dispatcher():
+    """ifm._ops.has_kernel reads a table built on import (free to call, traceable)."""
+    for op in _ops.OPS:
+        for key in ("CPU", "CUDA"):
+            want = torch._C._dispatch_has_kernel_for_dispatch_key(f"ifm::{op}", key)
+            assert _ops.has_kernel(op, key) == want, (op, key)
+    assert _ops.STRING_OPS["cpu"] is torch.ops.ifm.string_field.default
+    assert _ops.COULOMB_OPS["cpu"] is torch.ops.ifm.coulomb_field.default

@@ -10,13 +10,12 @@ import importlib
 
 import torch
 
+OPS = ("string_field", "coulomb_field")
 LOAD_ERROR: Exception | None = None
 try:  # the compiled extension registers torch.ops.ifm.* on import
     importlib.import_module("ifm._C")
 except ImportError as exc:  # pragma: no cover - exercised only without a build
     LOAD_ERROR = exc
-
-OPS = ("string_field", "coulomb_field")
 
 
 def extension_loaded() -> bool:
@@ -24,11 +23,28 @@ def extension_loaded() -> bool:
     return LOAD_ERROR is None
 
 
+def _kernels() -> dict:
+    if LOAD_ERROR is not None:
+        return {}
+    return {(op, key): bool(torch._C._dispatch_has_kernel_for_dispatch_key(f"ifm::{op}", key))
+            for op in OPS for key in ("CPU", "CUDA")}
+
+
+_KERNELS = _kernels()  # registered once, on import; a dict lookup is free and traceable
+
+
 def has_kernel(op: str, dispatch_key: str) -> bool:
     """True when ``torch.ops.ifm.<op>`` has a kernel for ``dispatch_key`` ("CPU", "CUDA")."""
-    if LOAD_ERROR is not None:
-        return False
-    return bool(torch._C._dispatch_has_kernel_for_dispatch_key(f"ifm::{op}", dispatch_key))
+    return _KERNELS.get((op, dispatch_key), False)
+
+
+# The overloads ifm.fields calls per backend (an OpOverload is called without the packet's
+# overload resolution). "triton" is added when ifm_kernels registers its ops.
+STRING_OPS = {}
+COULOMB_OPS = {}
+if LOAD_ERROR is None:
+    STRING_OPS["cpu"] = STRING_OPS["cuda"] = torch.ops.ifm.string_field.default
+    COULOMB_OPS["cpu"] = COULOMB_OPS["cuda"] = torch.ops.ifm.coulomb_field.default
 
 
 if LOAD_ERROR is None:

@@ -65,12 +65,22 @@ _warned_fallback = set()
 # --------------------------------------------------------------------------------------------
 # backends
 # --------------------------------------------------------------------------------------------
+_TRITON = []  # [module or None] once imported
+
+
 def _triton_module():
-    try:
-        import ifm_kernels  # noqa: F401  (imports triton)
-    except ImportError:
-        return None
-    return ifm_kernels
+    """``ifm_kernels`` (imports triton and registers the ``torch.ops.ifm.*_triton`` ops), or
+    None when triton is not installed; imported once."""
+    if not _TRITON:
+        try:
+            import ifm_kernels
+        except ImportError:
+            ifm_kernels = None
+        else:
+            _ops.STRING_OPS["triton"] = torch.ops.ifm.string_field_triton.default
+            _ops.COULOMB_OPS["triton"] = torch.ops.ifm.coulomb_field_triton.default
+        _TRITON.append(ifm_kernels)
+    return _TRITON[0]
 
 
 def _triton_usable(device: torch.device) -> bool:
@@ -91,7 +101,8 @@ def available_backends(device: Union[str, torch.device, None] = None) -> List[st
     for dev in devices:
         if dev.type == "cpu" and _ops.has_kernel("string_field", "CPU"):
             names.append("cpu")
-        if dev.type == "cuda" and torch.cuda.is_available() and _ops.has_kernel("string_field", "CUDA"):
+        if dev.type == "cuda" and torch.cuda.is_available() \
+                and _ops.has_kernel("string_field", "CUDA"):
             names.append("cuda")
         if _triton_usable(dev) and (dev.type == "cpu" or torch.cuda.is_available()):
             names.append("triton")
@@ -105,7 +116,23 @@ def _build_hint() -> str:
     return "the compiled extension ifm._C has no such kernel"
 
 
+@torch.compiler.assume_constant_result
 def _resolve_backend(backend: str, device: torch.device, fn_name: str) -> str:
+    """The backend that runs ``fn_name`` for tensors on ``device`` (checks of availability).
+    A function of constants: torch.compile runs it once while tracing and keeps the name."""
+    key = (backend, device.type, fn_name)
+    which = _RESOLVED.get(key)
+    if which is None:
+        which = _RESOLVED[key] = _resolve_uncached(backend, device, fn_name)
+    return which
+
+
+_RESOLVED = {}
+
+
+def _resolve_uncached(backend: str, device: torch.device, fn_name: str) -> str:
+    # A runtime check of the GPU architecture, once per device kind, belongs here (before
+    # "cuda" is chosen).
     if not isinstance(backend, str) or backend not in BACKENDS + ("auto",):
         raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
     if backend == "auto":
@@ -121,7 +148,7 @@ def _resolve_backend(backend: str, device: torch.device, fn_name: str) -> str:
             _warned_fallback.add(key)
             warnings.warn(f"ifm.fields.{fn_name}: no compiled backend for {device.type} tensors "
                           f"({_build_hint()}); using the slow pure-PyTorch reference",
-                          RuntimeWarning, stacklevel=3)
+                          RuntimeWarning, stacklevel=4)
         return "reference"
     if backend == "cpu":
         if device.type != "cpu":
@@ -150,21 +177,53 @@ def _resolve_backend(backend: str, device: torch.device, fn_name: str) -> str:
     return backend
 
 
-def _prepare(named, check_finite: bool, **params):
-    """Common tensor and parameter checks.
+# Scalar arguments already validated, per (arguments, dtype of points): a trainer passes the same
+# ones every step, and their checks cost about as much as the kernel of a small call. Only plain
+# numbers (float, int, None) are keys (a tensor or bool argument takes the checks every time);
+# torch.compile traces the checks instead (constants there).
+_PLAIN = frozenset((float, int, type(None)))
+_STRING_SCALARS = {}
+_COULOMB_SCALARS = {}
+_MEMO_SIZE = 256
 
-    Returns the tensors contiguous in the compute dtype (float32 for half inputs) and the
-    output dtype. ``params`` must be representable in the compute dtype.
+
+def _memo_get(memo, key, *values):
+    if torch.compiler.is_compiling():
+        return None
+    for v in values:
+        if type(v) not in _PLAIN:
+            return None
+    return memo.get(key)
+
+
+def _memo_put(memo, key, value, *values):
+    if torch.compiler.is_compiling() or any(type(v) not in _PLAIN for v in values):
+        return
+    if len(memo) >= _MEMO_SIZE:
+        memo.clear()
+    memo[key] = value
+
+
+def _prepare(named, plate_z, check_finite, **params):
+    """Checks shared by both fields, after the per-argument metadata checks.
+
+    Metadata (dtype, device, parameter ranges: ``params``, none when already checked) is always
+    checked; the tensor values (finite, not
+    too large, plate columns: ``plate_z`` as in :func:`ifm._checks.check_values`) only where
+    :func:`ifm._checks.value_checks` says so. Returns the tensors in the compute dtype (float32
+    for half inputs), detached, and the output dtype.
     """
-    if not isinstance(check_finite, bool):
-        raise TypeError(f"check_finite must be a bool, got {check_finite!r}")
     _checks.check_same_kind(named)
-    if check_finite:
-        _checks.check_finite_values(named)
-    dtype = named[0][1].dtype
+    first = named[0][1]
+    dtype = first.dtype
     compute = _checks.compute_dtype(dtype)
-    _checks.check_params_fit(compute, **params)
-    return [t.detach().to(compute).contiguous() for _, t in named], dtype
+    if params:
+        _checks.check_params_fit(compute, **params)
+    if _checks.value_checks(check_finite, first):
+        _checks.check_values(named, plate_z)
+    if compute == dtype:
+        return [t.detach() if t.requires_grad else t for _, t in named], dtype
+    return [t.detach().to(compute) for _, t in named], dtype
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,7 +260,7 @@ def coulomb_kernel_args(width: int, *, two_plates: bool, plate_gamma=_DEFAULT,
 def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.Tensor, *,
                  L: float, sigma0: float, K: Optional[float] = None, d: Optional[float] = None,
                  normalize: bool = False, eps: float = 1e-5, stable: bool = False,
-                 backend: str = "auto", check_finite: bool = True) -> torch.Tensor:
+                 backend: str = "auto", check_finite: Optional[bool] = None) -> torch.Tensor:
     """IFM "string" field target (FIELDS.md §2, "Shifted" form) at ``b`` query points.
 
     Args:
@@ -221,8 +280,14 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
             finite and non-zero wherever the exact field is non-zero, even where every float
             weight underflows (the default mode then returns a zero row, as the authors' code).
         backend: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"reference"``.
-        check_finite: reject NaN/inf in the tensors, and values so large that a squared
-            distance would overflow the compute dtype (one extra pass); ``False`` skips it.
+        check_finite: the checks that read tensor values: NaN/inf, values so large that a
+            squared distance would overflow the compute dtype, and the plates' column 0. ``None``
+            (default): the environment variable ``IFM_CHECK_FINITE`` decides (unset: CPU
+            tensors only, so a CUDA call makes no device-to-host sync; ``1``: every device;
+            ``0``: never). ``True`` / ``False`` force them on / off. They never run while
+            torch.compile traces, on fake tensors or while a CUDA graph captures (``True`` is
+            then an error). The kernels stay safe without them: a non-finite input makes the
+            rows that read it non-finite (docs/INPUTS.md, "Value checks").
 
     Returns:
         ``[b, D+1]`` field (z component first), dtype and device of ``points``; no autograd.
@@ -234,43 +299,49 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
     if quarks.shape[0] != antiquarks.shape[0]:
         raise ValueError(f"quarks and antiquarks must have the same number of rows (index-aligned "
                          f"pairs), got {quarks.shape[0]} and {antiquarks.shape[0]}")
-    L, sigma0, K, d = _checks.string_geometry(L, sigma0, K, d)
-    eps = _checks.check_scalar("eps", eps, allow_zero=True)
+    args = (L, sigma0, K, d, eps)
+    key = (args, points.dtype, width, normalize is True)  # a non-bool normalize raises below
+    memo = _memo_get(_STRING_SCALARS, key, *args)
+    if memo is None:
+        L, sigma0, K, d = _checks.string_geometry(L, sigma0, K, d)
+        eps = _checks.check_scalar("eps", eps, allow_zero=True)
     if not isinstance(normalize, bool):
         raise TypeError(f"normalize must be a bool, got {normalize!r}")
     if not isinstance(stable, bool):
         raise TypeError(f"stable must be a bool, got {stable!r}")
-    (p, q, a), out_dtype = _prepare([("points", points), ("quarks", quarks),
-                                     ("antiquarks", antiquarks)], check_finite,
-                                    L=L, sigma0=sigma0, K=K, d=d, eps=eps)
-    _checks.check_plate_column("quarks", q, 0.0)
-    _checks.check_plate_column("antiquarks", a, L)
-    # The plate sits at L as the tensors hold it: a query with z == antiquarks' z is on the
-    # plate (inside), also when L is not representable in the compute dtype (e.g. 0.3 in float32).
-    L = float(torch.tensor(L, dtype=p.dtype))
-    d = min(d, L / 2.0)
+    named = [("points", points), ("quarks", quarks), ("antiquarks", antiquarks)]
+    if memo is None:
+        (p, q, a), out_dtype = _prepare(named, [_checks.NO_PLATE, 0.0, L], check_finite,
+                                        L=L, sigma0=sigma0, K=K, d=d, eps=eps)
+        # The plate sits at L as the tensors hold it: a query with z == antiquarks' z is on the
+        # plate (inside), also when L is not representable in the compute dtype (e.g. 0.3 in
+        # float32).
+        L_z = _checks.round_to(L, p.dtype)
+        memo = (L, L_z, sigma0, K, min(d, L_z / 2.0), string_kernel_args(
+            width, normalize=normalize, eps=eps))
+        _memo_put(_STRING_SCALARS, key, memo, *args)
+    else:
+        (p, q, a), out_dtype = _prepare(named, [_checks.NO_PLATE, 0.0, memo[0]], check_finite)
+    _, L, sigma0, K, d, kw = memo
     which = _resolve_backend(backend, p.device, "string_field")
-    kw = string_kernel_args(width, normalize=normalize, eps=eps)
-    with torch.no_grad():
-        if which == "reference":
-            out = reference.string_field(p, q, a, L=L, sigma0=sigma0, K=K, d=d, stable=stable,
-                                         **kw, compute_dtype=REFERENCE_COMPUTE_DTYPE)
-        elif which == "triton":
-            out = _triton_module().string_field(p, q, a, L=L, sigma0=sigma0, K=K, d=d,
-                                                stable=stable, **kw)
-        else:
-            out = torch.ops.ifm.string_field(p, q, a, L, sigma0, K, d, stable, kw["normalize"],
-                                             kw["norm_scale"], kw["eps"])
-    return out.to(out_dtype)
+    if which == "reference":  # the compiled backends make their inputs contiguous themselves
+        p, q, a = p.contiguous(), q.contiguous(), a.contiguous()
+        out = reference.string_field(p, q, a, L=L, sigma0=sigma0, K=K, d=d, stable=stable, **kw,
+                                     compute_dtype=REFERENCE_COMPUTE_DTYPE)
+    else:
+        op = _ops.STRING_OPS[which]
+        out = op(p, q, a, L, sigma0, K, d, stable, kw["normalize"], kw["norm_scale"], kw["eps"])
+    return out if out.dtype == out_dtype else out.to(out_dtype)
 
 
 # --------------------------------------------------------------------------------------------
 # Coulomb field
 # --------------------------------------------------------------------------------------------
 def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
-                  negative: Optional[torch.Tensor] = None, *, plate_gamma=_DEFAULT, normalize: Union[bool, str] = False,
+                  negative: Optional[torch.Tensor] = None, *, plate_gamma=_DEFAULT,
+                  normalize: Union[bool, str] = False,
                   eps: Optional[float] = None, backend: str = "auto",
-                  check_finite: bool = True) -> torch.Tensor:
+                  check_finite: Optional[bool] = None) -> torch.Tensor:
     """Coulomb field target of EFM (two plates) or PFGM (one plate), FIELDS.md §3.
 
     Args:
@@ -297,37 +368,41 @@ def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
     _checks.check_matrix("positive", positive, width=width)
     if negative is not None:
         _checks.check_matrix("negative", negative, width=width)
-    if plate_gamma is not _DEFAULT and plate_gamma is not None:
-        plate_gamma = _checks.check_scalar("plate_gamma", plate_gamma, allow_zero=True)
-    if not isinstance(normalize, (bool, str)):
-        raise TypeError(f"normalize must be False, True or 'pfgm', got {normalize!r}")
-    if normalize not in (False, True, "pfgm"):
-        raise ValueError(f"normalize must be False, True or 'pfgm', got {normalize!r}")
-    if eps is not None:
-        eps = _checks.check_scalar("eps", eps, allow_zero=True)
-    kw = coulomb_kernel_args(width, two_plates=negative is not None, plate_gamma=plate_gamma,
-                             normalize=normalize, eps=eps)
-    named = [("points", points), ("positive", positive)]
-    if negative is not None:
-        named.append(("negative", negative))
-    tensors, out_dtype = _prepare(named, check_finite, eps=kw["eps"],
-                                  plate_gamma=kw["plate_gamma"])
+    args = (None if plate_gamma is _DEFAULT else plate_gamma, eps)
+    key = (plate_gamma, normalize, eps, negative is None, width, points.dtype)
+    kw = _memo_get(_COULOMB_SCALARS, key, *args) if type(normalize) in (bool, str) else None
+    params = {}
+    if kw is None:
+        if plate_gamma is not _DEFAULT and plate_gamma is not None:
+            plate_gamma = _checks.check_scalar("plate_gamma", plate_gamma, allow_zero=True)
+        if not isinstance(normalize, (bool, str)):
+            raise TypeError(f"normalize must be False, True or 'pfgm', got {normalize!r}")
+        if normalize not in (False, True, "pfgm"):
+            raise ValueError(f"normalize must be False, True or 'pfgm', got {normalize!r}")
+        if eps is not None:
+            eps = _checks.check_scalar("eps", eps, allow_zero=True)
+        kw = coulomb_kernel_args(width, two_plates=negative is not None, plate_gamma=plate_gamma,
+                                 normalize=normalize, eps=eps)
+        params = dict(eps=kw["eps"], plate_gamma=kw["plate_gamma"])
+    if negative is None:
+        named, plate_z = [("points", points), ("positive", positive)], [_checks.NO_PLATE, 0.0]
+    else:
+        named = [("points", points), ("positive", positive), ("negative", negative)]
+        plate_z = [_checks.NO_PLATE, 0.0, _checks.PLATE_AT_ROW_0]
+    tensors, out_dtype = _prepare(named, plate_z, check_finite, **params)
+    if params:
+        _memo_put(_COULOMB_SCALARS, key, kw, *args)
     p, pos = tensors[0], tensors[1]
     neg = tensors[2] if negative is not None else None
-    _checks.check_plate_column("positive", pos, 0.0)
-    if neg is not None:
-        _checks.plate_position("negative", neg)
     which = _resolve_backend(backend, p.device, "coulomb_field")
-    with torch.no_grad():
-        if which == "reference":
-            out = reference.coulomb_field(p, pos, neg, **kw,
-                                          compute_dtype=REFERENCE_COMPUTE_DTYPE)
-        elif which == "triton":
-            out = _triton_module().coulomb_field(p, pos, neg, **kw)
-        else:
-            out = torch.ops.ifm.coulomb_field(p, pos, neg, kw["plate_gamma"], kw["sum_eps"],
-                                              kw["normalize"], kw["norm_scale"], kw["eps"])
-    return out.to(out_dtype)
+    if which == "reference":  # the compiled backends make their inputs contiguous themselves
+        p, pos = p.contiguous(), pos.contiguous()
+        neg = neg.contiguous() if neg is not None else None
+        out = reference.coulomb_field(p, pos, neg, **kw, compute_dtype=REFERENCE_COMPUTE_DTYPE)
+    else:
+        out = _ops.COULOMB_OPS[which](p, pos, neg, kw["plate_gamma"], kw["sum_eps"],
+                                      kw["normalize"], kw["norm_scale"], kw["eps"])
+    return out if out.dtype == out_dtype else out.to(out_dtype)
 
 
 # --------------------------------------------------------------------------------------------
