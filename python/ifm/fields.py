@@ -102,7 +102,8 @@ def available_backends(device: Union[str, torch.device, None] = None) -> List[st
         if dev.type == "cpu" and _ops.has_kernel("string_field", "CPU"):
             names.append("cpu")
         if dev.type == "cuda" and torch.cuda.is_available() \
-                and _ops.has_kernel("string_field", "CUDA"):
+                and _ops.has_kernel("string_field", "CUDA") \
+                and _cuda_arch.unusable_reason(dev) is None:
             names.append("cuda")
         if _triton_usable(dev) and (dev.type == "cpu" or torch.cuda.is_available()):
             names.append("triton")
