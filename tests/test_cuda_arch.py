@@ -38,6 +38,7 @@ def simulated_gpu(monkeypatch):
     monkeypatch.setattr(_cuda_arch, "_warned", set())
     monkeypatch.setattr(_ops, "has_kernel", lambda op, key: True)
     monkeypatch.setattr(fields, "_triton_module", lambda: object())
+    monkeypatch.setattr(fields, "_RESOLVED", {})  # backend choices are cached per device
     return info
 
 

@@ -121,7 +121,7 @@ def _build_hint() -> str:
 def _resolve_backend(backend: str, device: torch.device, fn_name: str) -> str:
     """The backend that runs ``fn_name`` for tensors on ``device`` (checks of availability).
     A function of constants: torch.compile runs it once while tracing and keeps the name."""
-    key = (backend, device.type, fn_name)
+    key = (backend, device, fn_name)  # per device: GPUs of one machine may differ in arch
     which = _RESOLVED.get(key)
     if which is None:
         which = _RESOLVED[key] = _resolve_uncached(backend, device, fn_name)
@@ -132,8 +132,6 @@ _RESOLVED = {}
 
 
 def _resolve_uncached(backend: str, device: torch.device, fn_name: str) -> str:
-    # A runtime check of the GPU architecture, once per device kind, belongs here (before
-    # "cuda" is chosen).
     if not isinstance(backend, str) or backend not in BACKENDS + ("auto",):
         raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
     if backend == "auto":
