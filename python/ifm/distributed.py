@@ -115,12 +115,17 @@ def _tensor_meta(points) -> dict:
     return {}
 
 
-def _finite(named, check_finite) -> None:
-    if not isinstance(check_finite, bool):
-        raise TypeError(f"check_finite must be a bool, got {check_finite!r}")
+def _values(named, plate_z, check_finite) -> bool:
+    """The value checks of :func:`ifm.fields` (same switch: ``check_finite`` / IFM_CHECK_FINITE)
+    on this rank's non-empty tensors; ``plate_z`` as in :func:`ifm._checks.check_values`.
+    Returns whether they ran."""
     _checks.check_same_kind(named)
-    if check_finite:
-        _checks.check_finite_values([(n, t) for n, t in named if t.shape[0] > 0])
+    if not _checks.value_checks(check_finite, named[0][1]):
+        return False
+    keep = [(nt, z) for nt, z in zip(named, plate_z) if nt[1].shape[0] > 0]
+    if keep:
+        _checks.check_values([nt for nt, _ in keep], [z for _, z in keep])
+    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,7 +316,7 @@ def _string_logmax(points, quarks, antiquarks, L, sigma0, K, d):
     r2 = _offset_sqnorm(x, A, z / L, Delta)
     s = reference.tube_width(z, L, sigma0, K, d)
     kappa = reference.tube_slope(z, L, K, d)
-    expo, den, _, _ = reference._pair_terms(r2, s, kappa, sigma0, points.shape[1] - 1)
+    expo, den, _, _ = reference.string_pair_terms(r2, s, kappa, sigma0, points.shape[1] - 1)
     inside = (z >= 0) & (z <= L)
     logw = torch.where(inside, expo - torch.log(den), torch.full_like(expo, -math.inf))
     return logw.amax(1)
@@ -343,7 +348,7 @@ def _average(acc, lse_acc, part, lse_part):
 def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.Tensor, *,
                  L: float, sigma0: float, K: Optional[float] = None, d: Optional[float] = None,
                  normalize: bool = False, eps: float = 1e-5, stable: bool = False,
-                 backend: str = "auto", check_finite: bool = True, group=None,
+                 backend: str = "auto", check_finite: Optional[bool] = None, group=None,
                  strategy: str = "allgather") -> torch.Tensor:
     """:func:`ifm.fields.string_field` of this rank's ``points`` against the pairs of every rank
     of ``group`` (default: the world), in rank order.
@@ -372,12 +377,9 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
             if not isinstance(v, bool):
                 raise TypeError(f"{name} must be a bool, got {v!r}")
         named = [("points", points), ("quarks", quarks), ("antiquarks", antiquarks)]
-        _finite(named, check_finite)
+        _values(named, [_checks.NO_PLATE, 0.0, geo[0]], check_finite)
         cd = _checks.compute_dtype(points.dtype)
         _checks.check_params_fit(cd, L=geo[0], sigma0=geo[1], K=geo[2], d=geo[3], eps=eps)
-        if quarks.shape[0] > 0:
-            _checks.check_plate_column("quarks", quarks.to(cd), 0.0)
-            _checks.check_plate_column("antiquarks", antiquarks.to(cd), geo[0])
         fields._resolve_backend(backend, points.device, "string_field")
         return dict(b=int(points.shape[0]), B=int(quarks.shape[0]))
 
@@ -433,7 +435,7 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
 def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
                   negative: Optional[torch.Tensor] = None, *, plate_gamma=fields._DEFAULT,
                   normalize=False, eps: Optional[float] = None, backend: str = "auto",
-                  check_finite: bool = True, group=None,
+                  check_finite: Optional[bool] = None, group=None,
                   strategy: str = "allgather") -> torch.Tensor:
     """:func:`ifm.fields.coulomb_field` of this rank's ``points`` against the charges of every
     rank of ``group`` (default: the world), in rank order.
@@ -465,14 +467,13 @@ def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
             _checks.check_scalar("eps", eps, allow_zero=True)
         kw = fields.coulomb_kernel_args(width, two_plates=two, plate_gamma=plate_gamma,
                                         normalize=normalize, eps=eps)
-        _finite(named, check_finite)
+        zs = [_checks.NO_PLATE, 0.0] + ([_checks.PLATE_AT_ROW_0] if two else [])
+        checked = _values(named, zs, check_finite)
         cd = _checks.compute_dtype(points.dtype)
         _checks.check_params_fit(cd, eps=kw["eps"], plate_gamma=kw["plate_gamma"])
-        if positive.shape[0] > 0:
-            _checks.check_plate_column("positive", positive.to(cd), 0.0)
-        plate_z = None
-        if two and negative.shape[0] > 0:
-            plate_z = _checks.plate_position("negative", negative.to(cd))
+        plate_z = None  # the ranks' plates are compared when the value checks run
+        if checked and two and negative.shape[0] > 0:
+            plate_z = _checks.round_to(float(negative[0, 0]), cd)
         fields._resolve_backend(backend, points.device, "coulomb_field")
         return dict(b=int(points.shape[0]), Bp=int(positive.shape[0]),
                     Bn=int(negative.shape[0]) if two else 0, neg_z=plate_z)
@@ -544,7 +545,7 @@ def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
             # the kernel's sum_eps is relative to the largest weight: Z / (Z + sum_eps)
             Z = torch.exp(st["lse"] - st["m"])
             terms.append(st["E"] * (Z / (Z + kw["sum_eps"]))[:, None])
-        E = reference._combine_plates(terms[0], terms[1] if two else None, width,
+        E = reference.combine_plates(terms[0], terms[1] if two else None, width,
                                       kw["plate_gamma"])
         if kw["normalize"]:
             E = reference.normalize_rows(E, kw["norm_scale"], kw["eps"])
