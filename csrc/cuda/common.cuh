@@ -36,6 +36,14 @@
   kernel<<<(grid), (block), 0, (stream)>>>(__VA_ARGS__)
 #endif
 
+// Shared memory: `IFM_SHARED(float, xs, [32][65]);` declares `__shared__ float xs[32][65];`.
+// Under the emulation it is a tracked array (race, uninitialised-read and bounds checks).
+#if defined(IFM_CUDA_EMULATION)
+#define IFM_SHARED(type, name, dims) IFM_EMU_SHARED(type, name, dims)
+#else
+#define IFM_SHARED(type, name, dims) __shared__ type name dims
+#endif
+
 // Returns the error of a CUDA call or launch from the enclosing function.
 #define IFM_CUDA_TRY(expr)                        \
   do {                                            \
@@ -77,8 +85,8 @@ struct MaxOp {
   __device__ __forceinline__ double operator()(double a, double b) const { return a > b ? a : b; }
 };
 
-template <typename Op>
-__device__ __forceinline__ double block_reduce(double v, double* red, Op op) {
+template <typename Op, typename Buf>
+__device__ __forceinline__ double block_reduce(double v, Buf& red, Op op) {
   const int tid = threadIdx.x;
   red[tid] = v;
   __syncthreads();
@@ -93,7 +101,8 @@ __device__ __forceinline__ double block_reduce(double v, double* red, Op op) {
 
 // Exclusive prefix sum of one 0/1 flag per thread (Hillis-Steele in shared memory, `buf` holds
 // kThreads ints); *total receives the block's sum. Used for the ordered compaction of kept pairs.
-__device__ __forceinline__ int block_exclusive_scan(int flag, int* buf, int* total) {
+template <typename Buf>
+__device__ __forceinline__ int block_exclusive_scan(int flag, Buf& buf, int* total) {
   const int tid = threadIdx.x;
   buf[tid] = flag;
   __syncthreads();
@@ -182,11 +191,11 @@ inline DistancePlan plan_distance(int64_t rows, int64_t n, int64_t ncols, const 
 template <typename T, bool STRING>
 __global__ void __launch_bounds__(kThreads, sizeof(T) == 4 ? 2 : 1) distance_tiles(PassArgs<T> a) {
   constexpr int KC = ChunkCols<T>::value;
-  __shared__ T xs[KC][kTile + 1];
-  __shared__ T ys0[KC][kTile + 1];
-  __shared__ T ys1[STRING ? KC : 1][kTile + 1];
-  __shared__ T ts[kTile];
-  __shared__ int fas[kTile];
+  IFM_SHARED(T, xs, [KC][kTile + 1]);
+  IFM_SHARED(T, ys0, [KC][kTile + 1]);
+  IFM_SHARED(T, ys1, [STRING ? KC : 1][kTile + 1]);
+  IFM_SHARED(T, ts, [kTile]);
+  IFM_SHARED(int, fas, [kTile]);
 
   const int64_t tiles_n = ceil_div(a.n, kTile);
   const int64_t tiles_q = ceil_div(a.rows, kTile);
@@ -298,8 +307,9 @@ __device__ __forceinline__ double summed_partials(const double* partial, int64_t
 // Ordered compaction of one block-wide chunk of pairs into row i's list (see PairLists).
 // `keep` is the calling thread's flag for pair j; *filled is the row's list length so far
 // (identical in every thread). Every thread of the block must call it.
+template <typename Buf>
 __device__ __forceinline__ void append_kept(const PairLists& lists, int64_t i, int64_t j,
-                                            bool keep, double c1, double c2, int* scan_buf,
+                                            bool keep, double c1, double c2, Buf& scan_buf,
                                             int* filled) {
   int total = 0;
   const int pos = *filled + block_exclusive_scan(keep ? 1 : 0, scan_buf, &total);
@@ -336,7 +346,7 @@ inline int lanes_log2_for(int64_t ncols) {
 
 template <typename T, bool STRING>
 __global__ void __launch_bounds__(kThreads) pair_sums(PassArgs<T> a) {
-  __shared__ double red[kThreads];
+  IFM_SHARED(double, red, [kThreads]);
   const int lanes = 1 << a.lanes_log2;
   const int kw = kThreads >> a.lanes_log2;
   const int64_t nchunks = ceil_div(a.ncols, kw);

@@ -33,8 +33,8 @@ struct CoulombCoefArgs {
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) coulomb_coefficients(CoulombCoefArgs<T> a) {
-  __shared__ double red[kThreads];
-  __shared__ int scan_buf[kThreads];
+  IFM_SHARED(double, red, [kThreads]);
+  IFM_SHARED(int, scan_buf, [kThreads]);
   const int64_t i = blockIdx.x;
   auto logit = [&](int64_t j) {
     return coulomb_logit(summed_partials(a.partial, a.nslices, a.rows, a.n, i, j), a.dim);
@@ -81,7 +81,7 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
     finalize_rows(const T* ep, const T* en, T* out, int64_t width, bool plate_normalize,
                   double plate_gamma, NormParams norm) {
-  __shared__ double red[kThreads];
+  IFM_SHARED(double, red, [kThreads]);
   const int64_t i = blockIdx.x;
   const T* prow = ep + i * width;
   const T* nrow = en != nullptr ? en + i * width : nullptr;

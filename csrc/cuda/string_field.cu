@@ -23,7 +23,7 @@ namespace detail {
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     pair_inv_norms(const T* quarks, const T* antiquarks, int64_t width, double L, double* nu) {
-  __shared__ double red[kThreads];
+  IFM_SHARED(double, red, [kThreads]);
   const int64_t j = blockIdx.x;
   const T* a = quarks + j * width;
   const T* c = antiquarks + j * width;
@@ -50,8 +50,8 @@ struct StringCoefArgs {
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) string_coefficients(StringCoefArgs<T> a) {
-  __shared__ double red[kThreads];
-  __shared__ int scan_buf[kThreads];
+  IFM_SHARED(double, red, [kThreads]);
+  IFM_SHARED(int, scan_buf, [kThreads]);
   const int64_t i = blockIdx.x;
   const StringQuery q = string_query((double)a.points[i * a.width], a.sp);
 

@@ -94,4 +94,14 @@ int ifm_emu_coulomb_field(int is_double, const void* points, int64_t b, const vo
 
 long ifm_emu_launches() { return ifm_emu::launches; }
 
+// Schedule of the threads between barriers: 0 forward, 1 reverse, 2 seeded random, 3 mixed
+// (each block one of the three in turn; the default).
+void ifm_emu_set_schedule(int mode, uint64_t seed) { ifm_emu::set_schedule(mode, seed); }
+
+// Violations recorded since the last ifm_emu_clear_report() (races, uninitialised shared
+// reads, divergent barriers, invalid launches), one message a line; empty when none.
+const char* ifm_emu_report() { return ifm_emu::report(); }
+long ifm_emu_violations() { return ifm_emu::violations; }
+void ifm_emu_clear_report() { ifm_emu::clear_report(); }
+
 }  // extern "C"
