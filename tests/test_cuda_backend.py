@@ -308,7 +308,9 @@ def _build_emulation(out, source, extra_flags=()):
            "-shared", "-fPIC", *extra_flags, *os.environ.get("IFM_EMU_CXXFLAGS", "").split(),
            "-DIFM_CUDA_EMULATION", "-include", str(ROOT / "tests/cuda_emu/cuda_emu.h"),
            "-x", "c++", str(source), "-o", str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    # the compiler runs without the sanitizer runtimes the test process may have preloaded
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert res.returncode == 0, f"building the CUDA emulation failed:\n{res.stderr}"
     return out
 

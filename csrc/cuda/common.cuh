@@ -13,8 +13,8 @@
 //                      row's kept pairs, in list (= pair index) order, from differences, in
 //                      double (the inputs are exact in double, so near-plate offsets keep
 //                      every digit), rounded once to the data precision.
-//   4. finalize_rows   per-plate / final normalisation (a host launcher defined once, in
-//                      coulomb_field.cu, and used by both fields).
+//   4. finalize_rows   per-plate / final normalisation (finalize_rows.cuh / .cu, used by both
+//                      fields).
 //
 // Nothing here includes a torch header. Every kernel uses kThreads threads per block, only
 // shared-memory block reductions (no warp intrinsics, no atomics) and block-uniform control flow
@@ -22,14 +22,16 @@
 // (tests/cuda_emu/cuda_emu.h, compiled with -DIFM_CUDA_EMULATION).
 #pragma once
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include "kernels.cuh"
 
 #if defined(IFM_CUDA_EMULATION)
 #define IFM_LAUNCH(kernel, grid, block, stream, ...) \
-  ::ifm_emu::launch(kernel, grid, block, __VA_ARGS__)
+  ((void)(stream), ::ifm_emu::launch(kernel, grid, block, __VA_ARGS__))
 #else
 // `kernel` is a pointer to a __global__ function (template instantiations contain commas).
 #define IFM_LAUNCH(kernel, grid, block, stream, ...) \
@@ -73,6 +75,40 @@ __host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) {
 }
 __host__ __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 __host__ __device__ __forceinline__ int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+// Bitwise select of one of two values by an all-ones / all-zeros mask (one LOP3 per 32 bits on
+// a GPU): mask ? c : a without a branch.
+template <typename T>
+struct Bits;
+template <>
+struct Bits<float> {
+  using type = uint32_t;
+};
+template <>
+struct Bits<double> {
+  using type = uint64_t;
+};
+
+// a * b + c rounded once (FFMA / DFMA; the emulation calls the C library's fused operation).
+template <typename T>
+__host__ __device__ __forceinline__ T fmadd(T a, T b, T c) {
+#if defined(IFM_CUDA_EMULATION)
+  return std::fma(a, b, c);
+#else
+  return fma(a, b, c);
+#endif
+}
+
+template <typename T>
+__host__ __device__ __forceinline__ T bit_select(typename Bits<T>::type mask, T c, T a) {
+  typename Bits<T>::type ub, cb;
+  memcpy(&ub, &a, sizeof(T));
+  memcpy(&cb, &c, sizeof(T));
+  ub = (ub & ~mask) | (cb & mask);
+  T out;
+  memcpy(&out, &ub, sizeof(T));
+  return out;
+}
 
 // ------------------------------------------------------------------------------------------
 // Block-wide reductions in shared memory with a fixed tree (deterministic): `red` holds
@@ -171,16 +207,47 @@ struct DistancePlan {
   int64_t blocks;
 };
 
-template <typename T>
+// Split of the columns into slices. The work is tiles x chunks staged chunks; a plan with
+// `cps` chunks per slice runs tiles x ceil(chunks / cps) blocks, and the busiest SM of a part
+// with `sms` SMs does ceil(blocks / sms) x cps chunks. The plan takes the cps whose worse ratio
+// to the even share (tiles x chunks / sms) over the 132-SM (H100) and 108-SM (A100) parts is
+// smallest (ties: the larger cps, fewer partial sums), among the plans with at most
+// tune.target_blocks blocks and at most max(input bytes / 4, 16 MiB) of partial sums (written
+// once and read once by step 2, which folds them into slice 0; 16 MiB stays in the L2 of both). The plan depends on the shapes and the tuning only, never on the
+// device, so results are the same on every GPU.
+template <typename T, bool STRING>
 inline DistancePlan plan_distance(int64_t rows, int64_t n, int64_t ncols, const Tuning& tune) {
   constexpr int KC = ChunkCols<T>::value;
   const int64_t tiles = ceil_div(rows, kTile) * ceil_div(n, kTile);
   const int64_t chunks = ceil_div(ncols, KC);
-  // Split D only while every slice keeps >= 4 staged chunks (>= 64-128 columns of work).
-  int64_t s = ceil_div(max64(tune.target_blocks, 1), tiles);
-  s = max64(1, min64(s, chunks / 4));
+  const double input_bytes = double(rows + (STRING ? 2 : 1) * n) * double(ncols) * sizeof(T);
+  const double slice_bytes = double(rows) * double(n) * sizeof(double);
+  const double max_partial = 0.25 * input_bytes > double(1 << 24) ? 0.25 * input_bytes
+                                                                   : double(1 << 24);
+  const int64_t sms[2] = {132, 108};
+  int64_t best_cps = chunks;
+  double best = 0.0;
+  for (int64_t cps = chunks; cps >= 1; --cps) {
+    const int64_t slices = ceil_div(chunks, cps);
+    if (cps < chunks && ceil_div(chunks, cps + 1) == slices) continue;  // same slice count
+    const int64_t blocks = tiles * slices;
+    if (slices > 1 && (blocks > max64(tune.target_blocks, 1) ||
+                       double(slices) * slice_bytes > max_partial)) {
+      break;  // more slices only add blocks and partial sums
+    }
+    double worst = 0.0;
+    for (int64_t m : sms) {
+      const double even = double(tiles * chunks) / double(m);
+      const double r = double(ceil_div(blocks, m) * cps) / even;
+      worst = r > worst ? r : worst;
+    }
+    if (cps == chunks || worst < best * 0.999) {
+      best = worst;
+      best_cps = cps;
+    }
+  }
   DistancePlan plan;
-  plan.cols_per_slice = ceil_div(chunks, s) * KC;
+  plan.cols_per_slice = best_cps * KC;
   plan.nslices = ceil_div(ncols, plan.cols_per_slice);
   plan.blocks = tiles * plan.nslices;
   return plan;
@@ -217,13 +284,16 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 4 ? 2 : 1) distance_til
     fas[tid] = q.from_antiquark ? 1 : 0;
   }
   __syncthreads();
-  // Per-query offset parameters of this thread's 4 queries, kept in registers.
+  // Per-query offset parameters of this thread's 4 queries, kept in registers; the nearer plate
+  // is a bit mask (all ones: antiquark) so that choosing A or C is one bitwise select, not a
+  // branch (the 16 x 16 threads of a warp hold queries of both plates).
   T tq[kSub];
-  bool fq[kSub];
+  typename Bits<T>::type fmask[kSub];
 #pragma unroll
   for (int m = 0; m < kSub; ++m) {
     tq[m] = STRING ? ts[ty + kSide * m] : T(0);
-    fq[m] = STRING ? fas[ty + kSide * m] != 0 : false;
+    fmask[m] = (STRING && fas[ty + kSide * m] != 0) ? ~typename Bits<T>::type(0)
+                                                     : typename Bits<T>::type(0);
   }
 
   double acc[kSub][kSub];
@@ -232,18 +302,29 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 4 ? 2 : 1) distance_til
 #pragma unroll
     for (int mp = 0; mp < kSub; ++mp) acc[mq][mp] = 0.0;
 
+  // Staging: element e = tid + kThreads * s of the [64 rows x KC columns] tile is (row e / KC,
+  // column e % KC); kThreads is a multiple of KC, so each thread keeps one column and steps
+  // kThreads / KC rows: its row pointers advance by a constant, 32-bit row counters.
+  constexpr int kRowStep = kThreads / KC;
+  static_assert(kThreads % KC == 0 && kTile % kRowStep == 0, "staging must tile evenly");
+  const int skk = tid % KC;
+  const int srow = tid / KC;
+  const int q_rows = (int)min64(kTile, a.rows - q0);
+  const int p_rows = (int)min64(kTile, a.n - j0);
+  const T* xp = a.points + (q0 + srow) * a.width + a.col0 + skk;
+  const T* ap = a.y0 + (j0 + srow) * a.width + a.col0 + skk;
+  const T* cp = STRING ? a.y1 + (j0 + srow) * a.width + a.col0 + skk : nullptr;
+  const int64_t step = int64_t(kRowStep) * a.width;
+
   for (int64_t c = c_begin; c < c_end; c += KC) {
-    // Stage the tiles: consecutive threads read consecutive columns of one row (coalesced).
-    for (int e = tid; e < kTile * KC; e += kThreads) {
-      const int row = e / KC;
-      const int kk = e % KC;
-      const bool col_ok = c + kk < c_end;
-      const int64_t gcol = a.col0 + c + kk;
-      const int64_t qi = q0 + row;
-      const int64_t pj = j0 + row;
-      xs[kk][row] = (col_ok && qi < a.rows) ? a.points[qi * a.width + gcol] : T(0);
-      ys0[kk][row] = (col_ok && pj < a.n) ? a.y0[pj * a.width + gcol] : T(0);
-      if (STRING) ys1[kk][row] = (col_ok && pj < a.n) ? a.y1[pj * a.width + gcol] : T(0);
+    const int valid = (int)min64(KC, c_end - c);  // staged columns that exist
+    const bool col_ok = skk < valid;
+#pragma unroll
+    for (int r = 0; r < kTile / kRowStep; ++r) {
+      const int row = srow + r * kRowStep;
+      xs[skk][row] = (col_ok && row < q_rows) ? xp[c + r * step] : T(0);
+      ys0[skk][row] = (col_ok && row < p_rows) ? ap[c + r * step] : T(0);
+      if (STRING) ys1[skk][row] = (col_ok && row < p_rows) ? cp[c + r * step] : T(0);
     }
     __syncthreads();
     T part[kSub][kSub];
@@ -251,30 +332,36 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 4 ? 2 : 1) distance_til
     for (int mq = 0; mq < kSub; ++mq)
 #pragma unroll
       for (int mp = 0; mp < kSub; ++mp) part[mq][mp] = T(0);
-#pragma unroll 4
-    for (int kk = 0; kk < KC; ++kk) {
-      T xv[kSub], av[kSub], cv[kSub], dv[kSub];
+    // Only the staged columns that exist (rounded up to the unroll of 4; the padding columns
+    // are zero in both tiles): D = 2 runs 4 columns per chunk, not KC.
+    const int kc = (valid + 3) & ~3;
+    for (int k4 = 0; k4 < kc; k4 += 4) {
 #pragma unroll
-      for (int m = 0; m < kSub; ++m) {
-        xv[m] = xs[kk][ty + kSide * m];
-        av[m] = ys0[kk][tx + kSide * m];
-        if (STRING) {
-          cv[m] = ys1[kk][tx + kSide * m];
-          dv[m] = cv[m] - av[m];
-        }
-      }
+      for (int u = 0; u < 4; ++u) {
+        const int kk = k4 + u;
+        T xv[kSub], av[kSub], cv[kSub], dv[kSub];
 #pragma unroll
-      for (int mq = 0; mq < kSub; ++mq) {
-#pragma unroll
-        for (int mp = 0; mp < kSub; ++mp) {
-          T r;
+        for (int m = 0; m < kSub; ++m) {
+          xv[m] = xs[kk][ty + kSide * m];
+          av[m] = ys0[kk][tx + kSide * m];
           if (STRING) {
-            const T base = fq[mq] ? cv[mp] : av[mp];
-            r = (xv[mq] - base) - tq[mq] * dv[mp];
-          } else {
-            r = xv[mq] - av[mp];
+            cv[m] = ys1[kk][tx + kSide * m];
+            dv[m] = cv[m] - av[m];
           }
-          part[mq][mp] += r * r;
+        }
+#pragma unroll
+        for (int mq = 0; mq < kSub; ++mq) {
+#pragma unroll
+          for (int mp = 0; mp < kSub; ++mp) {
+            T r;
+            if (STRING) {
+              const T base = bit_select(fmask[mq], cv[mp], av[mp]);
+              r = fmadd(-tq[mq], dv[mp], xv[mq] - base);
+            } else {
+              r = xv[mq] - av[mp];
+            }
+            part[mq][mp] = fmadd(r, r, part[mq][mp]);
+          }
         }
       }
     }
@@ -296,11 +383,15 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 4 ? 2 : 1) distance_til
   }
 }
 
-// Sum of the S partial distances of (row i, pair j), in slice order.
-__device__ __forceinline__ double summed_partials(const double* partial, int64_t nslices,
-                                                  int64_t rows, int64_t n, int64_t i, int64_t j) {
-  double r2 = 0.0;
-  for (int64_t s = 0; s < nslices; ++s) r2 += partial[(s * rows + i) * n + j];
+// Sum of the S partial distances of (row i, pair j), in slice order, stored back into slice 0
+// (so the later phases of step 2 read one value; only the thread of pair j touches it).
+__device__ __forceinline__ double fold_partials(double* partial, int64_t nslices, int64_t rows,
+                                                int64_t n, int64_t i, int64_t j) {
+  double r2 = partial[i * n + j];
+  if (nslices > 1) {
+    for (int64_t s = 1; s < nslices; ++s) r2 += partial[(s * rows + i) * n + j];
+    partial[i * n + j] = r2;
+  }
   return r2;
 }
 
@@ -344,7 +435,7 @@ inline int lanes_log2_for(int64_t ncols) {
   return threads_log2 - kw_log2;
 }
 
-template <typename T, bool STRING>
+template <typename T, bool STRING, typename I>
 __global__ void __launch_bounds__(kThreads) pair_sums(PassArgs<T> a) {
   IFM_SHARED(double, red, [kThreads]);
   const int lanes = 1 << a.lanes_log2;
@@ -369,23 +460,41 @@ __global__ void __launch_bounds__(kThreads) pair_sums(PassArgs<T> a) {
     from_c = q.from_antiquark;
   }
 
-  double acc = 0.0;
+  // Two accumulators (pairs p and p + lanes of each step of 2 * lanes), added once in a fixed
+  // order: half the dependent chain per lane. The list is walked with pointers and pair rows
+  // are addressed with index type I (32-bit when every offset fits; see launch_pair_sums).
+  double acc0 = 0.0, acc1 = 0.0;
   if (valid) {
     const int cnt = a.lists.count[i];
-    const int64_t off = i * a.lists.n;
-    for (int p = lane; p < cnt; p += lanes) {
-      const int64_t j = a.lists.idx[off + p];
-      const double yv = (double)a.y0[j * a.width + gcol];
+    const int64_t off = i * a.lists.n + lane;
+    const int* ip = a.lists.idx + off;
+    const double* c1p = a.lists.c1 + off;
+    const double* c2p = STRING ? a.lists.c2 + off : nullptr;
+    const I w = (I)a.width;
+    const T* y0c = a.y0 + gcol;
+    const T* y1c = STRING ? a.y1 + gcol : nullptr;
+    auto term = [&](int j, double c1, double c2) -> double {
+      const I at = (I)j * w;
+      const double yv = (double)y0c[at];
       if (STRING) {
-        const double cv = (double)a.y1[j * a.width + gcol];
+        const double cv = (double)y1c[at];
         const double delta = cv - yv;
         const double rho = (x - (from_c ? cv : yv)) - t * delta;
-        acc += a.lists.c2[off + p] * rho + a.lists.c1[off + p] * delta;
-      } else {
-        acc += a.lists.c1[off + p] * (yv - x);
+        return fmadd(c2, rho, c1 * delta);
       }
+      return c1 * (yv - x);
+    };
+    int p = lane;
+    for (; p + lanes < cnt; p += 2 * lanes) {
+      acc0 += term(ip[0], c1p[0], STRING ? c2p[0] : 0.0);
+      acc1 += term(ip[lanes], c1p[lanes], STRING ? c2p[lanes] : 0.0);
+      ip += 2 * lanes;
+      c1p += 2 * lanes;
+      if (STRING) c2p += 2 * lanes;
     }
+    if (p < cnt) acc0 += term(ip[0], c1p[0], STRING ? c2p[0] : 0.0);
   }
+  const double acc = acc0 + acc1;
   red[tid] = acc;
   __syncthreads();
   for (int s = lanes / 2; s > 0; s >>= 1) {
@@ -400,8 +509,14 @@ cudaError_t launch_pair_sums(const PassArgs<T>& args, cudaStream_t stream) {
   const int64_t kw = kThreads >> args.lanes_log2;
   const int64_t blocks = args.rows * ceil_div(args.ncols, kw);
   if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  auto kernel = pair_sums<T, STRING>;
-  IFM_LAUNCH(kernel, dim3((unsigned)blocks), dim3(kThreads), stream, args);
+  // 32-bit pair-row offsets when the largest, (n - 1) * width, fits (8 GB of float pairs).
+  if (args.n * args.width <= int64_t(0xffffffff)) {
+    auto kernel = pair_sums<T, STRING, uint32_t>;
+    IFM_LAUNCH(kernel, dim3((unsigned)blocks), dim3(kThreads), stream, args);
+  } else {
+    auto kernel = pair_sums<T, STRING, int64_t>;
+    IFM_LAUNCH(kernel, dim3((unsigned)blocks), dim3(kThreads), stream, args);
+  }
   return cudaGetLastError();
 }
 
@@ -433,7 +548,7 @@ cudaError_t two_pass(const T* points, int64_t rows, const T* y0, const T* y1, in
   a.col0 = STRING ? 1 : 0;
   a.ncols = width - a.col0;
   a.sp = sp;
-  const DistancePlan plan = plan_distance<T>(rows, n, a.ncols, tune);
+  const DistancePlan plan = plan_distance<T, STRING>(rows, n, a.ncols, tune);
   a.cols_per_slice = plan.cols_per_slice;
   a.nslices = plan.nslices;
   a.partial = partial;
@@ -444,18 +559,6 @@ cudaError_t two_pass(const T* points, int64_t rows, const T* y0, const T* y1, in
   IFM_CUDA_TRY(launch_coefficients(plan));
   return launch_pair_sums<T, STRING>(a, stream);
 }
-
-// ------------------------------------------------------------------------------------------
-// Step 4 (host launcher, defined in coulomb_field.cu): for each row i of `rows`,
-//   v = en ? fn * en_i - fp * ep_i : fp * ep_i,  fp/fn = plate_normalize ?
-//       sqrt(width) / (||e_i|| + plate_gamma) : 1,
-// then out_i = norm.normalize ? norm.scale * v / (||v|| + norm.eps) : v. ep may alias out.
-// One block per row; norms in double with a fixed tree.
-// ------------------------------------------------------------------------------------------
-template <typename T>
-cudaError_t launch_finalize_rows(const T* ep, const T* en, T* out, int64_t rows, int64_t width,
-                                 bool plate_normalize, double plate_gamma,
-                                 const NormParams& norm, cudaStream_t stream);
 
 // ------------------------------------------------------------------------------------------
 // Workspace: carve aligned sub-buffers out of one allocation. With a null base it only counts
@@ -489,12 +592,12 @@ inline int64_t rows_per_chunk(int64_t b, int64_t n, const Tuning& tune) {
 }
 
 // Largest S * rows over the chunk sizes used (chunks of rc rows and the last, shorter one).
-template <typename T>
+template <typename T, bool STRING>
 inline int64_t max_partial_rows(int64_t b, int64_t rc, int64_t n, int64_t ncols,
                                 const Tuning& tune) {
-  int64_t best = plan_distance<T>(rc, n, ncols, tune).nslices * rc;
+  int64_t best = plan_distance<T, STRING>(rc, n, ncols, tune).nslices * rc;
   const int64_t tail = b % rc;
-  if (tail > 0) best = max64(best, plan_distance<T>(tail, n, ncols, tune).nslices * tail);
+  if (tail > 0) best = max64(best, plan_distance<T, STRING>(tail, n, ncols, tune).nslices * tail);
   return best;
 }
 

@@ -5,6 +5,7 @@
 // The kernel sources are included verbatim: what runs here is the code nvcc compiles.
 #include "../../csrc/cuda/string_field.cu"
 #include "../../csrc/cuda/coulomb_field.cu"
+#include "../../csrc/cuda/finalize_rows.cu"
 
 namespace {
 
@@ -55,7 +56,7 @@ int run_coulomb(const void* points, int64_t b, const void* positive, int64_t Bp,
                 double plate_gamma, double sum_eps, int normalize, double scale, double eps,
                 void* out, const ifm::cuda::Tuning& tune, int use_workspace) {
   GivenWorkspace ws(use_workspace != 0, ifm::cuda::coulomb_field_workspace_bytes<T>(
-                                            b, Bp, negative ? Bn : -1, D, tune));
+                                            b, Bp, Bn, D, negative != nullptr, tune));
   return (int)ifm::cuda::coulomb_field<T>(
       static_cast<const T*>(points), b, static_cast<const T*>(positive), Bp,
       static_cast<const T*>(negative), Bn, D, plate_normalize != 0, plate_gamma, sum_eps,
