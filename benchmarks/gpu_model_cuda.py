@@ -51,6 +51,9 @@ MAX_PAIRS_PER_CHUNK = 1 << 22
 TARGET_BLOCKS = 2376      # Tuning::target_blocks
 PLAN_SMS = (132, 108)     # the parts plan_distance balances for
 SKIP_RATIO = {4: 2.0 ** -44, 8: 2.0 ** -80}
+SUM_ROWS = 8              # kSumRows
+SUM_WIN = 128             # kSumWin
+TILED_MIN_COLS = 128      # kTiledMinCols
 
 
 def _chunk_cols(itemsize: int) -> int:
@@ -193,8 +196,8 @@ def _estimate(name: str, k: dict, grid: int, trips, dram: float, l2: float,
 _KEPT: dict = {}
 
 
-def kept_per_row(case, plate: int, itemsize: int) -> List[int]:
-    """Kept (query, pair / charge) terms per query row for the published inputs of ``case``."""
+def kept_mask(case, plate: int, itemsize: int):
+    """[b, B] bool: the (query, pair / charge) terms kept for the published inputs of ``case``."""
     key = (case.kind, case.name, case.b, case.B, case.D, plate, itemsize)
     if key in _KEPT:
         return _KEPT[key]
@@ -206,7 +209,7 @@ def kept_per_row(case, plate: int, itemsize: int) -> List[int]:
     ratio = SKIP_RATIO[itemsize]
     inp = conftest.make_inputs(case)
     p = inp["points"].double()
-    rows = []
+    masks = []
     if case.kind == "string":
         prm = case.params
         A = inp["quarks"].double()[:, 1:]
@@ -221,18 +224,21 @@ def kept_per_row(case, plate: int, itemsize: int) -> List[int]:
             expo, den, _, _ = reference._pair_terms(r2, s, kappa, prm["sigma0"], x.shape[1])
             logw = expo - torch.log(den)
             m = logw.amax(1, keepdim=True)
-            keep = (logw > -math.inf) & (logw - m >= math.log(ratio))
-            rows += keep.sum(1).tolist()
+            masks.append((logw > -math.inf) & (logw - m >= math.log(ratio)))
     else:
         Y = (inp["positive"] if plate == 0 else inp["negative"]).double()
         d = torch.cdist(p, Y)
         logit = -p.shape[1] * torch.log(d + reference.COULOMB_D_EPS)
         e = torch.exp(logit - logit.amax(1, keepdim=True))
         size = e * d
-        keep = (e > 0) & (size >= ratio * size.amax(1, keepdim=True))
-        rows = keep.sum(1).tolist()
-    _KEPT[key] = rows
-    return rows
+        masks.append((e > 0) & (size >= ratio * size.amax(1, keepdim=True)))
+    _KEPT[key] = torch.cat(masks, 0)
+    return _KEPT[key]
+
+
+def kept_per_row(case, plate: int, itemsize: int) -> List[int]:
+    """Kept terms per query row (see :func:`kept_mask`)."""
+    return kept_mask(case, plate, itemsize).sum(1).tolist()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,7 +249,8 @@ def _tag(itemsize: int) -> str:
 
 
 def _two_pass(field: str, arch: str, itemsize: int, rows: int, n: int, width: int,
-              kept: List[int], src: str, coef_pattern: str, coef_name: str) -> List[dict]:
+              kept: List[int], src: str, coef_pattern: str, coef_name: str,
+              case_live=None) -> List[dict]:
     string = field == "string"
     ncols = width - (1 if string else 0)
     sets = 2 if string else 1
@@ -279,21 +286,26 @@ def _two_pass(field: str, arch: str, itemsize: int, rows: int, n: int, width: in
             return per_thread * max(plan["nslices"] - 1, 0) / max(lp["ldg"], 1)
         return per_thread
 
-    kept_total = sum(kept)
-    lists = kept_total * (4 + 8 + (8 if string else 0))
+    lists = sum(kept) * (4 + 8 + (8 if string else 0))
     out.append(_estimate(coef_name, k, rows, coef_trips,
                          dram=partial + (partial / plan["nslices"] if plan["nslices"] > 1 else 0)
                          + lists + rows * 4, l2=0.0))
-    # step 3: pair sums
+    # step 3: pair sums (query-tiled for D >= TILED_MIN_COLS)
+    kept_total = sum(kept)
+    idx_t = "j" if n * width <= 0xFFFFFFFF else "l"
+    if ncols >= TILED_MIN_COLS:
+        out.append(_tiled_sums(arch, t, string, src, idx_t, rows, n, ncols, width, itemsize,
+                               sets, kept, lists, case_live))
+        return out
     kw = 1
     while kw < ncols and kw < THREADS:
         kw *= 2
     lanes = THREADS // kw
     chunks = math.ceil(ncols / kw)
-    idx_t = "j" if n * width <= 0xFFFFFFFF else "l"
     k = _kernel(src, arch, rf"pair_sumsI{t}Lb{int(string)}E{idx_t}E")
     per_pair = 5 if string else 3  # LDG per kept pair: idx, c1, (c2), y0, (y1)
     main_trips = sum(math.ceil(c / lanes) for c in kept) * chunks / max(rows * chunks, 1)
+    lp_all = _profile(k)["loops"]
 
     def sums_trips(lp):
         if lp["ldg"] >= per_pair:
@@ -301,7 +313,6 @@ def _two_pass(field: str, arch: str, itemsize: int, rows: int, n: int, width: in
             return main_trips / (lp["ldg"] / per_pair) / _n_main(lp_all, per_pair)
         return math.log2(lanes) if lp["classes"].get("mem_shared") else 0.0
 
-    lp_all = _profile(k)["loops"]
     pair_bytes = kept_total * ncols * itemsize * sets
     out.append(_estimate(f"pair_sums<{t},{string}>", k, rows * chunks, sums_trips,
                          dram=sets * n * ncols * itemsize + rows * width * itemsize * 2 + lists,
@@ -309,6 +320,43 @@ def _two_pass(field: str, arch: str, itemsize: int, rows: int, n: int, width: in
                          + lists * (chunks - 1),
                          note=f"{kept_total} kept terms, {lanes} lanes x {kw} columns"))
     return out
+
+
+def _tiled_sums(arch, t, string, src, idx_t, rows, n, ncols, width, itemsize, sets, kept,
+                lists, live):
+    """pair_sums_tiled: per block of SUM_ROWS rows, n / SUM_WIN windows (zero, scatter, two
+    scans) and one pass of the main loop per pair any of the rows keeps."""
+    k = _kernel(src, arch, rf"pair_sums_tiledI{t}Lb{int(string)}E{idx_t}E")
+    tiles = math.ceil(rows / SUM_ROWS)
+    chunks = math.ceil(ncols / THREADS)
+    windows = math.ceil(n / SUM_WIN)
+    union = _union_per_tile(live, rows, n, kept)
+    per_pair = sets  # LDG per live pair in the main loop (y0, y1)
+    loops = _profile(k)["loops"]
+    main = max((lp for lp in loops if lp["depth"] >= 1), key=lambda lp: lp["ldg"], default=None)
+    n_main = sum(1 for lp in loops if lp["depth"] >= 1 and lp["ldg"] >= per_pair)
+
+    def trips(lp):
+        if lp["depth"] == 0:
+            return windows
+        if main is not None and lp["ldg"] >= per_pair:
+            return (sum(union) / tiles) / (lp["ldg"] / per_pair) / max(n_main, 1)
+        return windows  # zeroing loop
+    live_rows = sum(union) * ncols * itemsize * sets
+    unique = sets * n * ncols * itemsize
+    return _estimate(f"pair_sums_tiled<{t},{string}>", k, tiles * chunks, trips,
+                     dram=unique + rows * width * itemsize * 2 + lists,
+                     l2=max(live_rows - unique, 0.0) + lists * (chunks - 1),
+                     note=f"{sum(kept)} kept terms, {sum(union)} (tile, pair) loads, "
+                          f"{SUM_ROWS} rows x {THREADS} columns per block")
+
+
+def _union_per_tile(live, rows, n, kept) -> List[int]:
+    """Pairs kept by any row of each tile of SUM_ROWS rows (``live``: [rows, n] bool or None;
+    without it every kept term is counted as its own pair, an upper bound)."""
+    if live is None:
+        return [sum(kept[i:i + SUM_ROWS]) for i in range(0, rows, SUM_ROWS)]
+    return [int(live[i:i + SUM_ROWS].any(0).sum()) for i in range(0, rows, SUM_ROWS)]
 
 
 def _n_main(loops, per_pair) -> int:
@@ -349,7 +397,8 @@ def kernel_estimates(field: str, case, dtype, arch: str) -> List[dict]:
             rows = min(rc, b - i0)
             out += _two_pass("string", arch, itemsize, rows, B, width, kept[i0:i0 + rows],
                              SOURCES["string"], rf"string_coefficientsI{t}E",
-                             f"string_coefficients<{t}>")
+                             f"string_coefficients<{t}>",
+                             kept_mask(case, 0, itemsize)[i0:i0 + rows])
             if case.params.get("normalize", True):
                 k = _kernel(SOURCES["finalize"], arch, rf"finalize_rowsI{t}E")
                 out.append(_row_kernel(f"finalize_rows<{t}>", k, rows, width, 1,
@@ -363,7 +412,8 @@ def kernel_estimates(field: str, case, dtype, arch: str) -> List[dict]:
             kept = kept_per_row(case, plate, itemsize)[i0:i0 + rows]
             out += _two_pass("coulomb", arch, itemsize, rows, B, width, kept,
                              SOURCES["coulomb"], rf"coulomb_coefficientsI{t}E",
-                             f"coulomb_coefficients<{t}>")
+                             f"coulomb_coefficients<{t}>",
+                             kept_mask(case, plate, itemsize)[i0:i0 + rows])
         if len(plates) == 2 or case.params.get("plate_gamma") is not None or \
                 case.params.get("normalize"):
             k = _kernel(SOURCES["finalize"], arch, rf"finalize_rowsI{t}E")

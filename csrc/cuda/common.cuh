@@ -504,13 +504,164 @@ __global__ void __launch_bounds__(kThreads) pair_sums(PassArgs<T> a) {
   if (lane == 0 && valid) a.out[i * a.width + gcol] = (T)red[cw];
 }
 
+// ------------------------------------------------------------------------------------------
+// Step 3, query-tiled (D >= kTiledMinCols): block -> (kSumRows consecutive query rows, kThreads
+// consecutive columns, one per thread). The rows' kept pairs are visited in windows of
+// kSumWin pair indices: each window's coefficients are scattered from the rows' lists into a
+// dense [rows x window] shared tile (zero where a row dropped the pair), the pairs any row keeps
+// are compacted in index order (block scan), and every thread loads each such pair's value in
+// its column once and adds it to all kSumRows rows: a pair row is read once per row tile, not
+// once per query. Per row the terms are added in pair index order, as in pair_sums.
+// ------------------------------------------------------------------------------------------
+constexpr int kSumRows = 8;
+constexpr int kSumWin = 128;
+constexpr int kTiledMinCols = 128;
+static_assert(kSumRows * 32 == kThreads && kSumWin <= kThreads, "scatter: 32 threads per row");
+
+template <typename T, bool STRING, typename I>
+__global__ void __launch_bounds__(kThreads) pair_sums_tiled(PassArgs<T> a) {
+  IFM_SHARED(double, cw1, [kSumRows][kSumWin]);
+  IFM_SHARED(double, cw2, [STRING ? kSumRows : 1][kSumWin]);
+  IFM_SHARED(int, live, [kSumWin]);
+  IFM_SHARED(int, scan_buf, [kThreads]);
+  IFM_SHARED(int, incl, [kThreads]);
+  IFM_SHARED(int, cursor, [kSumRows]);
+  IFM_SHARED(double, tq_s, [kSumRows]);
+  IFM_SHARED(int, fq_s, [kSumRows]);
+
+  const int64_t nchunks = ceil_div(a.ncols, kThreads);
+  const int64_t r0 = (blockIdx.x / nchunks) * kSumRows;
+  const int64_t k = (blockIdx.x % nchunks) * kThreads + threadIdx.x;
+  const int tid = threadIdx.x;
+  const int nrows = (int)min64(kSumRows, a.rows - r0);
+  const bool valid = k < a.ncols;
+  const int64_t gcol = a.col0 + (valid ? k : 0);
+
+  if (tid < kSumRows) {
+    cursor[tid] = 0;
+    double t = 0.0;
+    int f = 0;
+    if (STRING && tid < nrows) {
+      const StringQuery q = string_query((double)a.points[(r0 + tid) * a.width], a.sp);
+      t = q.t;
+      f = q.from_antiquark ? 1 : 0;
+    }
+    tq_s[tid] = t;
+    fq_s[tid] = f;
+  }
+  __syncthreads();
+  double x[kSumRows], tq[kSumRows], acc[kSumRows];
+  bool fq[kSumRows];
+#pragma unroll
+  for (int q = 0; q < kSumRows; ++q) {
+    x[q] = (valid && q < nrows) ? (double)a.points[(r0 + q) * a.width + gcol] : 0.0;
+    tq[q] = tq_s[q];
+    fq[q] = fq_s[q] != 0;
+    acc[q] = 0.0;
+  }
+
+  // This thread's part of the scatter: row sq, list positions cursor + sl + 32 m.
+  const int sq = tid / 32;
+  const int sl = tid % 32;
+  const int cnt = sq < nrows ? a.lists.count[r0 + sq] : 0;
+  const int64_t off = (r0 + sq) * a.lists.n;
+  const I w = (I)a.width;
+  const T* y0c = a.y0 + gcol;
+  const T* y1c = STRING ? a.y1 + gcol : nullptr;
+
+  for (int64_t w0 = 0; w0 < a.n; w0 += kSumWin) {
+    for (int e = tid; e < kSumRows * kSumWin; e += kThreads) {
+      cw1[e / kSumWin][e % kSumWin] = 0.0;
+      if (STRING) cw2[e / kSumWin][e % kSumWin] = 0.0;
+    }
+    __syncthreads();
+    // Scatter the rows' list entries with index in [w0, w0 + kSumWin) (a prefix of what is
+    // left of each sorted list: at most kSumWin entries).
+    const int cur = cursor[sq];
+    int mine = 0;
+#pragma unroll
+    for (int m = 0; m < kSumWin / 32; ++m) {
+      const int p = cur + sl + 32 * m;
+      if (p < cnt) {
+        const int j = a.lists.idx[off + p];
+        if (j < w0 + kSumWin) {
+          cw1[sq][j - w0] = a.lists.c1[off + p];
+          if (STRING) cw2[sq][j - w0] = a.lists.c2[off + p];
+          ++mine;
+        }
+      }
+    }
+    int total = 0;
+    const int before = block_exclusive_scan(mine, scan_buf, &total);
+    incl[tid] = before + mine;
+    __syncthreads();
+    if (tid < kSumRows) {
+      const int row_end = incl[tid * 32 + 31];
+      const int row_begin = tid > 0 ? incl[tid * 32 - 1] : 0;
+      cursor[tid] += row_end - row_begin;
+    }
+    // Compact the window's pairs that some row keeps (non-zero coefficient), in index order.
+    bool keep = false;
+    if (tid < kSumWin && w0 + tid < a.n) {
+#pragma unroll
+      for (int q = 0; q < kSumRows; ++q) {
+        keep = keep || cw1[q][tid] != 0.0 || (STRING && cw2[q][tid] != 0.0);
+      }
+    }
+    int nlive = 0;
+    const int pos = block_exclusive_scan(keep ? 1 : 0, scan_buf, &nlive);
+    if (keep) live[pos] = tid;
+    __syncthreads();
+    if (valid) {
+      for (int l = 0; l < nlive; ++l) {
+        const int jl = live[l];
+        const I at = (I)(w0 + jl) * w;
+        const double yv = (double)y0c[at];
+        if (STRING) {
+          const double cv = (double)y1c[at];
+          const double delta = cv - yv;
+#pragma unroll
+          for (int q = 0; q < kSumRows; ++q) {
+            const double rho = (x[q] - (fq[q] ? cv : yv)) - tq[q] * delta;
+            const double c1 = cw1[q][jl], c2 = cw2[q][jl];
+            acc[q] += fmadd(c2, rho, c1 * delta);
+          }
+        } else {
+#pragma unroll
+          for (int q = 0; q < kSumRows; ++q) acc[q] += cw1[q][jl] * (yv - x[q]);
+        }
+      }
+    }
+    __syncthreads();
+  }
+  if (valid) {
+#pragma unroll
+    for (int q = 0; q < kSumRows; ++q) {
+      if (q < nrows) a.out[(r0 + q) * a.width + gcol] = (T)acc[q];
+    }
+  }
+}
+
 template <typename T, bool STRING>
 cudaError_t launch_pair_sums(const PassArgs<T>& args, cudaStream_t stream) {
+  // 32-bit pair-row offsets when the largest, (n - 1) * width, fits (8 GB of float pairs).
+  const bool narrow = args.n * args.width <= int64_t(0xffffffff);
+  if (args.ncols >= kTiledMinCols) {
+    const int64_t blocks = ceil_div(args.rows, kSumRows) * ceil_div(args.ncols, kThreads);
+    if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
+    if (narrow) {
+      auto kernel = pair_sums_tiled<T, STRING, uint32_t>;
+      IFM_LAUNCH(kernel, dim3((unsigned)blocks), dim3(kThreads), stream, args);
+    } else {
+      auto kernel = pair_sums_tiled<T, STRING, int64_t>;
+      IFM_LAUNCH(kernel, dim3((unsigned)blocks), dim3(kThreads), stream, args);
+    }
+    return cudaGetLastError();
+  }
   const int64_t kw = kThreads >> args.lanes_log2;
   const int64_t blocks = args.rows * ceil_div(args.ncols, kw);
   if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  // 32-bit pair-row offsets when the largest, (n - 1) * width, fits (8 GB of float pairs).
-  if (args.n * args.width <= int64_t(0xffffffff)) {
+  if (narrow) {
     auto kernel = pair_sums<T, STRING, uint32_t>;
     IFM_LAUNCH(kernel, dim3((unsigned)blocks), dim3(kThreads), stream, args);
   } else {
