@@ -9,10 +9,12 @@
 //   2. (per field)     one block per query row: the S partials summed in a fixed order (double),
 //                      the coefficients in double through field_math.h, the row maximum, and a
 //                      stable compaction of the pairs whose weight is >= skip_ratio of that max.
-//   3. pair_sums       one block per (query row, column chunk): the weighted sum over the
-//                      row's kept pairs, in list (= pair index) order, from differences, in
-//                      double (the inputs are exact in double, so near-plate offsets keep
-//                      every digit), rounded once to the data precision.
+//   3. pair_sums       the weighted sum over each row's kept pairs, in list (= pair index)
+//                      order, from differences, in double (the inputs are exact in double, so
+//                      near-plate offsets keep every digit), rounded once to the data
+//                      precision: pair_sums_tiled (8 query rows x 256 columns per block, each
+//                      kept pair row read once per row tile) when D >= 128, else pair_sums
+//                      (one block per query row and column chunk, lanes x columns).
 //   4. finalize_rows   per-plate / final normalisation (finalize_rows.cuh / .cu, used by both
 //                      fields).
 //
@@ -213,8 +215,9 @@ struct DistancePlan {
 // to the even share (tiles x chunks / sms) over the 132-SM (H100) and 108-SM (A100) parts is
 // smallest (ties: the larger cps, fewer partial sums), among the plans with at most
 // tune.target_blocks blocks and at most max(input bytes / 4, 16 MiB) of partial sums (written
-// once and read once by step 2, which folds them into slice 0; 16 MiB stays in the L2 of both). The plan depends on the shapes and the tuning only, never on the
-// device, so results are the same on every GPU.
+// once and read once by step 2, which folds them into slice 0; 16 MiB stays in the L2 of
+// both). The plan depends on the shapes and the tuning only, never on the device, so results
+// are the same on every GPU.
 template <typename T, bool STRING>
 inline DistancePlan plan_distance(int64_t rows, int64_t n, int64_t ncols, const Tuning& tune) {
   constexpr int KC = ChunkCols<T>::value;
