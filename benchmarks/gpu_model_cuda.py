@@ -51,7 +51,7 @@ MAX_PAIRS_PER_CHUNK = 1 << 22
 TARGET_BLOCKS = 2376      # Tuning::target_blocks
 PLAN_SMS = (132, 108)     # the parts plan_distance balances for
 SKIP_RATIO = {4: 2.0 ** -44, 8: 2.0 ** -80}
-SUM_ROWS = 8              # kSumRows
+SUM_ROWS = 4              # kSumRows
 SUM_WIN = 128             # kSumWin
 TILED_MIN_COLS = 128      # kTiledMinCols
 

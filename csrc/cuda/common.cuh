@@ -12,7 +12,7 @@
 //   3. pair_sums       the weighted sum over each row's kept pairs, in list (= pair index)
 //                      order, from differences, in double (the inputs are exact in double, so
 //                      near-plate offsets keep every digit), rounded once to the data
-//                      precision: pair_sums_tiled (8 query rows x 256 columns per block, each
+//                      precision: pair_sums_tiled (4 query rows x 256 columns per block, each
 //                      kept pair row read once per row tile) when D >= 128, else pair_sums
 //                      (one block per query row and column chunk, lanes x columns).
 //   4. finalize_rows   per-plate / final normalisation (finalize_rows.cuh / .cu, used by both
@@ -516,10 +516,12 @@ __global__ void __launch_bounds__(kThreads) pair_sums(PassArgs<T> a) {
 // its column once and adds it to all kSumRows rows: a pair row is read once per row tile, not
 // once per query. Per row the terms are added in pair index order, as in pair_sums.
 // ------------------------------------------------------------------------------------------
-constexpr int kSumRows = 8;
+constexpr int kSumRows = 4;
 constexpr int kSumWin = 128;
 constexpr int kTiledMinCols = 128;
-static_assert(kSumRows * 32 == kThreads && kSumWin <= kThreads, "scatter: 32 threads per row");
+constexpr int kRowThreads = kThreads / kSumRows;  // scatter: threads per row
+static_assert(kRowThreads * kSumRows == kThreads && kSumWin % kRowThreads == 0 &&
+              kSumWin <= kThreads, "scatter layout");
 
 template <typename T, bool STRING, typename I>
 __global__ void __launch_bounds__(kThreads) pair_sums_tiled(PassArgs<T> a) {
@@ -563,9 +565,9 @@ __global__ void __launch_bounds__(kThreads) pair_sums_tiled(PassArgs<T> a) {
     acc[q] = 0.0;
   }
 
-  // This thread's part of the scatter: row sq, list positions cursor + sl + 32 m.
-  const int sq = tid / 32;
-  const int sl = tid % 32;
+  // This thread's part of the scatter: row sq, list positions cursor + sl + kRowThreads m.
+  const int sq = tid / kRowThreads;
+  const int sl = tid % kRowThreads;
   const int cnt = sq < nrows ? a.lists.count[r0 + sq] : 0;
   const int64_t off = (r0 + sq) * a.lists.n;
   const I w = (I)a.width;
@@ -583,8 +585,8 @@ __global__ void __launch_bounds__(kThreads) pair_sums_tiled(PassArgs<T> a) {
     const int cur = cursor[sq];
     int mine = 0;
 #pragma unroll
-    for (int m = 0; m < kSumWin / 32; ++m) {
-      const int p = cur + sl + 32 * m;
+    for (int m = 0; m < kSumWin / kRowThreads; ++m) {
+      const int p = cur + sl + kRowThreads * m;
       if (p < cnt) {
         const int j = a.lists.idx[off + p];
         if (j < w0 + kSumWin) {
@@ -599,8 +601,8 @@ __global__ void __launch_bounds__(kThreads) pair_sums_tiled(PassArgs<T> a) {
     incl[tid] = before + mine;
     __syncthreads();
     if (tid < kSumRows) {
-      const int row_end = incl[tid * 32 + 31];
-      const int row_begin = tid > 0 ? incl[tid * 32 - 1] : 0;
+      const int row_end = incl[tid * kRowThreads + kRowThreads - 1];
+      const int row_begin = tid > 0 ? incl[tid * kRowThreads - 1] : 0;
       cursor[tid] += row_end - row_begin;
     }
     // Compact the window's pairs that some row keeps (non-zero coefficient), in index order.
