@@ -10,6 +10,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "field_params.h"
+
 #if defined(__CUDACC__)
 #define IFM_HD __host__ __device__ __forceinline__
 #else
@@ -30,14 +32,6 @@ constexpr double kCoulombDEps = 1e-7;   // (d + 1e-7) in the Coulomb weights
 // weighted-sum pass (string: by pair weight; Coulomb: by contribution coeff * distance, see
 // docs/DESIGN.md). See PERFORMANCE.md, "Arithmetic floor".
 IFM_HD double skip_ratio(bool is_double) { return is_double ? 0x1p-80 : 0x1p-44; }
-
-struct StringParams {
-  double L;       // plate distance
-  double sigma0;  // string width
-  double K;       // curvature
-  double d;       // end-region length, pi / (2K)
-  int64_t D;      // data dimension (tensors are [n, D + 1])
-};
 
 // Everything about one query that depends on its z only.
 struct StringQuery {

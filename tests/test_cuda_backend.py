@@ -16,7 +16,7 @@ Three groups:
 from __future__ import annotations
 
 import ctypes
-import math
+import os
 import pathlib
 import shutil
 import subprocess
@@ -26,60 +26,44 @@ import pytest
 import torch
 
 import ifm
-from ifm import _ops, reference
+from ifm import _checks, _ops, reference
 
+import modes
 from cases import coulomb_case, string_case
 from parity import assert_parity, golden_names, load_golden
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DTYPES = [torch.float32, torch.float64]
-STRING_MODES = [dict(normalize=False, stable=False), dict(normalize=True, stable=False),
-                dict(normalize=False, stable=True), dict(normalize=True, stable=True)]
-COULOMB_MODES = [dict(plate_gamma=None, normalize=False), dict(plate_gamma=1e-7, normalize=False),
-                 dict(plate_gamma=5.0, normalize=True), dict(plate_gamma=None, normalize="pfgm")]
-
-
-def _mode_id(m):
-    return "-".join(f"{k}{v}" for k, v in m.items())
-
-
-def _string_inputs(data):
-    antiquarks = data["antiquarks"]
-    if "pairing" in data:
-        antiquarks = antiquarks[data["pairing"].long()]
-    return data["points"], data["quarks"], antiquarks
+STRING_MODES, STRING_MODE_IDS = modes.STRING_MODES, modes.STRING_MODE_IDS
+COULOMB_MODES, COULOMB_MODE_IDS = modes.COULOMB_MODES, modes.COULOMB_MODE_IDS
 
 
 def _golden_case(name):
     """(kind, inputs, params, oracle, golden field) of one golden file."""
     meta, data = load_golden(name)
     if meta["field"] == "string":
-        inputs = _string_inputs(data)
+        inputs = modes.golden_string_inputs(data)
         params = dict(L=meta["L"], sigma0=meta["sigma0"], K=meta["K"], d=meta["d"])
         oracle = reference.string_field(*(t.double() for t in inputs), **params)
         return "string", inputs, params, oracle, data["field"]
-    inputs = (data["points"], data["positive"], data["negative"])
+    inputs = modes.golden_coulomb_inputs(data)
     params = dict(plate_gamma=meta["plate_gamma"])
     oracle = reference.coulomb_field(*(t.double() for t in inputs), **params)
     return "coulomb", inputs, params, oracle, data["field"]
 
 
 def _coulomb_reference(points, pos, neg, mode):
-    """Oracle arguments of reference.coulomb_field for one public-API mode."""
-    pfgm = mode["normalize"] == "pfgm"
-    DIM = points.shape[1]
-    return reference.coulomb_field(points, pos, neg, plate_gamma=mode["plate_gamma"],
-                                   sum_eps=1e-7 if pfgm else 0.0,
-                                   normalize=mode["normalize"] is not False,
-                                   norm_scale=math.sqrt(DIM - 1 if pfgm else DIM),
-                                   eps=5.0 if pfgm else 1e-5)
+    """Oracle of one public-API Coulomb mode (the mapping of ifm.fields.coulomb_kernel_args)."""
+    kw = modes.coulomb_reference_kwargs(points.shape[1], mode, two_plates=neg is not None)
+    return reference.coulomb_field(points, pos, neg, **kw)
 
 
 def _string_oracles(points, quarks, antiquarks, params, mode):
     """(float64 oracle, float32 stand-in) of the string field, as tests/test_fields_parity.py."""
-    oracle = reference.string_field(points, quarks, antiquarks, **params, **mode)
+    kw = modes.string_reference_kwargs(points.shape[1], mode)
+    oracle = reference.string_field(points, quarks, antiquarks, **params, **kw)
     standin = reference.string_field(points.float(), quarks.float(), antiquarks.float(),
-                                     **params, **mode)
+                                     **params, **kw)
     return oracle, standin
 
 
@@ -130,7 +114,7 @@ def test_gpu_golden(name, dtype):
 
 @gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("mode", STRING_MODES, ids=_mode_id)
+@pytest.mark.parametrize("mode", STRING_MODES, ids=STRING_MODE_IDS)
 @pytest.mark.parametrize("geometry", ["toy", "cifar", "w2s", "cmnist"])
 @pytest.mark.parametrize("shape", STRING_SIZES, ids=lambda s: "b{}-B{}-D{}".format(*s))
 def test_gpu_string_random(shape, geometry, mode, dtype):
@@ -144,7 +128,7 @@ def test_gpu_string_random(shape, geometry, mode, dtype):
 @gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("plates", [1, 2])
-@pytest.mark.parametrize("mode", COULOMB_MODES, ids=_mode_id)
+@pytest.mark.parametrize("mode", COULOMB_MODES, ids=COULOMB_MODE_IDS)
 @pytest.mark.parametrize("shape", COULOMB_SIZES, ids=lambda s: "b{}-Bp{}-Bn{}-D{}".format(*s))
 def test_gpu_coulomb_random(shape, mode, plates, dtype):
     b, Bp, Bn, D = shape
@@ -197,13 +181,16 @@ def test_gpu_uses_the_current_stream():
 @gpu
 def test_gpu_op_rejects_mixed_devices():
     points, quarks, antiquarks, params = string_case(4, 5, 6, "toy", seed=5)
-    d = math.pi / (2 * params["K"])
+    L, sigma0, K, d = _checks.string_geometry(params["L"], params["sigma0"], params["K"], None)
+    kw = ifm.fields.string_kernel_args(points.shape[1])
     with pytest.raises(RuntimeError, match="must be a CUDA tensor"):
-        torch.ops.ifm.string_field(points.cuda(), quarks, antiquarks.cuda(), params["L"],
-                                   params["sigma0"], params["K"], d, False, False, 1.0, 1e-5)
+        torch.ops.ifm.string_field(points.cuda(), quarks, antiquarks.cuda(), L, sigma0, K, d,
+                                   False, kw["normalize"], kw["norm_scale"], kw["eps"])
     pts, pos, neg = coulomb_case(4, 5, 6, 3, L=6.0)
     with pytest.raises(RuntimeError, match="must be a CUDA tensor"):
-        torch.ops.ifm.coulomb_field(pts.cuda(), pos.cuda(), neg, None, 0.0, False, 1.0, 1e-5)
+        ck = ifm.fields.coulomb_kernel_args(pts.shape[1], two_plates=True)
+        torch.ops.ifm.coulomb_field(pts.cuda(), pos.cuda(), neg, ck["plate_gamma"],
+                                    ck["sum_eps"], ck["normalize"], ck["norm_scale"], ck["eps"])
 
 
 @gpu
@@ -240,7 +227,10 @@ def test_cuda_entry_points_explain_why_they_cannot_run():
 # Runs here: the kernels under the CPU emulation of CUDA
 # --------------------------------------------------------------------------------------------
 class _Emulated:
-    """ctypes front end of tests/cuda_emu/capi.cpp (the .cu launchers compiled for the CPU)."""
+    """ctypes front end of tests/cuda_emu/capi.cpp (the .cu launchers compiled for the CPU).
+
+    Every call checks the emulator's report: a shared-memory race, a read of uninitialised
+    shared memory, a divergent barrier or an invalid launch fails the call with its message."""
 
     def __init__(self, path):
         self.lib = ctypes.CDLL(str(path))
@@ -250,6 +240,19 @@ class _Emulated:
         self.lib.ifm_emu_coulomb_field.argtypes = [ci, vp, i64, vp, i64, vp, i64, i64, ci, f64,
                                                    f64, ci, f64, f64, vp, i64, i64, ci]
         self.lib.ifm_emu_launches.restype = ctypes.c_long
+        self.lib.ifm_emu_set_schedule.argtypes = [ci, ctypes.c_uint64]
+        self.lib.ifm_emu_report.restype = ctypes.c_char_p
+        self.lib.ifm_emu_violations.restype = ctypes.c_long
+
+    def schedule(self, mode: str, seed: int = 1):
+        """Thread order between barriers for the following calls: forward, reverse, random
+        (seeded) or mixed (each block one of the three; the default)."""
+        self.lib.ifm_emu_set_schedule(SCHEDULES[mode], seed)
+
+    def _check(self, rc, what):
+        report = self.lib.ifm_emu_report().decode()
+        self.lib.ifm_emu_clear_report()
+        assert rc == 0 and not report, f"{what} launcher returned cudaError {rc}:\n{report}"
 
     @staticmethod
     def _arr(t, dtype):
@@ -259,49 +262,63 @@ class _Emulated:
                      stable=False, eps=1e-5, dtype=torch.float64, chunk=0, target_blocks=0,
                      workspace=False):
         npd = np.float64 if dtype == torch.float64 else np.float32
-        d = math.pi / (2 * K) if d is None else d
+        L, sigma0, K, d = _checks.string_geometry(L, sigma0, K, d)
         p, q, a = (self._arr(t, npd) for t in (points, quarks, antiquarks))
         out = np.full_like(p, np.nan)
         b, width = p.shape
+        kw = ifm.fields.string_kernel_args(width, normalize=normalize, eps=eps)
         rc = self.lib.ifm_emu_string_field(
             int(npd == np.float64), p.ctypes.data, q.ctypes.data, a.ctypes.data, b, q.shape[0],
-            width - 1, L, sigma0, K, d, int(stable), int(normalize), math.sqrt(width), eps,
-            out.ctypes.data, chunk, target_blocks, int(workspace))
-        assert rc == 0, f"string_field launcher returned cudaError {rc}"
+            width - 1, L, sigma0, K, d, int(stable), int(kw["normalize"]), kw["norm_scale"],
+            kw["eps"], out.ctypes.data, chunk, target_blocks, int(workspace))
+        self._check(rc, "string_field")
         return torch.from_numpy(out)
 
     def coulomb_field(self, points, positive, negative=None, *, plate_gamma=None,
                       normalize=False, dtype=torch.float64, chunk=0, target_blocks=0,
                       workspace=False):
         npd = np.float64 if dtype == torch.float64 else np.float32
-        pfgm = normalize == "pfgm"
         p, pos = self._arr(points, npd), self._arr(positive, npd)
         neg = None if negative is None else self._arr(negative, npd)
         out = np.full_like(p, np.nan)
         b, width = p.shape
+        kw = ifm.fields.coulomb_kernel_args(width, two_plates=neg is not None,
+                                            plate_gamma=plate_gamma, normalize=normalize)
+        gamma = kw["plate_gamma"]
         rc = self.lib.ifm_emu_coulomb_field(
             int(npd == np.float64), p.ctypes.data, b, pos.ctypes.data, pos.shape[0],
             None if neg is None else neg.ctypes.data, 0 if neg is None else neg.shape[0],
-            width - 1, int(plate_gamma is not None), plate_gamma or 0.0, 1e-7 if pfgm else 0.0,
-            int(normalize is not False), math.sqrt(width - 1 if pfgm else width),
-            5.0 if pfgm else 1e-5, out.ctypes.data, chunk, target_blocks, int(workspace))
-        assert rc == 0, f"coulomb_field launcher returned cudaError {rc}"
+            width - 1, int(gamma is not None), gamma or 0.0, kw["sum_eps"],
+            int(kw["normalize"]), kw["norm_scale"], kw["eps"], out.ctypes.data, chunk,
+            target_blocks, int(workspace))
+        self._check(rc, "coulomb_field")
         return torch.from_numpy(out)
+
+
+SCHEDULES = dict(forward=0, reverse=1, random=2, mixed=3)
+
+
+def _build_emulation(out, source, extra_flags=()):
+    """g++ build of an emulated .cu translation unit as a shared library (IFM_EMU_CXXFLAGS adds
+    flags, e.g. the sanitizers of scripts/check_sanitizers.sh)."""
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler to build the CUDA emulation")
+    cmd = [cxx, "-std=c++17", "-O2", "-Wall", "-Wno-unknown-pragmas", "-U_FORTIFY_SOURCE",
+           "-shared", "-fPIC", *extra_flags, *os.environ.get("IFM_EMU_CXXFLAGS", "").split(),
+           "-DIFM_CUDA_EMULATION", "-include", str(ROOT / "tests/cuda_emu/cuda_emu.h"),
+           "-x", "c++", str(source), "-o", str(out)]
+    # the compiler runs without the sanitizer runtimes the test process may have preloaded
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert res.returncode == 0, f"building the CUDA emulation failed:\n{res.stderr}"
+    return out
 
 
 @pytest.fixture(scope="module")
 def emu(tmp_path_factory):
-    cxx = shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        pytest.skip("no C++ compiler to build the CUDA emulation")
     lib = tmp_path_factory.mktemp("cuda_emu") / "libifm_cuda_emu.so"
-    cmd = [cxx, "-std=c++17", "-O2", "-Wall", "-Wno-unknown-pragmas", "-U_FORTIFY_SOURCE",
-           "-shared", "-fPIC",
-           "-DIFM_CUDA_EMULATION", "-include", str(ROOT / "tests/cuda_emu/cuda_emu.h"),
-           "-x", "c++", str(ROOT / "tests/cuda_emu/capi.cpp"), "-o", str(lib)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    assert res.returncode == 0, f"building the CUDA emulation failed:\n{res.stderr}"
-    return _Emulated(lib)
+    return _Emulated(_build_emulation(lib, ROOT / "tests/cuda_emu/capi.cpp"))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
@@ -316,7 +333,7 @@ def test_emulated_golden(emu, name, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("mode", STRING_MODES, ids=_mode_id)
+@pytest.mark.parametrize("mode", STRING_MODES, ids=STRING_MODE_IDS)
 @pytest.mark.parametrize("geometry", ["toy", "cifar", "w2s", "cmnist"])
 @pytest.mark.parametrize("shape", EMU_STRING_SIZES, ids=lambda s: "b{}-B{}-D{}".format(*s))
 def test_emulated_string_random(emu, shape, geometry, mode, dtype):
@@ -328,7 +345,7 @@ def test_emulated_string_random(emu, shape, geometry, mode, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("plates", [1, 2])
-@pytest.mark.parametrize("mode", COULOMB_MODES, ids=_mode_id)
+@pytest.mark.parametrize("mode", COULOMB_MODES, ids=COULOMB_MODE_IDS)
 @pytest.mark.parametrize("shape", COULOMB_SIZES, ids=lambda s: "b{}-Bp{}-Bn{}-D{}".format(*s))
 def test_emulated_coulomb_random(emu, shape, mode, plates, dtype):
     b, Bp, Bn, D = shape
@@ -360,3 +377,98 @@ def test_emulated_chunking_and_split_do_not_change_the_field(emu, dtype):
     for cfg in configs:
         out = emu.coulomb_field(pts, pos, neg, **mode, dtype=dtype, **cfg)
         assert_parity(out, oracle, standin, what=f"emulated coulomb {cfg}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_emulated_schedules_agree(emu, dtype):
+    """Forward, reverse and seeded random thread orders between barriers give bitwise identical
+    fields (rows with more than one block-wide chunk of pairs, so the compaction scan and its
+    buffers are reused within a block)."""
+    points, quarks, antiquarks, params = string_case(6, 300, 40, "cifar", seed=9)
+    pts, pos, neg = coulomb_case(5, 290, 270, 20, L=6.0, seed=10)
+    oracle_s, standin_s = _string_oracles(points, quarks, antiquarks, params,
+                                          dict(normalize=True, stable=True))
+    cmode = dict(plate_gamma=5.0, normalize=True)
+    oracle_c, standin_c = _coulomb_oracles(pts, pos, neg, cmode)
+    results = {}
+    try:
+        for sched, seed in [("forward", 1), ("reverse", 1), ("random", 1), ("random", 2),
+                            ("mixed", 3)]:
+            emu.schedule(sched, seed)
+            results[sched, seed] = (
+                emu.string_field(points, quarks, antiquarks, **params, normalize=True,
+                                 stable=True, dtype=dtype),
+                emu.coulomb_field(pts, pos, neg, **cmode, dtype=dtype))
+    finally:
+        emu.schedule("mixed", 1)
+    (s0, c0), = [results["forward", 1]]
+    assert_parity(s0, oracle_s, standin_s, what="emulated string, forward schedule")
+    assert_parity(c0, oracle_c, standin_c, what="emulated coulomb, forward schedule")
+    for key, (s, c) in results.items():
+        assert torch.equal(s, s0), f"string field differs between forward and {key} schedules"
+        assert torch.equal(c, c0), f"coulomb field differs between forward and {key} schedules"
+
+
+# (kernel of tests/cuda_emu/selftest.cpp, schedule, expected words of the report)
+PLANTED = [(0, "reverse", "write/read race"), (1, "forward", "write/write race"),
+           (2, "mixed", "uninitialised"), (3, "forward", "read/write race"),
+           (3, "reverse", "write/read race"), (4, "mixed", "divergent __syncthreads"),
+           (5, "mixed", "static shared memory")]
+
+
+@pytest.fixture(scope="module")
+def selftest(tmp_path_factory):
+    lib = tmp_path_factory.mktemp("cuda_emu_selftest") / "libifm_cuda_emu_selftest.so"
+    lib = ctypes.CDLL(str(_build_emulation(lib, ROOT / "tests/cuda_emu/selftest.cpp")))
+    lib.ifm_emu_selftest.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int,
+                                     ctypes.c_int]
+    lib.ifm_emu_report.restype = ctypes.c_char_p
+    lib.ifm_emu_set_schedule.argtypes = [ctypes.c_int, ctypes.c_uint64]
+    return lib
+
+
+def _run_planted(lib, which, defect, threads=0, blocks=1):
+    out = np.zeros(2048, dtype=np.float32)
+    rc = lib.ifm_emu_selftest(which, int(defect), out.ctypes.data, threads, blocks)
+    report = lib.ifm_emu_report().decode()
+    lib.ifm_emu_clear_report()
+    return rc, report, out
+
+
+@pytest.mark.parametrize("which,sched,words", PLANTED,
+                         ids=[f"{k}-{s}-{w.split()[0]}" for k, s, w in PLANTED])
+def test_emulator_reports_planted_defects(selftest, which, sched, words):
+    """Each planted shared-memory / barrier defect is reported and fails the launch; the same
+    kernel without the defect is clean."""
+    selftest.ifm_emu_set_schedule(SCHEDULES[sched], 1)
+    try:
+        rc, report, _ = _run_planted(selftest, which, defect=False)
+        assert rc == 0 and report == "", f"clean variant of kernel {which} reported:\n{report}"
+        rc, report, _ = _run_planted(selftest, which, defect=True)
+    finally:
+        selftest.ifm_emu_set_schedule(SCHEDULES["mixed"], 1)
+    assert rc != 0 and words in report, f"kernel {which}: expected '{words}', got rc={rc}:\n" \
+                                        f"{report}"
+
+
+def test_emulator_checks_launch_limits(selftest):
+    for threads, blocks in [(1025, 1), (2048, 1), (128, 0)]:
+        rc, report, _ = _run_planted(selftest, 4, defect=False, threads=threads, blocks=blocks)
+        assert rc == 9 and "invalid launch configuration" in report, (threads, blocks, report)
+    rc, report, _ = _run_planted(selftest, 4, defect=False, threads=1024, blocks=3)
+    assert rc == 0 and report == ""
+
+
+def test_emulator_schedules_expose_order_dependence(selftest):
+    """A global-memory last-writer race gives different results under forward and reverse
+    thread orders (the schedules are real), and the race-free variant does not."""
+    outs = {}
+    try:
+        for defect in (False, True):
+            for sched in ("forward", "reverse"):
+                selftest.ifm_emu_set_schedule(SCHEDULES[sched], 1)
+                outs[defect, sched] = _run_planted(selftest, 6, defect)[2][0]
+    finally:
+        selftest.ifm_emu_set_schedule(SCHEDULES["mixed"], 1)
+    assert outs[False, "forward"] == outs[False, "reverse"] == 7.0
+    assert outs[True, "forward"] != outs[True, "reverse"]

@@ -8,16 +8,9 @@
 
 #include <cstdint>
 
-#include "../field_math.h"
+#include "../field_params.h"  // StringParams, NormParams
 
 namespace ifm {
-
-// Final normalisation scale * E / (||E|| + eps), applied when `normalize` is true.
-struct NormParams {
-  bool normalize = false;
-  double scale = 1.0;
-  double eps = 1e-5;
-};
 
 namespace cpu {
 

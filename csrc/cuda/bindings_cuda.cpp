@@ -54,11 +54,11 @@ at::Tensor coulomb_field_cuda(const at::Tensor& points, const at::Tensor& positi
   at::Tensor out = at::empty_like(points, at::MemoryFormat::Contiguous);
   const int64_t b = points.size(0), D = points.size(1) - 1;
   if (b == 0) return out;
-  const int64_t Bp = positive.size(0), Bn = two ? negative->size(0) : -1;
+  const int64_t Bp = positive.size(0), Bn = two ? negative->size(0) : 0;
   const ifm::NormParams np{normalize, norm_scale, eps};
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream(points.device().index()).stream();
   AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "ifm_coulomb_field_cuda", [&] {
-    const size_t bytes = ifm::cuda::coulomb_field_workspace_bytes<scalar_t>(b, Bp, Bn, D);
+    const size_t bytes = ifm::cuda::coulomb_field_workspace_bytes<scalar_t>(b, Bp, Bn, D, two);
     at::Tensor ws = workspace(bytes, points);
     C10_CUDA_CHECK(ifm::cuda::coulomb_field<scalar_t>(
         points.data_ptr<scalar_t>(), b, positive.data_ptr<scalar_t>(), Bp,

@@ -9,12 +9,14 @@
 //   2. (per field)     one block per query row: the S partials summed in a fixed order (double),
 //                      the coefficients in double through field_math.h, the row maximum, and a
 //                      stable compaction of the pairs whose weight is >= skip_ratio of that max.
-//   3. pair_sums       one block per (query row, column chunk): the weighted sum over the
-//                      row's kept pairs, in list (= pair index) order, from differences, in
-//                      double (the inputs are exact in double, so near-plate offsets keep
-//                      every digit), rounded once to the data precision.
-//   4. finalize_rows   per-plate / final normalisation (a host launcher defined once, in
-//                      coulomb_field.cu, and used by both fields).
+//   3. pair_sums       the weighted sum over each row's kept pairs, in list (= pair index)
+//                      order, from differences, in double (the inputs are exact in double, so
+//                      near-plate offsets keep every digit), rounded once to the data
+//                      precision: pair_sums_tiled (4 query rows x 256 columns per block, each
+//                      kept pair row read once per row tile) when D >= 128, else pair_sums
+//                      (one block per query row and column chunk, lanes x columns).
+//   4. finalize_rows   per-plate / final normalisation (finalize_rows.cuh / .cu, used by both
+//                      fields).
 //
 // Nothing here includes a torch header. Every kernel uses kThreads threads per block, only
 // shared-memory block reductions (no warp intrinsics, no atomics) and block-uniform control flow
@@ -22,18 +24,28 @@
 // (tests/cuda_emu/cuda_emu.h, compiled with -DIFM_CUDA_EMULATION).
 #pragma once
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include "kernels.cuh"
 
 #if defined(IFM_CUDA_EMULATION)
 #define IFM_LAUNCH(kernel, grid, block, stream, ...) \
-  ::ifm_emu::launch(kernel, grid, block, __VA_ARGS__)
+  ((void)(stream), ::ifm_emu::launch(kernel, grid, block, __VA_ARGS__))
 #else
 // `kernel` is a pointer to a __global__ function (template instantiations contain commas).
 #define IFM_LAUNCH(kernel, grid, block, stream, ...) \
   kernel<<<(grid), (block), 0, (stream)>>>(__VA_ARGS__)
+#endif
+
+// Shared memory: `IFM_SHARED(float, xs, [32][65]);` declares `__shared__ float xs[32][65];`.
+// Under the emulation it is a tracked array (race, uninitialised-read and bounds checks).
+#if defined(IFM_CUDA_EMULATION)
+#define IFM_SHARED(type, name, dims) IFM_EMU_SHARED(type, name, dims)
+#else
+#define IFM_SHARED(type, name, dims) __shared__ type name dims
 #endif
 
 // Returns the error of a CUDA call or launch from the enclosing function.
@@ -66,6 +78,40 @@ __host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) {
 __host__ __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 __host__ __device__ __forceinline__ int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
+// Bitwise select of one of two values by an all-ones / all-zeros mask (one LOP3 per 32 bits on
+// a GPU): mask ? c : a without a branch.
+template <typename T>
+struct Bits;
+template <>
+struct Bits<float> {
+  using type = uint32_t;
+};
+template <>
+struct Bits<double> {
+  using type = uint64_t;
+};
+
+// a * b + c rounded once (FFMA / DFMA; the emulation calls the C library's fused operation).
+template <typename T>
+__host__ __device__ __forceinline__ T fmadd(T a, T b, T c) {
+#if defined(IFM_CUDA_EMULATION)
+  return std::fma(a, b, c);
+#else
+  return fma(a, b, c);
+#endif
+}
+
+template <typename T>
+__host__ __device__ __forceinline__ T bit_select(typename Bits<T>::type mask, T c, T a) {
+  typename Bits<T>::type ub, cb;
+  memcpy(&ub, &a, sizeof(T));
+  memcpy(&cb, &c, sizeof(T));
+  ub = (ub & ~mask) | (cb & mask);
+  T out;
+  memcpy(&out, &ub, sizeof(T));
+  return out;
+}
+
 // ------------------------------------------------------------------------------------------
 // Block-wide reductions in shared memory with a fixed tree (deterministic): `red` holds
 // kThreads doubles. Every thread of the block must call them (they synchronise).
@@ -77,8 +123,8 @@ struct MaxOp {
   __device__ __forceinline__ double operator()(double a, double b) const { return a > b ? a : b; }
 };
 
-template <typename Op>
-__device__ __forceinline__ double block_reduce(double v, double* red, Op op) {
+template <typename Op, typename Buf>
+__device__ __forceinline__ double block_reduce(double v, Buf& red, Op op) {
   const int tid = threadIdx.x;
   red[tid] = v;
   __syncthreads();
@@ -93,7 +139,8 @@ __device__ __forceinline__ double block_reduce(double v, double* red, Op op) {
 
 // Exclusive prefix sum of one 0/1 flag per thread (Hillis-Steele in shared memory, `buf` holds
 // kThreads ints); *total receives the block's sum. Used for the ordered compaction of kept pairs.
-__device__ __forceinline__ int block_exclusive_scan(int flag, int* buf, int* total) {
+template <typename Buf>
+__device__ __forceinline__ int block_exclusive_scan(int flag, Buf& buf, int* total) {
   const int tid = threadIdx.x;
   buf[tid] = flag;
   __syncthreads();
@@ -162,16 +209,48 @@ struct DistancePlan {
   int64_t blocks;
 };
 
-template <typename T>
+// Split of the columns into slices. The work is tiles x chunks staged chunks; a plan with
+// `cps` chunks per slice runs tiles x ceil(chunks / cps) blocks, and the busiest SM of a part
+// with `sms` SMs does ceil(blocks / sms) x cps chunks. The plan takes the cps whose worse ratio
+// to the even share (tiles x chunks / sms) over the 132-SM (H100) and 108-SM (A100) parts is
+// smallest (ties: the larger cps, fewer partial sums), among the plans with at most
+// tune.target_blocks blocks and at most max(input bytes / 4, 16 MiB) of partial sums (written
+// once and read once by step 2, which folds them into slice 0; 16 MiB stays in the L2 of
+// both). The plan depends on the shapes and the tuning only, never on the device, so results
+// are the same on every GPU.
+template <typename T, bool STRING>
 inline DistancePlan plan_distance(int64_t rows, int64_t n, int64_t ncols, const Tuning& tune) {
   constexpr int KC = ChunkCols<T>::value;
   const int64_t tiles = ceil_div(rows, kTile) * ceil_div(n, kTile);
   const int64_t chunks = ceil_div(ncols, KC);
-  // Split D only while every slice keeps >= 4 staged chunks (>= 64-128 columns of work).
-  int64_t s = ceil_div(max64(tune.target_blocks, 1), tiles);
-  s = max64(1, min64(s, chunks / 4));
+  const double input_bytes = double(rows + (STRING ? 2 : 1) * n) * double(ncols) * sizeof(T);
+  const double slice_bytes = double(rows) * double(n) * sizeof(double);
+  const double max_partial = 0.25 * input_bytes > double(1 << 24) ? 0.25 * input_bytes
+                                                                   : double(1 << 24);
+  const int64_t sms[2] = {132, 108};
+  int64_t best_cps = chunks;
+  double best = 0.0;
+  for (int64_t cps = chunks; cps >= 1; --cps) {
+    const int64_t slices = ceil_div(chunks, cps);
+    if (cps < chunks && ceil_div(chunks, cps + 1) == slices) continue;  // same slice count
+    const int64_t blocks = tiles * slices;
+    if (slices > 1 && (blocks > max64(tune.target_blocks, 1) ||
+                       double(slices) * slice_bytes > max_partial)) {
+      break;  // more slices only add blocks and partial sums
+    }
+    double worst = 0.0;
+    for (int64_t m : sms) {
+      const double even = double(tiles * chunks) / double(m);
+      const double r = double(ceil_div(blocks, m) * cps) / even;
+      worst = r > worst ? r : worst;
+    }
+    if (cps == chunks || worst < best * 0.999) {
+      best = worst;
+      best_cps = cps;
+    }
+  }
   DistancePlan plan;
-  plan.cols_per_slice = ceil_div(chunks, s) * KC;
+  plan.cols_per_slice = best_cps * KC;
   plan.nslices = ceil_div(ncols, plan.cols_per_slice);
   plan.blocks = tiles * plan.nslices;
   return plan;
@@ -182,11 +261,11 @@ inline DistancePlan plan_distance(int64_t rows, int64_t n, int64_t ncols, const 
 template <typename T, bool STRING>
 __global__ void __launch_bounds__(kThreads, sizeof(T) == 4 ? 2 : 1) distance_tiles(PassArgs<T> a) {
   constexpr int KC = ChunkCols<T>::value;
-  __shared__ T xs[KC][kTile + 1];
-  __shared__ T ys0[KC][kTile + 1];
-  __shared__ T ys1[STRING ? KC : 1][kTile + 1];
-  __shared__ T ts[kTile];
-  __shared__ int fas[kTile];
+  IFM_SHARED(T, xs, [KC][kTile + 1]);
+  IFM_SHARED(T, ys0, [KC][kTile + 1]);
+  IFM_SHARED(T, ys1, [STRING ? KC : 1][kTile + 1]);
+  IFM_SHARED(T, ts, [kTile]);
+  IFM_SHARED(int, fas, [kTile]);
 
   const int64_t tiles_n = ceil_div(a.n, kTile);
   const int64_t tiles_q = ceil_div(a.rows, kTile);
@@ -208,13 +287,16 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 4 ? 2 : 1) distance_til
     fas[tid] = q.from_antiquark ? 1 : 0;
   }
   __syncthreads();
-  // Per-query offset parameters of this thread's 4 queries, kept in registers.
+  // Per-query offset parameters of this thread's 4 queries, kept in registers; the nearer plate
+  // is a bit mask (all ones: antiquark) so that choosing A or C is one bitwise select, not a
+  // branch (the 16 x 16 threads of a warp hold queries of both plates).
   T tq[kSub];
-  bool fq[kSub];
+  typename Bits<T>::type fmask[kSub];
 #pragma unroll
   for (int m = 0; m < kSub; ++m) {
     tq[m] = STRING ? ts[ty + kSide * m] : T(0);
-    fq[m] = STRING ? fas[ty + kSide * m] != 0 : false;
+    fmask[m] = (STRING && fas[ty + kSide * m] != 0) ? ~typename Bits<T>::type(0)
+                                                     : typename Bits<T>::type(0);
   }
 
   double acc[kSub][kSub];
@@ -223,18 +305,29 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 4 ? 2 : 1) distance_til
 #pragma unroll
     for (int mp = 0; mp < kSub; ++mp) acc[mq][mp] = 0.0;
 
+  // Staging: element e = tid + kThreads * s of the [64 rows x KC columns] tile is (row e / KC,
+  // column e % KC); kThreads is a multiple of KC, so each thread keeps one column and steps
+  // kThreads / KC rows: its row pointers advance by a constant, 32-bit row counters.
+  constexpr int kRowStep = kThreads / KC;
+  static_assert(kThreads % KC == 0 && kTile % kRowStep == 0, "staging must tile evenly");
+  const int skk = tid % KC;
+  const int srow = tid / KC;
+  const int q_rows = (int)min64(kTile, a.rows - q0);
+  const int p_rows = (int)min64(kTile, a.n - j0);
+  const T* xp = a.points + (q0 + srow) * a.width + a.col0 + skk;
+  const T* ap = a.y0 + (j0 + srow) * a.width + a.col0 + skk;
+  const T* cp = STRING ? a.y1 + (j0 + srow) * a.width + a.col0 + skk : nullptr;
+  const int64_t step = int64_t(kRowStep) * a.width;
+
   for (int64_t c = c_begin; c < c_end; c += KC) {
-    // Stage the tiles: consecutive threads read consecutive columns of one row (coalesced).
-    for (int e = tid; e < kTile * KC; e += kThreads) {
-      const int row = e / KC;
-      const int kk = e % KC;
-      const bool col_ok = c + kk < c_end;
-      const int64_t gcol = a.col0 + c + kk;
-      const int64_t qi = q0 + row;
-      const int64_t pj = j0 + row;
-      xs[kk][row] = (col_ok && qi < a.rows) ? a.points[qi * a.width + gcol] : T(0);
-      ys0[kk][row] = (col_ok && pj < a.n) ? a.y0[pj * a.width + gcol] : T(0);
-      if (STRING) ys1[kk][row] = (col_ok && pj < a.n) ? a.y1[pj * a.width + gcol] : T(0);
+    const int valid = (int)min64(KC, c_end - c);  // staged columns that exist
+    const bool col_ok = skk < valid;
+#pragma unroll
+    for (int r = 0; r < kTile / kRowStep; ++r) {
+      const int row = srow + r * kRowStep;
+      xs[skk][row] = (col_ok && row < q_rows) ? xp[c + r * step] : T(0);
+      ys0[skk][row] = (col_ok && row < p_rows) ? ap[c + r * step] : T(0);
+      if (STRING) ys1[skk][row] = (col_ok && row < p_rows) ? cp[c + r * step] : T(0);
     }
     __syncthreads();
     T part[kSub][kSub];
@@ -242,30 +335,36 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 4 ? 2 : 1) distance_til
     for (int mq = 0; mq < kSub; ++mq)
 #pragma unroll
       for (int mp = 0; mp < kSub; ++mp) part[mq][mp] = T(0);
-#pragma unroll 4
-    for (int kk = 0; kk < KC; ++kk) {
-      T xv[kSub], av[kSub], cv[kSub], dv[kSub];
+    // Only the staged columns that exist (rounded up to the unroll of 4; the padding columns
+    // are zero in both tiles): D = 2 runs 4 columns per chunk, not KC.
+    const int kc = (valid + 3) & ~3;
+    for (int k4 = 0; k4 < kc; k4 += 4) {
 #pragma unroll
-      for (int m = 0; m < kSub; ++m) {
-        xv[m] = xs[kk][ty + kSide * m];
-        av[m] = ys0[kk][tx + kSide * m];
-        if (STRING) {
-          cv[m] = ys1[kk][tx + kSide * m];
-          dv[m] = cv[m] - av[m];
-        }
-      }
+      for (int u = 0; u < 4; ++u) {
+        const int kk = k4 + u;
+        T xv[kSub], av[kSub], cv[kSub], dv[kSub];
 #pragma unroll
-      for (int mq = 0; mq < kSub; ++mq) {
-#pragma unroll
-        for (int mp = 0; mp < kSub; ++mp) {
-          T r;
+        for (int m = 0; m < kSub; ++m) {
+          xv[m] = xs[kk][ty + kSide * m];
+          av[m] = ys0[kk][tx + kSide * m];
           if (STRING) {
-            const T base = fq[mq] ? cv[mp] : av[mp];
-            r = (xv[mq] - base) - tq[mq] * dv[mp];
-          } else {
-            r = xv[mq] - av[mp];
+            cv[m] = ys1[kk][tx + kSide * m];
+            dv[m] = cv[m] - av[m];
           }
-          part[mq][mp] += r * r;
+        }
+#pragma unroll
+        for (int mq = 0; mq < kSub; ++mq) {
+#pragma unroll
+          for (int mp = 0; mp < kSub; ++mp) {
+            T r;
+            if (STRING) {
+              const T base = bit_select(fmask[mq], cv[mp], av[mp]);
+              r = fmadd(-tq[mq], dv[mp], xv[mq] - base);
+            } else {
+              r = xv[mq] - av[mp];
+            }
+            part[mq][mp] = fmadd(r, r, part[mq][mp]);
+          }
         }
       }
     }
@@ -287,19 +386,24 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 4 ? 2 : 1) distance_til
   }
 }
 
-// Sum of the S partial distances of (row i, pair j), in slice order.
-__device__ __forceinline__ double summed_partials(const double* partial, int64_t nslices,
-                                                  int64_t rows, int64_t n, int64_t i, int64_t j) {
-  double r2 = 0.0;
-  for (int64_t s = 0; s < nslices; ++s) r2 += partial[(s * rows + i) * n + j];
+// Sum of the S partial distances of (row i, pair j), in slice order, stored back into slice 0
+// (so the later phases of step 2 read one value; only the thread of pair j touches it).
+__device__ __forceinline__ double fold_partials(double* partial, int64_t nslices, int64_t rows,
+                                                int64_t n, int64_t i, int64_t j) {
+  double r2 = partial[i * n + j];
+  if (nslices > 1) {
+    for (int64_t s = 1; s < nslices; ++s) r2 += partial[(s * rows + i) * n + j];
+    partial[i * n + j] = r2;
+  }
   return r2;
 }
 
 // Ordered compaction of one block-wide chunk of pairs into row i's list (see PairLists).
 // `keep` is the calling thread's flag for pair j; *filled is the row's list length so far
 // (identical in every thread). Every thread of the block must call it.
+template <typename Buf>
 __device__ __forceinline__ void append_kept(const PairLists& lists, int64_t i, int64_t j,
-                                            bool keep, double c1, double c2, int* scan_buf,
+                                            bool keep, double c1, double c2, Buf& scan_buf,
                                             int* filled) {
   int total = 0;
   const int pos = *filled + block_exclusive_scan(keep ? 1 : 0, scan_buf, &total);
@@ -334,9 +438,9 @@ inline int lanes_log2_for(int64_t ncols) {
   return threads_log2 - kw_log2;
 }
 
-template <typename T, bool STRING>
+template <typename T, bool STRING, typename I>
 __global__ void __launch_bounds__(kThreads) pair_sums(PassArgs<T> a) {
-  __shared__ double red[kThreads];
+  IFM_SHARED(double, red, [kThreads]);
   const int lanes = 1 << a.lanes_log2;
   const int kw = kThreads >> a.lanes_log2;
   const int64_t nchunks = ceil_div(a.ncols, kw);
@@ -359,23 +463,41 @@ __global__ void __launch_bounds__(kThreads) pair_sums(PassArgs<T> a) {
     from_c = q.from_antiquark;
   }
 
-  double acc = 0.0;
+  // Two accumulators (pairs p and p + lanes of each step of 2 * lanes), added once in a fixed
+  // order: half the dependent chain per lane. The list is walked with pointers and pair rows
+  // are addressed with index type I (32-bit when every offset fits; see launch_pair_sums).
+  double acc0 = 0.0, acc1 = 0.0;
   if (valid) {
     const int cnt = a.lists.count[i];
-    const int64_t off = i * a.lists.n;
-    for (int p = lane; p < cnt; p += lanes) {
-      const int64_t j = a.lists.idx[off + p];
-      const double yv = (double)a.y0[j * a.width + gcol];
+    const int64_t off = i * a.lists.n + lane;
+    const int* ip = a.lists.idx + off;
+    const double* c1p = a.lists.c1 + off;
+    const double* c2p = STRING ? a.lists.c2 + off : nullptr;
+    const I w = (I)a.width;
+    const T* y0c = a.y0 + gcol;
+    const T* y1c = STRING ? a.y1 + gcol : nullptr;
+    auto term = [&](int j, double c1, double c2) -> double {
+      const I at = (I)j * w;
+      const double yv = (double)y0c[at];
       if (STRING) {
-        const double cv = (double)a.y1[j * a.width + gcol];
+        const double cv = (double)y1c[at];
         const double delta = cv - yv;
         const double rho = (x - (from_c ? cv : yv)) - t * delta;
-        acc += a.lists.c2[off + p] * rho + a.lists.c1[off + p] * delta;
-      } else {
-        acc += a.lists.c1[off + p] * (yv - x);
+        return fmadd(c2, rho, c1 * delta);
       }
+      return c1 * (yv - x);
+    };
+    int p = lane;
+    for (; p + lanes < cnt; p += 2 * lanes) {
+      acc0 += term(ip[0], c1p[0], STRING ? c2p[0] : 0.0);
+      acc1 += term(ip[lanes], c1p[lanes], STRING ? c2p[lanes] : 0.0);
+      ip += 2 * lanes;
+      c1p += 2 * lanes;
+      if (STRING) c2p += 2 * lanes;
     }
+    if (p < cnt) acc0 += term(ip[0], c1p[0], STRING ? c2p[0] : 0.0);
   }
+  const double acc = acc0 + acc1;
   red[tid] = acc;
   __syncthreads();
   for (int s = lanes / 2; s > 0; s >>= 1) {
@@ -385,13 +507,172 @@ __global__ void __launch_bounds__(kThreads) pair_sums(PassArgs<T> a) {
   if (lane == 0 && valid) a.out[i * a.width + gcol] = (T)red[cw];
 }
 
+// ------------------------------------------------------------------------------------------
+// Step 3, query-tiled (D >= kTiledMinCols): block -> (kSumRows consecutive query rows, kThreads
+// consecutive columns, one per thread). The rows' kept pairs are visited in windows of
+// kSumWin pair indices: each window's coefficients are scattered from the rows' lists into a
+// dense [rows x window] shared tile (zero where a row dropped the pair), the pairs any row keeps
+// are compacted in index order (block scan), and every thread loads each such pair's value in
+// its column once and adds it to all kSumRows rows: a pair row is read once per row tile, not
+// once per query. Per row the terms are added in pair index order, as in pair_sums.
+// ------------------------------------------------------------------------------------------
+constexpr int kSumRows = 4;
+constexpr int kSumWin = 128;
+constexpr int kTiledMinCols = 128;
+constexpr int kRowThreads = kThreads / kSumRows;  // scatter: threads per row
+static_assert(kRowThreads * kSumRows == kThreads && kSumWin % kRowThreads == 0 &&
+              kSumWin <= kThreads, "scatter layout");
+
+template <typename T, bool STRING, typename I>
+__global__ void __launch_bounds__(kThreads) pair_sums_tiled(PassArgs<T> a) {
+  IFM_SHARED(double, cw1, [kSumRows][kSumWin]);
+  IFM_SHARED(double, cw2, [STRING ? kSumRows : 1][kSumWin]);
+  IFM_SHARED(int, live, [kSumWin]);
+  IFM_SHARED(int, scan_buf, [kThreads]);
+  IFM_SHARED(int, incl, [kThreads]);
+  IFM_SHARED(int, cursor, [kSumRows]);
+  IFM_SHARED(double, tq_s, [kSumRows]);
+  IFM_SHARED(int, fq_s, [kSumRows]);
+
+  const int64_t nchunks = ceil_div(a.ncols, kThreads);
+  const int64_t r0 = (blockIdx.x / nchunks) * kSumRows;
+  const int64_t k = (blockIdx.x % nchunks) * kThreads + threadIdx.x;
+  const int tid = threadIdx.x;
+  const int nrows = (int)min64(kSumRows, a.rows - r0);
+  const bool valid = k < a.ncols;
+  const int64_t gcol = a.col0 + (valid ? k : 0);
+
+  if (tid < kSumRows) {
+    cursor[tid] = 0;
+    double t = 0.0;
+    int f = 0;
+    if (STRING && tid < nrows) {
+      const StringQuery q = string_query((double)a.points[(r0 + tid) * a.width], a.sp);
+      t = q.t;
+      f = q.from_antiquark ? 1 : 0;
+    }
+    tq_s[tid] = t;
+    fq_s[tid] = f;
+  }
+  __syncthreads();
+  double x[kSumRows], tq[kSumRows], acc[kSumRows];
+  bool fq[kSumRows];
+#pragma unroll
+  for (int q = 0; q < kSumRows; ++q) {
+    x[q] = (valid && q < nrows) ? (double)a.points[(r0 + q) * a.width + gcol] : 0.0;
+    tq[q] = tq_s[q];
+    fq[q] = fq_s[q] != 0;
+    acc[q] = 0.0;
+  }
+
+  // This thread's part of the scatter: row sq, list positions cursor + sl + kRowThreads m.
+  const int sq = tid / kRowThreads;
+  const int sl = tid % kRowThreads;
+  const int cnt = sq < nrows ? a.lists.count[r0 + sq] : 0;
+  const int64_t off = (r0 + sq) * a.lists.n;
+  const I w = (I)a.width;
+  const T* y0c = a.y0 + gcol;
+  const T* y1c = STRING ? a.y1 + gcol : nullptr;
+
+  for (int64_t w0 = 0; w0 < a.n; w0 += kSumWin) {
+    for (int e = tid; e < kSumRows * kSumWin; e += kThreads) {
+      cw1[e / kSumWin][e % kSumWin] = 0.0;
+      if (STRING) cw2[e / kSumWin][e % kSumWin] = 0.0;
+    }
+    __syncthreads();
+    // Scatter the rows' list entries with index in [w0, w0 + kSumWin) (a prefix of what is
+    // left of each sorted list: at most kSumWin entries).
+    const int cur = cursor[sq];
+    int mine = 0;
+#pragma unroll
+    for (int m = 0; m < kSumWin / kRowThreads; ++m) {
+      const int p = cur + sl + kRowThreads * m;
+      if (p < cnt) {
+        const int j = a.lists.idx[off + p];
+        if (j < w0 + kSumWin) {
+          cw1[sq][j - w0] = a.lists.c1[off + p];
+          if (STRING) cw2[sq][j - w0] = a.lists.c2[off + p];
+          ++mine;
+        }
+      }
+    }
+    int total = 0;
+    const int before = block_exclusive_scan(mine, scan_buf, &total);
+    incl[tid] = before + mine;
+    __syncthreads();
+    if (tid < kSumRows) {
+      const int row_end = incl[tid * kRowThreads + kRowThreads - 1];
+      const int row_begin = tid > 0 ? incl[tid * kRowThreads - 1] : 0;
+      cursor[tid] += row_end - row_begin;
+    }
+    // Compact the window's pairs that some row keeps (non-zero coefficient), in index order.
+    bool keep = false;
+    if (tid < kSumWin && w0 + tid < a.n) {
+#pragma unroll
+      for (int q = 0; q < kSumRows; ++q) {
+        keep = keep || cw1[q][tid] != 0.0 || (STRING && cw2[q][tid] != 0.0);
+      }
+    }
+    int nlive = 0;
+    const int pos = block_exclusive_scan(keep ? 1 : 0, scan_buf, &nlive);
+    if (keep) live[pos] = tid;
+    __syncthreads();
+    if (valid) {
+      for (int l = 0; l < nlive; ++l) {
+        const int jl = live[l];
+        const I at = (I)(w0 + jl) * w;
+        const double yv = (double)y0c[at];
+        if (STRING) {
+          const double cv = (double)y1c[at];
+          const double delta = cv - yv;
+#pragma unroll
+          for (int q = 0; q < kSumRows; ++q) {
+            const double rho = (x[q] - (fq[q] ? cv : yv)) - tq[q] * delta;
+            const double c1 = cw1[q][jl], c2 = cw2[q][jl];
+            acc[q] += fmadd(c2, rho, c1 * delta);
+          }
+        } else {
+#pragma unroll
+          for (int q = 0; q < kSumRows; ++q) acc[q] += cw1[q][jl] * (yv - x[q]);
+        }
+      }
+    }
+    __syncthreads();
+  }
+  if (valid) {
+#pragma unroll
+    for (int q = 0; q < kSumRows; ++q) {
+      if (q < nrows) a.out[(r0 + q) * a.width + gcol] = (T)acc[q];
+    }
+  }
+}
+
 template <typename T, bool STRING>
 cudaError_t launch_pair_sums(const PassArgs<T>& args, cudaStream_t stream) {
+  // 32-bit pair-row offsets when the largest, (n - 1) * width, fits (8 GB of float pairs).
+  const bool narrow = args.n * args.width <= int64_t(0xffffffff);
+  if (args.ncols >= kTiledMinCols) {
+    const int64_t blocks = ceil_div(args.rows, kSumRows) * ceil_div(args.ncols, kThreads);
+    if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
+    if (narrow) {
+      auto kernel = pair_sums_tiled<T, STRING, uint32_t>;
+      IFM_LAUNCH(kernel, dim3((unsigned)blocks), dim3(kThreads), stream, args);
+    } else {
+      auto kernel = pair_sums_tiled<T, STRING, int64_t>;
+      IFM_LAUNCH(kernel, dim3((unsigned)blocks), dim3(kThreads), stream, args);
+    }
+    return cudaGetLastError();
+  }
   const int64_t kw = kThreads >> args.lanes_log2;
   const int64_t blocks = args.rows * ceil_div(args.ncols, kw);
   if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  auto kernel = pair_sums<T, STRING>;
-  IFM_LAUNCH(kernel, dim3((unsigned)blocks), dim3(kThreads), stream, args);
+  if (narrow) {
+    auto kernel = pair_sums<T, STRING, uint32_t>;
+    IFM_LAUNCH(kernel, dim3((unsigned)blocks), dim3(kThreads), stream, args);
+  } else {
+    auto kernel = pair_sums<T, STRING, int64_t>;
+    IFM_LAUNCH(kernel, dim3((unsigned)blocks), dim3(kThreads), stream, args);
+  }
   return cudaGetLastError();
 }
 
@@ -423,7 +704,7 @@ cudaError_t two_pass(const T* points, int64_t rows, const T* y0, const T* y1, in
   a.col0 = STRING ? 1 : 0;
   a.ncols = width - a.col0;
   a.sp = sp;
-  const DistancePlan plan = plan_distance<T>(rows, n, a.ncols, tune);
+  const DistancePlan plan = plan_distance<T, STRING>(rows, n, a.ncols, tune);
   a.cols_per_slice = plan.cols_per_slice;
   a.nslices = plan.nslices;
   a.partial = partial;
@@ -434,18 +715,6 @@ cudaError_t two_pass(const T* points, int64_t rows, const T* y0, const T* y1, in
   IFM_CUDA_TRY(launch_coefficients(plan));
   return launch_pair_sums<T, STRING>(a, stream);
 }
-
-// ------------------------------------------------------------------------------------------
-// Step 4 (host launcher, defined in coulomb_field.cu): for each row i of `rows`,
-//   v = en ? fn * en_i - fp * ep_i : fp * ep_i,  fp/fn = plate_normalize ?
-//       sqrt(width) / (||e_i|| + plate_gamma) : 1,
-// then out_i = norm.normalize ? norm.scale * v / (||v|| + norm.eps) : v. ep may alias out.
-// One block per row; norms in double with a fixed tree.
-// ------------------------------------------------------------------------------------------
-template <typename T>
-cudaError_t launch_finalize_rows(const T* ep, const T* en, T* out, int64_t rows, int64_t width,
-                                 bool plate_normalize, double plate_gamma,
-                                 const NormParams& norm, cudaStream_t stream);
 
 // ------------------------------------------------------------------------------------------
 // Workspace: carve aligned sub-buffers out of one allocation. With a null base it only counts
@@ -479,12 +748,12 @@ inline int64_t rows_per_chunk(int64_t b, int64_t n, const Tuning& tune) {
 }
 
 // Largest S * rows over the chunk sizes used (chunks of rc rows and the last, shorter one).
-template <typename T>
+template <typename T, bool STRING>
 inline int64_t max_partial_rows(int64_t b, int64_t rc, int64_t n, int64_t ncols,
                                 const Tuning& tune) {
-  int64_t best = plan_distance<T>(rc, n, ncols, tune).nslices * rc;
+  int64_t best = plan_distance<T, STRING>(rc, n, ncols, tune).nslices * rc;
   const int64_t tail = b % rc;
-  if (tail > 0) best = max64(best, plan_distance<T>(tail, n, ncols, tune).nslices * tail);
+  if (tail > 0) best = max64(best, plan_distance<T, STRING>(tail, n, ncols, tune).nslices * tail);
   return best;
 }
 

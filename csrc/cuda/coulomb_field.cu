@@ -18,6 +18,7 @@
 #include <cmath>
 
 #include "common.cuh"
+#include "finalize_rows.cuh"
 
 namespace ifm {
 namespace cuda {
@@ -25,7 +26,7 @@ namespace detail {
 
 template <typename T>
 struct CoulombCoefArgs {
-  const double* partial;  // [nslices, rows, n]
+  double* partial;        // [nslices, rows, n]; slice 0 receives the sums
   int64_t rows, n, nslices, dim;
   double sum_eps;
   PairLists lists;
@@ -33,16 +34,12 @@ struct CoulombCoefArgs {
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) coulomb_coefficients(CoulombCoefArgs<T> a) {
-  __shared__ double red[kThreads];
-  __shared__ int scan_buf[kThreads];
+  IFM_SHARED(double, red, [kThreads]);
+  IFM_SHARED(int, scan_buf, [kThreads]);
   const int64_t i = blockIdx.x;
-  auto logit = [&](int64_t j) {
-    return coulomb_logit(summed_partials(a.partial, a.nslices, a.rows, a.n, i, j), a.dim);
-  };
-
   double m = -INFINITY;  // logits are finite (d + 1e-7 > 0), so m is finite for n >= 1
   for (int64_t j = threadIdx.x; j < a.n; j += kThreads) {
-    const double v = logit(j);
+    const double v = coulomb_logit(fold_partials(a.partial, a.nslices, a.rows, a.n, i, j), a.dim);
     m = v > m ? v : m;
   }
   m = block_reduce(m, red, MaxOp());
@@ -50,7 +47,7 @@ __global__ void __launch_bounds__(kThreads) coulomb_coefficients(CoulombCoefArgs
   // Softmax denominator over every charge (skipped ones included) and the largest term size.
   double s = 0.0, top = 0.0;
   for (int64_t j = threadIdx.x; j < a.n; j += kThreads) {
-    const double d2 = summed_partials(a.partial, a.nslices, a.rows, a.n, i, j);
+    const double d2 = a.partial[i * a.n + j];
     const double e = exp(coulomb_logit(d2, a.dim) - m);
     s += e;
     const double size = e * sqrt(d2);
@@ -67,7 +64,7 @@ __global__ void __launch_bounds__(kThreads) coulomb_coefficients(CoulombCoefArgs
     bool keep = false;
     double c = 0.0;
     if (j < a.n) {
-      const double d2 = summed_partials(a.partial, a.nslices, a.rows, a.n, i, j);
+      const double d2 = a.partial[i * a.n + j];
       const double e = exp(coulomb_logit(d2, a.dim) - m);
       keep = e > 0.0 && e * sqrt(d2) >= floor_size;
       c = e * inv;
@@ -76,63 +73,6 @@ __global__ void __launch_bounds__(kThreads) coulomb_coefficients(CoulombCoefArgs
   }
   if (threadIdx.x == 0) a.lists.count[i] = filled;
 }
-
-template <typename T>
-__global__ void __launch_bounds__(kThreads)
-    finalize_rows(const T* ep, const T* en, T* out, int64_t width, bool plate_normalize,
-                  double plate_gamma, NormParams norm) {
-  __shared__ double red[kThreads];
-  const int64_t i = blockIdx.x;
-  const T* prow = ep + i * width;
-  const T* nrow = en != nullptr ? en + i * width : nullptr;
-  T* orow = out + i * width;
-
-  double fp = 1.0, fn = 1.0;
-  if (plate_normalize) {
-    double sp = 0.0, sn = 0.0;
-    for (int64_t k = threadIdx.x; k < width; k += kThreads) {
-      sp += (double)prow[k] * (double)prow[k];
-      if (nrow != nullptr) sn += (double)nrow[k] * (double)nrow[k];
-    }
-    sp = block_reduce(sp, red, SumOp());
-    sn = block_reduce(sn, red, SumOp());
-    const double scale = sqrt((double)width);
-    fp = normalize_factor(sp, scale, plate_gamma);
-    fn = normalize_factor(sn, scale, plate_gamma);
-  }
-  // Each thread rewrites the columns it read, so ep may alias out.
-  double sv = 0.0;
-  for (int64_t k = threadIdx.x; k < width; k += kThreads) {
-    const double v = nrow != nullptr ? fn * (double)nrow[k] - fp * (double)prow[k]
-                                     : fp * (double)prow[k];
-    const T vt = (T)v;
-    orow[k] = vt;
-    sv += (double)vt * (double)vt;
-  }
-  if (norm.normalize) {
-    sv = block_reduce(sv, red, SumOp());
-    const double f = normalize_factor(sv, norm.scale, norm.eps);
-    for (int64_t k = threadIdx.x; k < width; k += kThreads) orow[k] = (T)(f * (double)orow[k]);
-  }
-}
-
-template <typename T>
-cudaError_t launch_finalize_rows(const T* ep, const T* en, T* out, int64_t rows, int64_t width,
-                                 bool plate_normalize, double plate_gamma,
-                                 const NormParams& norm, cudaStream_t stream) {
-  if (rows <= 0) return cudaSuccess;
-  auto kernel = finalize_rows<T>;
-  IFM_LAUNCH(kernel, dim3((unsigned)rows), dim3(kThreads), stream, ep, en, out, width,
-             plate_normalize, plate_gamma, norm);
-  return cudaGetLastError();
-}
-
-template cudaError_t launch_finalize_rows<float>(const float*, const float*, float*, int64_t,
-                                                 int64_t, bool, double, const NormParams&,
-                                                 cudaStream_t);
-template cudaError_t launch_finalize_rows<double>(const double*, const double*, double*, int64_t,
-                                                  int64_t, bool, double, const NormParams&,
-                                                  cudaStream_t);
 
 template <typename T>
 struct CoulombLayout {
@@ -149,8 +89,8 @@ CoulombLayout<T> coulomb_layout(Carver& cv, int64_t b, int64_t Bp, int64_t Bn, b
   const int64_t width = D + 1;
   const int64_t nmax = max64(Bp, two ? Bn : 0);
   l.rc = rows_per_chunk(b, nmax, tune);
-  int64_t partial = max_partial_rows<T>(b, l.rc, Bp, width, tune) * Bp;
-  if (two) partial = max64(partial, max_partial_rows<T>(b, l.rc, Bn, width, tune) * Bn);
+  int64_t partial = max_partial_rows<T, false>(b, l.rc, Bp, width, tune) * Bp;
+  if (two) partial = max64(partial, max_partial_rows<T, false>(b, l.rc, Bn, width, tune) * Bn);
   l.partial = cv.take<double>(partial);
   l.lists.count = cv.take<int>(l.rc);
   l.lists.idx = cv.take<int>(l.rc * nmax);
@@ -190,9 +130,9 @@ cudaError_t plate_field(const T* pts, int64_t rows, const T* charges, int64_t n,
 
 template <typename T>
 size_t coulomb_field_workspace_bytes(int64_t b, int64_t Bp, int64_t Bn, int64_t D,
-                                     const Tuning& tune) {
+                                     bool two_plates, const Tuning& tune) {
   detail::Carver cv(nullptr);
-  detail::coulomb_layout<T>(cv, b, Bp, Bn, Bn >= 0, D, tune);
+  detail::coulomb_layout<T>(cv, b, Bp, two_plates ? Bn : 0, two_plates, D, tune);
   return cv.bytes();
 }
 
@@ -204,7 +144,7 @@ cudaError_t coulomb_field(const T* points, int64_t b, const T* positive, int64_t
                           const Tuning& tune) {
   using namespace detail;
   const bool two = negative != nullptr;
-  if (!two) Bn = -1;  // ignored; sizes the workspace for one plate
+  if (!two) Bn = 0;  // not read with one plate
   if (b < 0 || Bp < 0 || D < 1 || Bp > 0x7fffffff || (two && (Bn < 0 || Bn > 0x7fffffff))) {
     return cudaErrorInvalidValue;
   }
@@ -212,7 +152,7 @@ cudaError_t coulomb_field(const T* points, int64_t b, const T* positive, int64_t
   const int64_t width = D + 1;
 
   ScopedWorkspace ws(workspace, workspace_bytes,
-                     coulomb_field_workspace_bytes<T>(b, Bp, Bn, D, tune), stream);
+                     coulomb_field_workspace_bytes<T>(b, Bp, Bn, D, two, tune), stream);
   IFM_CUDA_TRY(ws.status());
   Carver cv(align256(ws.get()));
   const CoulombLayout<T> l = coulomb_layout<T>(cv, b, Bp, Bn, two, D, tune);
@@ -234,7 +174,7 @@ cudaError_t coulomb_field(const T* points, int64_t b, const T* positive, int64_t
 }
 
 #define IFM_INSTANTIATE_COULOMB(T)                                                              \
-  template size_t coulomb_field_workspace_bytes<T>(int64_t, int64_t, int64_t, int64_t,         \
+  template size_t coulomb_field_workspace_bytes<T>(int64_t, int64_t, int64_t, int64_t, bool,   \
                                                    const Tuning&);                             \
   template cudaError_t coulomb_field<T>(const T*, int64_t, const T*, int64_t, const T*,        \
                                         int64_t, int64_t, bool, double, double,                \

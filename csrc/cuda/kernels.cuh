@@ -23,8 +23,8 @@
 #include <cuda_runtime.h>
 #endif
 
-#include "../cpu/kernels.h"  // NormParams (torch-free), StringParams via field_math.h
 #include "../field_math.h"
+#include "../field_params.h"
 
 namespace ifm {
 namespace cuda {
@@ -36,9 +36,10 @@ struct Tuning {
   // Queries are processed in chunks of at most max(1, max_pairs_per_chunk / B) rows, which
   // bounds the workspace (and keeps 1-D grids far below their limits) for any b.
   int64_t max_pairs_per_chunk = int64_t(1) << 22;
-  // The distance pass splits D into slices (partial sums reduced later in a fixed order) until
-  // it has about this many blocks (a few waves on 108-132 SMs), when b * B alone gives fewer.
-  int64_t target_blocks = 528;
+  // The distance pass splits D into slices (partial sums reduced later in a fixed order) to
+  // spread its work evenly over 108-132 SMs (see plan_distance in common.cuh), with at most
+  // this many blocks.
+  int64_t target_blocks = 2376;
 };
 
 // String (IFM) field of FIELDS.md §2, then §4 (see csrc/cpu/kernels.h for the arguments).
@@ -53,11 +54,11 @@ cudaError_t string_field(const T* points, const T* quarks, const T* antiquarks, 
                          const Tuning& tune = Tuning());
 
 // Coulomb field of FIELDS.md §3, then §4 (see csrc/cpu/kernels.h for the arguments). One plate
-// when negative == nullptr (Bn is then ignored). For the workspace size, Bn < 0 means one plate
-// (a two-plate size is also large enough for one plate).
+// when negative == nullptr; Bn is then 0 (as the CPU kernels; it is not read). The workspace
+// size takes the plate count explicitly (a two-plate size is also large enough for one plate).
 template <typename T>
 size_t coulomb_field_workspace_bytes(int64_t b, int64_t Bp, int64_t Bn, int64_t D,
-                                     const Tuning& tune = Tuning());
+                                     bool two_plates, const Tuning& tune = Tuning());
 
 template <typename T>
 cudaError_t coulomb_field(const T* points, int64_t b, const T* positive, int64_t Bp,

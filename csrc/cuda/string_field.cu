@@ -15,6 +15,7 @@
 #include <cmath>
 
 #include "common.cuh"
+#include "finalize_rows.cuh"
 
 namespace ifm {
 namespace cuda {
@@ -23,7 +24,7 @@ namespace detail {
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     pair_inv_norms(const T* quarks, const T* antiquarks, int64_t width, double L, double* nu) {
-  __shared__ double red[kThreads];
+  IFM_SHARED(double, red, [kThreads]);
   const int64_t j = blockIdx.x;
   const T* a = quarks + j * width;
   const T* c = antiquarks + j * width;
@@ -39,7 +40,7 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 struct StringCoefArgs {
   const T* points;   // [rows, width]
-  const double* partial;  // [nslices, rows, n]
+  double* partial;        // [nslices, rows, n]; slice 0 receives the sums
   const double* nu;       // [n]
   int64_t rows, n, width, nslices;
   StringParams sp;
@@ -50,15 +51,15 @@ struct StringCoefArgs {
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) string_coefficients(StringCoefArgs<T> a) {
-  __shared__ double red[kThreads];
-  __shared__ int scan_buf[kThreads];
+  IFM_SHARED(double, red, [kThreads]);
+  IFM_SHARED(int, scan_buf, [kThreads]);
   const int64_t i = blockIdx.x;
   const StringQuery q = string_query((double)a.points[i * a.width], a.sp);
 
   // Phase 1: the row's largest log-weight (every pair; -inf when none contributes).
   double m = -INFINITY;
   for (int64_t j = threadIdx.x; j < a.n; j += kThreads) {
-    const double r2 = summed_partials(a.partial, a.nslices, a.rows, a.n, i, j);
+    const double r2 = fold_partials(a.partial, a.nslices, a.rows, a.n, i, j);
     const double lw = string_pair(q, r2).logw;
     m = lw > m ? lw : m;
   }
@@ -74,8 +75,7 @@ __global__ void __launch_bounds__(kThreads) string_coefficients(StringCoefArgs<T
     bool keep = false;
     double c1 = 0.0, c2 = 0.0;
     if (j < a.n) {
-      const double r2 = summed_partials(a.partial, a.nslices, a.rows, a.n, i, j);
-      const StringPair pr = string_pair(q, r2);
+      const StringPair pr = string_pair(q, a.partial[i * a.n + j]);
       if (pr.logw > -INFINITY && pr.logw - m >= log_ratio) {
         const double w = exp(pr.logw - shift);
         c1 = w * pr.cos_a * a.nu[j];
@@ -106,7 +106,7 @@ StringLayout<T> string_layout(Carver& cv, int64_t b, int64_t B, int64_t D, const
   StringLayout<T> l;
   l.rc = rows_per_chunk(b, B, tune);
   l.nu = cv.take<double>(B);
-  l.partial = cv.take<double>(max_partial_rows<T>(b, l.rc, B, D, tune) * B);
+  l.partial = cv.take<double>(max_partial_rows<T, true>(b, l.rc, B, D, tune) * B);
   l.lists.count = cv.take<int>(l.rc);
   l.lists.idx = cv.take<int>(l.rc * B);
   l.lists.c1 = cv.take<double>(l.rc * B);

@@ -5,6 +5,7 @@
 // The kernel sources are included verbatim: what runs here is the code nvcc compiles.
 #include "../../csrc/cuda/string_field.cu"
 #include "../../csrc/cuda/coulomb_field.cu"
+#include "../../csrc/cuda/finalize_rows.cu"
 
 namespace {
 
@@ -55,7 +56,7 @@ int run_coulomb(const void* points, int64_t b, const void* positive, int64_t Bp,
                 double plate_gamma, double sum_eps, int normalize, double scale, double eps,
                 void* out, const ifm::cuda::Tuning& tune, int use_workspace) {
   GivenWorkspace ws(use_workspace != 0, ifm::cuda::coulomb_field_workspace_bytes<T>(
-                                            b, Bp, negative ? Bn : -1, D, tune));
+                                            b, Bp, Bn, D, negative != nullptr, tune));
   return (int)ifm::cuda::coulomb_field<T>(
       static_cast<const T*>(points), b, static_cast<const T*>(positive), Bp,
       static_cast<const T*>(negative), Bn, D, plate_normalize != 0, plate_gamma, sum_eps,
@@ -93,5 +94,15 @@ int ifm_emu_coulomb_field(int is_double, const void* points, int64_t b, const vo
 }
 
 long ifm_emu_launches() { return ifm_emu::launches; }
+
+// Schedule of the threads between barriers: 0 forward, 1 reverse, 2 seeded random, 3 mixed
+// (each block one of the three in turn; the default).
+void ifm_emu_set_schedule(int mode, uint64_t seed) { ifm_emu::set_schedule(mode, seed); }
+
+// Violations recorded since the last ifm_emu_clear_report() (races, uninitialised shared
+// reads, divergent barriers, invalid launches), one message a line; empty when none.
+const char* ifm_emu_report() { return ifm_emu::report(); }
+long ifm_emu_violations() { return ifm_emu::violations; }
+void ifm_emu_clear_report() { ifm_emu::clear_report(); }
 
 }  // extern "C"
