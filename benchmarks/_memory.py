@@ -14,6 +14,7 @@ peak extra = VmHWM - RSS before the call: the memory the call itself needed (tem
 output), not the inputs. Where ``clear_refs`` cannot be written the high-water mark includes
 everything before (then ``hwm_reset`` is False and the figure is an upper bound).
 """
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,11 @@ def peak_extra(call) -> dict:
     out = call()
     peak = _status_kb("VmHWM")
     del out
-    return {"peak_extra_mb": (peak - before) / 1024.0, "rss_inputs_mb": before / 1024.0,
-            "hwm_reset": reset}
+    return {
+        "peak_extra_mb": (peak - before) / 1024.0,
+        "rss_inputs_mb": before / 1024.0,
+        "hwm_reset": reset,
+    }
 
 
 def _child(kind: str, name: str, impl: str) -> dict:
@@ -63,15 +67,20 @@ def _child(kind: str, name: str, impl: str) -> dict:
     case = CASES[f"{kind}-{name}"]
     inputs = make_inputs(case)
     small = {k: v[:16] for k, v in inputs.items()}
-    run_impl(case, impl, inputs["points"][:4], small)   # warm-up, same D
+    run_impl(case, impl, inputs["points"][:4], small)  # warm-up, same D
     del small
     return peak_extra(lambda: run_impl(case, impl, inputs["points"], inputs))
 
 
 def measure(kind: str, name: str, impl: str, timeout: float = 1800.0) -> dict:
     """Run :func:`_child` in a fresh interpreter and return its measurement (or an error)."""
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), kind, name, impl],
-                          capture_output=True, text=True, timeout=timeout, env=dict(os.environ))
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), kind, name, impl],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ),
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         return {"memory_error": (proc.stderr or proc.stdout).strip()[-300:]}

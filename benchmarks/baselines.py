@@ -17,14 +17,15 @@ the baselines differ from the package only in *how* the O(b·B·D) passes are or
 The Coulomb baselines take the kernel arguments ``ifm.fields.coulomb_kernel_args`` derives from
 the case (``Case.kernel_args``).
 """
+
 from __future__ import annotations
 
 import math
 
 import torch
+from cases import call_args
 
 import ifm
-from cases import call_args
 from ifm import reference
 
 # ----------------------------------------------------------------------------------------------
@@ -64,9 +65,14 @@ def string_materialising(points, quarks, antiquarks, *, L, sigma0, K, d):
 
 def string_r2_gemm(x, A, Delta, tau):
     """``r²_ij`` through the dot-product expansion (two matrix products)."""
-    r2 = ((x * x).sum(1, keepdim=True) + (A * A).sum(1)[None] - 2.0 * (x @ A.T)
-          + tau * tau * (Delta * Delta).sum(1)[None] - 2.0 * tau * (x @ Delta.T)
-          + 2.0 * tau * (A * Delta).sum(1)[None])
+    r2 = (
+        (x * x).sum(1, keepdim=True)
+        + (A * A).sum(1)[None]
+        - 2.0 * (x @ A.T)
+        + tau * tau * (Delta * Delta).sum(1)[None]
+        - 2.0 * tau * (x @ Delta.T)
+        + 2.0 * tau * (A * Delta).sum(1)[None]
+    )
     return r2.clamp_min_(0.0)
 
 
@@ -100,8 +106,9 @@ def string_nonzero_pairs(points, quarks, antiquarks, *, L, sigma0, K, d):
 # ----------------------------------------------------------------------------------------------
 
 
-def _coulomb_finish(points, plate_fn, positive, negative, *, plate_gamma, normalize,
-                    norm_scale, eps):
+def _coulomb_finish(
+    points, plate_fn, positive, negative, *, plate_gamma, normalize, norm_scale, eps
+):
     DIM = points.shape[1]
     Ep = plate_fn(positive)
     En = None if negative is None else plate_fn(negative)
@@ -147,17 +154,19 @@ def coulomb_keops(points, positive, negative=None, *, sum_eps, **norm):
     return _coulomb_finish(points, plate, positive, negative, **norm)
 
 
-def coulomb_materialising(points, positive, negative=None, *, plate_gamma, sum_eps, normalize,
-                          norm_scale, eps):
+def coulomb_materialising(
+    points, positive, negative=None, *, plate_gamma, sum_eps, normalize, norm_scale, eps
+):
     """The authors' ``[b, B, D+1]`` form (``ifm.reference.coulomb_field_materialized``)."""
-    E = reference.coulomb_field_materialized(points, positive, negative, stability=True,
-                                             plate_gamma=plate_gamma, sum_eps=sum_eps)
+    E = reference.coulomb_field_materialized(
+        points, positive, negative, stability=True, plate_gamma=plate_gamma, sum_eps=sum_eps
+    )
     if normalize:
         E = reference.normalize_rows(E, norm_scale, eps)
     return E
 
 
-def coulomb_significant_pairs(points, positive, negative=None, rel=2.0 ** -44):
+def coulomb_significant_pairs(points, positive, negative=None, rel=2.0**-44):
     """Number of (query, charge) terms ``coeff_ij d_ij`` above ``rel`` of their row's largest:
     the terms pass 2 adds (the kernels' skip rule, ``skip_ratio`` of csrc/field_math.h: 2^-44
     for float32 data). Sizes in the log domain: ``logit_ij + log d_ij`` up to a row constant."""
@@ -188,12 +197,14 @@ def _coulomb(fn):
 
 def _ifm_string(backend):
     return lambda case, p, inp: ifm.fields.string_field(
-        p, inp["quarks"], inp["antiquarks"], backend=backend, **case.params)
+        p, inp["quarks"], inp["antiquarks"], backend=backend, **case.params
+    )
 
 
 def _ifm_coulomb(backend):
     return lambda case, p, inp: ifm.fields.coulomb_field(
-        p, inp["positive"], inp.get("negative"), backend=backend, **case.api_args())
+        p, inp["positive"], inp.get("negative"), backend=backend, **case.api_args()
+    )
 
 
 STRING_IMPLEMENTATIONS = {

@@ -1,17 +1,16 @@
 """The published shapes the CPU benchmarks run (FIELDS.md tables) and their float32 inputs
 (fixed seed, realistic distributions)."""
+
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Dict
 
 import environment  # noqa: F401  (thread count before torch starts its pools)
 import torch
+from environment import QUICK
 
 import ifm
-
-from environment import QUICK
 
 SEED = 20240531
 EPS_Z = 1e-3  # FIELDS.md §5: z ~ U(eps, L - eps)
@@ -29,11 +28,11 @@ class Case:
     b: int
     B: int
     sides: tuple
-    params: dict                  # string: L, sigma0, K, d; Coulomb: L, plate_gamma, normalize
+    params: dict  # string: L, sigma0, K, d; Coulomb: L, plate_gamma, normalize
     sampler: str = "interp"
     plates: int = 2
-    targets: tuple = ()           # (implementation, minimum speed-up of ifm-cpu over it)
-    high_d: bool = False          # >= 50 % of the float32 matmul peak expected
+    targets: tuple = ()  # (implementation, minimum speed-up of ifm-cpu over it)
+    high_d: bool = False  # >= 50 % of the float32 matmul peak expected
 
     def api_args(self) -> dict:
         """Coulomb: the public keyword arguments of ``ifm.fields.coulomb_field``."""
@@ -41,8 +40,9 @@ class Case:
 
     def kernel_args(self) -> dict:
         """Coulomb: what ``ifm.fields`` derives from them (``ifm.fields.coulomb_kernel_args``)."""
-        return ifm.fields.coulomb_kernel_args(self.D + 1, two_plates=self.plates == 2,
-                                              **self.api_args())
+        return ifm.fields.coulomb_kernel_args(
+            self.D + 1, two_plates=self.plates == 2, **self.api_args()
+        )
 
     def input_bytes(self):
         rows = self.b + self.B * (2 if self.kind == "string" else self.plates)
@@ -50,30 +50,88 @@ class Case:
 
 
 def _string_case(name, D, b, B, L, sigma0, K, sides, **kw):
-    return Case("string", name, D, b, B, sides,
-                {"L": L, "sigma0": sigma0, "K": K, "d": math.pi / (2 * K)}, **kw)
+    return Case(
+        "string",
+        name,
+        D,
+        b,
+        B,
+        sides,
+        {"L": L, "sigma0": sigma0, "K": K, "d": math.pi / (2 * K)},
+        **kw,
+    )
 
 
 _IMAGE_TARGETS_STRING = (("authors-loop", 50.0), ("gemm-fp64", 4.0), ("gemm-fp32", 1.0))
-_IMAGE_TARGETS_COULOMB = (("authors-materialising", 200.0), ("cdist-softmax-matmul", 1.0),
-                          ("keops", 10.0))
+_IMAGE_TARGETS_COULOMB = (
+    ("authors-materialising", 200.0),
+    ("cdist-softmax-matmul", 1.0),
+    ("keops", 10.0),
+)
 
 _FULL_CASES = [
     _string_case("toy", 2, 1024, 4096, 6.0, 1.0, 10.0, ("gauss", "swissroll")),
-    _string_case("CIFAR", 3072, 64, 256, 20.0, 1.0, math.pi / 20, ("image:3,32,32", "gauss"),
-                 targets=_IMAGE_TARGETS_STRING, high_d=True),
-    _string_case("W2S", 12288, 64, 256, 20.0, 10.0, math.pi / 20,
-                 ("image:3,64,64", "image:3,64,64"), targets=_IMAGE_TARGETS_STRING, high_d=True),
-    _string_case("CelebA-64", 12288, 64, 64, 20.0, 1.0, math.pi / 20, ("image:3,64,64", "gauss"),
-                 high_d=True),
-    Case("coulomb", "EFM-CIFAR", 3072, 64, 1024, ("image:3,32,32", "gauss"),
-         {"L": 100.0, "plate_gamma": 5.0, "normalize": False},
-         targets=_IMAGE_TARGETS_COULOMB, high_d=True),
-    Case("coulomb", "PFGM", 3072, 128, 4096, ("image:3,32,32",),
-         {"L": None, "plate_gamma": None, "normalize": "pfgm"}, sampler="pfgm", plates=1,
-         targets=_IMAGE_TARGETS_COULOMB, high_d=True),
-    Case("coulomb", "toy", 2, 1024, 4096, ("gauss", "swissroll"),
-         {"L": 6.0, "plate_gamma": 1e-7, "normalize": False}, targets=(("keops", 2.0),)),
+    _string_case(
+        "CIFAR",
+        3072,
+        64,
+        256,
+        20.0,
+        1.0,
+        math.pi / 20,
+        ("image:3,32,32", "gauss"),
+        targets=_IMAGE_TARGETS_STRING,
+        high_d=True,
+    ),
+    _string_case(
+        "W2S",
+        12288,
+        64,
+        256,
+        20.0,
+        10.0,
+        math.pi / 20,
+        ("image:3,64,64", "image:3,64,64"),
+        targets=_IMAGE_TARGETS_STRING,
+        high_d=True,
+    ),
+    _string_case(
+        "CelebA-64", 12288, 64, 64, 20.0, 1.0, math.pi / 20, ("image:3,64,64", "gauss"), high_d=True
+    ),
+    Case(
+        "coulomb",
+        "EFM-CIFAR",
+        3072,
+        64,
+        1024,
+        ("image:3,32,32", "gauss"),
+        {"L": 100.0, "plate_gamma": 5.0, "normalize": False},
+        targets=_IMAGE_TARGETS_COULOMB,
+        high_d=True,
+    ),
+    Case(
+        "coulomb",
+        "PFGM",
+        3072,
+        128,
+        4096,
+        ("image:3,32,32",),
+        {"L": None, "plate_gamma": None, "normalize": "pfgm"},
+        sampler="pfgm",
+        plates=1,
+        targets=_IMAGE_TARGETS_COULOMB,
+        high_d=True,
+    ),
+    Case(
+        "coulomb",
+        "toy",
+        2,
+        1024,
+        4096,
+        ("gauss", "swissroll"),
+        {"L": 6.0, "plate_gamma": 1e-7, "normalize": False},
+        targets=(("keops", 2.0),),
+    ),
 ]
 
 
@@ -83,7 +141,7 @@ def _shrink(case: Case) -> Case:
     return dataclasses.replace(case, D=D, b=min(case.b, 16), B=min(case.B, 64), sides=sides)
 
 
-CASES: Dict[str, Case] = {f"{c.kind}-{c.name}": (_shrink(c) if QUICK else c) for c in _FULL_CASES}
+CASES: dict[str, Case] = {f"{c.kind}-{c.name}": (_shrink(c) if QUICK else c) for c in _FULL_CASES}
 
 
 def case_ids(kind):
@@ -105,8 +163,9 @@ def _side(kind: str, n: int, D: int, gen: torch.Generator, domain: int) -> torch
     if kind.startswith("image:"):
         C, H, W = (int(v) for v in kind[6:].split(","))
         coarse = torch.randn(n, C, max(H // 8, 1), max(W // 8, 1), generator=gen)
-        img = torch.nn.functional.interpolate(coarse, size=(H, W), mode="bilinear",
-                                              align_corners=False)
+        img = torch.nn.functional.interpolate(
+            coarse, size=(H, W), mode="bilinear", align_corners=False
+        )
         img = img + 0.15 * torch.randn(n, C, H, W, generator=gen)
         shift = 0.3 * domain * torch.linspace(-1, 1, C).view(1, C, 1, 1)
         return torch.tanh(img + shift).reshape(n, C * H * W)
@@ -140,10 +199,12 @@ def make_inputs(case: Case) -> dict:
         L = case.params["L"]
         A, C = sides
         z = EPS_Z + (L - 2 * EPS_Z) * torch.rand(b, 1, generator=gen)
-        return {"points": _interp(A[:b], C[:b], z, L),
-                "near": _interp(A[:b], C[:b], _near_plate_z(b, L, gen), L),
-                "quarks": torch.cat([torch.zeros(B, 1), A], 1),
-                "antiquarks": torch.cat([torch.full((B, 1), L), C], 1)}
+        return {
+            "points": _interp(A[:b], C[:b], z, L),
+            "near": _interp(A[:b], C[:b], _near_plate_z(b, L, gen), L),
+            "quarks": torch.cat([torch.zeros(B, 1), A], 1),
+            "antiquarks": torch.cat([torch.full((B, 1), L), C], 1),
+        }
     out = {"positive": torch.cat([torch.zeros(B, 1), sides[0]], 1)}
     if case.sampler == "interp":
         L = case.params["L"]

@@ -8,11 +8,11 @@ Run (BENCHMARKS.md quotes the exact command of the published table)::
     pytest benchmarks/ --benchmark-only                  # full suite, ~15-25 min on 2 cores
     IFM_BENCH_QUICK=1 pytest benchmarks/ --benchmark-disable   # smoke test, tiny shapes
 """
+
 from __future__ import annotations
 
 import environment  # noqa: F401  (thread count before torch starts its pools)
 import pytest
-
 from environment import REPORT
 from report import summary_markdown, write_report
 from runner import RUNNER

@@ -9,13 +9,14 @@
 * ``IFM_BENCH_REPORT=path``: write the Markdown summary (tables, ratios, targets) there; it is
   always printed at the end of the session.
 """
+
 from __future__ import annotations
 
 import os
 import sys
 
 THREADS = int(os.environ.get("IFM_BENCH_THREADS", "2"))
-os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))   # before torch starts its pools
+os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))  # before torch starts its pools
 
 import torch  # noqa: E402
 

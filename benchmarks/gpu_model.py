@@ -61,13 +61,13 @@ The PyTorch form a user would run instead is estimated from the same figures: cu
 ``GEMM_FRACTION`` of FP32 peak, every elementwise / reduction kernel at HBM bandwidth over its
 ``[b, B]`` or ``[b, D]`` tensors, ``LAUNCH_US`` per launch (:func:`torch_form_estimate`).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 import os
 import sys
-from typing import Dict, List, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -75,9 +75,9 @@ for _p in (HERE, ROOT, os.path.join(ROOT, "python")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-LAUNCH_US = 3.0        # back-to-back launch gap per kernel (PERFORMANCE.md: 3-5 us)
-SAT_WARPS = 4          # warps per scheduler that hide the latency of a loop body
-GEMM_FRACTION = 0.7    # cuBLAS SGEMM (no TF32) at the published shapes, of FP32 peak
+LAUNCH_US = 3.0  # back-to-back launch gap per kernel (PERFORMANCE.md: 3-5 us)
+SAT_WARPS = 4  # warps per scheduler that hide the latency of a loop body
+GEMM_FRACTION = 0.7  # cuBLAS SGEMM (no TF32) at the published shapes, of FP32 peak
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,10 +85,10 @@ class Arch:
     """One GPU: ``c_*`` are scheduler cycles per warp instruction of that pipe."""
 
     name: str
-    sm: int              # compute capability x 10 (Triton / ptxas target)
+    sm: int  # compute capability x 10 (Triton / ptxas target)
     sms: int
-    clock_ghz: float     # stated clock the model uses (boost)
-    fp32_tflops: float   # FP32 on CUDA cores
+    clock_ghz: float  # stated clock the model uses (boost)
+    fp32_tflops: float  # FP32 on CUDA cores
     hbm_tbs: float
     l2_tbs: float
     l2_mb: float
@@ -102,17 +102,44 @@ class Arch:
     schedulers: int = 4
 
 
-ARCHS: Dict[str, Arch] = {
+ARCHS: dict[str, Arch] = {
     # H100 SXM5: 132 SMs, 1.98 GHz boost, 128 FP32 / 64 FP64 / 16 MUFU lanes per SM, 3.35 TB/s
-    "sm_90": Arch("H100 SXM", 90, 132, 1.98, 67.0, 3.35, 7.0, 50.0,
-                  c_fp32=1, c_fp64=2, c_mufu=8, c_int=2),
+    "sm_90": Arch(
+        "H100 SXM", 90, 132, 1.98, 67.0, 3.35, 7.0, 50.0, c_fp32=1, c_fp64=2, c_mufu=8, c_int=2
+    ),
     # A100 SXM4: 108 SMs, 1.41 GHz, 64 FP32 / 32 FP64 lanes per SM, 2.04 TB/s (80 GB)
-    "sm_80": Arch("A100 SXM", 80, 108, 1.41, 19.5, 2.04, 4.5, 40.0,
-                  c_fp32=2, c_fp64=4, c_mufu=8, c_int=2, shared_per_sm=164 * 1024),
+    "sm_80": Arch(
+        "A100 SXM",
+        80,
+        108,
+        1.41,
+        19.5,
+        2.04,
+        4.5,
+        40.0,
+        c_fp32=2,
+        c_fp64=4,
+        c_mufu=8,
+        c_int=2,
+        shared_per_sm=164 * 1024,
+    ),
     # RTX 4090 (sm_89): 128 SMs, 2.52 GHz boost, FP64 at 1/64 of FP32, 1.01 TB/s
-    "sm_89": Arch("RTX 4090", 89, 128, 2.52, 82.6, 1.01, 3.5, 72.0,
-                  c_fp32=1, c_fp64=64, c_mufu=8, c_int=2, shared_per_sm=100 * 1024,
-                  threads_per_sm=1536),
+    "sm_89": Arch(
+        "RTX 4090",
+        89,
+        128,
+        2.52,
+        82.6,
+        1.01,
+        3.5,
+        72.0,
+        c_fp32=1,
+        c_fp64=64,
+        c_mufu=8,
+        c_int=2,
+        shared_per_sm=100 * 1024,
+        threads_per_sm=1536,
+    ),
 }
 
 
@@ -136,8 +163,13 @@ def block_cycles(k: dict, arch: Arch) -> float:
     grid = max(int(k["grid"]), 1)
     per_block = k["warp_instructions"] / grid
     cls = k.get("by_class") or {}
-    return max([per_block] + [cls.get(c, 0.0) / grid * getattr(arch, "c_" + c)
-                              for c in ("fp32", "fp64", "mufu", "int")])
+    return max(
+        [per_block]
+        + [
+            cls.get(c, 0.0) / grid * getattr(arch, "c_" + c)
+            for c in ("fp32", "fp64", "mufu", "int")
+        ]
+    )
 
 
 def issue_us(k: dict, arch: Arch) -> float:
@@ -158,20 +190,28 @@ def issue_us(k: dict, arch: Arch) -> float:
 
 
 def memory_us(k: dict, arch: Arch) -> float:
-    return (k.get("dram_bytes", 0.0) / (arch.hbm_tbs * 1e6)
-            + k.get("l2_bytes", 0.0) / (arch.l2_tbs * 1e6))
+    return k.get("dram_bytes", 0.0) / (arch.hbm_tbs * 1e6) + k.get("l2_bytes", 0.0) / (
+        arch.l2_tbs * 1e6
+    )
 
 
 def kernel_time(k: dict, arch: Arch) -> dict:
     iss, mem = issue_us(k, arch), memory_us(k, arch)
     res = resident_blocks(k, arch)
     waves = math.ceil(max(int(k["grid"]), 1) / (arch.sms * res))
-    return {"name": k["name"], "grid": int(k["grid"]), "resident": res, "waves": waves,
-            "issue_us": iss, "memory_us": mem, "us": max(iss, mem) + LAUNCH_US,
-            "registers": k["registers"]}
+    return {
+        "name": k["name"],
+        "grid": int(k["grid"]),
+        "resident": res,
+        "waves": waves,
+        "issue_us": iss,
+        "memory_us": mem,
+        "us": max(iss, mem) + LAUNCH_US,
+        "registers": k["registers"],
+    }
 
 
-def call_time(kernels: List[dict], arch: Arch) -> dict:
+def call_time(kernels: list[dict], arch: Arch) -> dict:
     per = [kernel_time(k, arch) for k in kernels]
     return {"us": sum(p["us"] for p in per), "launches": len(per), "kernels": per}
 
@@ -187,14 +227,40 @@ def published_cases() -> dict:
     import conftest
 
     cases = {f"{c.kind}-{c.name}": c for c in conftest._FULL_CASES}
-    extra = [conftest._string_case("CelebA-128", 49152, 64, 64, 20.0, 1.0, _m.pi / 20,
-                                   ("image:3,128,128", "gauss"), high_d=True),
-             conftest._string_case("CMNIST", 3072, 128, 128, 40.0, 10.0, 5.0,
-                                   ("image:3,32,32", "image:3,32,32"), high_d=True)]
+    extra = [
+        conftest._string_case(
+            "CelebA-128",
+            49152,
+            64,
+            64,
+            20.0,
+            1.0,
+            _m.pi / 20,
+            ("image:3,128,128", "gauss"),
+            high_d=True,
+        ),
+        conftest._string_case(
+            "CMNIST",
+            3072,
+            128,
+            128,
+            40.0,
+            10.0,
+            5.0,
+            ("image:3,32,32", "image:3,32,32"),
+            high_d=True,
+        ),
+    ]
     for c in extra:
         cases.setdefault(f"{c.kind}-{c.name}", c)
-    order = ["string-toy", "string-CIFAR", "string-W2S", "string-CelebA-64",
-             "string-CelebA-128", "string-CMNIST"]
+    order = [
+        "string-toy",
+        "string-CIFAR",
+        "string-W2S",
+        "string-CelebA-64",
+        "string-CelebA-128",
+        "string-CMNIST",
+    ]
     return {k: cases[k] for k in order + [k for k in cases if k not in order]}
 
 
@@ -209,10 +275,10 @@ def live_mask(case, plate: int = 0):
     key = (case.kind, case.name, plate)
     if key in _LIVE_CACHE:
         return _LIVE_CACHE[key]
-    import torch
-
     import baselines
     import conftest
+    import torch
+
     from ifm import reference
 
     inp = conftest.make_inputs(case)
@@ -222,16 +288,17 @@ def live_mask(case, plate: int = 0):
         z, x, A, Delta, nu, tau = baselines._string_setup(p, q, a, case.params["L"])
         r2 = baselines.string_r2_gemm(x, A, Delta, tau)
         c1, c2, w = baselines.string_coefficients(r2, z, nu, D=x.shape[1], **case.params)
-        keep = w >= w.amax(1, keepdim=True) * 2.0 ** -44
+        keep = w >= w.amax(1, keepdim=True) * 2.0**-44
         live = keep & ((c1.float() != 0) | (c2.float() != 0))
     else:
         Y = (inp["positive"] if plate == 0 else inp["negative"]).double()
         d = torch.cdist(p, Y)
         logit = -p.shape[1] * torch.log(d + reference.COULOMB_D_EPS)
         coeff = torch.softmax(logit, dim=1)
-        contrib = torch.where(d > 0, logit + torch.log(d.clamp_min(1e-300)),
-                              torch.full_like(d, -math.inf))
-        keep = contrib >= contrib.amax(1, keepdim=True) + math.log(2.0 ** -44)
+        contrib = torch.where(
+            d > 0, logit + torch.log(d.clamp_min(1e-300)), torch.full_like(d, -math.inf)
+        )
+        keep = contrib >= contrib.amax(1, keepdim=True) + math.log(2.0**-44)
         live = keep & (coeff.float() != 0)
     _LIVE_CACHE[key] = live
     return live
@@ -264,6 +331,7 @@ def _load_cache() -> None:
         return
     try:
         import json
+
         with open(_cache_path()) as fh:
             _SASS_CACHE.update(json.load(fh))
     except (OSError, ValueError):
@@ -272,6 +340,7 @@ def _load_cache() -> None:
 
 def _save_cache() -> None:
     import json
+
     path = _cache_path()
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".tmp", "w") as fh:
@@ -283,12 +352,22 @@ def _compiled_summary(rec, sm: int) -> dict:
     """SASS summary (``gpu_sass.kernel_summary``) of a recorded launch compiled for ``sm``;
     cached on disk by the kernel's source hash, constexprs, signature, warps and target."""
     import gpu_sass
+
     from ifm_kernels import _introspect
 
     _load_cache()
     sig = _introspect.launch_signature(rec)
-    key = repr((rec.name, rec.kernel.cache_key, sorted(rec.constexprs.items()),
-                sorted(sig.items()), rec.num_warps, rec.maxnreg, sm))
+    key = repr(
+        (
+            rec.name,
+            rec.kernel.cache_key,
+            sorted(rec.constexprs.items()),
+            sorted(sig.items()),
+            rec.num_warps,
+            rec.maxnreg,
+            sm,
+        )
+    )
     if key not in _SASS_CACHE:
         compiled = _introspect.compile_kernel(rec, sm)
         summary = gpu_sass.kernel_summary(compiled.asm["cubin"])
@@ -314,13 +393,16 @@ def _call(case, dtype, sms: int):
     with _introspect.record_launches(_plan.gpu_profile(sms)) as rec:
         if case.kind == "string":
             kw = fields.string_kernel_args(D + 1)
-            ifm_kernels.string_field(t(case.b), t(case.B), t(case.B), **case.params,
-                                     stable=False, **kw)
+            ifm_kernels.string_field(
+                t(case.b), t(case.B), t(case.B), **case.params, stable=False, **kw
+            )
         else:
-            kw = fields.coulomb_kernel_args(D + 1, two_plates=case.plates == 2,
-                                            **_coulomb_public(case))
-            ifm_kernels.coulomb_field(t(case.b), t(case.B),
-                                      t(case.B) if case.plates == 2 else None, **kw)
+            kw = fields.coulomb_kernel_args(
+                D + 1, two_plates=case.plates == 2, **_coulomb_public(case)
+            )
+            ifm_kernels.coulomb_field(
+                t(case.b), t(case.B), t(case.B) if case.plates == 2 else None, **kw
+            )
     return rec
 
 
@@ -330,8 +412,11 @@ def _coulomb_public(case) -> dict:
 
 def _loops(summary: dict) -> list:
     """Loops of a kernel without the end-of-code trap (``BRA`` to itself)."""
-    return [lp for lp in summary["loops"]
-            if not (lp["instructions"] <= 2 and set(lp["classes"]) <= {"branch"})]
+    return [
+        lp
+        for lp in summary["loops"]
+        if not (lp["instructions"] <= 2 and set(lp["classes"]) <= {"branch"})
+    ]
 
 
 def _sub(a: dict, b: dict, k: float = 1.0) -> dict:
@@ -358,8 +443,11 @@ def _program_count(summary: dict, top_trips, inner_trip: float):
     total_cls = dict(straight_cls)
     for i, lp in enumerate(top):
         trips = top_trips[i] if i < len(top_trips) else 1.0
-        inner = [o for o in loops if o["depth"] == 1 and lp["start"] <= o["start"]
-                 and o["end"] <= lp["end"]]
+        inner = [
+            o
+            for o in loops
+            if o["depth"] == 1 and lp["start"] <= o["start"] and o["end"] <= lp["end"]
+        ]
         body = dict(lp["classes"])
         for o in inner:
             body = _add(body, o["classes"], inner_trip / len(inner))
@@ -373,12 +461,12 @@ def _itemsize(dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def triton_kernel_estimates(field: str, case, dtype, arch: str) -> List[dict]:
+def triton_kernel_estimates(field: str, case, dtype, arch: str) -> list[dict]:
     """Per launch of one Triton call: the dict of the contract at the top of this module."""
     a = ARCHS[arch]
     rec = _call(case, dtype, a.sms)
     it = _itemsize(dtype)
-    b, D = case.b, case.D
+    _b, _D = case.b, case.D
     out = []
     plate = 0
     for r in rec:
@@ -404,15 +492,19 @@ def triton_kernel_estimates(field: str, case, dtype, arch: str) -> List[dict]:
         elif name.endswith("_stats_kernel") or name.endswith("_coeff_kernel"):
             string = name.startswith("string")
             stats = name.endswith("_stats_kernel")
-            pos = {("string", True): (3, 4, 6, 7), ("string", False): (9, 10, 12, 13),
-                   ("coulomb", True): (2, 3, 4, 5), ("coulomb", False): (5, 6, 7, 8)}
+            pos = {
+                ("string", True): (3, 4, 6, 7),
+                ("string", False): (9, 10, 12, 13),
+                ("coulomb", True): (2, 3, 4, 5),
+                ("coulomb", False): (5, 6, 7, 8),
+            }
             ir, in_, ins, icl = pos[("string" if string else "coulomb", stats)]
             rows, n, nslices, chunk_len = (r.args[k] for k in (ir, in_, ins, icl))
             chunks = r.grid[1]
             steps = -(-n // c["BJ"]) / chunks
             combine = [] if stats else [chunks] * (1 if string else 2)
             per, cls = _program_count(s, combine + [steps], nslices)
-            l2 = nslices * rows * n * it                     # the partials, read once here
+            l2 = nslices * rows * n * it  # the partials, read once here
             if stats:
                 dram = rows * chunks * 8 * (1 if string else 3)
             else:
@@ -433,8 +525,11 @@ def triton_kernel_estimates(field: str, case, dtype, arch: str) -> List[dict]:
                 straight = _sub(straight, lp["classes"])
             cls = {k: v * grid for k, v in straight.items()}
             for lp in top:
-                inner = [o for o in loops if o["depth"] == 1 and lp["start"] <= o["start"]
-                         and o["end"] <= lp["end"]]
+                inner = [
+                    o
+                    for o in loops
+                    if o["depth"] == 1 and lp["start"] <= o["start"] and o["end"] <= lp["end"]
+                ]
                 cls = _add(cls, lp["classes"], chunks * grid)
                 for o in inner:
                     cls = _add(cls, o["classes"], total_iters / len(inner))
@@ -452,13 +547,21 @@ def triton_kernel_estimates(field: str, case, dtype, arch: str) -> List[dict]:
             reads = (1 + int(c["PLATE_NORM"]) + int(c["NORMALIZE"])) * (2 if c["HAS_NEG"] else 1)
             dram = (reads + 1) * rows * width * it
             l2 = 0.0
-        out.append({"name": name, "grid": grid, "threads": 32 * warps,
-                    "registers": s["registers"], "shared_bytes": s["shared_bytes"],
-                    "local_bytes": s["local_bytes"],
-                    "warp_instructions": per * grid * warps,
-                    "by_class": {k: v * grid * warps for k, v in cls.items()},
-                    "dram_bytes": float(dram), "l2_bytes": float(l2),
-                    "note": "x".join(f"{c[k]}" for k in ("BI", "BJ", "BK", "BR", "BW") if k in c)})
+        out.append(
+            {
+                "name": name,
+                "grid": grid,
+                "threads": 32 * warps,
+                "registers": s["registers"],
+                "shared_bytes": s["shared_bytes"],
+                "local_bytes": s["local_bytes"],
+                "warp_instructions": per * grid * warps,
+                "by_class": {k: v * grid * warps for k, v in cls.items()},
+                "dram_bytes": float(dram),
+                "l2_bytes": float(l2),
+                "note": "x".join(f"{c[k]}" for k in ("BI", "BJ", "BK", "BR", "BW") if k in c),
+            }
+        )
     return out
 
 
@@ -490,16 +593,18 @@ def fewest_launches(case) -> int:
     plus one finalisation where plates are combined or rows normalised."""
     if case.kind == "string":
         return 3
-    fin = case.plates == 2 or case.params["plate_gamma"] is not None or \
-        bool(case.params["normalize"])
+    fin = (
+        case.plates == 2 or case.params["plate_gamma"] is not None or bool(case.params["normalize"])
+    )
     return 3 * case.plates + int(fin)
 
 
 def bound_us(case, dtype, arch: str) -> float:
     a = ARCHS[arch]
     it = _itemsize(dtype)
-    return max(useful_flop(case) / (a.fp32_tflops * 1e6),
-               io_bytes(case, it) / (a.hbm_tbs * 1e6)) + LAUNCH_US * fewest_launches(case)
+    return max(
+        useful_flop(case) / (a.fp32_tflops * 1e6), io_bytes(case, it) / (a.hbm_tbs * 1e6)
+    ) + LAUNCH_US * fewest_launches(case)
 
 
 def _gemm_us(m, n, k, it, a: Arch) -> float:
@@ -533,8 +638,11 @@ def torch_form_estimate(case, dtype, arch: str) -> dict:
     D, b, B = case.D, case.b, case.B
     if case.kind == "string":
         gemm = 2 * _gemm_us(b, B, D, it, a) + 3 * _gemm_us(b, D, B, it, a)
-        elem = (_elementwise_us(35, b * B, it, a) + _elementwise_us(12, b * D, it, a)
-                + _elementwise_us(25, b, it, a))
+        elem = (
+            _elementwise_us(35, b * B, it, a)
+            + _elementwise_us(12, b * D, it, a)
+            + _elementwise_us(25, b, it, a)
+        )
         launches = 5 + 35 + 12 + 25
     else:
         gemm = case.plates * (_gemm_us(b, B, D + 3, it, a) + _gemm_us(b, D + 1, B, it, a))
@@ -546,7 +654,7 @@ def torch_form_estimate(case, dtype, arch: str) -> dict:
     return {"us": us, "launches": launches}
 
 
-def kernel_estimates(backend: str, field: str, case, dtype, arch: str) -> Optional[List[dict]]:
+def kernel_estimates(backend: str, field: str, case, dtype, arch: str) -> list[dict] | None:
     """Per-kernel dicts of the contract for ``backend`` ("triton" or "cuda"); None when the
     CUDA model (benchmarks/gpu_model_cuda.py) is not there."""
     if backend == "triton":
@@ -569,8 +677,14 @@ def estimate(field: str, case_name: str, backend: str, dtype=None, arch: str = "
     case = cases.get(case_name) or cases[f"{field}-{case_name}"]
     ks = kernel_estimates(backend, field, case, dtype, arch)
     bnd = bound_us(case, dtype, arch)
-    out = {"bound_us": bnd, "torch_us": torch_form_estimate(case, dtype, arch)["us"],
-           "us": None, "ratio": None, "launches": None, "kernels": None}
+    out = {
+        "bound_us": bnd,
+        "torch_us": torch_form_estimate(case, dtype, arch)["us"],
+        "us": None,
+        "ratio": None,
+        "launches": None,
+        "kernels": None,
+    }
     if ks is not None:
         t = call_time(ks, ARCHS[arch])
         out.update(us=t["us"], ratio=t["us"] / bnd, launches=t["launches"], kernels=t["kernels"])
@@ -589,27 +703,34 @@ def table(archs=("sm_90", "sm_80", "sm_89"), dtypes=None, backends=("triton", "c
     cases = published_cases()
     for arch in archs:
         a = ARCHS[arch]
-        lines += ["", f"**{a.name}** ({arch}: {a.sms} SMs at {a.clock_ghz} GHz, FP32 "
-                  f"{a.fp32_tflops} TFLOP/s, HBM {a.hbm_tbs} TB/s, L2 {a.l2_tbs} TB/s assumed)",
-                  "", "| shape | dtype | backend | launches | estimate µs | bound µs | "
-                  "estimate / bound | PyTorch form µs | speed-up vs PyTorch | "
-                  "largest kernel (issue / memory µs) |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"**{a.name}** ({arch}: {a.sms} SMs at {a.clock_ghz} GHz, FP32 "
+            f"{a.fp32_tflops} TFLOP/s, HBM {a.hbm_tbs} TB/s, L2 {a.l2_tbs} TB/s assumed)",
+            "",
+            "| shape | dtype | backend | launches | estimate µs | bound µs | "
+            "estimate / bound | PyTorch form µs | speed-up vs PyTorch | "
+            "largest kernel (issue / memory µs) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for key, case in cases.items():
             for dt in dtypes:
                 for be in backends:
                     e = estimate(case.kind, key, be, dt, arch)
                     if e["us"] is None:
-                        lines.append(f"| {case.kind} {case.name} | {str(dt)[6:]} | {be} | – | "
-                                     f"no model | {e['bound_us']:.1f} | – | {e['torch_us']:.1f} "
-                                     "| – | – |")
+                        lines.append(
+                            f"| {case.kind} {case.name} | {str(dt)[6:]} | {be} | – | "
+                            f"no model | {e['bound_us']:.1f} | – | {e['torch_us']:.1f} "
+                            "| – | – |"
+                        )
                         continue
                     top = max(e["kernels"], key=lambda k: k["us"])
                     lines.append(
                         f"| {case.kind} {case.name} | {str(dt)[6:]} | {be} | {e['launches']} | "
                         f"{e['us']:.1f} | {e['bound_us']:.1f} | {e['ratio']:.2f}× | "
                         f"{e['torch_us']:.1f} | {e['torch_us'] / e['us']:.2f}× | "
-                        f"{top['name']} ({top['issue_us']:.1f} / {top['memory_us']:.1f}) |")
+                        f"{top['name']} ({top['issue_us']:.1f} / {top['memory_us']:.1f}) |"
+                    )
     return "\n".join(lines)
 
 
@@ -619,20 +740,24 @@ def kernel_table(arch: str = "sm_90", dtype=None, backend: str = "triton") -> st
     import torch
 
     dtype = dtype or torch.float32
-    lines = ["| shape | kernel | tile | grid | registers | resident/SM | waves | "
-             "warp instr. (M) | DRAM MB | L2 MB | issue µs | memory µs |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for key, case in published_cases().items():
+    lines = [
+        "| shape | kernel | tile | grid | registers | resident/SM | waves | "
+        "warp instr. (M) | DRAM MB | L2 MB | issue µs | memory µs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for _key, case in published_cases().items():
         ks = kernel_estimates(backend, case.kind, case, dtype, arch)
         if ks is None:
             continue
         for k in ks:
             t = kernel_time(k, ARCHS[arch])
-            lines.append(f"| {case.kind} {case.name} | {k['name']} | {k.get('note', '')} | "
-                         f"{k['grid']} | {k['registers']} | {t['resident']} | {t['waves']} | "
-                         f"{k['warp_instructions'] / 1e6:.2f} | {k['dram_bytes'] / 1e6:.1f} | "
-                         f"{k['l2_bytes'] / 1e6:.1f} | {t['issue_us']:.1f} | "
-                         f"{t['memory_us']:.1f} |")
+            lines.append(
+                f"| {case.kind} {case.name} | {k['name']} | {k.get('note', '')} | "
+                f"{k['grid']} | {k['registers']} | {t['resident']} | {t['waves']} | "
+                f"{k['warp_instructions'] / 1e6:.2f} | {k['dram_bytes'] / 1e6:.1f} | "
+                f"{k['l2_bytes'] / 1e6:.1f} | {t['issue_us']:.1f} | "
+                f"{t['memory_us']:.1f} |"
+            )
     return "\n".join(lines)
 
 
@@ -654,15 +779,18 @@ def targets_report() -> str:
         for be, e in have.items():
             need = lim if e is best or case.name == "toy" else 2.0
             ok = e["ratio"] <= need
-            parts.append(f"{be} {e['ratio']:.2f}× of bound (target {need:g}×: "
-                         f"{'met' if ok else 'NOT met'})")
+            parts.append(
+                f"{be} {e['ratio']:.2f}× of bound (target {need:g}×: {'met' if ok else 'NOT met'})"
+            )
         tri = have.get("triton")
         if tri is not None:
             e89 = estimate(case.kind, key, "triton", f32, "sm_89")
             scaled = tri["us"] * h.fp32_tflops / g.fp32_tflops
             ok = e89["us"] <= 2 * scaled
-            parts.append(f"RTX 4090 triton {e89['us']:.0f} µs vs 2 × {scaled:.0f} µs "
-                         f"({'met' if ok else 'NOT met'})")
+            parts.append(
+                f"RTX 4090 triton {e89['us']:.0f} µs vs 2 × {scaled:.0f} µs "
+                f"({'met' if ok else 'NOT met'})"
+            )
             if case.name != "toy":
                 sp = tri["torch_us"] / best["us"]
                 parts.append(f"vs PyTorch form {sp:.2f}× ({'met' if sp >= 1.5 else 'NOT met'})")
@@ -675,21 +803,31 @@ def main(argv=None) -> None:
 
     os.environ.pop("TRITON_INTERPRET", None)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--arch", action="append", choices=sorted(ARCHS),
-                    help="GPU(s) to model (default: sm_90, sm_80, sm_89)")
+    ap.add_argument(
+        "--arch",
+        action="append",
+        choices=sorted(ARCHS),
+        help="GPU(s) to model (default: sm_90, sm_80, sm_89)",
+    )
     ap.add_argument("--f32-only", action="store_true", help="float32 only")
     ap.add_argument("--kernels", action="store_true", help="also the per-kernel table (sm_90)")
-    ap.add_argument("--write", metavar="FILE",
-                    help="replace the block between <!-- gpu-model:begin --> and "
-                         "<!-- gpu-model:end --> of FILE (BENCHMARKS.md) with the output")
+    ap.add_argument(
+        "--write",
+        metavar="FILE",
+        help="replace the block between <!-- gpu-model:begin --> and "
+        "<!-- gpu-model:end --> of FILE (BENCHMARKS.md) with the output",
+    )
     args = ap.parse_args(argv)
     import torch
 
     archs = tuple(args.arch or ("sm_90", "sm_80", "sm_89"))
     dtypes = (torch.float32,) if args.f32_only else (torch.float32, torch.float64)
-    parts = [f"Static model (`python benchmarks/gpu_model.py`; LAUNCH_US={LAUNCH_US}, "
-             f"SAT_WARPS={SAT_WARPS}, GEMM_FRACTION={GEMM_FRACTION}): **estimates from the "
-             "compiled code, not measurements**.", table(archs, dtypes)]
+    parts = [
+        f"Static model (`python benchmarks/gpu_model.py`; LAUNCH_US={LAUNCH_US}, "
+        f"SAT_WARPS={SAT_WARPS}, GEMM_FRACTION={GEMM_FRACTION}): **estimates from the "
+        "compiled code, not measurements**.",
+        table(archs, dtypes),
+    ]
     if args.kernels:
         parts += ["", "Per kernel (H100, float32, Triton):", "", kernel_table("sm_90")]
     parts += ["", "Targets (H100, float32):", "", targets_report()]

@@ -25,6 +25,7 @@ gpu_model.py. How each figure is obtained:
   distance tile's staging of rows shared by several tiles, pair_sums' pair rows, once per kept
   (query, pair) and column chunk).
 """
+
 from __future__ import annotations
 
 import functools
@@ -35,7 +36,6 @@ import re
 import subprocess
 import sys
 import tempfile
-from typing import Dict, List
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -45,23 +45,24 @@ for _p in (HERE, os.path.join(ROOT, "python")):
 
 import gpu_sass  # noqa: E402
 
-THREADS = 256             # kThreads
-TILE = 64                 # kTile
+THREADS = 256  # kThreads
+TILE = 64  # kTile
 MAX_PAIRS_PER_CHUNK = 1 << 22
-TARGET_BLOCKS = 2376      # Tuning::target_blocks
-PLAN_SMS = (132, 108)     # the parts plan_distance balances for
-SKIP_RATIO = {4: 2.0 ** -44, 8: 2.0 ** -80}
-SUM_ROWS = 4              # kSumRows
-SUM_WIN = 128             # kSumWin
-TILED_MIN_COLS = 128      # kTiledMinCols
+TARGET_BLOCKS = 2376  # Tuning::target_blocks
+PLAN_SMS = (132, 108)  # the parts plan_distance balances for
+SKIP_RATIO = {4: 2.0**-44, 8: 2.0**-80}
+SUM_ROWS = 4  # kSumRows
+SUM_WIN = 128  # kSumWin
+TILED_MIN_COLS = 128  # kTiledMinCols
 
 
 def _chunk_cols(itemsize: int) -> int:
     return 32 if itemsize == 4 else 16
 
 
-def plan_distance(rows: int, n: int, ncols: int, itemsize: int, string: bool,
-                  target_blocks: int = TARGET_BLOCKS) -> dict:
+def plan_distance(
+    rows: int, n: int, ncols: int, itemsize: int, string: bool, target_blocks: int = TARGET_BLOCKS
+) -> dict:
     """The distance pass's slices, as csrc/cuda/common.cuh plan_distance."""
     kc = _chunk_cols(itemsize)
     tiles = math.ceil(rows / TILE) * math.ceil(n / TILE)
@@ -82,15 +83,23 @@ def plan_distance(rows: int, n: int, ncols: int, itemsize: int, string: bool,
             best, best_cps = worst, cps
     cols = best_cps * kc
     nslices = math.ceil(ncols / cols)
-    return {"tiles": tiles, "chunks": chunks, "cols_per_slice": cols, "nslices": nslices,
-            "blocks": tiles * nslices}
+    return {
+        "tiles": tiles,
+        "chunks": chunks,
+        "cols_per_slice": cols,
+        "nslices": nslices,
+        "blocks": tiles * nslices,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
 # compiled code
 # ----------------------------------------------------------------------------------------------
-SOURCES = {"string": "string_field.cu", "coulomb": "coulomb_field.cu",
-           "finalize": "finalize_rows.cu"}
+SOURCES = {
+    "string": "string_field.cu",
+    "coulomb": "coulomb_field.cu",
+    "finalize": "finalize_rows.cu",
+}
 
 
 def _nvcc() -> str:
@@ -102,8 +111,10 @@ def _nvcc() -> str:
 
 def _source_hash() -> str:
     h = hashlib.sha256()
-    for name in sorted(os.listdir(os.path.join(ROOT, "csrc", "cuda"))) + ["../field_math.h",
-                                                                          "../field_params.h"]:
+    for name in sorted(os.listdir(os.path.join(ROOT, "csrc", "cuda"))) + [
+        "../field_math.h",
+        "../field_params.h",
+    ]:
         path = os.path.join(ROOT, "csrc", "cuda", name)
         if os.path.isfile(path):
             h.update(name.encode())
@@ -112,32 +123,50 @@ def _source_hash() -> str:
     return h.hexdigest()[:16]
 
 
-@functools.lru_cache(maxsize=None)
-def compiled(source: str, arch: str) -> Dict[str, dict]:
+@functools.cache
+def compiled(source: str, arch: str) -> dict[str, dict]:
     """``{mangled kernel name: {"sass", "registers", "shared_bytes", "local_bytes"}}`` of one
     csrc/cuda source for ``arch`` (e.g. "sm_90")."""
     cache = os.path.join(tempfile.gettempdir(), "ifm_gpu_model_cuda", _source_hash())
     os.makedirs(cache, exist_ok=True)
     cubin = os.path.join(cache, f"{source}.{arch}.cubin")
     if not os.path.exists(cubin):
-        subprocess.run([_nvcc(), "-std=c++17", "-O3", "-cubin", f"-arch={arch}", "-o", cubin,
-                        os.path.join(ROOT, "csrc", "cuda", source)], check=True,
-                       capture_output=True, text=True)
+        subprocess.run(
+            [
+                _nvcc(),
+                "-std=c++17",
+                "-O3",
+                "-cubin",
+                f"-arch={arch}",
+                "-o",
+                cubin,
+                os.path.join(ROOT, "csrc", "cuda", source),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
     with open(cubin, "rb") as fh:
         data = fh.read()
     sass = gpu_sass.disassemble(data)
-    res_text = gpu_sass._with_file(data, lambda f: [gpu_sass.tool("cuobjdump"),
-                                                   "--dump-resource-usage", f])
+    res_text = gpu_sass._with_file(
+        data, lambda f: [gpu_sass.tool("cuobjdump"), "--dump-resource-usage", f]
+    )
     res = {}
-    for m in re.finditer(r"Function (\S+):\s*\n\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)",
-                         res_text):
-        res[m.group(1)] = {"registers": int(m.group(2)), "shared_bytes": int(m.group(4)),
-                           "local_bytes": int(m.group(5))}
+    for m in re.finditer(
+        r"Function (\S+):\s*\n\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", res_text
+    ):
+        res[m.group(1)] = {
+            "registers": int(m.group(2)),
+            "shared_bytes": int(m.group(4)),
+            "local_bytes": int(m.group(5)),
+        }
     parts = re.split(r"^\s*\.text\.(\S+):\s*$", sass, flags=re.M)
     out = {}
-    for name, body in zip(parts[1::2], parts[2::2]):
-        out[name] = dict(res.get(name, {"registers": 0, "shared_bytes": 0, "local_bytes": 0}),
-                         sass=body)
+    for name, body in zip(parts[1::2], parts[2::2], strict=False):
+        out[name] = dict(
+            res.get(name, {"registers": 0, "shared_bytes": 0, "local_bytes": 0}), sass=body
+        )
     return out
 
 
@@ -152,18 +181,24 @@ def _profile(k: dict) -> dict:
     """Straight-line instructions and the charged loops (own instruction counts, classes and
     global / shared access counts) of one compiled kernel."""
     instrs = gpu_sass.parse_sass(k["sass"])
-    loops = [lp for lp in gpu_sass.loop_summary(k["sass"])
-             if lp["instructions"] > 1 and not lp["classes"].get("mem_local")]
+    loops = [
+        lp
+        for lp in gpu_sass.loop_summary(k["sass"])
+        if lp["instructions"] > 1 and not lp["classes"].get("mem_local")
+    ]
     covered = set()
     for lp in gpu_sass.loop_summary(k["sass"]):
         covered.update(range(lp["start"], lp["end"] + 1))
     straight = [i for i in instrs if i.index not in covered]
     for lp in loops:
-        body = instrs[lp["start"]:lp["end"] + 1]
+        body = instrs[lp["start"] : lp["end"] + 1]
         lp["ldg"] = sum(1 for i in body if i.base == "LDG")
         lp["lds"] = sum(1 for i in body if i.base == "LDS")
-    return {"straight": len(straight), "straight_classes": gpu_sass.class_counts(straight),
-            "loops": loops}
+    return {
+        "straight": len(straight),
+        "straight_classes": gpu_sass.class_counts(straight),
+        "loops": loops,
+    }
 
 
 def _add_classes(acc: dict, cls: dict, k: float):
@@ -171,8 +206,7 @@ def _add_classes(acc: dict, cls: dict, k: float):
         acc[c] = acc.get(c, 0.0) + v * k
 
 
-def _estimate(name: str, k: dict, grid: int, trips, dram: float, l2: float,
-              note: str = "") -> dict:
+def _estimate(name: str, k: dict, grid: int, trips, dram: float, l2: float, note: str = "") -> dict:
     """One launch: ``trips(loop) -> iterations per warp`` of each charged loop."""
     prof = _profile(k)
     per_warp = float(prof["straight"])
@@ -183,11 +217,19 @@ def _estimate(name: str, k: dict, grid: int, trips, dram: float, l2: float,
         per_warp += lp["own"] * it
         _add_classes(by_class, lp["classes"], it)
     warps = grid * (THREADS // 32)
-    return {"name": name, "grid": int(grid), "threads": THREADS, "registers": k["registers"],
-            "shared_bytes": k["shared_bytes"], "local_bytes": k["local_bytes"],
-            "warp_instructions": per_warp * warps,
-            "by_class": {c: v * warps for c, v in by_class.items()},
-            "dram_bytes": float(dram), "l2_bytes": float(l2), "note": note}
+    return {
+        "name": name,
+        "grid": int(grid),
+        "threads": THREADS,
+        "registers": k["registers"],
+        "shared_bytes": k["shared_bytes"],
+        "local_bytes": k["local_bytes"],
+        "warp_instructions": per_warp * warps,
+        "by_class": {c: v * warps for c, v in by_class.items()},
+        "dram_bytes": float(dram),
+        "l2_bytes": float(l2),
+        "note": note,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -201,9 +243,9 @@ def kept_mask(case, plate: int, itemsize: int):
     key = (case.kind, case.name, case.b, case.B, case.D, plate, itemsize)
     if key in _KEPT:
         return _KEPT[key]
+    import conftest
     import torch
 
-    import conftest
     from ifm import reference
 
     ratio = SKIP_RATIO[itemsize]
@@ -216,7 +258,7 @@ def kept_mask(case, plate: int, itemsize: int):
         C = inp["antiquarks"].double()[:, 1:]
         Delta = C - A
         for i0 in range(0, p.shape[0], 8):
-            z, x = p[i0:i0 + 8, :1], p[i0:i0 + 8, 1:]
+            z, x = p[i0 : i0 + 8, :1], p[i0 : i0 + 8, 1:]
             rho = reference._offsets(x, z / prm["L"], A, Delta)
             r2 = (rho * rho).sum(-1)
             s = reference.tube_width(z, prm["L"], prm["sigma0"], prm["K"], prm["d"])
@@ -236,7 +278,7 @@ def kept_mask(case, plate: int, itemsize: int):
     return _KEPT[key]
 
 
-def kept_per_row(case, plate: int, itemsize: int) -> List[int]:
+def kept_per_row(case, plate: int, itemsize: int) -> list[int]:
     """Kept terms per query row (see :func:`kept_mask`)."""
     return kept_mask(case, plate, itemsize).sum(1).tolist()
 
@@ -248,9 +290,19 @@ def _tag(itemsize: int) -> str:
     return "f" if itemsize == 4 else "d"
 
 
-def _two_pass(field: str, arch: str, itemsize: int, rows: int, n: int, width: int,
-              kept: List[int], src: str, coef_pattern: str, coef_name: str,
-              case_live=None) -> List[dict]:
+def _two_pass(
+    field: str,
+    arch: str,
+    itemsize: int,
+    rows: int,
+    n: int,
+    width: int,
+    kept: list[int],
+    src: str,
+    coef_pattern: str,
+    coef_name: str,
+    case_live=None,
+) -> list[dict]:
     string = field == "string"
     ncols = width - (1 if string else 0)
     sets = 2 if string else 1
@@ -274,9 +326,17 @@ def _two_pass(field: str, arch: str, itemsize: int, rows: int, n: int, width: in
     staged = plan["nslices"] * (q_tiles * p_tiles) * TILE * (1 + sets) * plan["cols_per_slice"]
     unique = (rows + sets * n) * ncols * itemsize
     partial = plan["nslices"] * rows * n * 8
-    out.append(_estimate(f"distance_tiles<{t},{string}>", k, plan["blocks"], dist_trips,
-                         dram=unique + partial, l2=max(staged * itemsize - unique, 0.0),
-                         note=f"{plan['nslices']} slices of {cps} chunks"))
+    out.append(
+        _estimate(
+            f"distance_tiles<{t},{string}>",
+            k,
+            plan["blocks"],
+            dist_trips,
+            dram=unique + partial,
+            l2=max(staged * itemsize - unique, 0.0),
+            note=f"{plan['nslices']} slices of {cps} chunks",
+        )
+    )
     # step 2: coefficients, one block per row
     k = _kernel(src, arch, coef_pattern)
     per_thread = math.ceil(n / THREADS)
@@ -287,15 +347,41 @@ def _two_pass(field: str, arch: str, itemsize: int, rows: int, n: int, width: in
         return per_thread
 
     lists = sum(kept) * (4 + 8 + (8 if string else 0))
-    out.append(_estimate(coef_name, k, rows, coef_trips,
-                         dram=partial + (partial / plan["nslices"] if plan["nslices"] > 1 else 0)
-                         + lists + rows * 4, l2=0.0))
+    out.append(
+        _estimate(
+            coef_name,
+            k,
+            rows,
+            coef_trips,
+            dram=partial
+            + (partial / plan["nslices"] if plan["nslices"] > 1 else 0)
+            + lists
+            + rows * 4,
+            l2=0.0,
+        )
+    )
     # step 3: pair sums (query-tiled for D >= TILED_MIN_COLS)
     kept_total = sum(kept)
     idx_t = "j" if n * width <= 0xFFFFFFFF else "l"
     if ncols >= TILED_MIN_COLS:
-        out.append(_tiled_sums(arch, t, string, src, idx_t, rows, n, ncols, width, itemsize,
-                               sets, kept, lists, case_live))
+        out.append(
+            _tiled_sums(
+                arch,
+                t,
+                string,
+                src,
+                idx_t,
+                rows,
+                n,
+                ncols,
+                width,
+                itemsize,
+                sets,
+                kept,
+                lists,
+                case_live,
+            )
+        )
         return out
     kw = 1
     while kw < ncols and kw < THREADS:
@@ -314,16 +400,23 @@ def _two_pass(field: str, arch: str, itemsize: int, rows: int, n: int, width: in
         return math.log2(lanes) if lp["classes"].get("mem_shared") else 0.0
 
     pair_bytes = kept_total * ncols * itemsize * sets
-    out.append(_estimate(f"pair_sums<{t},{string}>", k, rows * chunks, sums_trips,
-                         dram=sets * n * ncols * itemsize + rows * width * itemsize * 2 + lists,
-                         l2=max(pair_bytes - sets * n * ncols * itemsize, 0.0)
-                         + lists * (chunks - 1),
-                         note=f"{kept_total} kept terms, {lanes} lanes x {kw} columns"))
+    out.append(
+        _estimate(
+            f"pair_sums<{t},{string}>",
+            k,
+            rows * chunks,
+            sums_trips,
+            dram=sets * n * ncols * itemsize + rows * width * itemsize * 2 + lists,
+            l2=max(pair_bytes - sets * n * ncols * itemsize, 0.0) + lists * (chunks - 1),
+            note=f"{kept_total} kept terms, {lanes} lanes x {kw} columns",
+        )
+    )
     return out
 
 
-def _tiled_sums(arch, t, string, src, idx_t, rows, n, ncols, width, itemsize, sets, kept,
-                lists, live):
+def _tiled_sums(
+    arch, t, string, src, idx_t, rows, n, ncols, width, itemsize, sets, kept, lists, live
+):
     """pair_sums_tiled: per block of SUM_ROWS rows, n / SUM_WIN windows (zero, scatter, two
     scans) and one pass of the main loop per pair any of the rows keeps."""
     k = _kernel(src, arch, rf"pair_sums_tiledI{t}Lb{int(string)}E{idx_t}E")
@@ -342,29 +435,36 @@ def _tiled_sums(arch, t, string, src, idx_t, rows, n, ncols, width, itemsize, se
         if main is not None and lp["ldg"] >= per_pair:
             return (sum(union) / tiles) / (lp["ldg"] / per_pair) / max(n_main, 1)
         return windows  # zeroing loop
+
     live_rows = sum(union) * ncols * itemsize * sets
     unique = sets * n * ncols * itemsize
-    return _estimate(f"pair_sums_tiled<{t},{string}>", k, tiles * chunks, trips,
-                     dram=unique + rows * width * itemsize * 2 + lists,
-                     l2=max(live_rows - unique, 0.0) + lists * (chunks - 1),
-                     note=f"{sum(kept)} kept terms, {sum(union)} (tile, pair) loads, "
-                          f"{SUM_ROWS} rows x {THREADS} columns per block")
+    return _estimate(
+        f"pair_sums_tiled<{t},{string}>",
+        k,
+        tiles * chunks,
+        trips,
+        dram=unique + rows * width * itemsize * 2 + lists,
+        l2=max(live_rows - unique, 0.0) + lists * (chunks - 1),
+        note=f"{sum(kept)} kept terms, {sum(union)} (tile, pair) loads, "
+        f"{SUM_ROWS} rows x {THREADS} columns per block",
+    )
 
 
-def _union_per_tile(live, rows, n, kept) -> List[int]:
+def _union_per_tile(live, rows, n, kept) -> list[int]:
     """Pairs kept by any row of each tile of SUM_ROWS rows (``live``: [rows, n] bool or None;
     without it every kept term is counted as its own pair, an upper bound)."""
     if live is None:
-        return [sum(kept[i:i + SUM_ROWS]) for i in range(0, rows, SUM_ROWS)]
-    return [int(live[i:i + SUM_ROWS].any(0).sum()) for i in range(0, rows, SUM_ROWS)]
+        return [sum(kept[i : i + SUM_ROWS]) for i in range(0, rows, SUM_ROWS)]
+    return [int(live[i : i + SUM_ROWS].any(0).sum()) for i in range(0, rows, SUM_ROWS)]
 
 
 def _n_main(loops, per_pair) -> int:
     return max(1, sum(1 for lp in loops if lp["ldg"] >= per_pair))
 
 
-def _row_kernel(name: str, k: dict, grid: int, elems: int, loads_per_elem: int,
-                dram: float) -> dict:
+def _row_kernel(
+    name: str, k: dict, grid: int, elems: int, loads_per_elem: int, dram: float
+) -> dict:
     per_thread = math.ceil(elems / THREADS)
 
     def trips(lp):
@@ -377,7 +477,7 @@ def _row_kernel(name: str, k: dict, grid: int, elems: int, loads_per_elem: int,
     return _estimate(name, k, grid, trips, dram=dram, l2=0.0)
 
 
-def kernel_estimates(field: str, case, dtype, arch: str) -> List[dict]:
+def kernel_estimates(field: str, case, dtype, arch: str) -> list[dict]:
     """Every kernel one call of the CUDA backend launches for ``case`` (gpu_model.py contract).
     ``arch``: "sm_90", "sm_80" or "sm_89"."""
     import torch
@@ -386,50 +486,83 @@ def kernel_estimates(field: str, case, dtype, arch: str) -> List[dict]:
     t = _tag(itemsize)
     b, B, D = case.b, case.B, case.D
     width = D + 1
-    out: List[dict] = []
+    out: list[dict] = []
     if field == "string":
         k = _kernel(SOURCES["string"], arch, rf"pair_inv_normsI{t}E")
-        out.append(_row_kernel(f"pair_inv_norms<{t}>", k, B, D, 2,
-                               dram=2 * B * width * itemsize + B * 8))
+        out.append(
+            _row_kernel(f"pair_inv_norms<{t}>", k, B, D, 2, dram=2 * B * width * itemsize + B * 8)
+        )
         kept = kept_per_row(case, 0, itemsize)
         rc = max(1, min(b, MAX_PAIRS_PER_CHUNK // max(B, 1)))
         for i0 in range(0, b, rc):
             rows = min(rc, b - i0)
-            out += _two_pass("string", arch, itemsize, rows, B, width, kept[i0:i0 + rows],
-                             SOURCES["string"], rf"string_coefficientsI{t}E",
-                             f"string_coefficients<{t}>",
-                             kept_mask(case, 0, itemsize)[i0:i0 + rows])
+            out += _two_pass(
+                "string",
+                arch,
+                itemsize,
+                rows,
+                B,
+                width,
+                kept[i0 : i0 + rows],
+                SOURCES["string"],
+                rf"string_coefficientsI{t}E",
+                f"string_coefficients<{t}>",
+                kept_mask(case, 0, itemsize)[i0 : i0 + rows],
+            )
             if case.params.get("normalize", True):
                 k = _kernel(SOURCES["finalize"], arch, rf"finalize_rowsI{t}E")
-                out.append(_row_kernel(f"finalize_rows<{t}>", k, rows, width, 1,
-                                       dram=2 * rows * width * itemsize))
+                out.append(
+                    _row_kernel(
+                        f"finalize_rows<{t}>", k, rows, width, 1, dram=2 * rows * width * itemsize
+                    )
+                )
         return out
     plates = [0] if case.plates == 1 else [0, 1]
     rc = max(1, min(b, MAX_PAIRS_PER_CHUNK // max(B, 1)))
     for i0 in range(0, b, rc):
         rows = min(rc, b - i0)
         for plate in plates:
-            kept = kept_per_row(case, plate, itemsize)[i0:i0 + rows]
-            out += _two_pass("coulomb", arch, itemsize, rows, B, width, kept,
-                             SOURCES["coulomb"], rf"coulomb_coefficientsI{t}E",
-                             f"coulomb_coefficients<{t}>",
-                             kept_mask(case, plate, itemsize)[i0:i0 + rows])
-        if len(plates) == 2 or case.params.get("plate_gamma") is not None or \
-                case.params.get("normalize"):
+            kept = kept_per_row(case, plate, itemsize)[i0 : i0 + rows]
+            out += _two_pass(
+                "coulomb",
+                arch,
+                itemsize,
+                rows,
+                B,
+                width,
+                kept,
+                SOURCES["coulomb"],
+                rf"coulomb_coefficientsI{t}E",
+                f"coulomb_coefficients<{t}>",
+                kept_mask(case, plate, itemsize)[i0 : i0 + rows],
+            )
+        if (
+            len(plates) == 2
+            or case.params.get("plate_gamma") is not None
+            or case.params.get("normalize")
+        ):
             k = _kernel(SOURCES["finalize"], arch, rf"finalize_rowsI{t}E")
-            out.append(_row_kernel(f"finalize_rows<{t}>", k, rows, width, len(plates),
-                                   dram=(len(plates) + 1) * rows * width * itemsize))
+            out.append(
+                _row_kernel(
+                    f"finalize_rows<{t}>",
+                    k,
+                    rows,
+                    width,
+                    len(plates),
+                    dram=(len(plates) + 1) * rows * width * itemsize,
+                )
+            )
     return out
 
 
 if __name__ == "__main__":
-    import torch
-
     import gpu_model
+    import torch
 
     cases = gpu_model.published_cases() if hasattr(gpu_model, "published_cases") else None
     if cases is None:
         import conftest
+
         cases = {f"{c.kind}-{c.name}": c for c in conftest._FULL_CASES}
     arch_name = sys.argv[1] if len(sys.argv) > 1 else "sm_90"
     for key, case in cases.items():
@@ -437,7 +570,9 @@ if __name__ == "__main__":
             ks = kernel_estimates(case.kind, case, dt, arch_name)
             print(key, dt, f"{len(ks)} launches")
             for kd in ks:
-                print(f"   {kd['name']:32s} grid {kd['grid']:6d} regs {kd['registers']:3d} "
-                      f"smem {kd['shared_bytes']:6d} warp-instr {kd['warp_instructions']:.3e} "
-                      f"dram {kd['dram_bytes'] / 1e6:8.2f} MB l2 {kd['l2_bytes'] / 1e6:8.2f} MB "
-                      f"{kd.get('note', '')}")
+                print(
+                    f"   {kd['name']:32s} grid {kd['grid']:6d} regs {kd['registers']:3d} "
+                    f"smem {kd['shared_bytes']:6d} warp-instr {kd['warp_instructions']:.3e} "
+                    f"dram {kd['dram_bytes'] / 1e6:8.2f} MB l2 {kd['l2_bytes'] / 1e6:8.2f} MB "
+                    f"{kd.get('note', '')}"
+                )

@@ -20,6 +20,7 @@ Instructions skipped by a forward branch inside the body (an ``if`` around part 
 too; :func:`loop_summary` also gives the count of the straight-line part that a taken forward
 branch skips (``skippable``), so a model can charge a skipped block only for what it runs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,13 +30,13 @@ import shutil
 import subprocess
 import tempfile
 from collections import Counter
-from typing import List, Optional
 
 
 def tool(name: str) -> str:
     """Path of a CUDA binary tool (``nvdisasm``, ``cuobjdump``, ``ptxas``)."""
     try:
         import triton
+
         path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
         if os.path.exists(path):
             return path
@@ -54,8 +55,7 @@ def _with_file(cubin: bytes, argv_fn):
     with tempfile.NamedTemporaryFile(suffix=".cubin") as fh:
         fh.write(cubin)
         fh.flush()
-        return subprocess.run(argv_fn(fh.name), check=True, capture_output=True,
-                              text=True).stdout
+        return subprocess.run(argv_fn(fh.name), check=True, capture_output=True, text=True).stdout
 
 
 def disassemble(cubin: bytes) -> str:
@@ -69,7 +69,10 @@ def disassemble(cubin: bytes) -> str:
 def resource_usage(cubin: bytes) -> dict:
     """``{"registers", "local_bytes", "shared_bytes"}`` of the (first) kernel of ``cubin``."""
     text = _with_file(cubin, lambda f: [tool("cuobjdump"), "--dump-resource-usage", f])
-    get = (lambda key: int(m.group(1)) if (m := re.search(key + r":(\d+)", text)) else 0)
+
+    def get(key):
+        return int(m.group(1)) if (m := re.search(key + r":(\d+)", text)) else 0
+
     return {"registers": get("REG"), "local_bytes": get("LOCAL"), "shared_bytes": get("SHARED")}
 
 
@@ -77,11 +80,11 @@ def resource_usage(cubin: bytes) -> dict:
 class Instr:
     index: int
     address: int
-    label: Optional[str]
+    label: str | None
     pred: str
-    opcode: str          # full opcode with modifiers, e.g. "FFMA.FTZ"
+    opcode: str  # full opcode with modifiers, e.g. "FFMA.FTZ"
     operands: str
-    target: Optional[str]  # branch target label
+    target: str | None  # branch target label
 
     @property
     def base(self) -> str:
@@ -93,9 +96,9 @@ _LABEL = re.compile(r"^\s*(\.L_\w+|\.L\w+):")
 _TARGET = re.compile(r"`?\(?\s*(\.L_\w+|\.L\w+)\s*\)?`?")
 
 
-def parse_sass(text: str) -> List[Instr]:
+def parse_sass(text: str) -> list[Instr]:
     """Instructions of the first function in ``text`` (nvdisasm or cuobjdump syntax)."""
-    out: List[Instr] = []
+    out: list[Instr] = []
     pending = None
     for line in text.splitlines():
         lab = _LABEL.match(line)
@@ -113,31 +116,40 @@ def parse_sass(text: str) -> List[Instr]:
                 target = t.group(1)
             elif re.match(r"0x[0-9a-f]+", operands):
                 target = operands.split()[0]
-        out.append(Instr(len(out), int(m.group(1), 16), pending, (m.group(2) or "").strip(),
-                         opcode, operands, target))
+        out.append(
+            Instr(
+                len(out),
+                int(m.group(1), 16),
+                pending,
+                (m.group(2) or "").strip(),
+                opcode,
+                operands,
+                target,
+            )
+        )
         pending = None
     return out
 
 
 @dataclasses.dataclass
 class Loop:
-    start: int           # index of the loop's first instruction (the branch target)
-    end: int             # index of the backward branch
-    depth: int = 0       # 0 = outermost
-    inner: int = 0       # number of loops nested inside
+    start: int  # index of the loop's first instruction (the branch target)
+    end: int  # index of the backward branch
+    depth: int = 0  # 0 = outermost
+    inner: int = 0  # number of loops nested inside
 
     @property
     def size(self) -> int:
         return self.end - self.start + 1
 
 
-def _addr_index(instrs: List[Instr]) -> dict:
+def _addr_index(instrs: list[Instr]) -> dict:
     by_label = {i.label: i.index for i in instrs if i.label}
     by_addr = {f"0x{i.address:x}": i.index for i in instrs}
     return {**by_addr, **by_label}
 
 
-def find_loops(instrs: List[Instr]) -> List[Loop]:
+def find_loops(instrs: list[Instr]) -> list[Loop]:
     """Loops from backward branches (``BRA`` whose target is at or before it), sorted by start;
     two branches to one target (a ``continue``) make one loop ending at the last of them."""
     where = _addr_index(instrs)
@@ -160,17 +172,56 @@ CLASSES = {
     "fp32": {"FADD", "FMUL", "FFMA", "FMNMX", "FSEL", "FSETP", "FSET", "FCHK", "FMNMX3"},
     "fp64": {"DADD", "DMUL", "DFMA", "DSETP", "DMNMX"},
     "mufu": {"MUFU"},
-    "int": {"IADD3", "IMAD", "LEA", "LOP3", "SHF", "ISETP", "IABS", "IMNMX", "SEL", "SHL",
-            "SHR", "IADD", "IMUL", "PRMT", "POPC", "FLO", "LEA.HI", "VIADD", "VIMNMX", "IMAD.WIDE"},
+    "int": {
+        "IADD3",
+        "IMAD",
+        "LEA",
+        "LOP3",
+        "SHF",
+        "ISETP",
+        "IABS",
+        "IMNMX",
+        "SEL",
+        "SHL",
+        "SHR",
+        "IADD",
+        "IMUL",
+        "PRMT",
+        "POPC",
+        "FLO",
+        "LEA.HI",
+        "VIADD",
+        "VIMNMX",
+        "IMAD.WIDE",
+    },
     "conv": {"F2F", "I2F", "F2I", "I2FP", "F2IP", "FRND"},
     "mem_global": {"LDG", "STG", "LD", "ST", "RED", "ATOM", "ATOMG"},
     "mem_shared": {"LDS", "STS", "LDSM", "ATOMS"},
     "mem_local": {"LDL", "STL"},
     "shuffle": {"SHFL"},
     "barrier": {"BAR", "MEMBAR", "WARPSYNC", "BSYNC", "BSSY", "DEPBAR"},
-    "move": {"MOV", "UMOV", "S2R", "S2UR", "CS2R", "R2UR", "P2R", "R2P", "PLOP3", "VOTE",
-             "VOTEU", "ULDC", "LDC", "UIADD3", "UISETP", "USHF", "ULOP3", "UIMAD", "ULEA",
-             "USEL"},
+    "move": {
+        "MOV",
+        "UMOV",
+        "S2R",
+        "S2UR",
+        "CS2R",
+        "R2UR",
+        "P2R",
+        "R2P",
+        "PLOP3",
+        "VOTE",
+        "VOTEU",
+        "ULDC",
+        "LDC",
+        "UIADD3",
+        "UISETP",
+        "USHF",
+        "ULOP3",
+        "UIMAD",
+        "ULEA",
+        "USEL",
+    },
     "branch": {"BRA", "EXIT", "RET", "CALL", "NOP", "YIELD"},
 }
 
@@ -185,16 +236,16 @@ def classify(opcode: str) -> str:
     return "other"
 
 
-def class_counts(instrs: List[Instr]) -> dict:
+def class_counts(instrs: list[Instr]) -> dict:
     return dict(Counter(classify(i.opcode) for i in instrs))
 
 
-def skippable(instrs: List[Instr], loop: Loop) -> int:
+def skippable(instrs: list[Instr], loop: Loop) -> int:
     """Instructions of ``loop`` jumped over by its forward branches (the largest span of one
     forward ``BRA`` whose target stays inside the loop): the part a skipped block does not run."""
     where = _addr_index(instrs)
     best = 0
-    for ins in instrs[loop.start:loop.end + 1]:
+    for ins in instrs[loop.start : loop.end + 1]:
         if ins.base != "BRA" or ins.target is None:
             continue
         tgt = where.get(ins.target)
@@ -203,7 +254,7 @@ def skippable(instrs: List[Instr], loop: Loop) -> int:
     return best
 
 
-def loop_summary(sass: str) -> List[dict]:
+def loop_summary(sass: str) -> list[dict]:
     """Per loop: ``start``, ``end``, ``depth``, ``inner``, ``instructions`` (all in the body,
     inner loops included), ``own`` (without the inner loops' bodies), ``skippable``, ``classes``
     (counts per opcode class of the own instructions)."""
@@ -215,10 +266,19 @@ def loop_summary(sass: str) -> List[dict]:
         covered = set()
         for o in inner:
             covered.update(range(o.start, o.end + 1))
-        own = [i for i in instrs[lp.start:lp.end + 1] if i.index not in covered]
-        out.append({"start": lp.start, "end": lp.end, "depth": lp.depth, "inner": lp.inner,
-                    "instructions": lp.size, "own": len(own),
-                    "skippable": skippable(instrs, lp), "classes": class_counts(own)})
+        own = [i for i in instrs[lp.start : lp.end + 1] if i.index not in covered]
+        out.append(
+            {
+                "start": lp.start,
+                "end": lp.end,
+                "depth": lp.depth,
+                "inner": lp.inner,
+                "instructions": lp.size,
+                "own": len(own),
+                "skippable": skippable(instrs, lp),
+                "classes": class_counts(own),
+            }
+        )
     return out
 
 
@@ -227,8 +287,7 @@ def kernel_summary(cubin: bytes) -> dict:
     sass = disassemble(cubin)
     instrs = parse_sass(sass)
     res = resource_usage(cubin)
-    res.update({"total": len(instrs), "loops": loop_summary(sass),
-                "classes": class_counts(instrs)})
+    res.update({"total": len(instrs), "loops": loop_summary(sass), "classes": class_counts(instrs)})
     return res
 
 

@@ -1,8 +1,8 @@
 """Coulomb (EFM / PFGM) field: the fused CPU kernel against the baselines, one pytest-benchmark
 group per published shape (EFM-CIFAR, PFGM, toy). See cases.py for the inputs and
 runner.py for what is recorded."""
-import pytest
 
+import pytest
 from baselines import COULOMB_IMPLEMENTATIONS
 from cases import case_ids
 

@@ -14,6 +14,7 @@ Run::
     .venv/bin/python -m pytest -q -p no:cacheprovider benchmarks/test_bench_distributed.py \
         --benchmark-only -s
 """
+
 from __future__ import annotations
 
 import datetime
@@ -39,8 +40,7 @@ SEED = 1234
 
 # global batch of the published runs: (kind, D, queries b, pairs / charges per plate B, params)
 CASES = {
-    "string-CIFAR": ("string", 3072, 64, 256,
-                     dict(L=20.0, sigma0=1.0, K=math.pi / 20)),
+    "string-CIFAR": ("string", 3072, 64, 256, dict(L=20.0, sigma0=1.0, K=math.pi / 20)),
     "coulomb-EFM-CIFAR": ("coulomb", 3072, 64, 1024, dict(plate_gamma=5.0, normalize=False)),
 }
 EFM_L = 100.0
@@ -59,8 +59,9 @@ def _images(n, D, gen):
     if 3 * side * side != D:
         return torch.tanh(torch.randn(n, D, generator=gen))
     coarse = torch.randn(n, 3, max(side // 8, 1), max(side // 8, 1), generator=gen)
-    img = torch.nn.functional.interpolate(coarse, size=(side, side), mode="bilinear",
-                                          align_corners=False)
+    img = torch.nn.functional.interpolate(
+        coarse, size=(side, side), mode="bilinear", align_corners=False
+    )
     return torch.tanh(img + 0.15 * torch.randn(n, 3, side, side, generator=gen)).reshape(n, D)
 
 
@@ -86,7 +87,7 @@ def call(name, pts, lo, hi, strategy=None):
 
 def _rank_slice(t, rank):
     n = t.shape[0] // WORLD
-    return t[rank * n:(rank + 1) * n]
+    return t[rank * n : (rank + 1) * n]
 
 
 def _timed(fn, reps):
@@ -98,24 +99,32 @@ def _timed(fn, reps):
         out.append(time.perf_counter() - t0)
     slow = [None] * dist.get_world_size()
     dist.all_gather_object(slow, out)
-    return [max(ts) for ts in zip(*slow)]
+    return [max(ts) for ts in zip(*slow, strict=False)]
 
 
 def _worker(rank, world, init_file, name, reps, result_path):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world, timeout=datetime.timedelta(seconds=300))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=300),
+    )
     pts, lo, hi = (_rank_slice(t, rank) for t in global_inputs(name))
     res = {}
     for strategy in ifm.distributed.STRATEGIES:
         call(name, pts, lo, hi, strategy)  # warm-up
-        res[strategy] = _timed(lambda: call(name, pts, lo, hi, strategy), reps)
+        res[strategy] = _timed(lambda s=strategy: call(name, pts, lo, hi, s), reps)
     own = torch.cat([lo, hi], 0)
     counts = [own.shape[0]] * world
-    res["comm-allgather"] = _timed(lambda: ifm.distributed._gather(
-        [lo, hi], [[lo.shape[0]] * world] * 2, dist.group.WORLD), reps)
+    res["comm-allgather"] = _timed(
+        lambda: ifm.distributed._gather([lo, hi], [[lo.shape[0]] * world] * 2, dist.group.WORLD),
+        reps,
+    )
     res["comm-ring"] = _timed(
-        lambda: ifm.distributed._ring(own, counts, dist.group.WORLD, lambda c, o: None), reps)
+        lambda: ifm.distributed._ring(own, counts, dist.group.WORLD, lambda c, o: None), reps
+    )
     if rank == 0:
         with open(result_path, "w") as fh:
             json.dump(res, fh)
@@ -142,8 +151,9 @@ def test_distributed_vs_single_process(benchmark, name):
     try:
         pts, lo, hi = global_inputs(name)
         call(name, pts, lo, hi)
-        benchmark.pedantic(call, args=(name, pts, lo, hi), rounds=REPS, iterations=1,
-                           warmup_rounds=1)
+        benchmark.pedantic(
+            call, args=(name, pts, lo, hi), rounds=REPS, iterations=1, warmup_rounds=1
+        )
         single = _repeat(lambda: call(name, pts, lo, hi))
         torch.set_num_threads(1)
         single1 = _repeat(lambda: call(name, pts, lo, hi))
@@ -151,8 +161,12 @@ def test_distributed_vs_single_process(benchmark, name):
         torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
         result = os.path.join(tmp, "result.json")
-        mp.spawn(_worker, args=(WORLD, os.path.join(tmp, "pg"), name, REPS, result),
-                 nprocs=WORLD, join=True)
+        mp.spawn(
+            _worker,
+            args=(WORLD, os.path.join(tmp, "pg"), name, REPS, result),
+            nprocs=WORLD,
+            join=True,
+        )
         with open(result) as fh:
             res = json.load(fh)
     info = {"single_2threads": _stats(single), "single_1thread": _stats(single1)}

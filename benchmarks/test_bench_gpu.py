@@ -17,13 +17,13 @@ kernels' and not the input checks' (which sync the host).
 
 The static model needs no GPU: ``python benchmarks/gpu_model.py``.
 """
+
 from __future__ import annotations
 
 import math
 import os
 import statistics
 import sys
-from typing import Optional
 
 import pytest
 import torch
@@ -33,12 +33,13 @@ ROOT = os.path.dirname(HERE)
 for _p in (ROOT, os.path.join(ROOT, "python"), HERE):
     if _p not in sys.path:
         sys.path.insert(0, _p)
-if os.path.join(ROOT, "tests") not in sys.path:   # tests/parity.py (after benchmarks/conftest)
+if os.path.join(ROOT, "tests") not in sys.path:  # tests/parity.py (after benchmarks/conftest)
     sys.path.append(os.path.join(ROOT, "tests"))
 
 import conftest  # noqa: E402
-from ifm import fields, reference  # noqa: E402
 from parity import assert_parity  # noqa: E402
+
+from ifm import fields, reference  # noqa: E402
 
 ARCH_OF_CAPABILITY = {(9, 0): "sm_90", (8, 0): "sm_80", (8, 9): "sm_89"}
 
@@ -49,6 +50,7 @@ def gpu_cases() -> dict:
     if conftest.QUICK:
         return dict(conftest.CASES)
     import gpu_model
+
     return gpu_model.published_cases()
 
 
@@ -60,9 +62,12 @@ def _kernel_args(case) -> dict:
     width = case.D + 1
     if case.kind == "string":
         return dict(case.params, stable=False, **fields.string_kernel_args(width))
-    return fields.coulomb_kernel_args(width, two_plates=case.plates == 2,
-                                      plate_gamma=case.params["plate_gamma"],
-                                      normalize=case.params["normalize"])
+    return fields.coulomb_kernel_args(
+        width,
+        two_plates=case.plates == 2,
+        plate_gamma=case.params["plate_gamma"],
+        normalize=case.params["normalize"],
+    )
 
 
 def reference_at(case, inputs: dict, dtype) -> torch.Tensor:
@@ -73,13 +78,19 @@ def reference_at(case, inputs: dict, dtype) -> torch.Tensor:
     if case.kind == "string":
         return reference.string_field(p, t["quarks"], t["antiquarks"], **case.params)
     kw = _kernel_args(case)
-    return reference.coulomb_field(p, t["positive"], t.get("negative"),
-                                   plate_gamma=kw["plate_gamma"], sum_eps=kw["sum_eps"],
-                                   normalize=kw["normalize"], norm_scale=kw["norm_scale"],
-                                   eps=kw["eps"])
+    return reference.coulomb_field(
+        p,
+        t["positive"],
+        t.get("negative"),
+        plate_gamma=kw["plate_gamma"],
+        sum_eps=kw["sum_eps"],
+        normalize=kw["normalize"],
+        norm_scale=kw["norm_scale"],
+        eps=kw["eps"],
+    )
 
 
-def _skip_reason(backend: str) -> Optional[str]:
+def _skip_reason(backend: str) -> str | None:
     if not torch.cuda.is_available():
         return "no CUDA device: torch.cuda.is_available() is False (GPU benchmarks need a GPU)"
     if backend == "triton":
@@ -89,6 +100,7 @@ def _skip_reason(backend: str) -> Optional[str]:
             return f"triton backend unavailable: {exc}"
         return None
     from ifm import _ops
+
     if not _ops.has_kernel("string_field", "CUDA"):
         return "ifm was built without CUDA kernels (rebuild with IFM_FORCE_CUDA=1)"
     return None
@@ -100,17 +112,36 @@ def backend_fn(case, backend: str, dev: dict):
         import ifm_kernels
 
         if case.kind == "string":
-            return lambda: ifm_kernels.string_field(dev["points"], dev["quarks"],
-                                                    dev["antiquarks"], **kw)
-        return lambda: ifm_kernels.coulomb_field(dev["points"], dev["positive"],
-                                                 dev.get("negative"), **kw)
+            return lambda: ifm_kernels.string_field(
+                dev["points"], dev["quarks"], dev["antiquarks"], **kw
+            )
+        return lambda: ifm_kernels.coulomb_field(
+            dev["points"], dev["positive"], dev.get("negative"), **kw
+        )
     if case.kind == "string":
         return lambda: torch.ops.ifm.string_field(
-            dev["points"], dev["quarks"], dev["antiquarks"], kw["L"], kw["sigma0"], kw["K"],
-            kw["d"], kw["stable"], kw["normalize"], kw["norm_scale"], kw["eps"])
+            dev["points"],
+            dev["quarks"],
+            dev["antiquarks"],
+            kw["L"],
+            kw["sigma0"],
+            kw["K"],
+            kw["d"],
+            kw["stable"],
+            kw["normalize"],
+            kw["norm_scale"],
+            kw["eps"],
+        )
     return lambda: torch.ops.ifm.coulomb_field(
-        dev["points"], dev["positive"], dev.get("negative"), kw["plate_gamma"], kw["sum_eps"],
-        kw["normalize"], kw["norm_scale"], kw["eps"])
+        dev["points"],
+        dev["positive"],
+        dev.get("negative"),
+        kw["plate_gamma"],
+        kw["sum_eps"],
+        kw["normalize"],
+        kw["norm_scale"],
+        kw["eps"],
+    )
 
 
 def cuda_event_times_us(fn, reps: int = 50, warmup: int = 3) -> list:
@@ -139,8 +170,12 @@ def model_estimate(case, backend: str) -> dict:
     import gpu_model
 
     e = gpu_model.estimate(case.kind, f"{case.kind}-{case.name}", backend, torch.float32, arch)
-    return {"model_arch": arch, "model_us": e["us"], "model_bound_us": e["bound_us"],
-            "model_torch_form_us": e["torch_us"]}
+    return {
+        "model_arch": arch,
+        "model_us": e["us"],
+        "model_bound_us": e["bound_us"],
+        "model_torch_form_us": e["torch_us"],
+    }
 
 
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
@@ -157,8 +192,9 @@ def test_gpu_field(benchmark, key, backend):
     out = fn()
     torch.cuda.synchronize()
     oracle = reference_at(case, inputs, torch.float64)
-    assert_parity(out, oracle, reference_at(case, inputs, torch.float32),
-                  what=f"gpu {backend} {key}")
+    assert_parity(
+        out, oracle, reference_at(case, inputs, torch.float32), what=f"gpu {backend} {key}"
+    )
     times = cuda_event_times_us(fn)
 
     def timed():
@@ -166,10 +202,14 @@ def test_gpu_field(benchmark, key, backend):
         torch.cuda.synchronize()
 
     benchmark.pedantic(timed, rounds=20, iterations=1, warmup_rounds=2)
-    info = {"backend": backend, "shape": f"b={case.b} B={case.B} D={case.D}",
-            "cuda_event_median_us": statistics.median(times), "cuda_event_min_us": min(times),
-            "max_row_rel_err": conftest.max_row_rel_err(out.cpu(), oracle),
-            "device": torch.cuda.get_device_name()}
+    info = {
+        "backend": backend,
+        "shape": f"b={case.b} B={case.B} D={case.D}",
+        "cuda_event_median_us": statistics.median(times),
+        "cuda_event_min_us": min(times),
+        "max_row_rel_err": conftest.max_row_rel_err(out.cpu(), oracle),
+        "device": torch.cuda.get_device_name(),
+    }
     info.update(model_estimate(case, backend))
     benchmark.extra_info.update(info)
     assert math.isfinite(info["max_row_rel_err"])

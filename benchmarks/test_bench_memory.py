@@ -14,6 +14,7 @@ high-water mark includes everything before (``hwm_reset`` False): the figure is 
 bound. Recorded in ``benchmark.extra_info``; asserted <= 1.5 x input bytes. This is a memory
 bound, not a timing (``pedantic``, one round).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,7 @@ import torch
 
 SHAPE = dict(D=49152, b=64, B=64)
 PARAMS = dict(L=20.0, sigma0=1.0, K=math.pi / 20)
-BOUND = 1.5          # peak extra memory <= BOUND x input bytes
+BOUND = 1.5  # peak extra memory <= BOUND x input bytes
 
 
 def _inputs(D, b, B, L, **_):
@@ -42,6 +43,7 @@ def _inputs(D, b, B, L, **_):
 
 def _call(kind, backend, points, plates):
     import ifm
+
     if kind == "string":
         return ifm.fields.string_field(points, *plates, **PARAMS, backend=backend)
     return ifm.fields.coulomb_field(points, *plates, backend=backend)
@@ -52,21 +54,31 @@ def child(kind: str, backend: str) -> dict:
     from _memory import peak_extra
 
     points, plates = _inputs(**SHAPE, **PARAMS)
-    _call(kind, backend, points[:4], [t[:8] for t in plates])            # warm-up
+    _call(kind, backend, points[:4], [t[:8] for t in plates])  # warm-up
     mem = peak_extra(lambda: _call(kind, backend, points, plates))
     input_bytes = sum(t.numel() * t.element_size() for t in (points, *plates))
-    return {"kind": kind, "backend": backend, "shape": SHAPE, "threads": torch.get_num_threads(),
-            "input_mb": input_bytes / 2 ** 20,
-            "output_mb": points.numel() * points.element_size() / 2 ** 20,
-            "rss_before_call_mb": mem["rss_inputs_mb"], "peak_extra_mb": mem["peak_extra_mb"],
-            "hwm_reset": mem["hwm_reset"]}
+    return {
+        "kind": kind,
+        "backend": backend,
+        "shape": SHAPE,
+        "threads": torch.get_num_threads(),
+        "input_mb": input_bytes / 2**20,
+        "output_mb": points.numel() * points.element_size() / 2**20,
+        "rss_before_call_mb": mem["rss_inputs_mb"],
+        "peak_extra_mb": mem["peak_extra_mb"],
+        "hwm_reset": mem["hwm_reset"],
+    }
 
 
 def measure(kind: str, backend: str = "cpu") -> dict:
     path = os.pathsep.join(p for p in sys.path if p)
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), kind, backend],
-                          capture_output=True, text=True, timeout=900,
-                          env=dict(os.environ, PYTHONPATH=path))
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), kind, backend],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=dict(os.environ, PYTHONPATH=path),
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -74,6 +86,7 @@ def measure(kind: str, backend: str = "cpu") -> dict:
 @pytest.mark.parametrize("kind", ["string", "coulomb"])
 def test_celeba128_peak_extra_memory(benchmark, kind):
     import ifm
+
     if "cpu" not in ifm.available_backends("cpu"):
         pytest.skip("the CPU backend is not built (pip install --no-build-isolation -e .)")
     benchmark.group = "memory CelebA-128"
@@ -82,7 +95,8 @@ def test_celeba128_peak_extra_memory(benchmark, kind):
     benchmark.extra_info.update(info)
     assert info["peak_extra_mb"] <= info["bound_mb"], (
         f"{kind}: peak extra {info['peak_extra_mb']:.1f} MB > {BOUND} x inputs "
-        f"({info['input_mb']:.1f} MB)")
+        f"({info['input_mb']:.1f} MB)"
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@
 Run: ``.venv/bin/python -m pytest benchmarks/test_bench_overhead.py --benchmark-only``.
 Self-contained (imports no helper of this directory); runs without ``TRITON_INTERPRET``.
 """
+
 import math
 
 import pytest
@@ -25,8 +26,9 @@ import torch
 import ifm
 from ifm import _checks, _ops
 
-needs_ext = pytest.mark.skipif(not _ops.extension_loaded(),
-                               reason=f"ifm._C not built: {_ops.LOAD_ERROR}")
+needs_ext = pytest.mark.skipif(
+    not _ops.extension_loaded(), reason=f"ifm._C not built: {_ops.LOAD_ERROR}"
+)
 
 GEOMETRY = dict(L=2.0, sigma0=1.0, K=2.0)
 H200_SMS = 132
@@ -68,8 +70,19 @@ def test_api_string(benchmark, path):
         kw = ifm.fields.string_kernel_args(width)
         d = math.pi / (2 * GEOMETRY["K"])
         op = torch.ops.ifm.string_field.default
-        args = (p, q, a, GEOMETRY["L"], GEOMETRY["sigma0"], GEOMETRY["K"], d, False,
-                kw["normalize"], kw["norm_scale"], kw["eps"])
+        args = (
+            p,
+            q,
+            a,
+            GEOMETRY["L"],
+            GEOMETRY["sigma0"],
+            GEOMETRY["K"],
+            d,
+            False,
+            kw["normalize"],
+            kw["norm_scale"],
+            kw["eps"],
+        )
         benchmark(op, *args)
     else:
         extra = {} if path == "fields-default" else dict(check_finite=False)
@@ -87,8 +100,17 @@ def test_api_coulomb(benchmark, path):
     elif path == "raw-op":
         kw = ifm.fields.coulomb_kernel_args(p.shape[1], two_plates=True)
         op = torch.ops.ifm.coulomb_field.default
-        benchmark(op, p, q, a, kw["plate_gamma"], kw["sum_eps"], kw["normalize"],
-                  kw["norm_scale"], kw["eps"])
+        benchmark(
+            op,
+            p,
+            q,
+            a,
+            kw["plate_gamma"],
+            kw["sum_eps"],
+            kw["normalize"],
+            kw["norm_scale"],
+            kw["eps"],
+        )
     else:
         extra = {} if path == "fields-default" else dict(check_finite=False)
         benchmark(ifm.fields.coulomb_field, p, q, a, **extra)
@@ -117,6 +139,7 @@ def _stubbed(benchmark, call):
     from ifm_kernels import _common as C
 
     with C.record_launches(C.gpu_profile(H200_SMS)) as launches:
+
         def run():
             call()
             launches.clear()
@@ -146,14 +169,27 @@ def test_triton_host_string(benchmark, shape, path):
         _per_call_us(benchmark)
         return
     if path == "launcher-cpu":
+
         def call():
             kernels.string_field(p, q, a, d=d, stable=False, **GEOMETRY, **kw)
     else:
         op = torch.ops.ifm.string_field_triton.default
 
         def call():
-            op(p, q, a, GEOMETRY["L"], GEOMETRY["sigma0"], GEOMETRY["K"], d, False,
-               kw["normalize"], kw["norm_scale"], kw["eps"])
+            op(
+                p,
+                q,
+                a,
+                GEOMETRY["L"],
+                GEOMETRY["sigma0"],
+                GEOMETRY["K"],
+                d,
+                False,
+                kw["normalize"],
+                kw["norm_scale"],
+                kw["eps"],
+            )
+
     _stubbed(benchmark, call)
 
 
@@ -173,12 +209,22 @@ def test_triton_host_coulomb2(benchmark, shape, path):
         _per_call_us(benchmark)
         return
     if path == "launcher-cpu":
+
         def call():
             kernels.coulomb_field(p, pos, neg, **kw)
     else:
         op = torch.ops.ifm.coulomb_field_triton.default
 
         def call():
-            op(p, pos, neg, kw["plate_gamma"], kw["sum_eps"], kw["normalize"], kw["norm_scale"],
-               kw["eps"])
+            op(
+                p,
+                pos,
+                neg,
+                kw["plate_gamma"],
+                kw["sum_eps"],
+                kw["normalize"],
+                kw["norm_scale"],
+                kw["eps"],
+            )
+
     _stubbed(benchmark, call)

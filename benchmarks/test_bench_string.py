@@ -1,8 +1,8 @@
 """String (IFM) field: the fused CPU kernel against the baselines, one pytest-benchmark group per
 published shape (toy, CIFAR, W2S, CelebA-64). See cases.py for the inputs and runner.py
 for what is recorded."""
-import pytest
 
+import pytest
 from baselines import STRING_IMPLEMENTATIONS
 from cases import case_ids
 

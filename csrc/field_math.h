@@ -31,15 +31,17 @@ constexpr double kCoulombDEps = 1e-7;   // (d + 1e-7) in the Coulomb weights
 // precision (24 or 53 mantissa bits, summed over up to ~1e5 pairs): it is skipped in the
 // weighted-sum pass (string: by pair weight; Coulomb: by contribution coeff * distance, see
 // docs/DESIGN.md). See PERFORMANCE.md, "Arithmetic floor".
-IFM_HD double skip_ratio(bool is_double) { return is_double ? 0x1p-80 : 0x1p-44; }
+IFM_HD double skip_ratio(bool is_double) {
+  return is_double ? 0x1p-80 : 0x1p-44;
+}
 
 // Everything about one query that depends on its z only.
 struct StringQuery {
-  bool inside;      // 0 <= z <= L; a query outside gets no contribution from any pair
-  double s;         // tube width s(z); 0 on a plate
-  double inv_2s2;   // 1 / (2 s^2), or 0 when s == 0
-  double kappa;     // slope: tan(alpha) = r * kappa; -inf at z == L
-  double pow_s;     // (s / sigma0)^D (may underflow to 0)
+  bool inside;     // 0 <= z <= L; a query outside gets no contribution from any pair
+  double s;        // tube width s(z); 0 on a plate
+  double inv_2s2;  // 1 / (2 s^2), or 0 when s == 0
+  double kappa;    // slope: tan(alpha) = r * kappa; -inf at z == L
+  double pow_s;    // (s / sigma0)^D (may underflow to 0)
   // Offsets are evaluated from the nearer plate so that float32 keeps its digits near both
   // plates: rho = (x - base) - t * Delta, base = A (quark) with t = z / L when z <= L / 2,
   // base = C (antiquark) with t = -(L - z) / L otherwise.

@@ -24,8 +24,8 @@ inline void check_op_input(const at::Tensor& t, const char* name, const at::Tens
   TORCH_CHECK(t.size(1) == points.size(1), "ifm (", label, "): ", name, " must have ",
               points.size(1), " columns, got ", t.size(1));
   TORCH_CHECK(t.size(1) >= 2, "ifm (", label, "): ", name, " must have D+1 >= 2 columns");
-  TORCH_CHECK(t.scalar_type() == points.scalar_type(), "ifm (", label, "): ", name,
-              " has dtype ", t.scalar_type(), ", points has ", points.scalar_type());
+  TORCH_CHECK(t.scalar_type() == points.scalar_type(), "ifm (", label, "): ", name, " has dtype ",
+              t.scalar_type(), ", points has ", points.scalar_type());
   TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, "ifm (", label,
               "): ", name, " must be float32 or float64, got ", t.scalar_type());
   TORCH_CHECK(t.size(0) <= std::numeric_limits<int32_t>::max(), "ifm (", label, "): ", name,
@@ -50,8 +50,8 @@ inline void check_string_op(const at::Tensor& points, const at::Tensor& quarks,
 // plate from two by the negative plate's pointer (one plate: nullptr, Bn = 0), so an empty
 // negative plate, whose data pointer may be null, must not reach them.
 inline void check_coulomb_op(const at::Tensor& points, const at::Tensor& positive,
-                             const std::optional<at::Tensor>& negative,
-                             c10::DeviceType device_type, const char* label, bool contiguous) {
+                             const std::optional<at::Tensor>& negative, c10::DeviceType device_type,
+                             const char* label, bool contiguous) {
   check_op_input(points, "points", points, device_type, label, contiguous);
   check_op_input(positive, "positive", points, device_type, label, contiguous);
   TORCH_CHECK(positive.size(0) >= 1, "ifm (", label, "): positive must have at least one row");

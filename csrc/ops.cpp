@@ -19,8 +19,7 @@ namespace {
 
 at::Tensor string_field_cpu(const at::Tensor& points_in, const at::Tensor& quarks_in,
                             const at::Tensor& antiquarks_in, double L, double sigma0, double K,
-                            double d, bool stable, bool normalize, double norm_scale,
-                            double eps) {
+                            double d, bool stable, bool normalize, double norm_scale, double eps) {
   ifm::check_string_op(points_in, quarks_in, antiquarks_in, c10::DeviceType::CPU, "cpu", false);
   const at::Tensor points = points_in.contiguous();
   const at::Tensor quarks = quarks_in.contiguous();

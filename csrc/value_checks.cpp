@@ -76,12 +76,14 @@ bool plate_ok(const at::Tensor& t, double z) {
 }
 
 // A strided view without the lazy negation bit, so that the raw data hold the values.
-at::Tensor plain(const at::Tensor& t) { return t.is_neg() ? t.resolve_neg() : t; }
+at::Tensor plain(const at::Tensor& t) {
+  return t.is_neg() ? t.resolve_neg() : t;
+}
 
 int64_t check_values_cpu(at::TensorList tensors, double bound, at::ArrayRef<double> plate_z) {
   const int64_t n = static_cast<int64_t>(tensors.size());
-  TORCH_CHECK(static_cast<int64_t>(plate_z.size()) == n, "ifm::check_values: ", n,
-              " tensors but ", plate_z.size(), " plate positions");
+  TORCH_CHECK(static_cast<int64_t>(plate_z.size()) == n, "ifm::check_values: ", n, " tensors but ",
+              plate_z.size(), " plate positions");
   std::vector<at::Tensor> plain_tensors;
   plain_tensors.reserve(n);
   for (int64_t i = 0; i < n; ++i) {
@@ -91,8 +93,7 @@ int64_t check_values_cpu(at::TensorList tensors, double bound, at::ArrayRef<doub
     const at::Tensor& t = plain_tensors.back();
     bool ok = true;
     if (t.numel() > 0) {
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(),
-                                      "ifm_check_values",
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "ifm_check_values",
                                       [&] { ok = values_ok<scalar_t>(t, bound); });
     }
     if (!ok) return 1 + i;
@@ -114,4 +115,6 @@ TORCH_LIBRARY_FRAGMENT(ifm, m) {
   m.def("check_values(Tensor[] tensors, float bound, float[] plate_z) -> int");
 }
 
-TORCH_LIBRARY_IMPL(ifm, CPU, m) { m.impl("check_values", &check_values_cpu); }
+TORCH_LIBRARY_IMPL(ifm, CPU, m) {
+  m.impl("check_values", &check_values_cpu);
+}

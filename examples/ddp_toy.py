@@ -13,6 +13,7 @@ averaged by DDP as usual. On GPUs use ``--device cuda`` with the NCCL backend (t
 LOCAL_RANK; untested here). At the end rank 0 carries source samples along the learned field
 and prints the Wasserstein-2 distance to the Swiss roll (POT), with the source's for scale.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,11 @@ def parse_args():
     p.add_argument("--L", type=float, default=6.0, help="plate distance (default 6)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--strategy", choices=("allgather", "ring"), default="allgather")
-    p.add_argument("--local-targets", action="store_true",
-                   help="targets over each rank's own batch only (no collectives in the field)")
+    p.add_argument(
+        "--local-targets",
+        action="store_true",
+        help="targets over each rank's own batch only (no collectives in the field)",
+    )
     p.add_argument("--device", default="cpu", help="cpu (Gloo) or cuda (NCCL)")
     p.add_argument("--n-eval", type=int, default=1000, help="samples generated at the end")
     p.add_argument("--seed", type=int, default=0)
@@ -46,8 +50,9 @@ def parse_args():
 
 def setup(device: str):
     if "RANK" not in os.environ:  # plain `python examples/ddp_toy.py`: a world of one
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0",
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT="29517")
+        os.environ.update(
+            RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="29517"
+        )
     backend = "nccl" if device == "cuda" else "gloo"
     dist.init_process_group(backend)
     local = int(os.environ.get("LOCAL_RANK", 0))
@@ -63,22 +68,35 @@ def main():
     args = parse_args()
     device = setup(args.device)
     rank, world = dist.get_rank(), dist.get_world_size()
-    g = torch.Generator().manual_seed(args.seed * 1000 + rank)      # this rank's data
-    torch.manual_seed(args.seed)                                     # same initial weights
+    g = torch.Generator().manual_seed(args.seed * 1000 + rank)  # this rank's data
+    torch.manual_seed(args.seed)  # same initial weights
     d = math.pi / (2 * demo.K)
     net = demo.FieldNet(args.L, d, args.hidden).to(device)
     model = DDP(net)
     matcher = matchers.IFMMatcher(
-        args.L, demo.SIGMA0, demo.K, b=args.b, points="noised",
-        points_kwargs={"noise_scale": demo.noise_scale(args.L)}, generator=g,
-        group=None if args.local_targets else "world", strategy=args.strategy)
+        args.L,
+        demo.SIGMA0,
+        demo.K,
+        b=args.b,
+        points="noised",
+        points_kwargs={"noise_scale": demo.noise_scale(args.L)},
+        generator=g,
+        group=None if args.local_targets else "world",
+        strategy=args.strategy,
+    )
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.steps)
     if rank == 0:
-        scope = "local batch" if args.local_targets else \
-            f"global batch {world} x {args.B} ({args.strategy})"
-        print(f"world {world}, {args.steps} steps, targets over the {scope}, "
-              f"{torch.get_num_threads()} thread(s) per rank", flush=True)
+        scope = (
+            "local batch"
+            if args.local_targets
+            else f"global batch {world} x {args.B} ({args.strategy})"
+        )
+        print(
+            f"world {world}, {args.steps} steps, targets over the {scope}, "
+            f"{torch.get_num_threads()} thread(s) per rank",
+            flush=True,
+        )
     t0 = time.perf_counter()
     for step in range(args.steps):
         x0 = demo.gaussian(args.B, g).to(device)
@@ -91,8 +109,10 @@ def main():
         opt.step()
         sched.step()
         if rank == 0 and (step % max(1, args.steps // 10) == 0 or step == args.steps - 1):
-            print(f"step {step:5d}  loss {loss.item():.4f}  {time.perf_counter() - t0:6.1f} s",
-                  flush=True)
+            print(
+                f"step {step:5d}  loss {loss.item():.4f}  {time.perf_counter() - t0:6.1f} s",
+                flush=True,
+            )
     if rank == 0:
         eval_gen = torch.Generator().manual_seed(10_000 + args.seed)
         source = demo.gaussian(args.n_eval, eval_gen)
@@ -102,8 +122,10 @@ def main():
         with torch.no_grad():
             gen = sampling.euler(net.cpu(), source, L=args.L, grid=grid).samples
         try:
-            print(f"W2(generated, Swiss roll) = {demo.w2(gen, target):.3f}   "
-                  f"W2(source, Swiss roll) = {demo.w2(source, target):.3f}")
+            print(
+                f"W2(generated, Swiss roll) = {demo.w2(gen, target):.3f}   "
+                f"W2(source, Swiss roll) = {demo.w2(source, target):.3f}"
+            )
         except ImportError:
             print("POT is not installed: no Wasserstein-2 distance")
         print(f"training: {time.perf_counter() - t0:.1f} s")

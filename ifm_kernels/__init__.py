@@ -13,6 +13,7 @@ benchmarks/gpu_model.py).
 Importing the package also registers both launchers as operators,
 ``torch.ops.ifm.string_field_triton`` / ``coulomb_field_triton`` (:mod:`ifm_kernels.ops`).
 """
+
 from . import ops
 from .coulomb_field import coulomb_field
 from .string_field import string_field

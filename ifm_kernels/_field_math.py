@@ -5,6 +5,7 @@ Triton cannot include a C header, so this is the one other copy of ``field_math.
 are tested against the same float64 reference). Everything here works in float64, whatever the
 data precision (FIELDS.md §7, "Logit precision"): it runs in the ``[b, B]`` coefficient pass.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,16 +15,16 @@ import triton
 import triton.language as tl
 
 # constants: the values of csrc/field_math.h (kStringTanEps, ...) and ifm.reference
-STRING_TAN_EPS = tl.constexpr(1e-5)   # kappa = K / (tan(K z) + 1e-5) on the left end
-STRING_R_EPS = tl.constexpr(1e-11)    # sin(alpha) / (r + 1e-11)
-STRING_COS_EPS = tl.constexpr(1e-8)   # (cos(alpha) + 1e-8) * (s / sigma0)^D
-STRING_DEN_EPS = tl.constexpr(1e-2)   # ... + 1e-2
-COULOMB_D_EPS = tl.constexpr(1e-7)    # (d + 1e-7) in the Coulomb weights
+STRING_TAN_EPS = tl.constexpr(1e-5)  # kappa = K / (tan(K z) + 1e-5) on the left end
+STRING_R_EPS = tl.constexpr(1e-11)  # sin(alpha) / (r + 1e-11)
+STRING_COS_EPS = tl.constexpr(1e-8)  # (cos(alpha) + 1e-8) * (s / sigma0)^D
+STRING_DEN_EPS = tl.constexpr(1e-2)  # ... + 1e-2
+COULOMB_D_EPS = tl.constexpr(1e-7)  # (d + 1e-7) in the Coulomb weights
 INF = tl.constexpr(float("inf"))
 
 
-SKIP_RATIO_F64 = 2.0 ** -80         # field_math.h: skip_ratio(true)
-SKIP_RATIO_F32 = 2.0 ** -44         # field_math.h: skip_ratio(false)
+SKIP_RATIO_F64 = 2.0**-80  # field_math.h: skip_ratio(true)
+SKIP_RATIO_F32 = 2.0**-44  # field_math.h: skip_ratio(false)
 
 
 def skip_ratio(dtype: torch.dtype) -> float:
@@ -132,5 +133,3 @@ def normalize_factor(norm2, scale, eps):
     """Row scale of ``scale * E / (||E|| + eps)``; 0 for a zero row, also at eps = 0
     (``field_math.h: normalize_factor``)."""
     return tl.where(norm2 == 0.0, 0.0, scale / (tl.sqrt(norm2) + eps))
-
-

@@ -6,6 +6,7 @@
 * :func:`compile_kernel`, :func:`compile_resources`: compile a recorded launch for
   ``sm_<arch>`` with Triton's bundled ptxas and report its registers, shared memory and spills.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -67,9 +68,15 @@ class record_launches:
         return False
 
 
-_PTR_TYPES = {torch.float32: "*fp32", torch.float64: "*fp64", torch.float16: "*fp16",
-              torch.bfloat16: "*bf16", torch.int8: "*i8", torch.int32: "*i32",
-              torch.int64: "*i64"}
+_PTR_TYPES = {
+    torch.float32: "*fp32",
+    torch.float64: "*fp64",
+    torch.float16: "*fp16",
+    torch.bfloat16: "*bf16",
+    torch.int8: "*i8",
+    torch.int32: "*i32",
+    torch.int64: "*i64",
+}
 
 
 def launch_signature(rec: LaunchRecord) -> dict:
@@ -86,7 +93,7 @@ def launch_signature(rec: LaunchRecord) -> dict:
         elif isinstance(value, bool):
             sig[param.name] = "i1"
         elif isinstance(value, int):
-            sig[param.name] = "i32" if -2 ** 31 <= value < 2 ** 31 else "i64"
+            sig[param.name] = "i32" if -(2**31) <= value < 2**31 else "i64"
         else:
             sig[param.name] = param.annotation_type or "fp32"
     return sig
@@ -106,8 +113,7 @@ def compile_kernel(rec: LaunchRecord, arch: int = 90):
 
 
 def _cuobjdump() -> str:
-    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
-                        "cuobjdump")
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
 
 def cubin_resources(cubin: bytes) -> dict:
@@ -118,8 +124,12 @@ def cubin_resources(cubin: bytes) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as fh:
         fh.write(cubin)
         fh.flush()
-        text = subprocess.run([_cuobjdump(), "--dump-resource-usage", fh.name], check=True,
-                              capture_output=True, text=True).stdout
+        text = subprocess.run(
+            [_cuobjdump(), "--dump-resource-usage", fh.name],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
     regs = int(re.search(r"REG:(\d+)", text).group(1))
     local = int(re.search(r"LOCAL:(\d+)", text).group(1))
     return {"registers": regs, "local_bytes": local, "spill": local > 0}

@@ -1,6 +1,7 @@
 """Host side of the launches shared by both fields: the device's plan profile, the launch guard,
 and one launch helper per shared pass (every launch of the package goes through :func:`launch`,
 which :func:`ifm_kernels._introspect.record_launches` can intercept)."""
+
 from __future__ import annotations
 
 import math
@@ -43,16 +44,19 @@ def launch(kernel, grid, args, constexprs, num_warps, maxnreg: int = 0):
     registers per thread (0: the compiler's choice; ignored by the interpreter)."""
     rec = _introspect.recording()
     if rec is not None:
-        rec.launches.append(_introspect.LaunchRecord(kernel, tuple(grid), tuple(args),
-                                                     dict(constexprs), num_warps, maxnreg))
+        rec.launches.append(
+            _introspect.LaunchRecord(
+                kernel, tuple(grid), tuple(args), dict(constexprs), num_warps, maxnreg
+            )
+        )
         return
     extra = {"maxnreg": maxnreg} if maxnreg and not _interpreting() else {}
-    kernel[tuple(grid)](*args, num_warps=num_warps, enable_fp_fusion=True, **extra,
-                        **constexprs)
+    kernel[tuple(grid)](*args, num_warps=num_warps, enable_fp_fusion=True, **extra, **constexprs)
 
 
 def _interpreting() -> bool:
     import os
+
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -67,11 +71,28 @@ def launch_distance(plan: Plan, points, y0, y1, rows, n, col0, ncols, L, string:
         fa = torch.empty((rows,), dtype=torch.int8, device=dev)
     else:
         nsq, tq, fa = part, part, part
-    launch(_passes.distance_kernel, plan.dist_grid,
-           (points, y0, y1 if y1 is not None else y0, part, nsq, tq, fa,
-            rows, n, points.shape[1], col0, ncols, plan.cols_per_slice, float(L)),
-           dict(STRING=string, BI=plan.dist_bi, BJ=plan.dist_bj, BK=plan.dist_bk),
-           plan.num_warps)
+    launch(
+        _passes.distance_kernel,
+        plan.dist_grid,
+        (
+            points,
+            y0,
+            y1 if y1 is not None else y0,
+            part,
+            nsq,
+            tq,
+            fa,
+            rows,
+            n,
+            points.shape[1],
+            col0,
+            ncols,
+            plan.cols_per_slice,
+            float(L),
+        ),
+        dict(STRING=string, BI=plan.dist_bi, BJ=plan.dist_bj, BK=plan.dist_bk),
+        plan.num_warps,
+    )
     if not string:
         return part, None, None
     return part, nsq, (tq, fa)
@@ -86,19 +107,57 @@ def live_lists(plan: Plan, device):
     return lst, cnt
 
 
-def launch_pair_sums(plan: Plan, points, y0, y1, c1, c2, lists, out, rows, n, col0, ncols, L,
-                     string: bool, ez=None, queries=None):
+def launch_pair_sums(
+    plan: Plan,
+    points,
+    y0,
+    y1,
+    c1,
+    c2,
+    lists,
+    out,
+    rows,
+    n,
+    col0,
+    ncols,
+    L,
+    string: bool,
+    ez=None,
+    queries=None,
+):
     """Pass 2 into ``out`` (columns ``col0 .. col0 + ncols - 1``; string: also column 0 from the
     chunks' ``ez``, with the queries' ``(t, fa)`` from pass 1) over the live blocks
     ``lists = (list, count)``."""
     tq, fa = queries if queries is not None else (c1, c1)
-    launch(_passes.pair_sums_kernel, plan.sums_grid,
-           (points, y0, y1 if y1 is not None else y0, c1, c2 if c2 is not None else c1,
-            ez if ez is not None else c1, tq, fa, lists[0], lists[1], out, rows, n,
-            points.shape[1], col0, ncols, plan.coef_chunks, plan.seg_len, plan.list_stride,
-            float(L)),
-           dict(STRING=string, BI=plan.sums_bi, BJ=plan.sums_bj, BK=plan.sums_bk),
-           plan.num_warps, plan.sums_maxnreg)
+    launch(
+        _passes.pair_sums_kernel,
+        plan.sums_grid,
+        (
+            points,
+            y0,
+            y1 if y1 is not None else y0,
+            c1,
+            c2 if c2 is not None else c1,
+            ez if ez is not None else c1,
+            tq,
+            fa,
+            lists[0],
+            lists[1],
+            out,
+            rows,
+            n,
+            points.shape[1],
+            col0,
+            ncols,
+            plan.coef_chunks,
+            plan.seg_len,
+            plan.list_stride,
+            float(L),
+        ),
+        dict(STRING=string, BI=plan.sums_bi, BJ=plan.sums_bj, BK=plan.sums_bk),
+        plan.num_warps,
+        plan.sums_maxnreg,
+    )
 
 
 def launch_finalize(plan: Plan, ep, en, out, *, plate_gamma, normalize, norm_scale, eps):
@@ -109,9 +168,26 @@ def launch_finalize(plan: Plan, ep, en, out, *, plate_gamma, normalize, norm_sca
             out.copy_(ep)
         return
     rows, width = out.shape
-    launch(_passes.finalize_kernel, plan.fin_grid,
-           (ep, en if en is not None else ep, out, rows, width, math.sqrt(width),
-            float(plate_gamma) if plate_norm else 0.0, float(norm_scale), float(eps)),
-           dict(HAS_NEG=en is not None, PLATE_NORM=plate_norm, NORMALIZE=bool(normalize),
-                BR=plan.fin_br, BW=plan.fin_bw),
-           plan.num_warps)
+    launch(
+        _passes.finalize_kernel,
+        plan.fin_grid,
+        (
+            ep,
+            en if en is not None else ep,
+            out,
+            rows,
+            width,
+            math.sqrt(width),
+            float(plate_gamma) if plate_norm else 0.0,
+            float(norm_scale),
+            float(eps),
+        ),
+        dict(
+            HAS_NEG=en is not None,
+            PLATE_NORM=plate_norm,
+            NORMALIZE=bool(normalize),
+            BR=plan.fin_br,
+            BW=plan.fin_bw,
+        ),
+        plan.num_warps,
+    )

@@ -28,6 +28,7 @@ Steps of a field call (docs/DESIGN.md, "Numerics every kernel follows"):
 No atomics anywhere: every reduction has a fixed order for given launch parameters, so results are
 deterministic (bitwise reproducible for the same shapes, device and launch plan).
 """
+
 from __future__ import annotations
 
 import triton
@@ -64,8 +65,9 @@ def _query_offsets(p_ptr, prow, mi, L, STRING: tl.constexpr):
 
 
 @triton.jit
-def _offset_tile(x, y0_ptr, y1_ptr, yrow, cols, ymask, fa, t, STRING: tl.constexpr,
-                 MASKED: tl.constexpr):
+def _offset_tile(
+    x, y0_ptr, y1_ptr, yrow, cols, ymask, fa, t, STRING: tl.constexpr, MASKED: tl.constexpr
+):
     """Loads the pair rows ``yrow`` x columns ``cols`` (masked by ``ymask`` when ``MASKED``;
     otherwise every address must be in bounds) and returns ``(delta, r)``: string
     ``delta = C - A`` (``[BJ, BK]``) and ``r = rho = (x - base) - t * delta`` (``[BI, BJ, BK]``);
@@ -93,10 +95,26 @@ def _offset_tile(x, y0_ptr, y1_ptr, yrow, cols, ymask, fa, t, STRING: tl.constex
 # pass 1: partial squared distances
 # ----------------------------------------------------------------------------------------------
 @triton.jit
-def distance_kernel(p_ptr, y0_ptr, y1_ptr, part_ptr, nsq_ptr, t_ptr, fa_ptr,
-                    rows, n, width, col0, ncols, cols_per_slice, L: tl.float64,
-                    STRING: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr,
-                    BK: tl.constexpr):
+def distance_kernel(
+    p_ptr,
+    y0_ptr,
+    y1_ptr,
+    part_ptr,
+    nsq_ptr,
+    t_ptr,
+    fa_ptr,
+    rows,
+    n,
+    width,
+    col0,
+    ncols,
+    cols_per_slice,
+    L: tl.float64,
+    STRING: tl.constexpr,
+    BI: tl.constexpr,
+    BJ: tl.constexpr,
+    BK: tl.constexpr,
+):
     """Grid ``(tiles_i * tiles_j, S)``: program -> (BI queries, BJ pairs, one column slice).
 
     String (STRING): ``y0`` = quarks A, ``y1`` = antiquarks C, columns 1..D,
@@ -142,8 +160,7 @@ def distance_kernel(p_ptr, y0_ptr, y1_ptr, part_ptr, nsq_ptr, t_ptr, fa_ptr,
         mk = ks < c_end
         cols = col0 + ks
         x = tl.load(p_ptr + prow[:, None] + cols[None, :], mask=mk[None, :], other=0.0)
-        delta, r = _offset_tile(x, y0_ptr, y1_ptr, yrow, cols, mk[None, :], fa, t, STRING,
-                                True)
+        delta, r = _offset_tile(x, y0_ptr, y1_ptr, yrow, cols, mk[None, :], fa, t, STRING, True)
         if STRING:
             nsq2 += delta * delta
         acc3 += r * r
@@ -162,10 +179,32 @@ def distance_kernel(p_ptr, y0_ptr, y1_ptr, part_ptr, nsq_ptr, t_ptr, fa_ptr,
 # pass 2: weighted sums over the live pair blocks, from differences
 # ----------------------------------------------------------------------------------------------
 @triton.jit
-def pair_sums_kernel(p_ptr, y0_ptr, y1_ptr, c1_ptr, c2_ptr, ez_ptr, t_ptr, fa_ptr, list_ptr,
-                     count_ptr, out_ptr, rows, n, width, col0, ncols, nchunks, seg_len, stride,
-                     L: tl.float64, STRING: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr,
-                     BK: tl.constexpr):
+def pair_sums_kernel(
+    p_ptr,
+    y0_ptr,
+    y1_ptr,
+    c1_ptr,
+    c2_ptr,
+    ez_ptr,
+    t_ptr,
+    fa_ptr,
+    list_ptr,
+    count_ptr,
+    out_ptr,
+    rows,
+    n,
+    width,
+    col0,
+    ncols,
+    nchunks,
+    seg_len,
+    stride,
+    L: tl.float64,
+    STRING: tl.constexpr,
+    BI: tl.constexpr,
+    BJ: tl.constexpr,
+    BK: tl.constexpr,
+):
     """Grid ``(tiles_i, tiles_k)``: program -> (BI query rows, BK columns), loop over the live
     blocks of BJ pairs of its rows in pair order: per chunk ``c`` of pairs, the block indices
     ``list[ib, c * seg_len : c * seg_len + count[ib, c]]``.
@@ -208,7 +247,7 @@ def pair_sums_kernel(p_ptr, y0_ptr, y1_ptr, c1_ptr, c2_ptr, ez_ptr, t_ptr, fa_pt
             cmask = mi[:, None] & (offs_j < n)[None, :]
             yp = tl.minimum(offs_j, n - 1).to(tl.int64)[None, :] * width + lcols[:, None]
             c1 = tl.load(c1_ptr + crow[:, None] + offs_j[None, :], mask=cmask, other=0.0)
-            a = tl.load(y0_ptr + yp)                                        # [BK, BJ]
+            a = tl.load(y0_ptr + yp)  # [BK, BJ]
             if STRING:
                 c2 = tl.load(c2_ptr + crow[:, None] + offs_j[None, :], mask=cmask, other=0.0)
                 cc = tl.load(y1_ptr + yp)
@@ -231,8 +270,9 @@ def pair_sums_kernel(p_ptr, y0_ptr, y1_ptr, c1_ptr, c2_ptr, ez_ptr, t_ptr, fa_pt
 
 
 @triton.jit
-def live_blocks(seg_ptr, rb, stride, j0, live, cnt,
-                NSUB: tl.constexpr, SBJ: tl.constexpr, BR: tl.constexpr):
+def live_blocks(
+    seg_ptr, rb, stride, j0, live, cnt, NSUB: tl.constexpr, SBJ: tl.constexpr, BR: tl.constexpr
+):
     """Appends to row block ``rb``'s segment of the list (``seg_ptr + rb * stride``, one segment
     per chunk of pairs) the pair blocks (of SBJ pairs) of the coefficient tile starting at pair
     ``j0`` that have a non-zero coefficient; ``live`` is the tile's ``[BR, NSUB * SBJ]``
@@ -257,10 +297,22 @@ def _combined(ep_ptr, en_ptr, idx, mask, fp, fn, HAS_NEG: tl.constexpr):
 
 
 @triton.jit
-def finalize_kernel(ep_ptr, en_ptr, out_ptr, rows, width, plate_scale: tl.float64,
-                    plate_gamma: tl.float64, norm_scale: tl.float64, eps: tl.float64,
-                    HAS_NEG: tl.constexpr, PLATE_NORM: tl.constexpr, NORMALIZE: tl.constexpr,
-                    BR: tl.constexpr, BW: tl.constexpr):
+def finalize_kernel(
+    ep_ptr,
+    en_ptr,
+    out_ptr,
+    rows,
+    width,
+    plate_scale: tl.float64,
+    plate_gamma: tl.float64,
+    norm_scale: tl.float64,
+    eps: tl.float64,
+    HAS_NEG: tl.constexpr,
+    PLATE_NORM: tl.constexpr,
+    NORMALIZE: tl.constexpr,
+    BR: tl.constexpr,
+    BW: tl.constexpr,
+):
     """Grid ``(tiles_r,)``. For each row: ``v = fn * en - fp * ep`` (``HAS_NEG``) or ``fp * ep``
     with ``fp, fn = plate_scale / (||e|| + plate_gamma)`` when ``PLATE_NORM`` (else 1); then
     ``out = norm_scale * v / (||v|| + eps)`` when ``NORMALIZE`` (else ``v``). Norms in
@@ -299,5 +351,3 @@ def finalize_kernel(ep_ptr, en_ptr, out_ptr, rows, width, plate_scale: tl.float6
         idx = prow[:, None] + ks[None, :]
         v = _combined(ep_ptr, en_ptr, idx, m, fp, fn, HAS_NEG) * f[:, None]
         tl.store(out_ptr + idx, v.to(out_ptr.dtype.element_ty), mask=m)
-
-

@@ -3,6 +3,7 @@
 :func:`make_plan` is a pure function of hashable arguments (ints, a frozen :class:`Profile`), so
 a caller may cache it. Every block size is a power of two.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -67,20 +68,46 @@ def gpu_profile(sm_count: int) -> Profile:
     the sums pass would take 141 (3 resident) and is capped at 128 (``maxnreg``; no spills, one
     more instruction per loop iteration). benchmarks/gpu_model.py reports each kernel's
     registers and charges the residency they allow."""
-    return Profile("gpu", sm_count=max(int(sm_count), 1), resident=4, dist_tile_bytes=16384,
-                   sums_tile_bytes=16384, row_budget=256, dist_bi_max=16, dist_bj_max=32,
-                   coulomb_dist_tile_bytes=32768, coulomb_dist_bi_max=32,
-                   coulomb_dist_bj_max=32, sums_bi_max=8, sums_bj_max=64, sums_bk_max=16,
-                   min_steps_per_slice=8, num_warps=4, sums_maxnreg=128)
+    return Profile(
+        "gpu",
+        sm_count=max(int(sm_count), 1),
+        resident=4,
+        dist_tile_bytes=16384,
+        sums_tile_bytes=16384,
+        row_budget=256,
+        dist_bi_max=16,
+        dist_bj_max=32,
+        coulomb_dist_tile_bytes=32768,
+        coulomb_dist_bi_max=32,
+        coulomb_dist_bj_max=32,
+        sums_bi_max=8,
+        sums_bj_max=64,
+        sums_bk_max=16,
+        min_steps_per_slice=8,
+        num_warps=4,
+        sums_maxnreg=128,
+    )
 
 
 # The interpreter runs programs one after another with numpy: few, large programs are fast.
-INTERPRETER_PROFILE = Profile("interpreter", sm_count=1, resident=1, dist_tile_bytes=1 << 19,
-                              sums_tile_bytes=1 << 19, row_budget=1 << 17, dist_bi_max=64,
-                              dist_bj_max=64, coulomb_dist_tile_bytes=1 << 19,
-                              coulomb_dist_bi_max=64, coulomb_dist_bj_max=64,
-                              sums_bi_max=64, sums_bj_max=1 << 12,
-                              sums_bk_max=1 << 14, min_steps_per_slice=1, num_warps=1)
+INTERPRETER_PROFILE = Profile(
+    "interpreter",
+    sm_count=1,
+    resident=1,
+    dist_tile_bytes=1 << 19,
+    sums_tile_bytes=1 << 19,
+    row_budget=1 << 17,
+    dist_bi_max=64,
+    dist_bj_max=64,
+    coulomb_dist_tile_bytes=1 << 19,
+    coulomb_dist_bi_max=64,
+    coulomb_dist_bj_max=64,
+    sums_bi_max=64,
+    sums_bj_max=1 << 12,
+    sums_bk_max=1 << 14,
+    min_steps_per_slice=1,
+    num_warps=1,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,8 +192,16 @@ def _sums_blocks(rows: int, ncols: int, budget: int, profile: Profile):
     return best[1], best[2]
 
 
-def make_plan(rows: int, n: int, ncols: int, width: int, profile: Profile,
-              itemsize: int = 4, *, string: bool = False) -> Plan:
+def make_plan(
+    rows: int,
+    n: int,
+    ncols: int,
+    width: int,
+    profile: Profile,
+    itemsize: int = 4,
+    *,
+    string: bool = False,
+) -> Plan:
     """Block sizes from the shapes (all powers of two); ``string``: the string form (two pair
     tensors), else the Coulomb form.
 
@@ -216,11 +251,28 @@ def make_plan(rows: int, n: int, ncols: int, width: int, profile: Profile,
     else:
         fbr = _clamp(next_pow2(cdiv(rows, p.slots)), 1, 8)
     fbw = _clamp(p.row_budget // fbr, 1, next_pow2(width))
-    return Plan(dist_bi=bi, dist_bj=bj, dist_bk=bk, nslices=nslices,
-                cols_per_slice=cols_per_slice, dist_grid=(tiles, nslices),
-                coef_br=cbr, coef_bj=cbj, coef_chunks=chunks, coef_chunk_len=chunk_len,
-                coef_grid=(row_blocks, chunks), seg_len=seg_len, list_stride=chunks * seg_len,
-                sums_bi=sbi, sums_bj=sbj, sums_bk=sbk, sums_blocks=sblocks,
-                sums_grid=(cdiv(rows, sbi), max(cdiv(ncols, sbk), 1)),
-                fin_br=fbr, fin_bw=fbw, fin_grid=(cdiv(rows, fbr),), num_warps=p.num_warps,
-                sums_maxnreg=p.sums_maxnreg)
+    return Plan(
+        dist_bi=bi,
+        dist_bj=bj,
+        dist_bk=bk,
+        nslices=nslices,
+        cols_per_slice=cols_per_slice,
+        dist_grid=(tiles, nslices),
+        coef_br=cbr,
+        coef_bj=cbj,
+        coef_chunks=chunks,
+        coef_chunk_len=chunk_len,
+        coef_grid=(row_blocks, chunks),
+        seg_len=seg_len,
+        list_stride=chunks * seg_len,
+        sums_bi=sbi,
+        sums_bj=sbj,
+        sums_bk=sbk,
+        sums_blocks=sblocks,
+        sums_grid=(cdiv(rows, sbi), max(cdiv(ncols, sbk), 1)),
+        fin_br=fbr,
+        fin_bw=fbw,
+        fin_grid=(cdiv(rows, fbr),),
+        num_warps=p.num_warps,
+        sums_maxnreg=p.sums_maxnreg,
+    )

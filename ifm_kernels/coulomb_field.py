@@ -20,10 +20,10 @@ Per plate (docs/DESIGN.md, "Numerics every kernel follows"; the shared kernels a
 Then one ``finalize_kernel`` launch: per-plate normalisation (``plate_gamma``), ``-E+ + E-``,
 final normalisation; skipped for one plate without any normalisation.
 """
+
 from __future__ import annotations
 
 import functools
-from typing import Optional
 
 import torch
 import triton
@@ -47,8 +47,18 @@ def _log_contribution(logit, d2):
 
 
 @triton.jit
-def coulomb_stats_kernel(part_ptr, stats_ptr, rows, n, nslices, chunk_len, nchunks,
-                         dim: tl.float64, BR: tl.constexpr, BJ: tl.constexpr):
+def coulomb_stats_kernel(
+    part_ptr,
+    stats_ptr,
+    rows,
+    n,
+    nslices,
+    chunk_len,
+    nchunks,
+    dim: tl.float64,
+    BR: tl.constexpr,
+    BJ: tl.constexpr,
+):
     """Grid ``(ceil(b / BR), chunks)``: per row, over one chunk of ``chunk_len`` charges
     (float64): the largest logit ``m``, ``sum exp(logit - m)`` (running maximum with online
     rescaling) and the largest log-contribution ``logit + log d``, into
@@ -79,10 +89,25 @@ def coulomb_stats_kernel(part_ptr, stats_ptr, rows, n, nslices, chunk_len, nchun
 
 
 @triton.jit
-def coulomb_coeff_kernel(part_ptr, stats_ptr, c_ptr, list_ptr, count_ptr, rows, n, nslices,
-                         chunk_len, nchunks, list_stride, dim: tl.float64, sum_eps: tl.float64,
-                         log_skip: tl.float64,
-                         BR: tl.constexpr, BJ: tl.constexpr, SBJ: tl.constexpr):
+def coulomb_coeff_kernel(
+    part_ptr,
+    stats_ptr,
+    c_ptr,
+    list_ptr,
+    count_ptr,
+    rows,
+    n,
+    nslices,
+    chunk_len,
+    nchunks,
+    list_stride,
+    dim: tl.float64,
+    sum_eps: tl.float64,
+    log_skip: tl.float64,
+    BR: tl.constexpr,
+    BJ: tl.constexpr,
+    SBJ: tl.constexpr,
+):
     """Grid ``(ceil(b / BR), chunks)``: softmax coefficients (float64) of one block of rows over
     one chunk of charges, the row's maximum, sum and largest contribution combined from all
     chunks' ``stats`` in chunk order; the chunk's live charge blocks (of SBJ charges; BJ is a
@@ -97,8 +122,7 @@ def coulomb_coeff_kernel(part_ptr, stats_ptr, c_ptr, list_ptr, count_ptr, rows, 
     g_max = tl.full([BR], -fm.INF, tl.float64)
     for c in range(0, nchunks):
         m = tl.maximum(m, tl.load(stats_ptr + srow + c, mask=mi, other=-fm.INF))
-        g_max = tl.maximum(g_max, tl.load(stats_ptr + 2 * plane + srow + c, mask=mi,
-                                          other=-fm.INF))
+        g_max = tl.maximum(g_max, tl.load(stats_ptr + 2 * plane + srow + c, mask=mi, other=-fm.INF))
     m_safe = tl.where(m > -fm.INF, m, 0.0)
     acc = tl.zeros([BR], dtype=tl.float64)
     for c in range(0, nchunks):
@@ -126,33 +150,67 @@ def coulomb_coeff_kernel(part_ptr, stats_ptr, c_ptr, list_ptr, count_ptr, rows, 
     tl.store(count_ptr + rb * nchunks + ch, cnt)
 
 
-def _plate_field(plan: _plan.Plan, points: torch.Tensor, charges: torch.Tensor, sum_eps: float,
-                 dest: torch.Tensor) -> None:
+def _plate_field(
+    plan: _plan.Plan,
+    points: torch.Tensor,
+    charges: torch.Tensor,
+    sum_eps: float,
+    dest: torch.Tensor,
+) -> None:
     """One plate's raw field ``sum_j coeff_ij (y_j - x_i)`` into ``dest [b, D+1]``."""
     b, width = points.shape
     n = charges.shape[0]
-    part, _, _ = _launch.launch_distance(plan, points, charges, None, b, n, 0, width, 0.0,
-                                         string=False)
+    part, _, _ = _launch.launch_distance(
+        plan, points, charges, None, b, n, 0, width, 0.0, string=False
+    )
     coeff = torch.empty((b, n), dtype=points.dtype, device=points.device)
     stats = torch.empty((3, b, plan.coef_chunks), dtype=torch.float64, device=points.device)
     lists = _launch.live_lists(plan, points.device)
-    _launch.launch(coulomb_stats_kernel, plan.coef_grid,
-                   (part, stats, b, n, plan.nslices, plan.coef_chunk_len, plan.coef_chunks,
-                    float(width)),
-                   dict(BR=plan.coef_br, BJ=plan.coef_bj), plan.num_warps)
-    _launch.launch(coulomb_coeff_kernel, plan.coef_grid,
-                   (part, stats, coeff, lists[0], lists[1], b, n, plan.nslices,
-                    plan.coef_chunk_len, plan.coef_chunks, plan.list_stride, float(width),
-                    float(sum_eps), fm.log_skip_ratio(points.dtype)),
-                   dict(BR=plan.coef_br, BJ=plan.coef_bj, SBJ=plan.sums_bj), plan.num_warps)
-    _launch.launch_pair_sums(plan, points, charges, None, coeff, None, lists, dest, b, n, 0,
-                             width, 0.0, string=False)
+    _launch.launch(
+        coulomb_stats_kernel,
+        plan.coef_grid,
+        (part, stats, b, n, plan.nslices, plan.coef_chunk_len, plan.coef_chunks, float(width)),
+        dict(BR=plan.coef_br, BJ=plan.coef_bj),
+        plan.num_warps,
+    )
+    _launch.launch(
+        coulomb_coeff_kernel,
+        plan.coef_grid,
+        (
+            part,
+            stats,
+            coeff,
+            lists[0],
+            lists[1],
+            b,
+            n,
+            plan.nslices,
+            plan.coef_chunk_len,
+            plan.coef_chunks,
+            plan.list_stride,
+            float(width),
+            float(sum_eps),
+            fm.log_skip_ratio(points.dtype),
+        ),
+        dict(BR=plan.coef_br, BJ=plan.coef_bj, SBJ=plan.sums_bj),
+        plan.num_warps,
+    )
+    _launch.launch_pair_sums(
+        plan, points, charges, None, coeff, None, lists, dest, b, n, 0, width, 0.0, string=False
+    )
 
 
-def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
-                  negative: Optional[torch.Tensor], *, plate_gamma: Optional[float],
-                  sum_eps: float, normalize: bool, norm_scale: float,
-                  eps: float) -> torch.Tensor:
+def coulomb_field(
+    points: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor | None,
+    *,
+    plate_gamma: float | None,
+    sum_eps: float,
+    normalize: bool,
+    norm_scale: float,
+    eps: float,
+) -> torch.Tensor:
     """Coulomb field target ``[b, D+1]`` (docs/DESIGN.md, "Triton launchers").
 
     One plate (``negative is None``): ``E+`` (toward the charges); two plates: ``-E+ + E-``.
@@ -169,15 +227,23 @@ def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
         return out
     profile = _launch.device_profile(points.device)
     with _launch.launch_guard(points.device):
-        plan_p = _cached_plan(b, positive.shape[0], width, width, profile,
-                                 points.element_size())
+        plan_p = _cached_plan(b, positive.shape[0], width, width, profile, points.element_size())
         _plate_field(plan_p, points, positive, sum_eps, out)
         en = None
         if negative is not None:
             en = torch.empty_like(points)
-            plan_n = _cached_plan(b, negative.shape[0], width, width, profile,
-                                     points.element_size())
+            plan_n = _cached_plan(
+                b, negative.shape[0], width, width, profile, points.element_size()
+            )
             _plate_field(plan_n, points, negative, sum_eps, en)
-        _launch.launch_finalize(plan_p, out, en, out, plate_gamma=plate_gamma,
-                                normalize=normalize, norm_scale=norm_scale, eps=eps)
+        _launch.launch_finalize(
+            plan_p,
+            out,
+            en,
+            out,
+            plate_gamma=plate_gamma,
+            normalize=normalize,
+            norm_scale=norm_scale,
+            eps=eps,
+        )
     return out

@@ -16,8 +16,8 @@ decomposes it under AOTAutograd, which requires every kernel launch to go throug
 pair-sum and finalisation passes), and under ``TRITON_INTERPRET=1`` the kernels are interpreted
 functions that ``wrap_triton`` cannot trace, so a fake call would run them on fake tensors.
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 import torch
 
@@ -29,37 +29,55 @@ __all__ = ["LIB", "SCHEMAS"]
 # The schemas of the compiled ops (csrc/ops.cpp) under the names of the Triton ops.
 SCHEMAS = {
     "string_field_triton": "(Tensor points, Tensor quarks, Tensor antiquarks, float L, "
-                           "float sigma0, float K, float d, bool stable, bool normalize, "
-                           "float norm_scale, float eps) -> Tensor",
+    "float sigma0, float K, float d, bool stable, bool normalize, "
+    "float norm_scale, float eps) -> Tensor",
     "coulomb_field_triton": "(Tensor points, Tensor positive, Tensor? negative, "
-                            "float? plate_gamma, float sum_eps, bool normalize, "
-                            "float norm_scale, float eps) -> Tensor",
+    "float? plate_gamma, float sum_eps, bool normalize, "
+    "float norm_scale, float eps) -> Tensor",
 }
 
 
-def _string_field(points, quarks, antiquarks, L, sigma0, K, d, stable, normalize, norm_scale,
-                  eps):
-    return _string_launcher(points, quarks, antiquarks, L=L, sigma0=sigma0, K=K, d=d,
-                            stable=stable, normalize=normalize, norm_scale=norm_scale, eps=eps)
+def _string_field(points, quarks, antiquarks, L, sigma0, K, d, stable, normalize, norm_scale, eps):
+    return _string_launcher(
+        points,
+        quarks,
+        antiquarks,
+        L=L,
+        sigma0=sigma0,
+        K=K,
+        d=d,
+        stable=stable,
+        normalize=normalize,
+        norm_scale=norm_scale,
+        eps=eps,
+    )
 
 
-def _coulomb_field(points, positive, negative, plate_gamma, sum_eps, normalize, norm_scale,
-                   eps):
-    return _coulomb_launcher(points, positive, negative, plate_gamma=plate_gamma,
-                             sum_eps=sum_eps, normalize=normalize, norm_scale=norm_scale,
-                             eps=eps)
+def _coulomb_field(points, positive, negative, plate_gamma, sum_eps, normalize, norm_scale, eps):
+    return _coulomb_launcher(
+        points,
+        positive,
+        negative,
+        plate_gamma=plate_gamma,
+        sum_eps=sum_eps,
+        normalize=normalize,
+        norm_scale=norm_scale,
+        eps=eps,
+    )
 
 
-def _string_field_fake(points, quarks, antiquarks, L, sigma0, K, d, stable, normalize,
-                       norm_scale, eps):
+def _string_field_fake(
+    points, quarks, antiquarks, L, sigma0, K, d, stable, normalize, norm_scale, eps
+):
     torch._check(quarks.shape[0] == antiquarks.shape[0])
     torch._check(quarks.shape[1] == points.shape[1])
     torch._check(antiquarks.shape[1] == points.shape[1])
     return torch.empty_like(points, memory_format=torch.contiguous_format)
 
 
-def _coulomb_field_fake(points, positive, negative, plate_gamma, sum_eps, normalize,
-                        norm_scale, eps):
+def _coulomb_field_fake(
+    points, positive, negative, plate_gamma, sum_eps, normalize, norm_scale, eps
+):
     torch._check(positive.shape[1] == points.shape[1])
     if negative is not None:
         torch._check(negative.shape[1] == points.shape[1])
@@ -67,8 +85,10 @@ def _coulomb_field_fake(points, positive, negative, plate_gamma, sum_eps, normal
 
 
 LIB = torch.library.Library("ifm", "FRAGMENT")
-for _name, _impl, _fake in (("string_field_triton", _string_field, _string_field_fake),
-                            ("coulomb_field_triton", _coulomb_field, _coulomb_field_fake)):
+for _name, _impl, _fake in (
+    ("string_field_triton", _string_field, _string_field_fake),
+    ("coulomb_field_triton", _coulomb_field, _coulomb_field_fake),
+):
     LIB.define(_name + SCHEMAS[_name])
     # CUDA tensors on a GPU; CPU tensors run only under TRITON_INTERPRET=1 (ifm.fields checks)
     LIB.impl(_name, _impl, "CPU")

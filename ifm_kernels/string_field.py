@@ -17,6 +17,7 @@ Launches (docs/DESIGN.md, "Numerics every kernel follows"; the shared kernels ar
    ``E_z = L sum_chunks sum_j c1`` into column 0.
 5. ``finalize_kernel`` (only with ``normalize``): ``norm_scale E / (||E|| + eps)``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -43,9 +44,23 @@ def _query_terms(p_ptr, offs_i, mi, width, L, sigma0, K, d):
 
 
 @triton.jit
-def string_stats_kernel(p_ptr, part_ptr, stats_ptr, rows, n, width, nslices, chunk_len, nchunks,
-                        L: tl.float64, sigma0: tl.float64, K: tl.float64, d: tl.float64,
-                        BR: tl.constexpr, BJ: tl.constexpr):
+def string_stats_kernel(
+    p_ptr,
+    part_ptr,
+    stats_ptr,
+    rows,
+    n,
+    width,
+    nslices,
+    chunk_len,
+    nchunks,
+    L: tl.float64,
+    sigma0: tl.float64,
+    K: tl.float64,
+    d: tl.float64,
+    BR: tl.constexpr,
+    BJ: tl.constexpr,
+):
     """Grid ``(ceil(b / BR), chunks)``: the largest log-weight of each row over one chunk of
     ``chunk_len`` pairs into ``stats[row, chunk]`` (float64)."""
     offs_i = tl.program_id(0) * BR + tl.arange(0, BR)
@@ -65,12 +80,33 @@ def string_stats_kernel(p_ptr, part_ptr, stats_ptr, rows, n, width, nslices, chu
 
 
 @triton.jit
-def string_coeff_kernel(p_ptr, part_ptr, nsq_ptr, stats_ptr, c1_ptr, c2_ptr, ez_ptr, list_ptr,
-                        count_ptr, rows, n, width, nslices, chunk_len, nchunks, list_stride,
-                        L: tl.float64, sigma0: tl.float64, K: tl.float64, d: tl.float64,
-                        log_skip: tl.float64,
-                        STABLE: tl.constexpr, BR: tl.constexpr, BJ: tl.constexpr,
-                        SBJ: tl.constexpr):
+def string_coeff_kernel(
+    p_ptr,
+    part_ptr,
+    nsq_ptr,
+    stats_ptr,
+    c1_ptr,
+    c2_ptr,
+    ez_ptr,
+    list_ptr,
+    count_ptr,
+    rows,
+    n,
+    width,
+    nslices,
+    chunk_len,
+    nchunks,
+    list_stride,
+    L: tl.float64,
+    sigma0: tl.float64,
+    K: tl.float64,
+    d: tl.float64,
+    log_skip: tl.float64,
+    STABLE: tl.constexpr,
+    BR: tl.constexpr,
+    BJ: tl.constexpr,
+    SBJ: tl.constexpr,
+):
     """Grid ``(ceil(b / BR), chunks)``: the coefficients of one block of rows over one chunk of
     pairs, with the row maximum from ``stats`` (all chunks, in order); ``sum_j c1`` of the chunk
     into ``ez[row, chunk]`` (float64) and the chunk's live blocks of SBJ pairs into the row
@@ -123,9 +159,20 @@ def string_coeff_kernel(p_ptr, part_ptr, nsq_ptr, stats_ptr, c1_ptr, c2_ptr, ez_
     tl.store(count_ptr + rb * nchunks + ch, cnt)
 
 
-def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.Tensor, *,
-                 L: float, sigma0: float, K: float, d: float, stable: bool, normalize: bool,
-                 norm_scale: float, eps: float) -> torch.Tensor:
+def string_field(
+    points: torch.Tensor,
+    quarks: torch.Tensor,
+    antiquarks: torch.Tensor,
+    *,
+    L: float,
+    sigma0: float,
+    K: float,
+    d: float,
+    stable: bool,
+    normalize: bool,
+    norm_scale: float,
+    eps: float,
+) -> torch.Tensor:
     """String (IFM) field target ``[b, D+1]`` (docs/DESIGN.md, "Triton launchers").
 
     Inputs: validated, contiguous, float32 or float64, same device (CUDA, or CPU under
@@ -143,32 +190,80 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
         return out
     if B == 0 or D == 0:
         return out.zero_()
-    plan = _cached_plan(b, B, D, width, _launch.device_profile(points.device),
-                           points.element_size(), string=True)
+    plan = _cached_plan(
+        b, B, D, width, _launch.device_profile(points.device), points.element_size(), string=True
+    )
     with _launch.launch_guard(points.device):
-        part, nsq, queries = _launch.launch_distance(plan, points, quarks, antiquarks, b, B, 1,
-                                                     D, L, string=True)
+        part, nsq, queries = _launch.launch_distance(
+            plan, points, quarks, antiquarks, b, B, 1, D, L, string=True
+        )
         c1 = torch.empty((b, B), dtype=points.dtype, device=points.device)
         c2 = torch.empty_like(c1)
         stats = torch.empty((b, plan.coef_chunks), dtype=torch.float64, device=points.device)
         ez = torch.empty_like(stats)
         lists = _launch.live_lists(plan, points.device)
         params = (float(L), float(sigma0), float(K), float(d))
-        _launch.launch(string_stats_kernel, plan.coef_grid,
-                       (points, part, stats, b, B, width, plan.nslices, plan.coef_chunk_len,
-                        plan.coef_chunks) + params,
-                       dict(BR=plan.coef_br, BJ=plan.coef_bj), plan.num_warps)
-        _launch.launch(string_coeff_kernel, plan.coef_grid,
-                       (points, part, nsq, stats, c1, c2, ez, lists[0], lists[1], b, B, width,
-                        plan.nslices, plan.coef_chunk_len, plan.coef_chunks, plan.list_stride)
-                       + params + (fm.log_skip_ratio(points.dtype),),
-                       dict(STABLE=bool(stable), BR=plan.coef_br, BJ=plan.coef_bj,
-                            SBJ=plan.sums_bj),
-                       plan.num_warps)
-        _launch.launch_pair_sums(plan, points, quarks, antiquarks, c1, c2, lists, out, b, B, 1,
-                                 D, L, string=True, ez=ez, queries=queries)
+        _launch.launch(
+            string_stats_kernel,
+            plan.coef_grid,
+            (points, part, stats, b, B, width, plan.nslices, plan.coef_chunk_len, plan.coef_chunks)
+            + params,
+            dict(BR=plan.coef_br, BJ=plan.coef_bj),
+            plan.num_warps,
+        )
+        _launch.launch(
+            string_coeff_kernel,
+            plan.coef_grid,
+            (
+                points,
+                part,
+                nsq,
+                stats,
+                c1,
+                c2,
+                ez,
+                lists[0],
+                lists[1],
+                b,
+                B,
+                width,
+                plan.nslices,
+                plan.coef_chunk_len,
+                plan.coef_chunks,
+                plan.list_stride,
+            )
+            + params
+            + (fm.log_skip_ratio(points.dtype),),
+            dict(STABLE=bool(stable), BR=plan.coef_br, BJ=plan.coef_bj, SBJ=plan.sums_bj),
+            plan.num_warps,
+        )
+        _launch.launch_pair_sums(
+            plan,
+            points,
+            quarks,
+            antiquarks,
+            c1,
+            c2,
+            lists,
+            out,
+            b,
+            B,
+            1,
+            D,
+            L,
+            string=True,
+            ez=ez,
+            queries=queries,
+        )
         if normalize:
-            _launch.launch_finalize(plan, out, None, out, plate_gamma=None, normalize=True,
-                                    norm_scale=norm_scale, eps=eps)
+            _launch.launch_finalize(
+                plan,
+                out,
+                None,
+                out,
+                plate_gamma=None,
+                normalize=True,
+                norm_scale=norm_scale,
+                eps=eps,
+            )
     return out
-

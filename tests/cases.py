@@ -1,4 +1,5 @@
 """Randomised inputs for the parity tests: odd sizes, every z edge of FIELDS.md §2, both plates."""
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,9 @@ def string_case(b: int, B: int, D: int, geometry: str, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     A = torch.randn(B, D, generator=g, dtype=torch.float64)
     C = torch.randn(B, D, generator=g, dtype=torch.float64) + 0.5
-    special = torch.tensor([0.0, 1e-3, d, L / 2, L - d, L - 1e-3, L, -0.5, L + 0.5, 2 * d],
-                           dtype=torch.float64)
+    special = torch.tensor(
+        [0.0, 1e-3, d, L / 2, L - d, L - 1e-3, L, -0.5, L + 0.5, 2 * d], dtype=torch.float64
+    )
     z = torch.rand(b, generator=g, dtype=torch.float64) * L
     z[: min(b, special.numel())] = special[: min(b, special.numel())]
     idx = torch.arange(b) % B
@@ -46,10 +48,20 @@ def coulomb_case(b: int, Bp: int, Bn: int, D: int, L: float, seed: int = 0):
     """float64 (points, positive, negative) with queries anywhere, one on a charge and one within
     1e-7 of a charge."""
     g = torch.Generator().manual_seed(seed)
-    pos = torch.cat([torch.zeros(Bp, 1, dtype=torch.float64),
-                     torch.randn(Bp, D, generator=g, dtype=torch.float64)], 1)
-    neg = torch.cat([torch.full((Bn, 1), L, dtype=torch.float64),
-                     torch.randn(Bn, D, generator=g, dtype=torch.float64) + 1.0], 1)
+    pos = torch.cat(
+        [
+            torch.zeros(Bp, 1, dtype=torch.float64),
+            torch.randn(Bp, D, generator=g, dtype=torch.float64),
+        ],
+        1,
+    )
+    neg = torch.cat(
+        [
+            torch.full((Bn, 1), L, dtype=torch.float64),
+            torch.randn(Bn, D, generator=g, dtype=torch.float64) + 1.0,
+        ],
+        1,
+    )
     z = torch.rand(b, 1, generator=g, dtype=torch.float64) * (L + 2) - 1
     x = torch.randn(b, D, generator=g, dtype=torch.float64) * 1.5
     points = torch.cat([z, x], 1)

@@ -6,6 +6,7 @@
   when a GPU is present); ``parity_backend``: each of them with each dtype, but the reference in
   float64 (the float64 oracle itself).
 """
+
 import os
 
 import torch

@@ -2,6 +2,7 @@
 place for each). The public -> kernel argument mapping is ``ifm.fields.string_kernel_args`` /
 ``coulomb_kernel_args``; the helpers here call it, so no test retypes ``sqrt(D)``, ``1e-7`` or
 ``eps=5``."""
+
 from __future__ import annotations
 
 import torch
@@ -10,14 +11,22 @@ import ifm
 from ifm import reference
 
 # every (normalize, stable) mode of the string field
-STRING_MODES = [dict(normalize=False, stable=False), dict(normalize=True, stable=False),
-                dict(normalize=False, stable=True), dict(normalize=True, stable=True)]
+STRING_MODES = [
+    dict(normalize=False, stable=False),
+    dict(normalize=True, stable=False),
+    dict(normalize=False, stable=True),
+    dict(normalize=True, stable=True),
+]
 STRING_MODE_IDS = ["raw", "norm", "stable", "stable-norm"]
 
 # the Coulomb modes of the published runs: IFM repository's copy (no plate normalisation), EFM
 # toys (plate gamma 1e-7), EFM images (plate gamma 5, normalised), PFGM
-COULOMB_MODES = [dict(plate_gamma=None, normalize=False), dict(plate_gamma=1e-7, normalize=False),
-                 dict(plate_gamma=5.0, normalize=True), dict(plate_gamma=None, normalize="pfgm")]
+COULOMB_MODES = [
+    dict(plate_gamma=None, normalize=False),
+    dict(plate_gamma=1e-7, normalize=False),
+    dict(plate_gamma=5.0, normalize=True),
+    dict(plate_gamma=None, normalize="pfgm"),
+]
 COULOMB_MODE_IDS = ["raw", "plate1e-7", "plate5-norm", "pfgm"]
 
 # keyword arguments of ifm.fields.string_field that are geometry, not mode
@@ -32,8 +41,9 @@ def coulomb_reference_kwargs(width: int, mode: dict, two_plates: bool) -> dict:
 
 def string_reference_kwargs(width: int, mode: dict) -> dict:
     """Keyword arguments of :func:`ifm.reference.string_field` for a public string ``mode``."""
-    kw = ifm.fields.string_kernel_args(width, normalize=mode.get("normalize", False),
-                                       eps=mode.get("eps", 1e-5))
+    kw = ifm.fields.string_kernel_args(
+        width, normalize=mode.get("normalize", False), eps=mode.get("eps", 1e-5)
+    )
     return dict(kw, stable=mode.get("stable", False))
 
 
@@ -45,8 +55,12 @@ def reference_field(field: str, tensors, compute_dtype: torch.dtype = torch.floa
     if field == "string":
         geometry = {k: v for k, v in public.items() if k in STRING_GEOMETRY}
         mode = {k: v for k, v in public.items() if k not in STRING_GEOMETRY}
-        return reference.string_field(*tensors, **geometry, **string_reference_kwargs(width, mode),
-                                      compute_dtype=compute_dtype)
+        return reference.string_field(
+            *tensors,
+            **geometry,
+            **string_reference_kwargs(width, mode),
+            compute_dtype=compute_dtype,
+        )
     points, positive, negative = tensors
     kw = coulomb_reference_kwargs(width, public, two_plates=negative is not None)
     return reference.coulomb_field(points, positive, negative, **kw, compute_dtype=compute_dtype)
@@ -61,8 +75,9 @@ def oracle_and_standin(field: str, tensors, **public):
     (the reference on ``tensors`` in float64) and the float32 stand-in (the same formulas in
     float32 arithmetic on the float32-rounded tensors, tests/data/golden/README.md)."""
     oracle = reference_field(field, _as(torch.float64, tensors), **public)
-    standin = reference_field(field, _as(torch.float32, tensors), compute_dtype=torch.float32,
-                              **public)
+    standin = reference_field(
+        field, _as(torch.float32, tensors), compute_dtype=torch.float32, **public
+    )
     return oracle, standin
 
 

@@ -5,6 +5,7 @@ error on that row, 1e-4), where the stand-in is the authors' own output (golden 
 float32 evaluation of the reference (randomised cases). Rows whose stand-in is exactly zero must
 come out with a norm below 1e-6. float64 outputs are held to 1e-9 relative.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,14 +40,17 @@ def assert_parity(out: torch.Tensor, oracle: torch.Tensor, standin: torch.Tensor
     """``out`` (any dtype) vs the float64 ``oracle``; ``standin`` is the float32 comparison."""
     assert out.shape == oracle.shape, f"{what}: shape {tuple(out.shape)} != {tuple(oracle.shape)}"
     out64 = out.double().cpu()
-    assert torch.isfinite(out64).all(), f"{what}: non-finite values in rows " \
+    assert torch.isfinite(out64).all(), (
+        f"{what}: non-finite values in rows "
         f"{(~torch.isfinite(out64)).any(1).nonzero().flatten().tolist()}"
+    )
     standin = standin.double().cpu()
     zero = standin.norm(dim=1) == 0
     if zero.any():
         norms = out64[zero].norm(dim=1)
-        assert (norms < ZERO_NORM).all(), \
+        assert (norms < ZERO_NORM).all(), (
             f"{what}: rows {zero.nonzero().flatten().tolist()} must be ~0, norms {norms.tolist()}"
+        )
     keep = ~zero
     err = row_errors(out64, oracle)[keep]
     if out.dtype == torch.float64:
@@ -56,4 +60,5 @@ def assert_parity(out: torch.Tensor, oracle: torch.Tensor, standin: torch.Tensor
     bad = err > allowed
     assert not bad.any(), (
         f"{what}: rows {keep.nonzero().flatten()[bad].tolist()} err {err[bad].tolist()} "
-        f"> allowed {allowed[bad].tolist()}")
+        f"> allowed {allowed[bad].tolist()}"
+    )

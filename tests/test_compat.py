@@ -1,5 +1,6 @@
 """ifm.compat: the authors' config layouts and call forms, against outputs recorded from their
 code (tests/data/authors/README.md) and the golden files."""
+
 import json
 import math
 import pathlib
@@ -16,20 +17,29 @@ DATA = pathlib.Path(__file__).parent / "data"
 NS = types.SimpleNamespace
 
 
-def _image_config(L=6.0, SCALE=1.0, K=10.0, DIM=3, plan_type="Independent", name="toy",
-                  **training):
+def _image_config(L=6.0, SCALE=1.0, K=10.0, DIM=3, plan_type="Independent", name="toy", **training):
     t = NS(field_type="Shifted", plan_type=plan_type, stability=True, gamma=1e-7)
     for k, v in training.items():
         setattr(t, k, v)
-    return NS(L=L, SCALE=SCALE, K=K, D=math.pi / (2 * K), DIM=DIM, training=t,
-              data=NS(name=name))
+    return NS(L=L, SCALE=SCALE, K=K, D=math.pi / (2 * K), DIM=DIM, training=t, data=NS(name=name))
 
 
 def _toy_config(L=6.0, plan_type="Independent", name="3d_mixture"):
     """Their toy notebook: SCALE, K, D, plan_type, field_type, name under config.ifm."""
-    return NS(L=L, DIM=3, ifm=NS(name=name, field_type="Shifted", field_form="exponential",
-                                 plan_type=plan_type, SCALE=1.0, K=10.0, D=math.pi / 20),
-              efm=NS(training=NS(stability=True, gamma=1e-7), dist_behind=10.0))
+    return NS(
+        L=L,
+        DIM=3,
+        ifm=NS(
+            name=name,
+            field_type="Shifted",
+            field_form="exponential",
+            plan_type=plan_type,
+            SCALE=1.0,
+            K=10.0,
+            D=math.pi / 20,
+        ),
+        efm=NS(training=NS(stability=True, gamma=1e-7), dist_behind=10.0),
+    )
 
 
 def _rec(name):
@@ -69,8 +79,9 @@ def test_ifm_2d_discrete_sums_all_pairs_in_chunks():
     cfg = _image_config(name="2d_discrete")
     del cfg.training.plan_type  # not read for 2d_discrete, as in theirs
     for chunk in (1, 7, compat.PAIR_CHUNK):
-        out = compat.IFM(cfg, pair_chunk=chunk).GroundTruth(d["points"], d["quarks"],
-                                                            d["antiquarks"])
+        out = compat.IFM(cfg, pair_chunk=chunk).GroundTruth(
+            d["points"], d["quarks"], d["antiquarks"]
+        )
         assert float((out - d["field"]).abs().max()) < 1e-5 * float(d["field"].abs().max())
 
 
@@ -78,33 +89,43 @@ def test_ifm_golden_raw_field_and_pairing():
     d = _golden("string_toy")
     m = d["meta"]
     cfg = _image_config(L=m["L"], SCALE=m["sigma0"], K=m["K"], DIM=m["D"] + 1)
-    out = compat.IFM(cfg, backend="reference").GroundTruth(d["points"], d["quarks"],
-                                                           d["antiquarks"])
-    ref = ifm.fields.string_field(d["points"], d["quarks"], d["antiquarks"], L=m["L"],
-                                  sigma0=m["sigma0"], K=m["K"], backend="reference")
+    out = compat.IFM(cfg, backend="reference").GroundTruth(
+        d["points"], d["quarks"], d["antiquarks"]
+    )
+    ref = ifm.fields.string_field(
+        d["points"],
+        d["quarks"],
+        d["antiquarks"],
+        L=m["L"],
+        sigma0=m["sigma0"],
+        K=m["K"],
+        backend="reference",
+    )
     assert torch.equal(out, ref)
     d = _golden("string_ot_plan")
     m = d["meta"]
-    cfg = _image_config(L=m["L"], SCALE=m["sigma0"], K=m["K"], DIM=m["D"] + 1,
-                        plan_type="Optimal")
+    cfg = _image_config(L=m["L"], SCALE=m["sigma0"], K=m["K"], DIM=m["D"] + 1, plan_type="Optimal")
     gt = compat.IFM(cfg, backend="reference")
     assert torch.equal(gt.pair(d["quarks"], d["antiquarks"]), d["antiquarks"][d["pairing"]])
     # unpaired input: GroundTruth pairs it itself
     assert _rel(gt.GroundTruth(d["points"], d["quarks"], d["antiquarks"]), d["field"]) < 1e-3
 
 
-@pytest.mark.parametrize("edit, word", [
-    (lambda c: setattr(c, "D", 0.2), "pi / \\(2 K\\)"),
-    (lambda c: setattr(c.training, "field_type", "Unshifted"), "Shifted"),
-    (lambda c: delattr(c.training, "field_type"), "field_type"),
-    (lambda c: delattr(c.training, "plan_type"), "plan_type"),
-    (lambda c: setattr(c.training, "plan_type", "Greedy"), "plan_type"),
-    (lambda c: delattr(c, "training"), "training"),
-    (lambda c: delattr(c, "SCALE"), "SCALE"),
-    (lambda c: delattr(c.data, "name"), "name"),
-    (lambda c: delattr(c, "DIM"), "DIM"),
-    (lambda c: setattr(c, "DIM", 3.0), "DIM"),
-])
+@pytest.mark.parametrize(
+    "edit, word",
+    [
+        (lambda c: setattr(c, "D", 0.2), "pi / \\(2 K\\)"),
+        (lambda c: setattr(c.training, "field_type", "Unshifted"), "Shifted"),
+        (lambda c: delattr(c.training, "field_type"), "field_type"),
+        (lambda c: delattr(c.training, "plan_type"), "plan_type"),
+        (lambda c: setattr(c.training, "plan_type", "Greedy"), "plan_type"),
+        (lambda c: delattr(c, "training"), "training"),
+        (lambda c: delattr(c, "SCALE"), "SCALE"),
+        (lambda c: delattr(c.data, "name"), "name"),
+        (lambda c: delattr(c, "DIM"), "DIM"),
+        (lambda c: setattr(c, "DIM", 3.0), "DIM"),
+    ],
+)
 def test_ifm_config_values_are_honoured_or_rejected(edit, word):
     cfg = _image_config()
     edit(cfg)
@@ -150,12 +171,14 @@ def test_efm_keyword_call_and_stability_at_toy_d(stability):
     toy.efm.training.stability = stability
     for cfg in (_efm_config(stability=stability), toy):
         efm = compat.EFM(cfg)
-        out = efm.GroundTruth(perturbed_samples_vec=d["points"], p_samples=d["positive"],
-                              q_samples=d["negative"])
+        out = efm.GroundTruth(
+            perturbed_samples_vec=d["points"], p_samples=d["positive"], q_samples=d["negative"]
+        )
         assert _rel(out, ref) < 1e-5
         assert torch.equal(efm(d["points"], d["positive"], d["negative"]), out)
-        assert torch.equal(compat.ground_truth(cfg, "efm")(d["points"], d["positive"],
-                                                           d["negative"], cfg), out)
+        assert torch.equal(
+            compat.ground_truth(cfg, "efm")(d["points"], d["positive"], d["negative"], cfg), out
+        )
 
 
 def test_efm_unstabilised_underflow_is_their_stabilised_result():
@@ -164,7 +187,8 @@ def test_efm_unstabilised_underflow_is_their_stabilised_result():
     assert bool(torch.isnan(theirs_false).any())  # their stability=False underflows to NaN here
     for st in (True, False):
         out = compat.EFM(_efm_config(DIM=d["points"].shape[1], stability=st)).GroundTruth(
-            d["points"], d["positive"], d["negative"])
+            d["points"], d["positive"], d["negative"]
+        )
         assert bool(torch.isfinite(out).all())
         assert _rel(out, d["field_stability_True"]) < 1e-4
 
@@ -174,21 +198,28 @@ def test_efm_golden_and_plate_norm():
         d = _golden(name)
         m = d["meta"]
         gamma = m.get("plate_gamma")
-        cfg = NS(L=m.get("L", 6.0), DIM=m["D"] + 1,
-                 training=NS(stability=True, gamma=gamma if gamma is not None else 5.0))
+        cfg = NS(
+            L=m.get("L", 6.0),
+            DIM=m["D"] + 1,
+            training=NS(stability=True, gamma=gamma if gamma is not None else 5.0),
+        )
         out = compat.EFM(cfg, plate_norm=gamma is not None, backend="reference").GroundTruth(
-            d["points"], d["positive"], d["negative"])
+            d["points"], d["positive"], d["negative"]
+        )
         assert _rel(out, d["field"]) < 1e-3
 
 
-@pytest.mark.parametrize("edit, word", [
-    (lambda c: delattr(c.training, "gamma"), "gamma"),
-    (lambda c: setattr(c.training, "gamma", -1.0), "gamma"),
-    (lambda c: delattr(c.training, "stability"), "stability"),
-    (lambda c: setattr(c.training, "stability", "yes"), "stability"),
-    (lambda c: setattr(c, "dist_behind", -2.0), "dist_behind"),
-    (lambda c: delattr(c, "DIM"), "DIM"),
-])
+@pytest.mark.parametrize(
+    "edit, word",
+    [
+        (lambda c: delattr(c.training, "gamma"), "gamma"),
+        (lambda c: setattr(c.training, "gamma", -1.0), "gamma"),
+        (lambda c: delattr(c.training, "stability"), "stability"),
+        (lambda c: setattr(c.training, "stability", "yes"), "stability"),
+        (lambda c: setattr(c, "dist_behind", -2.0), "dist_behind"),
+        (lambda c: delattr(c, "DIM"), "DIM"),
+    ],
+)
 def test_efm_config_values_are_honoured_or_rejected(edit, word):
     cfg = _efm_config()
     edit(cfg)

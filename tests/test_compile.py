@@ -1,13 +1,13 @@
 """torch.compile(fullgraph=True) of functions calling the public API with default arguments:
 zero graph breaks, on CPU tensors and on fake CUDA tensors, and the eager results."""
+
 import pytest
 import torch
+from modes import COULOMB_MODE_IDS, COULOMB_MODES, STRING_MODE_IDS, STRING_MODES
 from torch._subclasses import FakeTensorMode
 
 import ifm
 from ifm import _ops, fields
-
-from modes import COULOMB_MODE_IDS, COULOMB_MODES, STRING_MODE_IDS, STRING_MODES
 
 L, SIGMA0, K = 6.0, 1.0, 10.0
 
@@ -35,9 +35,14 @@ def _step(string_mode, coulomb_mode, backend):
     return step
 
 
-MODES = [pytest.param(s, c, id=f"{si}-{ci}")
-         for (si, s), (ci, c) in zip(zip(STRING_MODE_IDS, STRING_MODES),
-                                     zip(COULOMB_MODE_IDS, COULOMB_MODES))]
+MODES = [
+    pytest.param(s, c, id=f"{si}-{ci}")
+    for (si, s), (ci, c) in zip(
+        zip(STRING_MODE_IDS, STRING_MODES, strict=False),
+        zip(COULOMB_MODE_IDS, COULOMB_MODES, strict=False),
+        strict=False,
+    )
+]
 BACKENDS = [None] + [b for b in ifm.available_backends("cpu") if b != "reference"]
 
 
@@ -57,7 +62,7 @@ def test_fullgraph_on_cpu_matches_eager(string_mode, coulomb_mode, backend):
     want = step(*args)
     torch._dynamo.reset()
     got = torch.compile(step, backend="aot_eager", fullgraph=True)(*args)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=False):
         assert g.dtype == w.dtype and torch.equal(g, w)
 
 

@@ -1,14 +1,14 @@
 """Several Python threads calling the same op on different inputs get exactly the results of
 sequential calls (every backend; the compiled ops release the GIL and use OpenMP inside)."""
+
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-
-import ifm
-
 from cases import coulomb_case, string_case
 from modes import COULOMB_MODES, STRING_MODES
+
+import ifm
 
 THREADS, TASKS = 4, 8
 
@@ -26,7 +26,7 @@ def _coulomb_task(bname, device, seed):
     case = coulomb_case(b, B, B + 1, D, 20.0, seed)
     points, pos, neg = (t.to(device, torch.float32) for t in case)
     mode = COULOMB_MODES[seed % len(COULOMB_MODES)]
-    plates = (pos, neg) if seed % 3 else (pos,)        # one plate for seeds 0, 3, 6
+    plates = (pos, neg) if seed % 3 else (pos,)  # one plate for seeds 0, 3, 6
     return lambda: ifm.fields.coulomb_field(points, *plates, **mode, backend=bname)
 
 
@@ -35,17 +35,18 @@ def test_threads_match_sequential_calls(backend, make):
     tasks = [make(*backend, seed) for seed in range(TASKS)]
     sequential = [task() for task in tasks]
     with ThreadPoolExecutor(THREADS) as pool:
-        for _ in range(2):                       # two rounds: tasks interleave differently
+        for _ in range(2):  # two rounds: tasks interleave differently
             concurrent = list(pool.map(lambda task: task(), tasks))
-            for seed, (got, want) in enumerate(zip(concurrent, sequential)):
+            for seed, (got, want) in enumerate(zip(concurrent, sequential, strict=False)):
                 assert torch.equal(got, want), f"task {seed}: max diff {(got - want).abs().max()}"
 
 
 def test_threads_mixing_both_fields(backend):
-    tasks = [make(*backend, seed) for seed in range(TASKS)
-             for make in (_string_task, _coulomb_task)]
+    tasks = [
+        make(*backend, seed) for seed in range(TASKS) for make in (_string_task, _coulomb_task)
+    ]
     sequential = [task() for task in tasks]
     with ThreadPoolExecutor(THREADS) as pool:
         concurrent = list(pool.map(lambda task: task(), tasks[::-1]))[::-1]
-    for i, (got, want) in enumerate(zip(concurrent, sequential)):
+    for i, (got, want) in enumerate(zip(concurrent, sequential, strict=False)):
         assert torch.equal(got, want), f"task {i}"

@@ -13,6 +13,7 @@ Three groups:
   scripts/check_cuda_extension.sh do that).
 * The error ``ifm.fields.*_cuda`` raises when it cannot run (no CUDA kernels, or CPU tensors).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -21,16 +22,15 @@ import pathlib
 import shutil
 import subprocess
 
+import modes
 import numpy as np
 import pytest
 import torch
+from cases import coulomb_case, string_case
+from parity import assert_parity, golden_names, load_golden
 
 import ifm
 from ifm import _checks, _ops, reference
-
-import modes
-from cases import coulomb_case, string_case
-from parity import assert_parity, golden_names, load_golden
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DTYPES = [torch.float32, torch.float64]
@@ -62,16 +62,18 @@ def _string_oracles(points, quarks, antiquarks, params, mode):
     """(float64 oracle, float32 stand-in) of the string field, as tests/test_fields_parity.py."""
     kw = modes.string_reference_kwargs(points.shape[1], mode)
     oracle = reference.string_field(points, quarks, antiquarks, **params, **kw)
-    standin = reference.string_field(points.float(), quarks.float(), antiquarks.float(),
-                                     **params, **kw)
+    standin = reference.string_field(
+        points.float(), quarks.float(), antiquarks.float(), **params, **kw
+    )
     return oracle, standin
 
 
 def _coulomb_oracles(points, pos, neg, mode):
     """(float64 oracle, float32 stand-in) of the Coulomb field."""
-    return (_coulomb_reference(points, pos, neg, mode),
-            _coulomb_reference(points.float(), pos.float(), None if neg is None else neg.float(),
-                               mode))
+    return (
+        _coulomb_reference(points, pos, neg, mode),
+        _coulomb_reference(points.float(), pos.float(), None if neg is None else neg.float(), mode),
+    )
 
 
 # Sizes that cross the kernels' boundaries: 64-query x 64-pair tiles, 32/16-column staging
@@ -86,10 +88,14 @@ EMU_STRING_SIZES = STRING_SIZES[:4] + [(66, 3, 300)]
 # GPU tests
 # --------------------------------------------------------------------------------------------
 HAS_GPU = torch.cuda.is_available()
-HAS_CUDA_KERNELS = _ops.has_kernel("string_field", "CUDA") and _ops.has_kernel("coulomb_field",
-                                                                                "CUDA")
-_GPU_SKIP = ("torch.cuda.is_available() is False: no GPU on this machine" if not HAS_GPU else
-             "ifm was built without CUDA kernels (rebuild with a CUDA torch, or IFM_FORCE_CUDA=1)")
+HAS_CUDA_KERNELS = _ops.has_kernel("string_field", "CUDA") and _ops.has_kernel(
+    "coulomb_field", "CUDA"
+)
+_GPU_SKIP = (
+    "torch.cuda.is_available() is False: no GPU on this machine"
+    if not HAS_GPU
+    else "ifm was built without CUDA kernels (rebuild with a CUDA torch, or IFM_FORCE_CUDA=1)"
+)
 gpu = pytest.mark.skipif(not (HAS_GPU and HAS_CUDA_KERNELS), reason=_GPU_SKIP)
 
 
@@ -145,8 +151,9 @@ def test_gpu_published_shapes():
     """CIFAR-sized string and PFGM-sized Coulomb calls run and agree with the float64 oracle."""
     points, quarks, antiquarks, params = string_case(64, 256, 3072, "cifar", seed=1)
     oracle, standin = _string_oracles(points, quarks, antiquarks, params, dict(normalize=True))
-    out = ifm.fields.string_field_cuda(*(t.cuda().float() for t in (points, quarks, antiquarks)),
-                                       **params, normalize=True)
+    out = ifm.fields.string_field_cuda(
+        *(t.cuda().float() for t in (points, quarks, antiquarks)), **params, normalize=True
+    )
     assert_parity(out, oracle, standin, what="cuda string cifar")
     points, pos, _ = coulomb_case(128, 1024, 1, 3072, L=100.0, seed=2)
     mode = dict(plate_gamma=None, normalize="pfgm")
@@ -160,8 +167,9 @@ def test_gpu_largest_dimension():
     """D = 49152 (CelebA 128x128) with a few queries."""
     points, quarks, antiquarks, params = string_case(3, 4, 49152, "w2s", seed=3)
     oracle, standin = _string_oracles(points, quarks, antiquarks, params, {})
-    out = ifm.fields.string_field_cuda(*(t.cuda().float() for t in (points, quarks, antiquarks)),
-                                       **params)
+    out = ifm.fields.string_field_cuda(
+        *(t.cuda().float() for t in (points, quarks, antiquarks)), **params
+    )
     assert_parity(out, oracle, standin, what="cuda string D=49152")
 
 
@@ -184,23 +192,44 @@ def test_gpu_op_rejects_mixed_devices():
     L, sigma0, K, d = _checks.string_geometry(params["L"], params["sigma0"], params["K"], None)
     kw = ifm.fields.string_kernel_args(points.shape[1])
     with pytest.raises(RuntimeError, match="must be a CUDA tensor"):
-        torch.ops.ifm.string_field(points.cuda(), quarks, antiquarks.cuda(), L, sigma0, K, d,
-                                   False, kw["normalize"], kw["norm_scale"], kw["eps"])
+        torch.ops.ifm.string_field(
+            points.cuda(),
+            quarks,
+            antiquarks.cuda(),
+            L,
+            sigma0,
+            K,
+            d,
+            False,
+            kw["normalize"],
+            kw["norm_scale"],
+            kw["eps"],
+        )
     pts, pos, neg = coulomb_case(4, 5, 6, 3, L=6.0)
     with pytest.raises(RuntimeError, match="must be a CUDA tensor"):
         ck = ifm.fields.coulomb_kernel_args(pts.shape[1], two_plates=True)
-        torch.ops.ifm.coulomb_field(pts.cuda(), pos.cuda(), neg, ck["plate_gamma"],
-                                    ck["sum_eps"], ck["normalize"], ck["norm_scale"], ck["eps"])
+        torch.ops.ifm.coulomb_field(
+            pts.cuda(),
+            pos.cuda(),
+            neg,
+            ck["plate_gamma"],
+            ck["sum_eps"],
+            ck["normalize"],
+            ck["norm_scale"],
+            ck["eps"],
+        )
 
 
 @gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_gpu_second_device():
     points, quarks, antiquarks, params = string_case(9, 11, 40, "cifar", seed=6)
-    on0 = ifm.fields.string_field_cuda(*(t.to("cuda:0") for t in (points, quarks, antiquarks)),
-                                       **params)
-    on1 = ifm.fields.string_field_cuda(*(t.to("cuda:1") for t in (points, quarks, antiquarks)),
-                                       **params)
+    on0 = ifm.fields.string_field_cuda(
+        *(t.to("cuda:0") for t in (points, quarks, antiquarks)), **params
+    )
+    on1 = ifm.fields.string_field_cuda(
+        *(t.to("cuda:1") for t in (points, quarks, antiquarks)), **params
+    )
     assert on1.device == torch.device("cuda:1")
     assert torch.equal(on0.cpu(), on1.cpu())
 
@@ -235,10 +264,47 @@ class _Emulated:
     def __init__(self, path):
         self.lib = ctypes.CDLL(str(path))
         i64, f64, ci, vp = ctypes.c_int64, ctypes.c_double, ctypes.c_int, ctypes.c_void_p
-        self.lib.ifm_emu_string_field.argtypes = [ci, vp, vp, vp, i64, i64, i64, f64, f64, f64,
-                                                  f64, ci, ci, f64, f64, vp, i64, i64, ci]
-        self.lib.ifm_emu_coulomb_field.argtypes = [ci, vp, i64, vp, i64, vp, i64, i64, ci, f64,
-                                                   f64, ci, f64, f64, vp, i64, i64, ci]
+        self.lib.ifm_emu_string_field.argtypes = [
+            ci,
+            vp,
+            vp,
+            vp,
+            i64,
+            i64,
+            i64,
+            f64,
+            f64,
+            f64,
+            f64,
+            ci,
+            ci,
+            f64,
+            f64,
+            vp,
+            i64,
+            i64,
+            ci,
+        ]
+        self.lib.ifm_emu_coulomb_field.argtypes = [
+            ci,
+            vp,
+            i64,
+            vp,
+            i64,
+            vp,
+            i64,
+            i64,
+            ci,
+            f64,
+            f64,
+            ci,
+            f64,
+            f64,
+            vp,
+            i64,
+            i64,
+            ci,
+        ]
         self.lib.ifm_emu_launches.restype = ctypes.c_long
         self.lib.ifm_emu_set_schedule.argtypes = [ci, ctypes.c_uint64]
         self.lib.ifm_emu_report.restype = ctypes.c_char_p
@@ -258,9 +324,24 @@ class _Emulated:
     def _arr(t, dtype):
         return np.ascontiguousarray(t.detach().cpu().numpy().astype(dtype))
 
-    def string_field(self, points, quarks, antiquarks, *, L, sigma0, K, d=None, normalize=False,
-                     stable=False, eps=1e-5, dtype=torch.float64, chunk=0, target_blocks=0,
-                     workspace=False):
+    def string_field(
+        self,
+        points,
+        quarks,
+        antiquarks,
+        *,
+        L,
+        sigma0,
+        K,
+        d=None,
+        normalize=False,
+        stable=False,
+        eps=1e-5,
+        dtype=torch.float64,
+        chunk=0,
+        target_blocks=0,
+        workspace=False,
+    ):
         npd = np.float64 if dtype == torch.float64 else np.float32
         L, sigma0, K, d = _checks.string_geometry(L, sigma0, K, d)
         p, q, a = (self._arr(t, npd) for t in (points, quarks, antiquarks))
@@ -268,29 +349,71 @@ class _Emulated:
         b, width = p.shape
         kw = ifm.fields.string_kernel_args(width, normalize=normalize, eps=eps)
         rc = self.lib.ifm_emu_string_field(
-            int(npd == np.float64), p.ctypes.data, q.ctypes.data, a.ctypes.data, b, q.shape[0],
-            width - 1, L, sigma0, K, d, int(stable), int(kw["normalize"]), kw["norm_scale"],
-            kw["eps"], out.ctypes.data, chunk, target_blocks, int(workspace))
+            int(npd == np.float64),
+            p.ctypes.data,
+            q.ctypes.data,
+            a.ctypes.data,
+            b,
+            q.shape[0],
+            width - 1,
+            L,
+            sigma0,
+            K,
+            d,
+            int(stable),
+            int(kw["normalize"]),
+            kw["norm_scale"],
+            kw["eps"],
+            out.ctypes.data,
+            chunk,
+            target_blocks,
+            int(workspace),
+        )
         self._check(rc, "string_field")
         return torch.from_numpy(out)
 
-    def coulomb_field(self, points, positive, negative=None, *, plate_gamma=None,
-                      normalize=False, dtype=torch.float64, chunk=0, target_blocks=0,
-                      workspace=False):
+    def coulomb_field(
+        self,
+        points,
+        positive,
+        negative=None,
+        *,
+        plate_gamma=None,
+        normalize=False,
+        dtype=torch.float64,
+        chunk=0,
+        target_blocks=0,
+        workspace=False,
+    ):
         npd = np.float64 if dtype == torch.float64 else np.float32
         p, pos = self._arr(points, npd), self._arr(positive, npd)
         neg = None if negative is None else self._arr(negative, npd)
         out = np.full_like(p, np.nan)
         b, width = p.shape
-        kw = ifm.fields.coulomb_kernel_args(width, two_plates=neg is not None,
-                                            plate_gamma=plate_gamma, normalize=normalize)
+        kw = ifm.fields.coulomb_kernel_args(
+            width, two_plates=neg is not None, plate_gamma=plate_gamma, normalize=normalize
+        )
         gamma = kw["plate_gamma"]
         rc = self.lib.ifm_emu_coulomb_field(
-            int(npd == np.float64), p.ctypes.data, b, pos.ctypes.data, pos.shape[0],
-            None if neg is None else neg.ctypes.data, 0 if neg is None else neg.shape[0],
-            width - 1, int(gamma is not None), gamma or 0.0, kw["sum_eps"],
-            int(kw["normalize"]), kw["norm_scale"], kw["eps"], out.ctypes.data, chunk,
-            target_blocks, int(workspace))
+            int(npd == np.float64),
+            p.ctypes.data,
+            b,
+            pos.ctypes.data,
+            pos.shape[0],
+            None if neg is None else neg.ctypes.data,
+            0 if neg is None else neg.shape[0],
+            width - 1,
+            int(gamma is not None),
+            gamma or 0.0,
+            kw["sum_eps"],
+            int(kw["normalize"]),
+            kw["norm_scale"],
+            kw["eps"],
+            out.ctypes.data,
+            chunk,
+            target_blocks,
+            int(workspace),
+        )
         self._check(rc, "coulomb_field")
         return torch.from_numpy(out)
 
@@ -304,10 +427,26 @@ def _build_emulation(out, source, extra_flags=()):
     cxx = shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         pytest.skip("no C++ compiler to build the CUDA emulation")
-    cmd = [cxx, "-std=c++17", "-O2", "-Wall", "-Wno-unknown-pragmas", "-U_FORTIFY_SOURCE",
-           "-shared", "-fPIC", *extra_flags, *os.environ.get("IFM_EMU_CXXFLAGS", "").split(),
-           "-DIFM_CUDA_EMULATION", "-include", str(ROOT / "tests/cuda_emu/cuda_emu.h"),
-           "-x", "c++", str(source), "-o", str(out)]
+    cmd = [
+        cxx,
+        "-std=c++17",
+        "-O2",
+        "-Wall",
+        "-Wno-unknown-pragmas",
+        "-U_FORTIFY_SOURCE",
+        "-shared",
+        "-fPIC",
+        *extra_flags,
+        *os.environ.get("IFM_EMU_CXXFLAGS", "").split(),
+        "-DIFM_CUDA_EMULATION",
+        "-include",
+        str(ROOT / "tests/cuda_emu/cuda_emu.h"),
+        "-x",
+        "c++",
+        str(source),
+        "-o",
+        str(out),
+    ]
     # the compiler runs without the sanitizer runtimes the test process may have preloaded
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -363,11 +502,19 @@ def test_emulated_chunking_and_split_do_not_change_the_field(emu, dtype):
     configuration is bitwise reproducible."""
     points, quarks, antiquarks, params = string_case(20, 33, 1300, "w2s", seed=7)
     oracle, standin = _string_oracles(points, quarks, antiquarks, params, dict(normalize=True))
-    configs = [dict(), dict(chunk=33 * 8, target_blocks=1), dict(target_blocks=10_000),
-               dict(chunk=1, workspace=True)]
+    configs = [
+        dict(),
+        dict(chunk=33 * 8, target_blocks=1),
+        dict(target_blocks=10_000),
+        dict(chunk=1, workspace=True),
+    ]
     for cfg in configs:
-        run = lambda: emu.string_field(points, quarks, antiquarks, **params, normalize=True,
-                                       dtype=dtype, **cfg)
+
+        def run(cfg=cfg):
+            return emu.string_field(
+                points, quarks, antiquarks, **params, normalize=True, dtype=dtype, **cfg
+            )
+
         out = run()
         assert torch.equal(out, run()), f"not reproducible with {cfg}"
         assert_parity(out, oracle, standin, what=f"emulated string {cfg}")
@@ -386,22 +533,30 @@ def test_emulated_schedules_agree(emu, dtype):
     buffers are reused within a block)."""
     points, quarks, antiquarks, params = string_case(6, 300, 40, "cifar", seed=9)
     pts, pos, neg = coulomb_case(5, 290, 270, 20, L=6.0, seed=10)
-    oracle_s, standin_s = _string_oracles(points, quarks, antiquarks, params,
-                                          dict(normalize=True, stable=True))
+    oracle_s, standin_s = _string_oracles(
+        points, quarks, antiquarks, params, dict(normalize=True, stable=True)
+    )
     cmode = dict(plate_gamma=5.0, normalize=True)
     oracle_c, standin_c = _coulomb_oracles(pts, pos, neg, cmode)
     results = {}
     try:
-        for sched, seed in [("forward", 1), ("reverse", 1), ("random", 1), ("random", 2),
-                            ("mixed", 3)]:
+        for sched, seed in [
+            ("forward", 1),
+            ("reverse", 1),
+            ("random", 1),
+            ("random", 2),
+            ("mixed", 3),
+        ]:
             emu.schedule(sched, seed)
             results[sched, seed] = (
-                emu.string_field(points, quarks, antiquarks, **params, normalize=True,
-                                 stable=True, dtype=dtype),
-                emu.coulomb_field(pts, pos, neg, **cmode, dtype=dtype))
+                emu.string_field(
+                    points, quarks, antiquarks, **params, normalize=True, stable=True, dtype=dtype
+                ),
+                emu.coulomb_field(pts, pos, neg, **cmode, dtype=dtype),
+            )
     finally:
         emu.schedule("mixed", 1)
-    (s0, c0), = [results["forward", 1]]
+    ((s0, c0),) = [results["forward", 1]]
     assert_parity(s0, oracle_s, standin_s, what="emulated string, forward schedule")
     assert_parity(c0, oracle_c, standin_c, what="emulated coulomb, forward schedule")
     for key, (s, c) in results.items():
@@ -410,18 +565,28 @@ def test_emulated_schedules_agree(emu, dtype):
 
 
 # (kernel of tests/cuda_emu/selftest.cpp, schedule, expected words of the report)
-PLANTED = [(0, "reverse", "write/read race"), (1, "forward", "write/write race"),
-           (2, "mixed", "uninitialised"), (3, "forward", "read/write race"),
-           (3, "reverse", "write/read race"), (4, "mixed", "divergent __syncthreads"),
-           (5, "mixed", "static shared memory")]
+PLANTED = [
+    (0, "reverse", "write/read race"),
+    (1, "forward", "write/write race"),
+    (2, "mixed", "uninitialised"),
+    (3, "forward", "read/write race"),
+    (3, "reverse", "write/read race"),
+    (4, "mixed", "divergent __syncthreads"),
+    (5, "mixed", "static shared memory"),
+]
 
 
 @pytest.fixture(scope="module")
 def selftest(tmp_path_factory):
     lib = tmp_path_factory.mktemp("cuda_emu_selftest") / "libifm_cuda_emu_selftest.so"
     lib = ctypes.CDLL(str(_build_emulation(lib, ROOT / "tests/cuda_emu/selftest.cpp")))
-    lib.ifm_emu_selftest.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int,
-                                     ctypes.c_int]
+    lib.ifm_emu_selftest.argtypes = [
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_int,
+    ]
     lib.ifm_emu_report.restype = ctypes.c_char_p
     lib.ifm_emu_set_schedule.argtypes = [ctypes.c_int, ctypes.c_uint64]
     return lib
@@ -435,8 +600,9 @@ def _run_planted(lib, which, defect, threads=0, blocks=1):
     return rc, report, out
 
 
-@pytest.mark.parametrize("which,sched,words", PLANTED,
-                         ids=[f"{k}-{s}-{w.split()[0]}" for k, s, w in PLANTED])
+@pytest.mark.parametrize(
+    "which,sched,words", PLANTED, ids=[f"{k}-{s}-{w.split()[0]}" for k, s, w in PLANTED]
+)
 def test_emulator_reports_planted_defects(selftest, which, sched, words):
     """Each planted shared-memory / barrier defect is reported and fails the launch; the same
     kernel without the defect is clean."""
@@ -447,8 +613,9 @@ def test_emulator_reports_planted_defects(selftest, which, sched, words):
         rc, report, _ = _run_planted(selftest, which, defect=True)
     finally:
         selftest.ifm_emu_set_schedule(SCHEDULES["mixed"], 1)
-    assert rc != 0 and words in report, f"kernel {which}: expected '{words}', got rc={rc}:\n" \
-                                        f"{report}"
+    assert rc != 0 and words in report, (
+        f"kernel {which}: expected '{words}', got rc={rc}:\n{report}"
+    )
 
 
 def test_emulator_checks_launch_limits(selftest):

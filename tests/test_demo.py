@@ -1,4 +1,5 @@
 """`ifm demo --quick`: runs end to end and writes the figures and a parseable summary."""
+
 import json
 import math
 import os
@@ -21,13 +22,17 @@ def test_quick_demo_writes_outputs(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     runs = summary["runs"]
     assert {(r["method"], r["L"]) for r in runs} == {
-        (m, L) for m in ("IFM", "EFM", "IFM (exact field)") for L in (6.0, 40.0)}
+        (m, L) for m in ("IFM", "EFM", "IFM (exact field)") for L in (6.0, 40.0)
+    }
     q = demo.QUICK
     for r in runs:
         assert math.isfinite(r["w2_generated_target"]) and r["w2_generated_target"] > 0
         assert r["w2_source_target"] > 0 and r["train_time_s"] > 0
-        calls = (q.exact_steps + 2 * q.exact_end_steps if r["method"] == "IFM (exact field)"
-                 else q.euler_steps + 2 * q.end_steps)
+        calls = (
+            q.exact_steps + 2 * q.exact_end_steps
+            if r["method"] == "IFM (exact field)"
+            else q.euler_steps + 2 * q.end_steps
+        )
         assert r["network_calls_per_sample"] == calls
         assert r["ratio"] == pytest.approx(r["w2_generated_target"] / r["w2_source_target"])
     exact = [r for r in runs if r["method"] == "IFM (exact field)"]
@@ -41,12 +46,13 @@ def test_quick_demo_writes_outputs(tmp_path):
 
 def test_stretched_target_is_the_same_direction_field():
     import torch
+
     net = demo.FieldNet(40.0, math.pi / 20, hidden=8)
     g = torch.Generator().manual_seed(0)
     z = torch.rand(50, generator=g) * 40
     t_z, t_x = torch.rand(50, generator=g) + 0.5, torch.randn(50, 2, generator=g) * 0.05
     s_z, s_x = net.stretch(z, t_z, t_x)
-    assert torch.allclose(s_z ** 2 + (s_x ** 2).sum(1), t_z ** 2 + (t_x ** 2).sum(1))
+    assert torch.allclose(s_z**2 + (s_x**2).sum(1), t_z**2 + (t_x**2).sum(1))
     zero = net.stretch(z[:2], torch.tensor([0.0, 1e-25]), torch.tensor([[0.0, 0.0], [1e-25, 0.0]]))
     assert float(zero[0].abs().max()) <= 1e-25 and float(zero[1].abs().max()) <= 1e-25
     # back in z coordinates (x part / s(z)), the slope dx/dz is the target's
@@ -58,6 +64,7 @@ def test_stretched_target_is_the_same_direction_field():
 
 def test_swiss_roll_and_seed_repeatable():
     import torch
+
     a = demo.swiss_roll(500, torch.Generator().manual_seed(0))
     b = demo.swiss_roll(500, torch.Generator().manual_seed(0))
     assert torch.equal(a, b) and a.shape == (500, 2)
@@ -69,8 +76,14 @@ def test_swiss_roll_and_seed_repeatable():
 
 def test_python_m_ifm_help():
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(demo.__file__)) + os.pathsep + \
-        env.get("PYTHONPATH", "")
-    res = subprocess.run([sys.executable, "-m", "ifm", "demo", "--help"], capture_output=True,
-                         text=True, env=env, timeout=120)
+    env["PYTHONPATH"] = (
+        os.path.dirname(os.path.dirname(demo.__file__)) + os.pathsep + env.get("PYTHONPATH", "")
+    )
+    res = subprocess.run(
+        [sys.executable, "-m", "ifm", "demo", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert res.returncode == 0 and "--quick" in res.stdout and "--out" in res.stdout

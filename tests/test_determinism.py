@@ -1,6 +1,7 @@
 """Bitwise determinism on every backend available here (docs/INPUTS.md, "Determinism"):
 repeated calls and a fresh process produce the same bytes; so do 1 and 2 threads on the backends
 whose work is split over torch's CPU threads."""
+
 import hashlib
 import json
 import os
@@ -10,12 +11,11 @@ import sys
 
 import pytest
 import torch
-
-import ifm
-
 from cases import coulomb_case, string_case
 from conftest import BACKEND_PARAMS
 from modes import COULOMB_MODE_IDS, COULOMB_MODES, STRING_MODE_IDS, STRING_MODES
+
+import ifm
 
 TESTS = pathlib.Path(__file__).resolve().parent
 
@@ -31,18 +31,20 @@ def outputs(bname: str, device: str) -> dict:
     points, quarks, antiquarks, params = string_case(b, B, D, "cifar", seed=7)
     f32 = [t.to(device, torch.float32) for t in (points, quarks, antiquarks)]
     out = {}
-    for mode, mid in zip(STRING_MODES, STRING_MODE_IDS):
+    for mode, mid in zip(STRING_MODES, STRING_MODE_IDS, strict=False):
         out[f"string-{mid}"] = ifm.fields.string_field(*f32, **params, **mode, backend=bname)
     cp, pos, neg = (t.to(device, torch.float32) for t in coulomb_case(b, B, B + 3, D, 20.0, seed=7))
-    for mode, mid in zip(COULOMB_MODES, COULOMB_MODE_IDS):
+    for mode, mid in zip(COULOMB_MODES, COULOMB_MODE_IDS, strict=False):
         out[f"coulomb-{mid}"] = ifm.fields.coulomb_field(cp, pos, neg, **mode, backend=bname)
     out["coulomb-one-plate"] = ifm.fields.coulomb_field(cp, pos, normalize="pfgm", backend=bname)
     return out
 
 
 def digests(out: dict) -> dict:
-    return {k: hashlib.sha256(v.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
-            for k, v in out.items()}
+    return {
+        k: hashlib.sha256(v.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+        for k, v in out.items()
+    }
 
 
 @pytest.fixture
@@ -75,13 +77,16 @@ def test_thread_count_does_not_change_bits(threaded_backend, restore_threads):
 
 def test_fresh_process_gives_the_same_bytes(backend):
     bname, device = backend
-    code = (f"import sys, json; sys.path.insert(0, {str(TESTS)!r}); import conftest; "
-            "import test_determinism as t; "
-            f"print(json.dumps(t.digests(t.outputs({bname!r}, {device!r}))))")
+    code = (
+        f"import sys, json; sys.path.insert(0, {str(TESTS)!r}); import conftest; "
+        "import test_determinism as t; "
+        f"print(json.dumps(t.digests(t.outputs({bname!r}, {device!r}))))"
+    )
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)   # same ifm as this process
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          timeout=600)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # same ifm as this process
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     child = json.loads(proc.stdout.strip().splitlines()[-1])
     assert child == digests(outputs(bname, device))

@@ -5,6 +5,7 @@ the same global batch, keeps its slice (unequal sizes, a rank with zero queries,
 charges on a plate) and compares its rows with the single-process reference on the concatenated
 batch by the parity rule (tests/parity.py), for both strategies and every normalisation mode.
 """
+
 import datetime
 import os
 import sys
@@ -20,12 +21,20 @@ from ifm import reference
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cases import coulomb_case, string_case  # noqa: E402
-from modes import (COULOMB_MODE_IDS, COULOMB_MODES, STRING_MODE_IDS, STRING_MODES,  # noqa: E402
-                   coulomb_reference_kwargs, string_reference_kwargs)
+from modes import (  # noqa: E402
+    COULOMB_MODE_IDS,
+    COULOMB_MODES,
+    STRING_MODE_IDS,
+    STRING_MODES,
+    coulomb_reference_kwargs,
+    string_reference_kwargs,
+)
 from parity import assert_parity  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                reason="torch.distributed with Gloo is unavailable")
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(),
+    reason="torch.distributed with Gloo is unavailable",
+)
 
 # per-rank sizes of the parity run (world 3): rank 1 has no queries, ranks hold unequal counts
 QUERIES = [5, 0, 8]
@@ -34,8 +43,9 @@ POSITIVE = [3, 0, 5]
 NEGATIVE = [2, 4, 1]
 D = 5
 # (backend, dtype): the compiled kernel in float32 (parity rule), the reference in float64 (1e-9)
-CONFIGS = [(name, torch.float32) for name in ("cpu",) if name in ifm.available_backends("cpu")] \
-    + [("reference", torch.float64)]
+CONFIGS = [(name, torch.float32) for name in ("cpu",) if name in ifm.available_backends("cpu")] + [
+    ("reference", torch.float64)
+]
 
 
 # (strategy, how the allgather strategy gathers): Gloo's point-to-point exchange, and the padded
@@ -52,8 +62,13 @@ def _variants():
 
 def _init(rank, world, init_file, seconds=60):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world, timeout=datetime.timedelta(seconds=seconds))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=seconds),
+    )
 
 
 def _spawn(fn, world, tmp_path, *args):
@@ -62,7 +77,7 @@ def _spawn(fn, world, tmp_path, *args):
 
 def _mine(t, sizes, rank):
     o = sum(sizes[:rank])
-    return t[o: o + sizes[rank]]
+    return t[o : o + sizes[rank]]
 
 
 def _check(out, oracle, standin, what):
@@ -80,18 +95,30 @@ def _parity_worker(rank, world, init_file):
     for geometry in ("toy", "cifar", "cmnist"):
         pts, q, a, params = string_case(sum(QUERIES), sum(PAIRS), D, geometry, seed=11)
         mine = [_mine(t, s, rank) for t, s in ((pts, QUERIES), (q, PAIRS), (a, PAIRS))]
-        for mode, mode_id in zip(STRING_MODES, STRING_MODE_IDS):
+        for mode, mode_id in zip(STRING_MODES, STRING_MODE_IDS, strict=False):
             kw = string_reference_kwargs(width, mode)
             oracle = _mine(reference.string_field(pts, q, a, **params, **kw), QUERIES, rank)
-            standin = _mine(reference.string_field(pts.float(), q.float(), a.float(), **params,
-                                                   **kw), QUERIES, rank)
+            standin = _mine(
+                reference.string_field(pts.float(), q.float(), a.float(), **params, **kw),
+                QUERIES,
+                rank,
+            )
             for bname, dtype in CONFIGS:
                 for strategy, sid in _variants():
-                    out = ifm.distributed.string_field(*(t.to(dtype) for t in mine), **params,
-                                                       **mode, backend=bname, strategy=strategy)
+                    out = ifm.distributed.string_field(
+                        *(t.to(dtype) for t in mine),
+                        **params,
+                        **mode,
+                        backend=bname,
+                        strategy=strategy,
+                    )
                     assert out.dtype == dtype
-                    _check(out, oracle, standin,
-                           f"rank {rank} string {geometry} {mode_id} {bname} {sid}")
+                    _check(
+                        out,
+                        oracle,
+                        standin,
+                        f"rank {rank} string {geometry} {mode_id} {bname} {sid}",
+                    )
     for case in ("random", "near-tie"):
         _coulomb_parity(rank, case)
     # no gradients through the collectives: inputs that require grad are read as constants
@@ -125,20 +152,29 @@ def _coulomb_parity(rank, case):
     pts, pos, neg = _coulomb_inputs(case)
     mine = [_mine(t, s, rank) for t, s in ((pts, QUERIES), (pos, POSITIVE), (neg, NEGATIVE))]
     for two in (False, True):
-        for mode, mode_id in zip(COULOMB_MODES, COULOMB_MODE_IDS):
+        for mode, mode_id in zip(COULOMB_MODES, COULOMB_MODE_IDS, strict=False):
             kw = coulomb_reference_kwargs(width, mode, two)
             nn = neg if two else None
             oracle = _mine(reference.coulomb_field(pts, pos, nn, **kw), QUERIES, rank)
-            standin = _mine(reference.coulomb_field(pts.float(), pos.float(),
-                                                    None if nn is None else nn.float(), **kw),
-                            QUERIES, rank)
+            standin = _mine(
+                reference.coulomb_field(
+                    pts.float(), pos.float(), None if nn is None else nn.float(), **kw
+                ),
+                QUERIES,
+                rank,
+            )
             for bname, dtype in CONFIGS:
                 for strategy, sid in _variants():
                     p, pp, ng = (t.to(dtype) for t in mine)
-                    out = ifm.distributed.coulomb_field(p, pp, ng if two else None, **mode,
-                                                        backend=bname, strategy=strategy)
-                    _check(out, oracle, standin, f"rank {rank} coulomb {case} plates={1 + two} "
-                           f"{mode_id} {bname} {sid}")
+                    out = ifm.distributed.coulomb_field(
+                        p, pp, ng if two else None, **mode, backend=bname, strategy=strategy
+                    )
+                    _check(
+                        out,
+                        oracle,
+                        standin,
+                        f"rank {rank} coulomb {case} plates={1 + two} {mode_id} {bname} {sid}",
+                    )
 
 
 def test_parity_both_fields_every_mode(tmp_path):
@@ -166,8 +202,12 @@ def _same_error_everywhere(fn, expected_type, *needles):
 
 def _string_inputs(rank, n=6, B=5):
     pts, q, a, params = string_case(2 * n, 2 * B, D, "toy", seed=2)
-    return pts[rank * n:(rank + 1) * n].float(), q[rank * B:(rank + 1) * B].float(), \
-        a[rank * B:(rank + 1) * B].float(), params
+    return (
+        pts[rank * n : (rank + 1) * n].float(),
+        q[rank * B : (rank + 1) * B].float(),
+        a[rank * B : (rank + 1) * B].float(),
+        params,
+    )
 
 
 def _error_worker(rank, world, init_file):
@@ -175,45 +215,78 @@ def _error_worker(rank, world, init_file):
     p, q, a, params = _string_inputs(rank)
     # wrong width on rank 1 only
     bad_q = q[:, :-1] if rank == 1 else q
-    _same_error_everywhere(lambda: ifm.distributed.string_field(p, bad_q, a, **params),
-                           ValueError, "rank 1 of the group", "quarks must have 6 columns")
+    _same_error_everywhere(
+        lambda: ifm.distributed.string_field(p, bad_q, a, **params),
+        ValueError,
+        "rank 1 of the group",
+        "quarks must have 6 columns",
+    )
     # a NaN on rank 0 only
     bad_p = p.clone()
     if rank == 0:
         bad_p[2, 3] = float("nan")
-    _same_error_everywhere(lambda: ifm.distributed.string_field(bad_p, q, a, **params,
-                                                                strategy="ring"),
-                           ValueError, "rank 0 of the group", "points has a non-finite value")
+    _same_error_everywhere(
+        lambda: ifm.distributed.string_field(bad_p, q, a, **params, strategy="ring"),
+        ValueError,
+        "rank 0 of the group",
+        "points has a non-finite value",
+    )
     # keyword arguments that differ between ranks
     other = dict(params, sigma0=params["sigma0"] * (1 + rank))
-    _same_error_everywhere(lambda: ifm.distributed.string_field(p, q, a, **other), ValueError,
-                           "kwargs must be the same on every rank")
-    _same_error_everywhere(lambda: ifm.distributed.string_field(p, q, a, **params,
-                                                                strategy="tree" if rank else
-                                                                "ring"),
-                           ValueError)
-    _same_error_everywhere(lambda: ifm.distributed.string_field(p, q, a, **params,
-                                                                normalize="yes" if rank else
-                                                                True),
-                           TypeError, "rank 1 of the group", "normalize must be a bool")
+    _same_error_everywhere(
+        lambda: ifm.distributed.string_field(p, q, a, **other),
+        ValueError,
+        "kwargs must be the same on every rank",
+    )
+    _same_error_everywhere(
+        lambda: ifm.distributed.string_field(
+            p, q, a, **params, strategy="tree" if rank else "ring"
+        ),
+        ValueError,
+    )
+    _same_error_everywhere(
+        lambda: ifm.distributed.string_field(p, q, a, **params, normalize="yes" if rank else True),
+        TypeError,
+        "rank 1 of the group",
+        "normalize must be a bool",
+    )
     # a failure that is not a ValueError: a backend rank 1 cannot run
-    _same_error_everywhere(lambda: ifm.distributed.string_field(
-        p, q, a, **params, backend="cuda" if rank else "auto"), RuntimeError,
-        "rank 1 of the group", "backend='cuda'")
+    _same_error_everywhere(
+        lambda: ifm.distributed.string_field(p, q, a, **params, backend="cuda" if rank else "auto"),
+        RuntimeError,
+        "rank 1 of the group",
+        "backend='cuda'",
+    )
     pts, pos, neg = coulomb_case(8, 6, 6, D, 3.0, seed=1)
-    mine = pts[4 * rank: 4 * rank + 4].float(), pos[3 * rank:3 * rank + 3].float(), \
-        neg[3 * rank:3 * rank + 3].float()
-    _same_error_everywhere(lambda: ifm.distributed.coulomb_field(
-        mine[0], mine[1], mine[2] if rank == 0 else None), ValueError,
-        "negative must be the same on every rank")
+    mine = (
+        pts[4 * rank : 4 * rank + 4].float(),
+        pos[3 * rank : 3 * rank + 3].float(),
+        neg[3 * rank : 3 * rank + 3].float(),
+    )
+    _same_error_everywhere(
+        lambda: ifm.distributed.coulomb_field(mine[0], mine[1], mine[2] if rank == 0 else None),
+        ValueError,
+        "negative must be the same on every rank",
+    )
     shifted = mine[2].clone()
     shifted[:, 0] += rank
-    _same_error_everywhere(lambda: ifm.distributed.coulomb_field(mine[0], mine[1], shifted),
-                           ValueError, "must be the same on every rank")
-    _same_error_everywhere(lambda: ifm.distributed.coulomb_field(
-        mine[0], mine[1][:0], mine[2]), ValueError, "positive must have at least one row")
-    _same_error_everywhere(lambda: ifm.distributed.coulomb_field(
-        mine[0].double() if rank else mine[0], mine[1], mine[2]), TypeError, "rank 1 of the group")
+    _same_error_everywhere(
+        lambda: ifm.distributed.coulomb_field(mine[0], mine[1], shifted),
+        ValueError,
+        "must be the same on every rank",
+    )
+    _same_error_everywhere(
+        lambda: ifm.distributed.coulomb_field(mine[0], mine[1][:0], mine[2]),
+        ValueError,
+        "positive must have at least one row",
+    )
+    _same_error_everywhere(
+        lambda: ifm.distributed.coulomb_field(
+            mine[0].double() if rank else mine[0], mine[1], mine[2]
+        ),
+        TypeError,
+        "rank 1 of the group",
+    )
     # the group is still usable after the collective errors
     out = ifm.distributed.string_field(p, q, a, **params, normalize=True)
     full = string_case(12, 10, D, "toy", seed=2)
@@ -221,9 +294,12 @@ def _error_worker(rank, world, init_file):
     torch.testing.assert_close(out, ref)
     # half-precision inputs: computed in float32, returned in their dtype, by both strategies
     for dtype in (torch.float16, torch.bfloat16):
-        outs = [ifm.distributed.string_field(p.to(dtype), q.to(dtype), a.to(dtype), **params,
-                                             normalize=True, strategy=s)
-                for s in ifm.distributed.STRATEGIES]
+        outs = [
+            ifm.distributed.string_field(
+                p.to(dtype), q.to(dtype), a.to(dtype), **params, normalize=True, strategy=s
+            )
+            for s in ifm.distributed.STRATEGIES
+        ]
         assert all(o.dtype == dtype for o in outs)
         torch.testing.assert_close(outs[1].float(), outs[0].float(), rtol=1e-2, atol=1e-2)
     _matcher_checks(rank, world)
@@ -236,16 +312,25 @@ def _matcher_checks(rank, world):
     L = 6.0
     g = torch.Generator().manual_seed(3)
     x0_all, x1_all = torch.randn(16, 2, generator=g), torch.randn(16, 2, generator=g) + 2.0
-    x0, x1 = x0_all[8 * rank: 8 * rank + 8], x1_all[8 * rank: 8 * rank + 8]
+    x0, x1 = x0_all[8 * rank : 8 * rank + 8], x1_all[8 * rank : 8 * rank + 8]
     for plan, global_plan in (("independent", False), ("ot", False), ("ot", True)):
         for strategy in ifm.distributed.STRATEGIES:
-            m = matchers.IFMMatcher(L, 1.0, 10.0, plan=plan, b=5, group="world",
-                                    global_plan=global_plan, strategy=strategy)
+            m = matchers.IFMMatcher(
+                L,
+                1.0,
+                10.0,
+                plan=plan,
+                b=5,
+                group="world",
+                global_plan=global_plan,
+                strategy=strategy,
+            )
             z, xt, target, pairing = m.sample_location_and_target(
-                x0, x1, generator=torch.Generator().manual_seed(7 + rank), return_pairing=True)
+                x0, x1, generator=torch.Generator().manual_seed(7 + rank), return_pairing=True
+            )
             if global_plan:
                 full = plans.get_plan(plan)(x0_all, x1_all)
-                assert torch.equal(pairing, full[8 * rank: 8 * rank + 8])
+                assert torch.equal(pairing, full[8 * rank : 8 * rank + 8])
                 c_mine = x1_all[pairing]
                 c_all = x1_all[full]
             else:
@@ -254,8 +339,9 @@ def _matcher_checks(rank, world):
                 parts = [None] * world
                 dist.all_gather_object(parts, c_mine)
                 c_all = torch.cat(parts)
-            q = points.uniform(x0, c_mine, L=L, b=5, generator=torch.Generator().manual_seed(
-                7 + rank))
+            q = points.uniform(
+                x0, c_mine, L=L, b=5, generator=torch.Generator().manual_seed(7 + rank)
+            )
             assert torch.equal(z, q[:, 0])
             lo = torch.cat([torch.zeros(16, 1), x0_all], 1)
             hi = torch.cat([torch.full((16, 1), L), c_all], 1)
@@ -278,12 +364,13 @@ def _failure_checks(rank, world):
     raise within the group's timeout. Each case runs in a fresh group with a short timeout."""
     p, q, a, params = _string_inputs(rank)
     for strategy, target in (("allgather", "_gather"), ("ring", "_ring")):
-        group = dist.new_group(backend="gloo",
-                               timeout=datetime.timedelta(seconds=FAIL_TIMEOUT))
+        group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=FAIL_TIMEOUT))
         original = getattr(ifm.distributed, target)
         if rank == 1:
+
             def boom(*args, **kwargs):
                 raise MemoryError("simulated failure on rank 1")
+
             setattr(ifm.distributed, target, boom)
         t0 = time.monotonic()
         try:

@@ -1,4 +1,5 @@
 """Bad inputs get a TypeError/ValueError that names the argument and the expectation."""
+
 import math
 
 import pytest
@@ -24,15 +25,22 @@ def call_string(points=None, quarks=None, antiquarks=None, **kw):
     p, q, a = good_string()
     params = dict(L=L, sigma0=SIGMA0, K=K)
     params.update(kw)
-    return ifm.fields.string_field(p if points is None else points, q if quarks is None else quarks,
-                                   a if antiquarks is None else antiquarks, **params)
+    return ifm.fields.string_field(
+        p if points is None else points,
+        q if quarks is None else quarks,
+        a if antiquarks is None else antiquarks,
+        **params,
+    )
 
 
 def call_coulomb(points=None, positive=None, negative="default", **kw):
     p, q, a = good_string()
-    return ifm.fields.coulomb_field(p if points is None else points,
-                                    q if positive is None else positive,
-                                    a if isinstance(negative, str) else negative, **kw)
+    return ifm.fields.coulomb_field(
+        p if points is None else points,
+        q if positive is None else positive,
+        a if isinstance(negative, str) else negative,
+        **kw,
+    )
 
 
 P, Q, A = good_string()
@@ -44,17 +52,42 @@ STRING_BAD = [
     ("antiquarks width", dict(antiquarks=A[:, :2]), ValueError, ["antiquarks", "4 columns"]),
     ("pair counts differ", dict(antiquarks=A[:3]), ValueError, ["same number of rows"]),
     ("empty points", dict(points=P[:0]), ValueError, ["points", "at least one row"]),
-    ("empty pairs", dict(quarks=Q[:0], antiquarks=A[:0]), ValueError, ["quarks", "at least one row"]),
-    ("D = 0", dict(points=P[:, :1], quarks=Q[:, :1], antiquarks=A[:, :1]), ValueError, ["points", "D+1 >= 2"]),
+    (
+        "empty pairs",
+        dict(quarks=Q[:0], antiquarks=A[:0]),
+        ValueError,
+        ["quarks", "at least one row"],
+    ),
+    (
+        "D = 0",
+        dict(points=P[:, :1], quarks=Q[:, :1], antiquarks=A[:, :1]),
+        ValueError,
+        ["points", "D+1 >= 2"],
+    ),
     ("integer points", dict(points=P.long()), TypeError, ["points", "floating dtype"]),
     ("bool quarks", dict(quarks=Q > 0), TypeError, ["quarks", "floating dtype"]),
     ("numpy points", dict(points=P.numpy()), TypeError, ["points", "torch.Tensor"]),
     ("mixed dtypes", dict(quarks=Q.double()), TypeError, ["quarks", "dtype"]),
     ("quarks not on z = 0", dict(quarks=Q + 1), ValueError, ["quarks", "column 0", "z = 0"]),
-    ("antiquarks not on z = L", dict(antiquarks=A.roll(1, dims=1)), ValueError, ["antiquarks", "column 0", "z = 6"]),
+    (
+        "antiquarks not on z = L",
+        dict(antiquarks=A.roll(1, dims=1)),
+        ValueError,
+        ["antiquarks", "column 0", "z = 6"],
+    ),
     ("z-last quarks", dict(quarks=Q.roll(-1, dims=1)), ValueError, ["quarks", "z-first"]),
-    ("nan in points", dict(points=torch.where(torch.arange(4)[:, None] == 2, float("nan"), P)), ValueError, ["points", "non-finite", "(2, 0)"]),
-    ("inf in antiquarks", dict(antiquarks=torch.cat([A[:4], A[4:].clone().fill_(float("inf"))])), ValueError, ["antiquarks", "non-finite"]),
+    (
+        "nan in points",
+        dict(points=torch.where(torch.arange(4)[:, None] == 2, float("nan"), P)),
+        ValueError,
+        ["points", "non-finite", "(2, 0)"],
+    ),
+    (
+        "inf in antiquarks",
+        dict(antiquarks=torch.cat([A[:4], A[4:].clone().fill_(float("inf"))])),
+        ValueError,
+        ["antiquarks", "non-finite"],
+    ),
     ("L <= 0", dict(L=0.0), ValueError, ["L", "> 0"]),
     ("L negative", dict(L=-6.0), ValueError, ["L", "> 0"]),
     ("L nan", dict(L=float("nan")), ValueError, ["L", "finite"]),
@@ -78,7 +111,12 @@ COULOMB_BAD = [
     ("negative width", dict(negative=A[:, :2]), ValueError, ["negative", "4 columns"]),
     ("empty negative", dict(negative=A[:0]), ValueError, ["negative", "at least one row"]),
     ("positive not on z = 0", dict(positive=Q + 0.5), ValueError, ["positive", "column 0"]),
-    ("negative plate not constant", dict(negative=torch.cat([A[:2], A[2:] + torch.tensor([1.0, 0, 0, 0])])), ValueError, ["negative", "column 0"]),
+    (
+        "negative plate not constant",
+        dict(negative=torch.cat([A[:2], A[2:] + torch.tensor([1.0, 0, 0, 0])])),
+        ValueError,
+        ["negative", "column 0"],
+    ),
     ("negative plate at z <= 0", dict(negative=Q), ValueError, ["negative", "z = L > 0"]),
     ("mixed dtypes", dict(negative=A.double()), TypeError, ["negative", "dtype"]),
     ("plate_gamma negative", dict(plate_gamma=-1.0), ValueError, ["plate_gamma"]),
@@ -89,8 +127,9 @@ COULOMB_BAD = [
 ]
 
 
-BAD = [pytest.param(call_string, case, id=f"string-{case[0]}") for case in STRING_BAD] + \
-      [pytest.param(call_coulomb, case, id=f"coulomb-{case[0]}") for case in COULOMB_BAD]
+BAD = [pytest.param(call_string, case, id=f"string-{case[0]}") for case in STRING_BAD] + [
+    pytest.param(call_coulomb, case, id=f"coulomb-{case[0]}") for case in COULOMB_BAD
+]
 
 
 @pytest.mark.parametrize("call, case", BAD)
@@ -125,8 +164,9 @@ def test_check_finite_false_skips_the_check():
     p, q, a = good_string()
     p = p.clone()
     p[1, 2] = float("nan")
-    out = ifm.fields.string_field(p, q, a, L=L, sigma0=SIGMA0, K=K, check_finite=False,
-                                  backend="reference")
+    out = ifm.fields.string_field(
+        p, q, a, L=L, sigma0=SIGMA0, K=K, check_finite=False, backend="reference"
+    )
     assert out.shape == p.shape
 
 
@@ -134,8 +174,9 @@ def test_half_inputs_computed_in_float32():
     p, q, a = good_string()
     out = ifm.fields.string_field(p.half(), q.half(), a.half(), L=L, sigma0=SIGMA0, K=K)
     assert out.dtype == torch.float16
-    want = ifm.fields.string_field(p.half().float(), q.half().float(), a.half().float(), L=L,
-                                   sigma0=SIGMA0, K=K)
+    want = ifm.fields.string_field(
+        p.half().float(), q.half().float(), a.half().float(), L=L, sigma0=SIGMA0, K=K
+    )
     assert torch.allclose(out.float(), want, rtol=2e-3, atol=2e-3 * want.abs().max().item())
 
 

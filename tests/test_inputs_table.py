@@ -1,5 +1,6 @@
 """docs/INPUTS.md is executable: every row of its two tables is parsed and checked here, on every
 backend available, so the documented behaviour cannot drift from the code."""
+
 import math
 import pathlib
 import re
@@ -7,10 +8,9 @@ import re
 import numpy as np
 import pytest
 import torch
+from test_inputs import SIGMA0, K, L, good_string
 
 import ifm
-
-from test_inputs import K, L, SIGMA0, good_string
 
 DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "INPUTS.md"
 
@@ -22,7 +22,7 @@ def _table(heading: str):
     lines = [ln for ln in section.splitlines() if ln.startswith("|")]
     split = lambda ln: [c.strip() for c in re.split(r"(?<!\\)\|", ln.strip())[1:-1]]  # noqa: E731
     header = split(lines[0])
-    return [dict(zip(header, split(ln))) for ln in lines[2:]]
+    return [dict(zip(header, split(ln), strict=False)) for ln in lines[2:]]
 
 
 def _code(cell: str) -> str:
@@ -58,10 +58,23 @@ def _put(t, i, j, v):
 
 def _namespace(device):
     P, Q, A = (t.to(device) for t in good_string())
-    other = "cpu" if torch.device(device).type != "cpu" else (
-        "cuda" if torch.cuda.is_available() else "meta")
-    return dict(P=P, Q=Q, A=A, OTHER=other, put=_put, nan=math.nan, inf=math.inf, math=math,
-                np=np, torch=torch)
+    other = (
+        "cpu"
+        if torch.device(device).type != "cpu"
+        else ("cuda" if torch.cuda.is_available() else "meta")
+    )
+    return dict(
+        P=P,
+        Q=Q,
+        A=A,
+        OTHER=other,
+        put=_put,
+        nan=math.nan,
+        inf=math.inf,
+        math=math,
+        np=np,
+        torch=torch,
+    )
 
 
 def _kwargs(example: str, ns) -> dict:
@@ -82,9 +95,12 @@ def _call(entry: str, kwargs: dict, ns, bname: str):
             fn, tensors = ifm.fields.coulomb_field, ("points", "positive", "negative")
             defaults = {}
             for plate, alias in (("quarks", "positive"), ("antiquarks", "negative")):
-                if plate in kw:                     # `both` rows name the string's plates
+                if plate in kw:  # `both` rows name the string's plates
                     kw[alias] = kw.pop(plate)
-    args = [kw.pop(name, default) for name, default in zip(tensors, (ns["P"], ns["Q"], ns["A"]))]
+    args = [
+        kw.pop(name, default)
+        for name, default in zip(tensors, (ns["P"], ns["Q"], ns["A"]), strict=False)
+    ]
     return fn(*args, **{**defaults, **kw})
 
 
@@ -93,8 +109,11 @@ def _entries(row):
 
 
 def _cases(rows):
-    return [pytest.param(row, entry, id=f"{row['Id']}-{entry}")
-            for row in rows for entry in _entries(row)]
+    return [
+        pytest.param(row, entry, id=f"{row['Id']}-{entry}")
+        for row in rows
+        for entry in _entries(row)
+    ]
 
 
 @pytest.mark.filterwarnings("ignore:Sparse CSR")
@@ -149,8 +168,9 @@ def test_accepted_row(backend, row, entry):
     assert torch.isfinite(out).all(), f"{row['Id']}: non-finite output"
     if behaviour == "identical to contiguous copies":
         tensors = [v for v in kw.values() if isinstance(v, torch.Tensor)]
-        assert any(not t.is_contiguous() or t.storage_offset() for t in tensors), \
+        assert any(not t.is_contiguous() or t.storage_offset() for t in tensors), (
             f"{row['Id']}: the example has no strided view"
+        )
         want = _call(entry, _contiguous_copies(kw), ns, bname)
     elif behaviour == "no grad; identical to detached inputs":
         assert any(isinstance(v, torch.Tensor) and v.requires_grad for v in kw.values())

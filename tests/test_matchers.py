@@ -1,4 +1,5 @@
 """ifm.matchers: IFMMatcher / EFMMatcher (plan -> points -> fused target)."""
+
 import math
 
 import pytest
@@ -12,14 +13,18 @@ L = 6.0
 
 def _batches(B=32, shape=(2,), seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(B, *shape, generator=g, dtype=dtype),
-            torch.randn(B, *shape, generator=g, dtype=dtype) + 2.0)
+    return (
+        torch.randn(B, *shape, generator=g, dtype=dtype),
+        torch.randn(B, *shape, generator=g, dtype=dtype) + 2.0,
+    )
 
 
 def _plates(a, c):
     a, c = a.reshape(a.shape[0], -1), c.reshape(c.shape[0], -1)
-    return (torch.cat([torch.zeros_like(a[:, :1]), a], 1),
-            torch.cat([torch.full_like(c[:, :1], L), c], 1))
+    return (
+        torch.cat([torch.zeros_like(a[:, :1]), a], 1),
+        torch.cat([torch.full_like(c[:, :1], L), c], 1),
+    )
 
 
 @pytest.mark.parametrize("plan", ["independent", "ot"])
@@ -27,14 +32,16 @@ def test_ifm_matches_manual_pipeline(plan):
     x0, x1 = _batches(32)
     m = matchers.IFMMatcher(L, 1.0, 10.0, plan=plan, b=12, backend="reference")
     z, xt, target, pairing = m.sample_location_and_target(
-        x0, x1, generator=torch.Generator().manual_seed(7), return_pairing=True)
+        x0, x1, generator=torch.Generator().manual_seed(7), return_pairing=True
+    )
     assert torch.equal(pairing, plans.get_plan(plan)(x0, x1))
     c = x1[pairing]
     q = points.uniform(x0, c, L=L, b=12, generator=torch.Generator().manual_seed(7))
     assert torch.equal(z, q[:, 0]) and torch.equal(xt, q[:, 1:])
     lo, hi = _plates(x0, c)
-    ref = ifm.fields.string_field(q, lo, hi, L=L, sigma0=1.0, K=10.0, normalize=True,
-                                  backend="reference")
+    ref = ifm.fields.string_field(
+        q, lo, hi, L=L, sigma0=1.0, K=10.0, normalize=True, backend="reference"
+    )
     assert torch.allclose(target.flat(), ref)
     # normalised: sqrt(D+1) * E / (|E| + 1e-5)
     assert torch.allclose(target.flat().norm(dim=1), torch.full((12,), math.sqrt(3.0)), atol=1e-3)
@@ -47,8 +54,7 @@ def test_efm_matches_manual_pipeline():
     z, xt, target = m.sample_location_and_target(x0, x1, generator=g)
     q = points.efm(x0, x1, L=L, b=10, generator=torch.Generator().manual_seed(3))
     lo, hi = _plates(x0, x1)
-    ref = ifm.fields.coulomb_field(q, lo, hi, plate_gamma=1e-7, normalize=True,
-                                   backend="reference")
+    ref = ifm.fields.coulomb_field(q, lo, hi, plate_gamma=1e-7, normalize=True, backend="reference")
     assert torch.allclose(target.flat(), ref)
     # the EFM target points from the z = 0 plate to the z = L plate between them
     assert (target.z > 0).all()
@@ -79,13 +85,20 @@ def test_default_b_and_repeatability():
     m2 = matchers.IFMMatcher(L, 1.0, 10.0, generator=torch.Generator().manual_seed(1))
     a, b = m1.sample_location_and_target(x0, x1), m2.sample_location_and_target(x0, x1)
     assert a[0].shape == (20,)
-    assert all(torch.equal(u, v) for u, v in zip(a[:2], b[:2]))
+    assert all(torch.equal(u, v) for u, v in zip(a[:2], b[:2], strict=False))
 
 
 def test_noised_points_and_kwargs_pass_through():
     x0, x1 = _batches(64)
-    m = matchers.IFMMatcher(L, 1.0, 10.0, points="noised", points_kwargs={"noise_scale": 0.0},
-                            plan="ot", plan_kwargs={"cost": "sqeuclidean"})
+    m = matchers.IFMMatcher(
+        L,
+        1.0,
+        10.0,
+        points="noised",
+        points_kwargs={"noise_scale": 0.0},
+        plan="ot",
+        plan_kwargs={"cost": "sqeuclidean"},
+    )
     z, xt, _, pairing = m.sample_location_and_target(x0, x1, return_pairing=True)
     assert torch.equal(pairing, plans.ot_pairing(x0, x1, cost="sqeuclidean"))
     t = (z / L)[:, None]
@@ -97,28 +110,55 @@ def test_default_K_is_pi_over_L():
     assert m.K == pytest.approx(math.pi / 20.0)
 
 
-@pytest.mark.parametrize("make, call, exc, word", [
-    (lambda: matchers.IFMMatcher(-1.0), None, ValueError, "L"),
-    (lambda: matchers.IFMMatcher(L, 1.0, 10.0, b=0), None, ValueError, "b"),
-    (lambda: matchers.IFMMatcher(L, 1.0, 10.0, backend="gpu"), None, ValueError, "backend"),
-    (lambda: matchers.IFMMatcher(L, 1.0, 0.1), None, ValueError, "d"),
-    (lambda: matchers.IFMMatcher(L, -1.0, 10.0), None, ValueError, "sigma0"),
-    (lambda: matchers.IFMMatcher(L, 1.0, 10.0, plan="best"), None, ValueError, "plan"),
-    (lambda: matchers.IFMMatcher(L, 1.0, 10.0, points="grid"), None, ValueError, "sampler"),
-    (lambda: matchers.EFMMatcher(L, plate_gamma=-1.0), None, ValueError, "plate_gamma"),
-    (lambda: matchers.IFMMatcher(L, 1.0, 10.0, b=64), lambda m, a, c: m.sample_location_and_target(a, c),
-     ValueError, "b=64"),
-    (lambda: matchers.IFMMatcher(L, 1.0, 10.0), lambda m, a, c: m.sample_location_and_target(a, c[:4]),
-     ValueError, "x0 and x1"),
-    (lambda: matchers.IFMMatcher(L, 1.0, 10.0), lambda m, a, c: m.sample_location_and_target(a, c.double()),
-     TypeError, "x1"),
-    (lambda: matchers.IFMMatcher(L, 1.0, 10.0), lambda m, a, c: m.loss(torch.zeros(3), torch.zeros(3, 3)),
-     ValueError, "prediction"),
-    (lambda: matchers.IFMMatcher(L, 1.0, 10.0), lambda m, a, c: m.loss(torch.zeros(2, 3), torch.zeros(3, 3)),
-     ValueError, "prediction"),
-    (lambda: matchers.IFMMatcher(L, 1.0, 10.0), lambda m, a, c: m.loss("x", torch.zeros(3, 3)),
-     TypeError, "prediction"),
-])
+@pytest.mark.parametrize(
+    "make, call, exc, word",
+    [
+        (lambda: matchers.IFMMatcher(-1.0), None, ValueError, "L"),
+        (lambda: matchers.IFMMatcher(L, 1.0, 10.0, b=0), None, ValueError, "b"),
+        (lambda: matchers.IFMMatcher(L, 1.0, 10.0, backend="gpu"), None, ValueError, "backend"),
+        (lambda: matchers.IFMMatcher(L, 1.0, 0.1), None, ValueError, "d"),
+        (lambda: matchers.IFMMatcher(L, -1.0, 10.0), None, ValueError, "sigma0"),
+        (lambda: matchers.IFMMatcher(L, 1.0, 10.0, plan="best"), None, ValueError, "plan"),
+        (lambda: matchers.IFMMatcher(L, 1.0, 10.0, points="grid"), None, ValueError, "sampler"),
+        (lambda: matchers.EFMMatcher(L, plate_gamma=-1.0), None, ValueError, "plate_gamma"),
+        (
+            lambda: matchers.IFMMatcher(L, 1.0, 10.0, b=64),
+            lambda m, a, c: m.sample_location_and_target(a, c),
+            ValueError,
+            "b=64",
+        ),
+        (
+            lambda: matchers.IFMMatcher(L, 1.0, 10.0),
+            lambda m, a, c: m.sample_location_and_target(a, c[:4]),
+            ValueError,
+            "x0 and x1",
+        ),
+        (
+            lambda: matchers.IFMMatcher(L, 1.0, 10.0),
+            lambda m, a, c: m.sample_location_and_target(a, c.double()),
+            TypeError,
+            "x1",
+        ),
+        (
+            lambda: matchers.IFMMatcher(L, 1.0, 10.0),
+            lambda m, a, c: m.loss(torch.zeros(3), torch.zeros(3, 3)),
+            ValueError,
+            "prediction",
+        ),
+        (
+            lambda: matchers.IFMMatcher(L, 1.0, 10.0),
+            lambda m, a, c: m.loss(torch.zeros(2, 3), torch.zeros(3, 3)),
+            ValueError,
+            "prediction",
+        ),
+        (
+            lambda: matchers.IFMMatcher(L, 1.0, 10.0),
+            lambda m, a, c: m.loss("x", torch.zeros(3, 3)),
+            TypeError,
+            "prediction",
+        ),
+    ],
+)
 def test_bad_inputs(make, call, exc, word):
     x0, x1 = _batches(32)
     with pytest.raises(exc, match=word):
@@ -150,7 +190,9 @@ def test_no_group_is_the_local_batch():
     x0, x1 = _batches(16, seed=4)
     kw = dict(b=6, backend="reference")
     a = matchers.EFMMatcher(L, **kw).sample_location_and_target(
-        x0, x1, generator=torch.Generator().manual_seed(2))
+        x0, x1, generator=torch.Generator().manual_seed(2)
+    )
     b = matchers.EFMMatcher(L, group=None, strategy="ring", **kw).sample_location_and_target(
-        x0, x1, generator=torch.Generator().manual_seed(2))
+        x0, x1, generator=torch.Generator().manual_seed(2)
+    )
     assert torch.equal(a[2].flat(), b[2].flat())

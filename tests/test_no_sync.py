@@ -6,20 +6,23 @@ tensors hold no values, so any host read of one raises there) while a dispatch m
 spy asserts that the value-reading checks are not even entered. On CPU tensors the value checks
 run by default (a CPU read is no sync), and never with ``check_finite=False``.
 """
+
 import math
 
 import pytest
 import torch
+from modes import COULOMB_MODE_IDS, COULOMB_MODES, STRING_MODE_IDS, STRING_MODES
 from torch._subclasses import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import ifm
 from ifm import _checks, _ops, fields
 
-from modes import COULOMB_MODE_IDS, COULOMB_MODES, STRING_MODE_IDS, STRING_MODES
-
-SCALAR_READS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default,
-                torch.ops.aten.item.default)
+SCALAR_READS = (
+    torch.ops.aten._local_scalar_dense.default,
+    torch.ops.aten.is_nonzero.default,
+    torch.ops.aten.item.default,
+)
 
 
 class CountHostReads(TorchDispatchMode):
@@ -54,33 +57,53 @@ def _triton_available():
 
 def _cuda_backends():
     """Backends that can take (fake) CUDA tensors here, with a skip reason otherwise."""
-    cuda_kernels = _ops.has_kernel("string_field", "CUDA") and _ops.has_kernel("coulomb_field",
-                                                                              "CUDA")
+    cuda_kernels = _ops.has_kernel("string_field", "CUDA") and _ops.has_kernel(
+        "coulomb_field", "CUDA"
+    )
     return [
         pytest.param("auto", id="auto"),
-        pytest.param("triton", id="triton", marks=pytest.mark.skipif(
-            not _triton_available(), reason="triton is not installed")),
-        pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(
-            not cuda_kernels, reason="ifm._C has no CUDA kernels (this torch/build is CPU-only; "
-                                     "scripts/gpu.sh builds them)")),
+        pytest.param(
+            "triton",
+            id="triton",
+            marks=pytest.mark.skipif(not _triton_available(), reason="triton is not installed"),
+        ),
+        pytest.param(
+            "cuda",
+            id="cuda",
+            marks=pytest.mark.skipif(
+                not cuda_kernels,
+                reason="ifm._C has no CUDA kernels (this torch/build is CPU-only; "
+                "scripts/gpu.sh builds them)",
+            ),
+        ),
     ]
 
 
 # the published modes, plus the public defaults (plate_gamma and eps not given)
-COULOMB_CALLS = list(zip(COULOMB_MODE_IDS, COULOMB_MODES)) + [
-    ("defaults", {}), ("defaults-norm", dict(normalize=True))]
+COULOMB_CALLS = list(zip(COULOMB_MODE_IDS, COULOMB_MODES, strict=False)) + [
+    ("defaults", {}),
+    ("defaults-norm", dict(normalize=True)),
+]
 
 
 def _calls(p, q, a, **extra):
     """Every normalisation mode and ``stable`` of both fields (``extra``: more keywords)."""
-    for name, kw in zip(STRING_MODE_IDS, STRING_MODES):
-        yield f"string-{name}", lambda be, kw=kw: fields.string_field(
-            p, q, a, L=6.0, sigma0=1.0, K=10.0, backend=be, **kw, **extra)
+    for name, kw in zip(STRING_MODE_IDS, STRING_MODES, strict=False):
+        yield (
+            f"string-{name}",
+            lambda be, kw=kw: fields.string_field(
+                p, q, a, L=6.0, sigma0=1.0, K=10.0, backend=be, **kw, **extra
+            ),
+        )
     for name, kw in COULOMB_CALLS:
-        yield f"coulomb2-{name}", lambda be, kw=kw: fields.coulomb_field(
-            p, q, a, backend=be, **kw, **extra)
-        yield f"coulomb1-{name}", lambda be, kw=kw: fields.coulomb_field(
-            p, q, None, backend=be, **kw, **extra)
+        yield (
+            f"coulomb2-{name}",
+            lambda be, kw=kw: fields.coulomb_field(p, q, a, backend=be, **kw, **extra),
+        )
+        yield (
+            f"coulomb1-{name}",
+            lambda be, kw=kw: fields.coulomb_field(p, q, None, backend=be, **kw, **extra),
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
@@ -101,8 +124,12 @@ def test_default_call_on_cuda_reads_nothing(backend, dtype, spy_value_checks):
 
 
 def test_modes_cover_every_mode():
-    assert {(kw["normalize"], kw["stable"]) for kw in STRING_MODES} == \
-        {(False, False), (False, True), (True, False), (True, True)}
+    assert {(kw["normalize"], kw["stable"]) for kw in STRING_MODES} == {
+        (False, False),
+        (False, True),
+        (True, False),
+        (True, True),
+    }
     assert {kw.get("normalize", False) for _, kw in COULOMB_CALLS} == {False, True, "pfgm"}
 
 

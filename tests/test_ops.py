@@ -1,31 +1,50 @@
 """The torch.ops.ifm operators: schema, fake kernels (torch.compile), dispatch registration."""
+
 import math
 
 import pytest
 import torch
+from cases import coulomb_case, string_case
 
 import ifm
 from ifm import _ops
 
-from cases import coulomb_case, string_case
-
-needs_ext = pytest.mark.skipif(not _ops.extension_loaded(),
-                               reason=f"ifm._C not built: {_ops.LOAD_ERROR}")
+needs_ext = pytest.mark.skipif(
+    not _ops.extension_loaded(), reason=f"ifm._C not built: {_ops.LOAD_ERROR}"
+)
 DEVICES = ["cpu"] + (["cuda"] if "cuda" in ifm.available_backends() else [])
 
 
 def _string_args(device, dtype=torch.float32):
     p, q, a, prm = string_case(9, 7, 5, "toy", seed=0)
     d = math.pi / (2 * prm["K"])
-    return (p.to(device, dtype), q.to(device, dtype), a.to(device, dtype), prm["L"], prm["sigma0"],
-            prm["K"], d, False, True, math.sqrt(6), 1e-5)
+    return (
+        p.to(device, dtype),
+        q.to(device, dtype),
+        a.to(device, dtype),
+        prm["L"],
+        prm["sigma0"],
+        prm["K"],
+        d,
+        False,
+        True,
+        math.sqrt(6),
+        1e-5,
+    )
 
 
 def _coulomb_args(device, dtype=torch.float32, two_plates=True):
     p, pos, neg = coulomb_case(9, 7, 5, 5, L=6.0, seed=0)
-    return (p.to(device, dtype), pos.to(device, dtype),
-            neg.to(device, dtype) if two_plates else None, 5.0 if two_plates else None,
-            0.0, True, math.sqrt(6), 1e-5)
+    return (
+        p.to(device, dtype),
+        pos.to(device, dtype),
+        neg.to(device, dtype) if two_plates else None,
+        5.0 if two_plates else None,
+        0.0,
+        True,
+        math.sqrt(6),
+        1e-5,
+    )
 
 
 @needs_ext

@@ -1,4 +1,5 @@
 """ifm.plans: independent, exact EMD and Sinkhorn pairings."""
+
 import itertools
 import pathlib
 import warnings
@@ -14,8 +15,10 @@ GOLDEN = pathlib.Path(__file__).parent / "data" / "golden" / "string_ot_plan.npz
 
 def _batches(B, D=2, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(B, D, generator=g, dtype=dtype),
-            2 * torch.randn(B, D, generator=g, dtype=dtype) + 1)
+    return (
+        torch.randn(B, D, generator=g, dtype=dtype),
+        2 * torch.randn(B, D, generator=g, dtype=dtype) + 1,
+    )
 
 
 def _total_cost(x0, x1, pairing, cost="euclidean"):
@@ -32,8 +35,9 @@ def test_emd_is_optimal_by_brute_force(cost):
     x0, x1 = _batches(6, seed=3)
     p = plans.ot_pairing(x0, x1, cost=cost)
     assert _is_permutation(p, 6)
-    best = min(_total_cost(x0, x1, torch.tensor(perm), cost)
-               for perm in itertools.permutations(range(6)))
+    best = min(
+        _total_cost(x0, x1, torch.tensor(perm), cost) for perm in itertools.permutations(range(6))
+    )
     assert _total_cost(x0, x1, p, cost) == pytest.approx(best, rel=1e-12)
 
 
@@ -69,7 +73,7 @@ def test_augmented_is_not_a_constant_shift():
     x0, x1 = _batches(5, seed=1)
     M = plans.cost_matrix(x0, x1, cost="euclidean")
     Ma = plans.cost_matrix(x0, x1, cost="augmented", L=3.0)
-    assert torch.allclose(Ma, torch.sqrt(M ** 2 + 9.0))
+    assert torch.allclose(Ma, torch.sqrt(M**2 + 9.0))
     assert (Ma - M).std() > 1e-3
 
 
@@ -100,7 +104,8 @@ def test_sinkhorn_small_reg_matches_emd():
         warnings.simplefilter("error", plans.OTConvergenceWarning)
         p_sk = plans.sinkhorn_pairing(x0, x1, cost="sqeuclidean", reg=5e-3)
     assert _total_cost(x0, x1, p_sk, "sqeuclidean") == pytest.approx(
-        _total_cost(x0, x1, p_emd, "sqeuclidean"), rel=1e-2)
+        _total_cost(x0, x1, p_emd, "sqeuclidean"), rel=1e-2
+    )
     # large reg: a permutation still, but no better than the exact plan
     p_blur = plans.sinkhorn_pairing(x0, x1, cost="sqeuclidean", reg=10.0)
     assert _is_permutation(p_blur, 32)
@@ -133,18 +138,21 @@ def test_get_plan_names_and_kwargs():
     assert torch.equal(b, x1[plans.ot_pairing(x0, x1)])
 
 
-@pytest.mark.parametrize("call, exc, word", [
-    (lambda a, b: plans.ot_pairing(a.numpy(), b), TypeError, "x0"),
-    (lambda a, b: plans.ot_pairing(a, b[:5]), ValueError, "batch size"),
-    (lambda a, b: plans.ot_pairing(a, b[:, :1]), ValueError, "shape"),
-    (lambda a, b: plans.ot_pairing(a, b, cost="cosine"), ValueError, "cost"),
-    (lambda a, b: plans.ot_pairing(a, b, cost="augmented"), ValueError, "L"),
-    (lambda a, b: plans.ot_pairing(a, b, num_itermax=0), ValueError, "num_itermax"),
-    (lambda a, b: plans.sinkhorn_pairing(a, b, reg=0.0), ValueError, "reg"),
-    (lambda a, b: plans.ot_pairing(a, b.long()), TypeError, "x1"),
-    (lambda a, b: plans.get_plan("magic"), ValueError, "plan"),
-    (lambda a, b: plans.ot_pairing(a, b * float("nan")), ValueError, "finite"),
-])
+@pytest.mark.parametrize(
+    "call, exc, word",
+    [
+        (lambda a, b: plans.ot_pairing(a.numpy(), b), TypeError, "x0"),
+        (lambda a, b: plans.ot_pairing(a, b[:5]), ValueError, "batch size"),
+        (lambda a, b: plans.ot_pairing(a, b[:, :1]), ValueError, "shape"),
+        (lambda a, b: plans.ot_pairing(a, b, cost="cosine"), ValueError, "cost"),
+        (lambda a, b: plans.ot_pairing(a, b, cost="augmented"), ValueError, "L"),
+        (lambda a, b: plans.ot_pairing(a, b, num_itermax=0), ValueError, "num_itermax"),
+        (lambda a, b: plans.sinkhorn_pairing(a, b, reg=0.0), ValueError, "reg"),
+        (lambda a, b: plans.ot_pairing(a, b.long()), TypeError, "x1"),
+        (lambda a, b: plans.get_plan("magic"), ValueError, "plan"),
+        (lambda a, b: plans.ot_pairing(a, b * float("nan")), ValueError, "finite"),
+    ],
+)
 def test_bad_inputs(call, exc, word):
     x0, x1 = _batches(8)
     with pytest.raises(exc, match=word):

@@ -1,4 +1,5 @@
 """ifm.points: query-point samplers of FIELDS.md §5."""
+
 import math
 import pathlib
 
@@ -53,9 +54,9 @@ def test_noised_variance_profile():
     z = p[:, 0]
     t = (z / L)[:, None]
     noise = p[:, 1:] - ((1 - t) * a + t * c)
-    var = (L / 2 - (L / 2 - z).abs())
+    var = L / 2 - (L / 2 - z).abs()
     # per-coordinate variance sigma^2(z): E[noise^2 / sigma^2] = 1 in each coordinate
-    ratio = (noise ** 2 / var[:, None]).mean(0)
+    ratio = (noise**2 / var[:, None]).mean(0)
     assert torch.allclose(ratio, torch.ones(3), atol=0.05)
     # zero at the plates, largest at L/2
     near_plate = (z < 0.05) | (z > L - 0.05)
@@ -110,18 +111,21 @@ def test_images_are_flattened():
     assert p.shape == (6, 5)
 
 
-@pytest.mark.parametrize("call, exc, word", [
-    (lambda a, c: points.uniform(a, c, L=-1.0), ValueError, "L"),
-    (lambda a, c: points.uniform(a, c, L=L, b=0), ValueError, "b"),
-    (lambda a, c: points.uniform(a, c, L=L, b=100), ValueError, "b"),
-    (lambda a, c: points.uniform(a, c[:3], L=L), ValueError, "x1"),
-    (lambda a, c: points.uniform(a.numpy(), c, L=L), TypeError, "x0"),
-    (lambda a, c: points.uniform(a, c, L=L, generator=1), TypeError, "generator"),
-    (lambda a, c: points.uniform(a, c, L=L, eps=4.0), ValueError, "eps"),
-    (lambda a, c: points.noised(a, c, L=L, noise_scale=-1.0), ValueError, "noise_scale"),
-    (lambda a, c: points.pfgm(a, c, L=L, tau=0.0), ValueError, "tau"),
-    (lambda a, c: points.get_point_sampler("gauss"), ValueError, "sampler"),
-])
+@pytest.mark.parametrize(
+    "call, exc, word",
+    [
+        (lambda a, c: points.uniform(a, c, L=-1.0), ValueError, "L"),
+        (lambda a, c: points.uniform(a, c, L=L, b=0), ValueError, "b"),
+        (lambda a, c: points.uniform(a, c, L=L, b=100), ValueError, "b"),
+        (lambda a, c: points.uniform(a, c[:3], L=L), ValueError, "x1"),
+        (lambda a, c: points.uniform(a.numpy(), c, L=L), TypeError, "x0"),
+        (lambda a, c: points.uniform(a, c, L=L, generator=1), TypeError, "generator"),
+        (lambda a, c: points.uniform(a, c, L=L, eps=4.0), ValueError, "eps"),
+        (lambda a, c: points.noised(a, c, L=L, noise_scale=-1.0), ValueError, "noise_scale"),
+        (lambda a, c: points.pfgm(a, c, L=L, tau=0.0), ValueError, "tau"),
+        (lambda a, c: points.get_point_sampler("gauss"), ValueError, "sampler"),
+    ],
+)
 def test_bad_inputs(call, exc, word):
     a, c = _pairs(8)
     with pytest.raises(exc, match=word):
@@ -138,20 +142,37 @@ def _rec(name):
     return {k: torch.tensor(v) for k, v in np.load(AUTHORS / f"{name}.npz").items()}
 
 
-@pytest.mark.parametrize("key, call", [
-    ("both_side_toy", lambda d, g: points.both_side(d["x0"], d["x1"], L=6.0, generator=g(10))),
-    ("both_side_image", lambda d, g: points.both_side(d["xi0"], d["xi1"], L=6.0, eps=1e-3,
-                                                      form="image", generator=g(11))),
-    ("uniform_noised_cos", lambda d, g: points.noised_cos(d["xi0"], d["xi1"], L=6.0, eps=1e-3,
-                                                          mltp=0.7, generator=g(12))),
-    ("uniform", lambda d, g: points.uniform(d["xi0"], d["xi1"], L=6.0, eps=1e-3,
-                                            generator=g(13))),
-    ("uniform_mixing", lambda d, g: points.uniform_mixing(d["xi0"], d["xi1"], L=20.0,
-                                                          generator=g(14))),
-    ("gaussian_mixing", lambda d, g: points.pfgm(d["xi0"], d["xi1"], L=20.0, generator=g(15))),
-    ("gaussian_mixing_restrict", lambda d, g: points.pfgm(d["xi0"], d["xi1"], L=20.0,
-                                                          restrict_M=True, generator=g(16))),
-])
+@pytest.mark.parametrize(
+    "key, call",
+    [
+        ("both_side_toy", lambda d, g: points.both_side(d["x0"], d["x1"], L=6.0, generator=g(10))),
+        (
+            "both_side_image",
+            lambda d, g: points.both_side(
+                d["xi0"], d["xi1"], L=6.0, eps=1e-3, form="image", generator=g(11)
+            ),
+        ),
+        (
+            "uniform_noised_cos",
+            lambda d, g: points.noised_cos(
+                d["xi0"], d["xi1"], L=6.0, eps=1e-3, mltp=0.7, generator=g(12)
+            ),
+        ),
+        (
+            "uniform",
+            lambda d, g: points.uniform(d["xi0"], d["xi1"], L=6.0, eps=1e-3, generator=g(13)),
+        ),
+        (
+            "uniform_mixing",
+            lambda d, g: points.uniform_mixing(d["xi0"], d["xi1"], L=20.0, generator=g(14)),
+        ),
+        ("gaussian_mixing", lambda d, g: points.pfgm(d["xi0"], d["xi1"], L=20.0, generator=g(15))),
+        (
+            "gaussian_mixing_restrict",
+            lambda d, g: points.pfgm(d["xi0"], d["xi1"], L=20.0, restrict_M=True, generator=g(16)),
+        ),
+    ],
+)
 def test_authors_samplers_reproduce_their_points(key, call):
     d = _rec("ifm_samplers")
     out = call(d, _gen)
@@ -164,8 +185,9 @@ def test_authors_samplers_reproduce_their_points(key, call):
 
 def test_pfgm_efm_form_reproduces_the_efm_repository():
     d = _rec("efm_gaussian_mixing")
-    out = points.pfgm(d["xi0"], d["xi1"], L=float(d["L"]), form="efm",
-                      generator=_gen(int(d["seed"])))
+    out = points.pfgm(
+        d["xi0"], d["xi1"], L=float(d["L"]), form="efm", generator=_gen(int(d["seed"]))
+    )
     ref = d["points"]
     assert float(((out - ref).abs() / ref.abs().clamp_min(1.0)).max()) < 1e-4
     other = points.pfgm(d["xi0"], d["xi1"], L=float(d["L"]), generator=_gen(int(d["seed"])))
@@ -174,8 +196,12 @@ def test_pfgm_efm_form_reproduces_the_efm_repository():
 
 def test_mesh_reproduces_their_points():
     d = _rec("efm_mesh")
-    out = points.mesh(b=int(d["b"]), ranges=[d["range_col0"], d["range_col1"], d["range_col2"]],
-                      num_points=int(d["num_points"]), generator=_gen(int(d["seed"])))
+    out = points.mesh(
+        b=int(d["b"]),
+        ranges=[d["range_col0"], d["range_col1"], d["range_col2"]],
+        num_points=int(d["num_points"]),
+        generator=_gen(int(d["seed"])),
+    )
     assert torch.equal(out, d["points"])
 
 
@@ -187,7 +213,7 @@ def test_both_side_toy_profile():
     w = ((z - 0.5) / L)[:, None]
     assert torch.allclose(p[:, 1:], (1 - w) * a + w * c, atol=1e-5)
     # half the queries start near each plate: at most sigma_end * 1.03^4 * 4 sigma from it
-    near = (z < 0.5 + 4 * 0.8 * 1.03 ** 4) | (z > L - 0.5 - 4 * 0.8 * 1.03 ** 4)
+    near = (z < 0.5 + 4 * 0.8 * 1.03**4) | (z > L - 0.5 - 4 * 0.8 * 1.03**4)
     assert float(near.float().mean()) > 0.5
     with pytest.raises(ValueError, match="even"):
         points.both_side(a, c, L=L, b=5)
@@ -206,10 +232,12 @@ def test_noised_cos_radius_is_deterministic():
 
 
 def test_mesh_is_a_shuffled_grid():
-    out = points.mesh(b=27, ranges=[(0.0, 2.0), (-1.0, 1.0), (5.0, 6.0)], num_points=3,
-                      generator=_gen())
-    grid = torch.cartesian_prod(torch.linspace(0, 2, 3), torch.linspace(-1, 1, 3),
-                                torch.linspace(5, 6, 3))
+    out = points.mesh(
+        b=27, ranges=[(0.0, 2.0), (-1.0, 1.0), (5.0, 6.0)], num_points=3, generator=_gen()
+    )
+    grid = torch.cartesian_prod(
+        torch.linspace(0, 2, 3), torch.linspace(-1, 1, 3), torch.linspace(5, 6, 3)
+    )
     assert sorted(map(tuple, out.tolist())) == sorted(map(tuple, grid.tolist()))
     with pytest.raises(ValueError, match="b must be"):
         points.mesh(b=28, ranges=[(0.0, 2.0)] * 3, num_points=3)

@@ -8,27 +8,31 @@
 * the ``stable`` string mode points where the default points, wherever the default is not
   all-underflow.
 """
+
 import pytest
 import torch
+from cases import STRING_GEOMETRIES, coulomb_case, string_case
+from conftest import DTYPES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from modes import COULOMB_MODES, STRING_MODES, oracle_and_standin
+from parity import FLOOR, assert_parity, row_errors
 
 import ifm
 from ifm import _checks, reference
-
-from cases import STRING_GEOMETRIES, coulomb_case, string_case
-from conftest import DTYPES
-from modes import COULOMB_MODES, STRING_MODES, oracle_and_standin
-from parity import FLOOR, assert_parity, row_errors
 
 
 def run(backend, test, examples: int = 25):
     """Run the hypothesis ``test`` with fewer examples on the (slow) Triton interpreter."""
     if backend[0] == "triton":
         examples = max(3, examples // 5)
-    settings(max_examples=examples, deadline=None, derandomize=True, database=None,
-             suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                    HealthCheck.too_slow])(test)()
+    settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )(test)()
 
 
 # ---- inputs ----------------------------------------------------------------------------------
@@ -53,9 +57,12 @@ def string_inputs(draw, max_b=9, max_B=7, max_D=12):
     j = draw(st.integers(0, B - 1))
     hazard = draw(st.sampled_from(["none", "z", "on-quark", "on-antiquark", "same-pair", "scale"]))
     if hazard == "z":
-        points[i, 0] = draw(st.one_of(st.sampled_from([0.0, L, -0.0, 1e-30, L - 1e-6, -1e-6,
-                                                       L + 1e-6, 2 * L, -L]),
-                                      st.floats(-1.0, L + 1.0)))
+        points[i, 0] = draw(
+            st.one_of(
+                st.sampled_from([0.0, L, -0.0, 1e-30, L - 1e-6, -1e-6, L + 1e-6, 2 * L, -L]),
+                st.floats(-1.0, L + 1.0),
+            )
+        )
     elif hazard == "on-quark":
         points[i] = quarks[j]
     elif hazard == "on-antiquark":
@@ -105,8 +112,9 @@ def test_string_parity(parity_backend):
         points, quarks, antiquarks, params = inputs
         mode = dict(params, normalize=normalize, stable=stable)
         oracle, standin = oracle_and_standin("string", (points, quarks, antiquarks), **mode)
-        out = ifm.fields.string_field(*_on(device, dtype, points, quarks, antiquarks), **mode,
-                                      backend=bname)
+        out = ifm.fields.string_field(
+            *_on(device, dtype, points, quarks, antiquarks), **mode, backend=bname
+        )
         assert out.dtype == dtype
         assert_parity(out, oracle, standin, what=f"string {mode}")
 
@@ -121,8 +129,7 @@ def test_coulomb_parity(parity_backend):
         points, pos, neg, _ = inputs
         neg = neg if two_plates else None
         oracle, standin = oracle_and_standin("coulomb", (points, pos, neg), **mode)
-        out = ifm.fields.coulomb_field(*_on(device, dtype, points, pos, neg), **mode,
-                                       backend=bname)
+        out = ifm.fields.coulomb_field(*_on(device, dtype, points, pos, neg), **mode, backend=bname)
         assert_parity(out, oracle, standin, what=f"coulomb {mode} two_plates={two_plates}")
 
     run(parity_backend, check)
@@ -154,8 +161,12 @@ def test_string_joint_permutation(backend, dtype):
         p, q, a = _on(device, DTYPES[dtype], points, quarks, antiquarks)
         out = ifm.fields.string_field(p, q, a, **params, backend=bname)
         permuted = ifm.fields.string_field(p, q[perm], a[perm], **params, backend=bname)
-        scale = sum(reference.string_field(points, quarks[j:j + 1], antiquarks[j:j + 1],
-                                           **params).norm(dim=1) for j in range(B))
+        scale = sum(
+            reference.string_field(points, quarks[j : j + 1], antiquarks[j : j + 1], **params).norm(
+                dim=1
+            )
+            for j in range(B)
+        )
         assert_equal_up_to_summation_order(permuted, out, scale, B, f"string perm {perm}")
 
     run(backend, check)
@@ -177,10 +188,13 @@ def test_coulomb_plate_permutations(backend, dtype):
         mode = dict(plate_gamma=None, normalize=False, backend=bname)
         p, *ys = _on(device, DTYPES[dtype], points, *plates)
         out = ifm.fields.coulomb_field(p, *ys, **mode)
-        permuted = ifm.fields.coulomb_field(p, *(y[perm] for y, perm in zip(ys, perms)), **mode)
+        permuted = ifm.fields.coulomb_field(
+            p, *(y[perm] for y, perm in zip(ys, perms, strict=False)), **mode
+        )
         scale = sum(torch.cdist(points, y).amax(dim=1) for y in plates)
-        assert_equal_up_to_summation_order(permuted, out, scale, max(t.shape[0] for t in plates),
-                                           f"coulomb perms {perms}")
+        assert_equal_up_to_summation_order(
+            permuted, out, scale, max(t.shape[0] for t in plates), f"coulomb perms {perms}"
+        )
 
     run(backend, check)
 
@@ -194,7 +208,7 @@ def test_stable_points_where_default_points(backend):
     @given(string_inputs(), st.sampled_from([1.0, 5.0, 20.0]))
     def check(inputs, far):
         points, quarks, antiquarks, params = inputs
-        points[::2, 1:] += far * params["sigma0"]        # push some rows toward underflow
+        points[::2, 1:] += far * params["sigma0"]  # push some rows toward underflow
         p, q, a = _on(device, torch.float32, points, quarks, antiquarks)
         default = ifm.fields.string_field(p, q, a, **params, backend=bname).double().cpu()
         stable = ifm.fields.string_field(p, q, a, **params, stable=True, backend=bname)
@@ -202,8 +216,9 @@ def test_stable_points_where_default_points(backend):
         assert torch.isfinite(stable).all() and torch.isfinite(default).all()
         allowed = 0
         for st_mode in (False, True):
-            oracle, standin = oracle_and_standin("string", (points, quarks, antiquarks),
-                                                 **params, stable=st_mode)
+            oracle, standin = oracle_and_standin(
+                "string", (points, quarks, antiquarks), **params, stable=st_mode
+            )
             allowed = allowed + torch.clamp(2 * row_errors(standin, oracle), min=FLOOR)
         rows = default.norm(dim=1) > 1e-30
         unit = lambda e: e[rows] / e[rows].norm(dim=1, keepdim=True)  # noqa: E731
@@ -218,7 +233,7 @@ def _coincident_string(D, dtype=torch.float64):
     """Queries on a quark (z = 0), on an antiquark (z = L), on a segment, at the same x as a
     duplicated pair, and outside [0, L]; the CelebA geometry (L = 20, K = pi / 20)."""
     points, quarks, antiquarks, params = string_case(8, 3, D, "cifar", seed=D)
-    quarks[2], antiquarks[2] = quarks[0], antiquarks[0]      # a duplicated pair
+    quarks[2], antiquarks[2] = quarks[0], antiquarks[0]  # a duplicated pair
     L = params["L"]
     points[0] = quarks[1]
     points[1] = antiquarks[1]
@@ -237,8 +252,9 @@ def test_string_coincident_points_and_large_D(backend, D):
     for string_mode in STRING_MODES:
         mode = dict(params, **string_mode)
         oracle, standin = oracle_and_standin("string", (points, quarks, antiquarks), **mode)
-        out = ifm.fields.string_field(*_on(device, torch.float32, points, quarks, antiquarks),
-                                      **mode, backend=bname)
+        out = ifm.fields.string_field(
+            *_on(device, torch.float32, points, quarks, antiquarks), **mode, backend=bname
+        )
         assert_parity(out, oracle, standin, what=f"string D={D} {mode}")
         assert out[5:7].norm() == 0, "queries outside [0, L] must get zero rows"
 
@@ -248,12 +264,13 @@ def test_coulomb_coincident_points_and_large_D(backend, D):
     bname, device = backend
     points, pos, neg = coulomb_case(6, 3, 2, D, L=20.0, seed=D)
     points[0], points[3], points[4] = pos[1], neg[0], pos[2] + 1e-9
-    pos[2] = pos[0]                                            # two coincident charges
+    pos[2] = pos[0]  # two coincident charges
     for mode in COULOMB_MODES:
         for plates in (pos, neg), (pos, None):
             oracle, standin = oracle_and_standin("coulomb", (points, *plates), **mode)
-            out = ifm.fields.coulomb_field(*_on(device, torch.float32, points, *plates), **mode,
-                                           backend=bname)
+            out = ifm.fields.coulomb_field(
+                *_on(device, torch.float32, points, *plates), **mode, backend=bname
+            )
             assert_parity(out, oracle, standin, what=f"coulomb D={D} {mode}")
 
 
@@ -264,21 +281,23 @@ def test_finite_up_to_the_magnitude_bound(backend, field):
     bname, device = backend
     D = 3
     bound = _checks.magnitude_bound(torch.float32, D + 1)
-    big = 0.45 * bound                                          # |x - y| <= 0.9 bound
+    big = 0.45 * bound  # |x - y| <= 0.9 bound
     if field == "string":
         points, quarks, antiquarks, params = string_case(6, 4, D, "toy", seed=1)
         quarks[:, 1:] = big * torch.sign(quarks[:, 1:])
         antiquarks[:, 1:] = -big * torch.sign(antiquarks[:, 1:])
         points[:, 1:] = big * torch.sign(points[:, 1:])
         call = lambda p: ifm.fields.string_field(  # noqa: E731
-            p, *_on(device, torch.float32, quarks, antiquarks), **params, backend=bname)
+            p, *_on(device, torch.float32, quarks, antiquarks), **params, backend=bname
+        )
     else:
         points, pos, neg = coulomb_case(6, 4, 3, D, L=6.0, seed=1)
         pos[:, 1:] = big * torch.sign(pos[:, 1:])
         neg[:, 1:] = -big * torch.sign(neg[:, 1:])
         points[:, 1:] = big * torch.sign(points[:, 1:])
         call = lambda p: ifm.fields.coulomb_field(  # noqa: E731
-            p, *_on(device, torch.float32, pos, neg), backend=bname)
+            p, *_on(device, torch.float32, pos, neg), backend=bname
+        )
     p = points.to(device, torch.float32)
     assert torch.isfinite(call(p)).all()
     p[1, 2] = 1.01 * bound

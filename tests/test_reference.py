@@ -1,17 +1,17 @@
 """The reference against the authors' outputs and against a scalar transcription of FIELDS.md,
 the reference in float32 against the parity rule on a held-out EFM-shaped case, and every backend
 on each edge rule of FIELDS.md §2-§4."""
+
 import math
 
 import pytest
 import torch
-
-import ifm
-from ifm import reference
-
 from cases import STRING_GEOMETRIES, coulomb_case, string_case
 from modes import COULOMB_MODE_IDS, COULOMB_MODES, golden_call, golden_oracle, reference_field
 from parity import assert_parity, golden_names, load_golden, row_errors
+
+import ifm
+from ifm import reference
 
 
 # ---- a scalar, loop-by-loop transcription of FIELDS.md §2, independent of ifm.reference ------
@@ -31,12 +31,12 @@ def spec_string_field(point, quarks, antiquarks, L, sigma0, K, with_max_weight=F
         s, kappa = sigma0, 0.0
     else:
         s, kappa = sigma0 * math.cos(K * (z - L + d)), K * math.tan(math.pi - K * (z - L + d))
-    for q, a in zip(quarks, antiquarks):
+    for q, a in zip(quarks, antiquarks, strict=False):
         A, C = q[1:], a[1:]
-        n = [L] + [c - aa for c, aa in zip(C, A)]
+        n = [L] + [c - aa for c, aa in zip(C, A, strict=False)]
         nn = math.sqrt(sum(v * v for v in n))
         n = [v / nn for v in n]
-        rho = [xi - (1 - z / L) * ai - (z / L) * ci for xi, ai, ci in zip(x, A, C)]
+        rho = [xi - (1 - z / L) * ai - (z / L) * ci for xi, ai, ci in zip(x, A, C, strict=False)]
         r = math.sqrt(sum(v * v for v in rho))
         cos_a = 1 / math.sqrt(1 + (r * kappa) ** 2)
         sin_a = r * kappa * cos_a
@@ -63,14 +63,17 @@ def spec_coulomb_field(point, positive, negative, plate_gamma, pfgm):
         dist = [math.dist(point, y) for y in charges]
         w = [(min(dist) / (dj + 1e-7)) ** dim for dj in dist]
         total = sum(w) + (1e-7 if pfgm else 0.0)
-        E = [sum(wj / total * (y[k] - point[k]) for wj, y in zip(w, charges)) for k in range(dim)]
+        E = [
+            sum(wj / total * (y[k] - point[k]) for wj, y in zip(w, charges, strict=False))
+            for k in range(dim)
+        ]
         if plate_gamma is not None:
             n = math.sqrt(sum(v * v for v in E))
             E = [math.sqrt(dim) * v / (n + plate_gamma) for v in E]
         return E
 
     Ep = plate(positive)
-    E = Ep if negative is None else [en - ep for ep, en in zip(Ep, plate(negative))]
+    E = Ep if negative is None else [en - ep for ep, en in zip(Ep, plate(negative), strict=False)]
     if pfgm:
         n = math.sqrt(sum(v * v for v in E))
         E = [math.sqrt(dim - 1) * v / (n + 5.0) for v in E]
@@ -95,8 +98,10 @@ def test_reference_matches_scalar_spec(geometry):
     points, quarks, antiquarks, params = string_case(12, 7, 3, geometry, seed=1)
     got = reference.string_field(points, quarks, antiquarks, **params)
     for i in range(points.shape[0]):
-        want = torch.tensor(spec_string_field(points[i].tolist(), quarks.tolist(),
-                                              antiquarks.tolist(), **params), dtype=torch.float64)
+        want = torch.tensor(
+            spec_string_field(points[i].tolist(), quarks.tolist(), antiquarks.tolist(), **params),
+            dtype=torch.float64,
+        )
         assert torch.allclose(got[i], want, rtol=1e-9, atol=1e-12), (i, got[i], want)
 
 
@@ -109,32 +114,45 @@ def test_reference_modes_match_scalar_spec(geometry):
     got_s = reference.string_field(points, quarks, antiquarks, **params, stable=True)
     compared = 0
     for i in range(points.shape[0]):
-        E, wmax = spec_string_field(points[i].tolist(), quarks.tolist(), antiquarks.tolist(),
-                                    **params, with_max_weight=True)
+        E, wmax = spec_string_field(
+            points[i].tolist(), quarks.tolist(), antiquarks.tolist(), **params, with_max_weight=True
+        )
         E = torch.tensor(E, dtype=torch.float64)
         want_n = 2.0 * E / (E.norm() + 1e-5) if E.norm() > 0 else E
         assert torch.allclose(got_n[i], want_n, rtol=1e-9, atol=1e-12), (i, got_n[i], want_n)
-        if wmax > 0:   # (where every float64 weight underflows the spec has no direction)
+        if wmax > 0:  # (where every float64 weight underflows the spec has no direction)
             compared += 1
             assert torch.allclose(got_s[i], E / wmax, rtol=1e-9, atol=1e-12), (i, got_s[i], E)
     assert compared >= 5
 
 
 @pytest.mark.parametrize("plates", [1, 2])
-@pytest.mark.parametrize("mode", [m for m in COULOMB_MODES if m["normalize"] is not True],
-                         ids=[i for m, i in zip(COULOMB_MODES, COULOMB_MODE_IDS)
-                              if m["normalize"] is not True])
+@pytest.mark.parametrize(
+    "mode",
+    [m for m in COULOMB_MODES if m["normalize"] is not True],
+    ids=[
+        i
+        for m, i in zip(COULOMB_MODES, COULOMB_MODE_IDS, strict=False)
+        if m["normalize"] is not True
+    ],
+)
 def test_reference_coulomb_matches_scalar_spec(plates, mode):
     """Raw modes and PFGM's, through the public -> kernel argument mapping."""
     points, pos, neg = coulomb_case(9, 6, 5, 3, L=6.0, seed=8)
-    points = points[3:]                           # queries away from every charge
+    points = points[3:]  # queries away from every charge
     neg = neg if plates == 2 else None
     got = reference_field("coulomb", (points, pos, neg), **mode)
     for i in range(points.shape[0]):
-        want = torch.tensor(spec_coulomb_field(points[i].tolist(), pos.tolist(),
-                                               None if neg is None else neg.tolist(),
-                                               mode["plate_gamma"], mode["normalize"] == "pfgm"),
-                            dtype=torch.float64)
+        want = torch.tensor(
+            spec_coulomb_field(
+                points[i].tolist(),
+                pos.tolist(),
+                None if neg is None else neg.tolist(),
+                mode["plate_gamma"],
+                mode["normalize"] == "pfgm",
+            ),
+            dtype=torch.float64,
+        )
         assert torch.allclose(got[i], want, rtol=1e-9, atol=1e-12), (i, got[i], want)
 
 
@@ -179,8 +197,9 @@ def test_reference_f32_meets_parity_on_efm_shape(mode):
     f32 = [t.float() for t in (points, pos, neg)]
     oracle = reference_field("coulomb", (points, pos, neg), **mode)
     kw = ifm.fields.coulomb_kernel_args(points.shape[1], two_plates=True, **mode)
-    standin = reference.coulomb_field_materialized(*f32, plate_gamma=kw["plate_gamma"],
-                                                   sum_eps=kw["sum_eps"])
+    standin = reference.coulomb_field_materialized(
+        *f32, plate_gamma=kw["plate_gamma"], sum_eps=kw["sum_eps"]
+    )
     if kw["normalize"]:
         standin = reference.normalize_rows(standin, kw["norm_scale"], kw["eps"])
     assert torch.isfinite(standin).all()
@@ -195,7 +214,7 @@ def test_loop_form_matches_vectorised(geometry, dtype):
     points, quarks, antiquarks, params = string_case(20, 9, 6, geometry, seed=2)
     args = [t.to(dtype) for t in (points, quarks, antiquarks)]
     a = reference.string_field_loop(*args, **params)
-    b = reference.string_field(*args, **params, memory_budget=64)   # forces many chunks
+    b = reference.string_field(*args, **params, memory_budget=64)  # forces many chunks
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     assert torch.allclose(a, b, rtol=tol, atol=tol * a.abs().max().item())
 
@@ -204,8 +223,9 @@ def test_coulomb_softmax_equals_authors_weights():
     points, pos, neg = coulomb_case(9, 11, 7, 3, L=6.0, seed=4)
     for stability in (True, False):
         for gamma in (None, 1e-7, 5.0):
-            a = reference.coulomb_field_materialized(points, pos, neg, stability=stability,
-                                                     plate_gamma=gamma)
+            a = reference.coulomb_field_materialized(
+                points, pos, neg, stability=stability, plate_gamma=gamma
+            )
             b = reference.coulomb_field(points, pos, neg, plate_gamma=gamma)
             # row 1 sits exactly on a charge: the authors' stabilised weights are all 0 (0/0)
             regular = [i for i in range(points.shape[0]) if i != 1]
@@ -223,8 +243,15 @@ def _one_pair(z, x, A, C, L):
     return p, q, a
 
 
-EDGE_Z = {"z=0": 0.0, "z=d": None, "z=L/2": "L/2", "z=L-d": "L-d", "z=L": "L",
-          "z<0": -1e-3, "z>L": "L+"}
+EDGE_Z = {
+    "z=0": 0.0,
+    "z=d": None,
+    "z=L/2": "L/2",
+    "z=L-d": "L-d",
+    "z=L": "L",
+    "z<0": -1e-3,
+    "z>L": "L+",
+}
 
 
 @pytest.mark.parametrize("where", list(EDGE_Z))
@@ -239,23 +266,42 @@ def test_edge_rules(backend, where, geometry, dtype):
     z = named.get(EDGE_Z[where], EDGE_Z[where])
     A, C = [0.5, -1.0], [1.5, 0.25]
     tau = z / L
-    on_segment = [(1 - tau) * a + tau * c for a, c in zip(A, C)]
+    on_segment = [(1 - tau) * a + tau * c for a, c in zip(A, C, strict=False)]
     for x in (on_segment, [v + 0.3 * sigma0 for v in on_segment]):
         p, q, a = _one_pair(z, x, A, C, L)
         want = spec_string_field(p[0].tolist(), q.tolist(), a.tolist(), L, sigma0, K)
         want = torch.tensor([want], dtype=torch.float64)
-        got = ifm.fields.string_field(p.to(device, dtype), q.to(device, dtype),
-                                      a.to(device, dtype), L=L, sigma0=sigma0, K=K, backend=bname)
+        got = ifm.fields.string_field(
+            p.to(device, dtype),
+            q.to(device, dtype),
+            a.to(device, dtype),
+            L=L,
+            sigma0=sigma0,
+            K=K,
+            backend=bname,
+        )
         assert torch.isfinite(got).all()
         if z < 0 or z > L:
             assert got.abs().max() == 0
             continue
         tol = 1e-4 if dtype == torch.float32 else 1e-9
-        assert torch.allclose(got.double().cpu(), want, rtol=tol, atol=tol * want.norm().item()), \
-            (where, x, got, want)
+        assert torch.allclose(got.double().cpu(), want, rtol=tol, atol=tol * want.norm().item()), (
+            where,
+            x,
+            got,
+            want,
+        )
     # normalisation of the same rows (§4): sqrt(D+1) E / (||E|| + 1e-5), from the spec's E
-    got_n = ifm.fields.string_field(p.to(device, dtype), q.to(device, dtype), a.to(device, dtype),
-                                    L=L, sigma0=sigma0, K=K, normalize=True, backend=bname)
+    got_n = ifm.fields.string_field(
+        p.to(device, dtype),
+        q.to(device, dtype),
+        a.to(device, dtype),
+        L=L,
+        sigma0=sigma0,
+        K=K,
+        normalize=True,
+        backend=bname,
+    )
     want_n = math.sqrt(3) * want / (want.norm(dim=1, keepdim=True) + 1e-5)
     assert torch.allclose(got_n.double().cpu(), want_n, rtol=1e-4, atol=1e-5), (got_n, want_n)
 
@@ -267,8 +313,13 @@ def test_all_underflow_row_is_zero(backend):
     points = points.float()
     points[:, 0] = torch.tensor([1.0, 10.0, 19.0])
     points[:, 1:] += 100.0
-    out = ifm.fields.string_field(points.to(device), quarks.float().to(device),
-                                  antiquarks.float().to(device), **params, backend=bname)
+    out = ifm.fields.string_field(
+        points.to(device),
+        quarks.float().to(device),
+        antiquarks.float().to(device),
+        **params,
+        backend=bname,
+    )
     assert out.norm(dim=1).max() < 1e-6
 
 
@@ -279,11 +330,20 @@ def test_ot_pairing_from_golden(backend):
     meta, data = load_golden("string_ot_plan")
     params = dict(L=meta["L"], sigma0=meta["sigma0"], K=meta["K"])
     ant = data["antiquarks"]
-    paired = ifm.fields.string_field(data["points"].to(device), data["quarks"].to(device),
-                                     ant[data["pairing"].long()].to(device), **params,
-                                     backend=bname)
-    unpaired = ifm.fields.string_field(data["points"].to(device), data["quarks"].to(device),
-                                       ant.to(device), **params, backend=bname)
+    paired = ifm.fields.string_field(
+        data["points"].to(device),
+        data["quarks"].to(device),
+        ant[data["pairing"].long()].to(device),
+        **params,
+        backend=bname,
+    )
+    unpaired = ifm.fields.string_field(
+        data["points"].to(device),
+        data["quarks"].to(device),
+        ant.to(device),
+        **params,
+        backend=bname,
+    )
     err_p = row_errors(paired, data["field"]).max()
     err_u = row_errors(unpaired, data["field"]).max()
     assert err_p < 1e-4 and err_u > 1e-2, (err_p, err_u)
@@ -298,10 +358,11 @@ def test_default_normalize_is_raw_field(backend):
     oracle = reference.string_field(points, quarks, antiquarks, **params, normalize=False)
     assert torch.allclose(default, oracle, rtol=1e-9, atol=1e-12)
     normalised = ifm.fields.string_field(*args, **params, normalize=True, backend=bname).cpu()
-    assert (default - normalised).norm(dim=1).max() > 0.1        # the two are told apart
+    assert (default - normalised).norm(dim=1).max() > 0.1  # the two are told apart
     default_c = ifm.fields.coulomb_field(*args, backend=bname).cpu()
-    oracle_c = reference.coulomb_field(points, quarks, antiquarks,
-                                       plate_gamma=ifm.fields.EFM_PLATE_GAMMA)
+    oracle_c = reference.coulomb_field(
+        points, quarks, antiquarks, plate_gamma=ifm.fields.EFM_PLATE_GAMMA
+    )
     assert torch.allclose(default_c, oracle_c, rtol=1e-9, atol=1e-12)
 
 
@@ -310,14 +371,24 @@ def test_zero_rows_stay_zero_with_eps_zero(backend):
     [0, L]; a query on the only charge) stay zero instead of 0 / 0."""
     bname, device = backend
     p, q, a = _one_pair(-0.5, [0.0, 0.0], [0.0, 0.0], [1.0, 0.0], 6.0)
-    out = ifm.fields.string_field(p.to(device), q.to(device), a.to(device), L=6.0, sigma0=1.0,
-                                  K=10.0, normalize=True, eps=0.0, backend=bname)
+    out = ifm.fields.string_field(
+        p.to(device),
+        q.to(device),
+        a.to(device),
+        L=6.0,
+        sigma0=1.0,
+        K=10.0,
+        normalize=True,
+        eps=0.0,
+        backend=bname,
+    )
     assert torch.equal(out.cpu(), torch.zeros_like(p))
     pos = torch.tensor([[0.0, 1.0, 2.0]], device=device)
     neg = torch.tensor([[6.0, 0.0, 0.0]], device=device)
     for gamma, norm in ((0.0, False), (None, True)):
-        out = ifm.fields.coulomb_field(pos, pos, None, plate_gamma=gamma, normalize=norm,
-                                       eps=0.0, backend=bname)
+        out = ifm.fields.coulomb_field(
+            pos, pos, None, plate_gamma=gamma, normalize=norm, eps=0.0, backend=bname
+        )
         assert torch.equal(out.cpu(), torch.zeros(1, 3)), (gamma, norm, out)
     # two plates, per-plate gamma 0: the positive term vanishes, the negative one is normalised
     out = ifm.fields.coulomb_field(pos, pos, neg, plate_gamma=0.0, backend=bname).cpu()

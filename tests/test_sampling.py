@@ -1,4 +1,5 @@
 """ifm.sampling: Euler along z, both directions, plate landing, the f_z guard."""
+
 import math
 import pathlib
 
@@ -27,8 +28,10 @@ def _straight_field(A, C):
 def _curved_field():
     """Lines x(z) = x0 * exp(z/L): f = (x / L, 1), curved, so Euler is first order; the end
     points are x0 * e (forward) and x_L / e (backward)."""
+
     def net(x, z):
         return x / L, torch.ones_like(z)
+
     return net
 
 
@@ -38,8 +41,15 @@ def _data(n=7, seed=0):
     return A, A + torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
 
 
-@pytest.mark.parametrize("kwargs", [dict(steps=7), dict(step_size=0.35), dict(steps=1),
-                                    dict(grid=sampling.plate_refined_grid(L, 5, 0.2, 3))])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(steps=7),
+        dict(step_size=0.35),
+        dict(steps=1),
+        dict(grid=sampling.plate_refined_grid(L, 5, 0.2, 3)),
+    ],
+)
 def test_straight_lines_both_directions(kwargs):
     A, C = _data()
     net = _straight_field(A, C)
@@ -133,19 +143,22 @@ def test_zfirst_net_adapter_and_images():
     assert r.samples.shape == x.shape and torch.allclose(r.samples, x + 1)
 
 
-@pytest.mark.parametrize("kwargs, exc, word", [
-    (dict(L=-1.0, steps=3), ValueError, "L"),
-    (dict(L=L), ValueError, "steps"),
-    (dict(L=L, steps=3, step_size=0.1), ValueError, "steps"),
-    (dict(L=L, steps=0), ValueError, "steps"),
-    (dict(L=L, step_size=-0.5), ValueError, "step_size"),
-    (dict(L=L, steps=3, direction="up"), ValueError, "direction"),
-    (dict(L=L, steps=3, min_cos=0.0), ValueError, "min_cos"),
-    (dict(L=L, steps=3, orientation=2), ValueError, "orientation"),
-    (dict(L=L, grid=[0.0, 3.0, 2.0, 6.0]), ValueError, "grid"),
-    (dict(L=L, grid=[0.0, 3.0]), ValueError, "grid"),
-    (dict(L=L, steps=3, z_start=torch.tensor([7.0, 0.0])), ValueError, "z_start"),
-])
+@pytest.mark.parametrize(
+    "kwargs, exc, word",
+    [
+        (dict(L=-1.0, steps=3), ValueError, "L"),
+        (dict(L=L), ValueError, "steps"),
+        (dict(L=L, steps=3, step_size=0.1), ValueError, "steps"),
+        (dict(L=L, steps=0), ValueError, "steps"),
+        (dict(L=L, step_size=-0.5), ValueError, "step_size"),
+        (dict(L=L, steps=3, direction="up"), ValueError, "direction"),
+        (dict(L=L, steps=3, min_cos=0.0), ValueError, "min_cos"),
+        (dict(L=L, steps=3, orientation=2), ValueError, "orientation"),
+        (dict(L=L, grid=[0.0, 3.0, 2.0, 6.0]), ValueError, "grid"),
+        (dict(L=L, grid=[0.0, 3.0]), ValueError, "grid"),
+        (dict(L=L, steps=3, z_start=torch.tensor([7.0, 0.0])), ValueError, "z_start"),
+    ],
+)
 def test_bad_inputs(kwargs, exc, word):
     x = torch.zeros(2, 2)
 
@@ -182,13 +195,20 @@ def _lin(x, z):
 def test_fixed_step_euler_reproduces_their_learned_ode_solver():
     d = _rec("ifm_solvers")
     init = d["euler_init"]
-    r = sampling.fixed_step_euler(_lin, init[:, 1:], L=float(d["L"]), step=float(d["euler_step"]),
-                                  z_start=init[:, 0])
+    r = sampling.fixed_step_euler(
+        _lin, init[:, 1:], L=float(d["L"]), step=float(d["euler_step"]), z_start=init[:, 0]
+    )
     assert r.nfe == int(d["euler_steps"])
     assert torch.allclose(torch.cat([r.z[:, None], r.samples], 1), d["euler_mapped"], atol=1e-5)
     # backward (their image solver) retraces the same fixed steps of this affine-in-x field
-    back = sampling.fixed_step_euler(lambda x, z: (-x, torch.ones_like(z)), r.samples,
-                                     L=6.0, step=0.5, direction="backward", z_start=r.z)
+    back = sampling.fixed_step_euler(
+        lambda x, z: (-x, torch.ones_like(z)),
+        r.samples,
+        L=6.0,
+        step=0.5,
+        direction="backward",
+        z_start=r.z,
+    )
     assert bool((back.z <= 1e-3).all()) and back.nfe == 12
 
 
@@ -198,8 +218,9 @@ def test_rk45_log_z_reproduces_their_pfgm_sampler():
     def net(x, z):
         return 0.3 * x - 0.1, 2.0 + 0.05 * z
 
-    r = sampling.rk45(net, d["rk45_y"], L=float(d["rk45_L"]), direction="backward",
-                      variable="log_z")
+    r = sampling.rk45(
+        net, d["rk45_y"], L=float(d["rk45_L"]), direction="backward", variable="log_z"
+    )
     assert r.nfe == int(d["rk45_nfe"])  # their defaults: RK45, rtol = atol = 1e-4, eps = 1e-3
     assert torch.allclose(r.samples, d["rk45_out"], atol=1e-4)
     assert float(r.z[0]) == pytest.approx(1e-3)
@@ -209,8 +230,9 @@ def test_rk45_in_z_is_accurate_on_a_curved_field():
     A, _ = _data()
     r = sampling.rk45(_curved_field(), A, L=L, rtol=1e-8, atol=1e-8)
     assert torch.allclose(r.samples, A * math.e, atol=1e-6)
-    back = sampling.rk45(_curved_field(), r.samples, L=L, direction="backward", rtol=1e-8,
-                         atol=1e-8)
+    back = sampling.rk45(
+        _curved_field(), r.samples, L=L, direction="backward", rtol=1e-8, atol=1e-8
+    )
     assert torch.allclose(back.samples, A, atol=1e-6)
     # default tolerances (theirs) are far coarser than Euler's error with few steps
     assert r.nfe < 200
@@ -223,27 +245,50 @@ def _dip(x, z):
 def test_dipole_efm_reproduces_their_behind_plate_solver():
     d = _rec("efm_dipole_solver")
     init = d["init"]
-    r = sampling.dipole_efm(_dip, init[:, 1:], L=float(d["L"]), step=float(d["step"]),
-                            z_start=init[:, 0], behind_step=float(d["behind_step"]),
-                            behind_num_steps=int(d["behind_num_steps"]))
+    r = sampling.dipole_efm(
+        _dip,
+        init[:, 1:],
+        L=float(d["L"]),
+        step=float(d["step"]),
+        z_start=init[:, 0],
+        behind_step=float(d["behind_step"]),
+        behind_num_steps=int(d["behind_num_steps"]),
+    )
     out = torch.cat([r.z[:, None], r.samples], 1)
     assert torch.allclose(out, d["mapped"], atol=1e-5)
     moved = (d["mapped"][:, 0] - (float(d["L"]) + 0.3)).abs() > 1e-4
     assert bool(moved.any()) and not bool(moved.all())  # the continuation did act, on some
-    row = sampling.dipole_efm(_dip, init[:, 1:], L=6.0, step=0.5, z_start=init[:, 0],
-                              behind_step=0.05, behind_num_steps=40, behind_norm="row")
+    row = sampling.dipole_efm(
+        _dip,
+        init[:, 1:],
+        L=6.0,
+        step=0.5,
+        z_start=init[:, 0],
+        behind_step=0.05,
+        behind_num_steps=40,
+        behind_norm="row",
+    )
     assert not torch.allclose(row.samples, r.samples)
 
 
-@pytest.mark.parametrize("call, exc, word", [
-    (lambda x: sampling.rk45(_lin, x, L=6.0, variable="t"), ValueError, "variable"),
-    (lambda x: sampling.rk45(_lin, x, L=6.0, variable="log_z", z_from=0.0), ValueError, "> 0"),
-    (lambda x: sampling.fixed_step_euler(_lin, x, L=6.0, step=0.0), ValueError, "step"),
-    (lambda x: sampling.dipole_efm(_dip, x, L=6.0, step=0.5, behind_norm="max"), ValueError,
-     "behind_norm"),
-    (lambda x: sampling.dipole_efm(_dip, x, L=6.0, step=0.5, behind_num_steps=-1), ValueError,
-     "behind_num_steps"),
-])
+@pytest.mark.parametrize(
+    "call, exc, word",
+    [
+        (lambda x: sampling.rk45(_lin, x, L=6.0, variable="t"), ValueError, "variable"),
+        (lambda x: sampling.rk45(_lin, x, L=6.0, variable="log_z", z_from=0.0), ValueError, "> 0"),
+        (lambda x: sampling.fixed_step_euler(_lin, x, L=6.0, step=0.0), ValueError, "step"),
+        (
+            lambda x: sampling.dipole_efm(_dip, x, L=6.0, step=0.5, behind_norm="max"),
+            ValueError,
+            "behind_norm",
+        ),
+        (
+            lambda x: sampling.dipole_efm(_dip, x, L=6.0, step=0.5, behind_num_steps=-1),
+            ValueError,
+            "behind_num_steps",
+        ),
+    ],
+)
 def test_authors_solvers_bad_inputs(call, exc, word):
     with pytest.raises(exc, match=word):
         call(torch.zeros(3, 2))

@@ -8,6 +8,7 @@ for sm_80 and sm_90.
 The launchers are called directly (the public API's parity is tests/test_fields_parity.py).
 Without a GPU, tests/conftest.py turns Triton's interpreter on; shapes stay small there.
 """
+
 import math
 import os
 import subprocess
@@ -21,14 +22,14 @@ triton = pytest.importorskip("triton")
 if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("no GPU and TRITON_INTERPRET is not 1", allow_module_level=True)
 
+from cases import coulomb_case, string_case  # noqa: E402
+from parity import assert_parity  # noqa: E402
+
 import ifm_kernels  # noqa: E402
 from ifm import reference  # noqa: E402
 from ifm_kernels import _field_math as fm  # noqa: E402
 from ifm_kernels import _introspect, _launch  # noqa: E402
 from ifm_kernels import _plan as P  # noqa: E402
-
-from cases import coulomb_case, string_case  # noqa: E402
-from parity import assert_parity  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float64]
@@ -36,11 +37,17 @@ H100 = P.gpu_profile(132)
 A100 = P.gpu_profile(108)
 
 # published shapes (FIELDS.md tables): (name, b, B, ncols) with ncols = D (string) or D + 1
-PUBLISHED = [("string toy", 1024, 4096, 2), ("string CIFAR", 64, 256, 3072),
-             ("string W2S", 64, 256, 12288), ("string CelebA-64", 64, 64, 12288),
-             ("string CelebA-128", 64, 64, 49152), ("string CMNIST", 128, 128, 3072),
-             ("coulomb EFM-CIFAR", 64, 1024, 3073), ("coulomb PFGM", 128, 4096, 3073),
-             ("coulomb toy", 1024, 4096, 3)]
+PUBLISHED = [
+    ("string toy", 1024, 4096, 2),
+    ("string CIFAR", 64, 256, 3072),
+    ("string W2S", 64, 256, 12288),
+    ("string CelebA-64", 64, 64, 12288),
+    ("string CelebA-128", 64, 64, 49152),
+    ("string CMNIST", 128, 128, 3072),
+    ("coulomb EFM-CIFAR", 64, 1024, 3073),
+    ("coulomb PFGM", 128, 4096, 3073),
+    ("coulomb toy", 1024, 4096, 3),
+]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -49,15 +56,22 @@ PUBLISHED = [("string toy", 1024, 4096, 2), ("string CIFAR", 64, 256, 3072),
 def _string(points, quarks, antiquarks, params, dtype, stable=False, normalize=False):
     D = points.shape[1] - 1
     args = [t.to(DEVICE, dtype) for t in (points, quarks, antiquarks)]
-    return ifm_kernels.string_field(*args, **params, d=math.pi / (2 * params["K"]),
-                                    stable=stable, normalize=normalize,
-                                    norm_scale=math.sqrt(D + 1), eps=1e-5)
+    return ifm_kernels.string_field(
+        *args,
+        **params,
+        d=math.pi / (2 * params["K"]),
+        stable=stable,
+        normalize=normalize,
+        norm_scale=math.sqrt(D + 1),
+        eps=1e-5,
+    )
 
 
 def check_string(points, quarks, antiquarks, params, dtype, **mode):
     oracle = reference.string_field(points, quarks, antiquarks, **params, **mode)
-    standin = reference.string_field(points.float(), quarks.float(), antiquarks.float(),
-                                     **params, **mode)
+    standin = reference.string_field(
+        points.float(), quarks.float(), antiquarks.float(), **params, **mode
+    )
     out = _string(points, quarks, antiquarks, params, dtype, **mode)
     assert out.dtype == dtype and out.shape == points.shape
     assert_parity(out, oracle, standin, what=f"triton string {tuple(points.shape)} {mode}")
@@ -66,15 +80,26 @@ def check_string(points, quarks, antiquarks, params, dtype, **mode):
 
 def check_coulomb(points, pos, neg, dtype, plate_gamma=None, normalize=False, sum_eps=0.0):
     DIM = points.shape[1]
-    kw = dict(plate_gamma=plate_gamma, sum_eps=sum_eps, normalize=normalize,
-              norm_scale=math.sqrt(DIM), eps=1e-5)
+    kw = dict(
+        plate_gamma=plate_gamma,
+        sum_eps=sum_eps,
+        normalize=normalize,
+        norm_scale=math.sqrt(DIM),
+        eps=1e-5,
+    )
     oracle = reference.coulomb_field(points, pos, neg, **kw)
-    standin = reference.coulomb_field(points.float(), pos.float(),
-                                      None if neg is None else neg.float(), **kw)
+    standin = reference.coulomb_field(
+        points.float(), pos.float(), None if neg is None else neg.float(), **kw
+    )
     on = [None if t is None else t.to(DEVICE, dtype) for t in (points, pos, neg)]
-    out = ifm_kernels.coulomb_field(*on, plate_gamma=plate_gamma, sum_eps=sum_eps,
-                                    normalize=normalize, norm_scale=math.sqrt(DIM),
-                                    eps=1e-5)
+    out = ifm_kernels.coulomb_field(
+        *on,
+        plate_gamma=plate_gamma,
+        sum_eps=sum_eps,
+        normalize=normalize,
+        norm_scale=math.sqrt(DIM),
+        eps=1e-5,
+    )
     assert out.dtype == dtype and out.shape == points.shape
     assert_parity(out, oracle, standin, what=f"triton coulomb {tuple(points.shape)}")
     return out
@@ -86,19 +111,34 @@ def _meta(*shape, dtype=torch.float32):
 
 def _record_string(b, B, D, profile=H100, dtype=torch.float32, normalize=True):
     with _introspect.record_launches(profile) as rec:
-        ifm_kernels.string_field(_meta(b, D + 1, dtype=dtype), _meta(B, D + 1, dtype=dtype),
-                                 _meta(B, D + 1, dtype=dtype), L=20.0, sigma0=1.0,
-                                 K=math.pi / 20, d=10.0, stable=False, normalize=normalize,
-                                 norm_scale=1.0, eps=1e-5)
+        ifm_kernels.string_field(
+            _meta(b, D + 1, dtype=dtype),
+            _meta(B, D + 1, dtype=dtype),
+            _meta(B, D + 1, dtype=dtype),
+            L=20.0,
+            sigma0=1.0,
+            K=math.pi / 20,
+            d=10.0,
+            stable=False,
+            normalize=normalize,
+            norm_scale=1.0,
+            eps=1e-5,
+        )
     return rec
 
 
 def _record_coulomb(b, Bp, Bn, D, profile=H100, plate_gamma=5.0, normalize=False):
     with _introspect.record_launches(profile) as rec:
-        ifm_kernels.coulomb_field(_meta(b, D + 1), _meta(Bp, D + 1),
-                                  None if Bn is None else _meta(Bn, D + 1),
-                                  plate_gamma=plate_gamma, sum_eps=0.0, normalize=normalize,
-                                  norm_scale=1.0, eps=1e-5)
+        ifm_kernels.coulomb_field(
+            _meta(b, D + 1),
+            _meta(Bp, D + 1),
+            None if Bn is None else _meta(Bn, D + 1),
+            plate_gamma=plate_gamma,
+            sum_eps=0.0,
+            normalize=normalize,
+            norm_scale=1.0,
+            eps=1e-5,
+        )
     return rec
 
 
@@ -109,22 +149,37 @@ def _pow2(v):
     return v >= 1 and (v & (v - 1)) == 0
 
 
-@pytest.mark.parametrize("profile", [H100, A100, P.INTERPRETER_PROFILE],
-                         ids=["H100", "A100", "interpreter"])
+@pytest.mark.parametrize(
+    "profile", [H100, A100, P.INTERPRETER_PROFILE], ids=["H100", "A100", "interpreter"]
+)
 @pytest.mark.parametrize("itemsize", [4, 8])
-@pytest.mark.parametrize("case", PUBLISHED + [("tiny", 1, 1, 1), ("odd", 37, 5, 123),
-                                              ("tall", 2, 3, 49152)], ids=lambda c: c[0])
+@pytest.mark.parametrize(
+    "case",
+    PUBLISHED + [("tiny", 1, 1, 1), ("odd", 37, 5, 123), ("tall", 2, 3, 49152)],
+    ids=lambda c: c[0],
+)
 def test_plan_derivation(case, profile, itemsize):
     """Block sizes are powers of two within the profile's caps and budget, grids cover the
     shapes, column slices tile the columns, and the partial buffer stays O(b B)."""
     name, b, B, ncols = case
     string = not name.startswith("coulomb")
     p = P.make_plan(b, B, ncols, ncols + 1, profile, itemsize, string=string)
-    dist_budget = (profile.dist_tile_bytes if string else profile.coulomb_dist_tile_bytes) \
-        // itemsize
+    dist_budget = (
+        profile.dist_tile_bytes if string else profile.coulomb_dist_tile_bytes
+    ) // itemsize
     sums_budget = profile.sums_tile_bytes // itemsize
-    sizes = [p.dist_bi, p.dist_bj, p.dist_bk, p.coef_br, p.coef_bj, p.sums_bi, p.sums_bj,
-             p.sums_bk, p.fin_br, p.fin_bw]
+    sizes = [
+        p.dist_bi,
+        p.dist_bj,
+        p.dist_bk,
+        p.coef_br,
+        p.coef_bj,
+        p.sums_bi,
+        p.sums_bj,
+        p.sums_bk,
+        p.fin_br,
+        p.fin_bw,
+    ]
     assert all(_pow2(v) for v in sizes), sizes
     if string:
         assert p.dist_bi <= profile.dist_bi_max and p.dist_bj <= profile.dist_bj_max
@@ -171,16 +226,18 @@ def test_plan_fills_whole_waves(case, profile):
     progs = p.dist_grid[0] * p.dist_grid[1]
     work = p.cols_per_slice // p.dist_bk
     even = progs * work / profile.sm_count
-    assert P.sm_cost(progs, work, profile) <= 1.12 * max(even, work * profile.resident), \
-        (progs, work)
+    assert P.sm_cost(progs, work, profile) <= 1.12 * max(even, work * profile.resident), (
+        progs,
+        work,
+    )
 
 
 def test_plan_examples_h100():
     """The configurations BENCHMARKS.md's GPU section shows for two published shapes."""
-    p = P.make_plan(64, 256, 3072, 3073, H100, 4, string=True)     # string CIFAR
+    p = P.make_plan(64, 256, 3072, 3073, H100, 4, string=True)  # string CIFAR
     assert (p.dist_bi, p.dist_bj, p.dist_bk) == (16, 32, 8)
-    assert p.dist_grid[0] * p.dist_grid[1] == 512                  # one wave of 528 slots
-    p = P.make_plan(64, 64, 49152, 49153, H100, 4, string=True)    # string CelebA-128
+    assert p.dist_grid[0] * p.dist_grid[1] == 512  # one wave of 528 slots
+    p = P.make_plan(64, 64, 49152, 49153, H100, 4, string=True)  # string CelebA-128
     assert p.nslices > 1 and p.dist_grid[0] * p.dist_grid[1] <= H100.slots
 
 
@@ -188,14 +245,24 @@ def test_plan_examples_h100():
 def test_string_launch_count(normalize):
     rec = _record_string(64, 256, 3072, normalize=normalize)
     names = [r.name for r in rec]
-    assert names == ["distance_kernel", "string_stats_kernel", "string_coeff_kernel",
-                     "pair_sums_kernel"] + \
-        (["finalize_kernel"] if normalize else [])
+    assert names == [
+        "distance_kernel",
+        "string_stats_kernel",
+        "string_coeff_kernel",
+        "pair_sums_kernel",
+    ] + (["finalize_kernel"] if normalize else [])
 
 
-@pytest.mark.parametrize("Bn,plate_gamma,normalize,count", [
-    (None, None, False, 4), (None, None, True, 5), (None, 5.0, False, 5),
-    (1024, None, False, 9), (1024, 5.0, True, 9)])
+@pytest.mark.parametrize(
+    "Bn,plate_gamma,normalize,count",
+    [
+        (None, None, False, 4),
+        (None, None, True, 5),
+        (None, 5.0, False, 5),
+        (1024, None, False, 9),
+        (1024, 5.0, True, 9),
+    ],
+)
 def test_coulomb_launch_count(Bn, plate_gamma, normalize, count):
     rec = _record_coulomb(64, 1024, Bn, 3072, plate_gamma=plate_gamma, normalize=normalize)
     assert len(rec) == count
@@ -208,8 +275,7 @@ def test_coulomb_launch_count(Bn, plate_gamma, normalize, count):
 def test_recorded_grids_match_plan():
     rec = _record_string(37, 5, 123)
     p = P.make_plan(37, 5, 123, 124, H100, 4, string=True)
-    assert [r.grid for r in rec] == [p.dist_grid, p.coef_grid, p.coef_grid, p.sums_grid,
-                                     p.fin_grid]
+    assert [r.grid for r in rec] == [p.dist_grid, p.coef_grid, p.coef_grid, p.sums_grid, p.fin_grid]
     assert all(r.num_warps == H100.num_warps for r in rec)
 
 
@@ -217,8 +283,11 @@ def test_recorded_grids_match_plan():
 # edge sizes against the float64 reference
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 7, 33), (9, 1, 17), (1, 1, 300), (19, 13, 5)],
-                         ids=lambda s: "b{}-B{}-D{}".format(*s))
+@pytest.mark.parametrize(
+    "shape",
+    [(1, 1, 1), (1, 7, 33), (9, 1, 17), (1, 1, 300), (19, 13, 5)],
+    ids=lambda s: "b{}-B{}-D{}".format(*s),
+)
 def test_string_edge_sizes(shape, dtype):
     points, quarks, antiquarks, params = string_case(*shape, "cifar", seed=sum(shape))
     for mode in (dict(stable=False, normalize=False), dict(stable=True, normalize=True)):
@@ -226,8 +295,11 @@ def test_string_edge_sizes(shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (1, 9, 1, 40), (11, 1, 3, 17), (3, 2, 5, 300)],
-                         ids=lambda s: "b{}-Bp{}-Bn{}-D{}".format(*s))
+@pytest.mark.parametrize(
+    "shape",
+    [(1, 1, 1, 1), (1, 9, 1, 40), (11, 1, 3, 17), (3, 2, 5, 300)],
+    ids=lambda s: "b{}-Bp{}-Bn{}-D{}".format(*s),
+)
 def test_coulomb_edge_sizes(shape, dtype):
     b, Bp, Bn, D = shape
     points, pos, neg = coulomb_case(b, Bp, Bn, D, L=6.0, seed=b + D)
@@ -256,20 +328,33 @@ def test_query_on_a_charge_keeps_the_other_charges():
 # ----------------------------------------------------------------------------------------------
 # GPU code paths under the interpreter: many tiles, several column slices, BI halving
 # ----------------------------------------------------------------------------------------------
-SMALL_GPU_LIKE = P.Profile("gpu", sm_count=4, resident=4, dist_tile_bytes=256,
-                           sums_tile_bytes=256, row_budget=16, dist_bi_max=4, dist_bj_max=4,
-                           coulomb_dist_tile_bytes=256, coulomb_dist_bi_max=4,
-                           coulomb_dist_bj_max=4,
-                           sums_bi_max=4, sums_bj_max=4, sums_bk_max=8, min_steps_per_slice=1,
-                           num_warps=1)
+SMALL_GPU_LIKE = P.Profile(
+    "gpu",
+    sm_count=4,
+    resident=4,
+    dist_tile_bytes=256,
+    sums_tile_bytes=256,
+    row_budget=16,
+    dist_bi_max=4,
+    dist_bj_max=4,
+    coulomb_dist_tile_bytes=256,
+    coulomb_dist_bi_max=4,
+    coulomb_dist_bj_max=4,
+    sums_bi_max=4,
+    sums_bj_max=4,
+    sums_bk_max=8,
+    min_steps_per_slice=1,
+    num_warps=1,
+)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_small_blocks_many_programs(monkeypatch, dtype):
     """Force a GPU-like plan with tiny blocks (several slices, partial tiles everywhere)."""
     monkeypatch.setattr(_launch, "device_profile", lambda device: SMALL_GPU_LIKE)
-    plan = P.make_plan(6, 5, 21, 22, SMALL_GPU_LIKE, torch.tensor([], dtype=dtype).element_size(),
-                       string=True)
+    plan = P.make_plan(
+        6, 5, 21, 22, SMALL_GPU_LIKE, torch.tensor([], dtype=dtype).element_size(), string=True
+    )
     assert plan.nslices > 1 and plan.dist_grid[0] > 1 and plan.sums_grid[1] > 1
     points, quarks, antiquarks, params = string_case(6, 5, 21, "cmnist", seed=4)
     check_string(points, quarks, antiquarks, params, dtype, stable=True, normalize=True)
@@ -284,8 +369,9 @@ def test_real_gpu_plans_under_the_interpreter(monkeypatch, profile, dtype):
     """The H100 and A100 plans themselves (their block sizes, slices, live-block lists), not
     only the interpreter's, on small shapes that still give several tiles and partial blocks."""
     monkeypatch.setattr(_launch, "device_profile", lambda device: profile)
-    plan = P.make_plan(10, 70, 20, 21, profile, torch.tensor([], dtype=dtype).element_size(),
-                       string=True)
+    plan = P.make_plan(
+        10, 70, 20, 21, profile, torch.tensor([], dtype=dtype).element_size(), string=True
+    )
     assert plan.dist_grid[0] > 1 and plan.sums_grid[0] > 1 and plan.sums_blocks > 1
     points, quarks, antiquarks, params = string_case(10, 70, 20, "cifar", seed=5)
     check_string(points, quarks, antiquarks, params, dtype, stable=True, normalize=True)
@@ -302,8 +388,15 @@ def test_live_block_lists(monkeypatch, field):
     real = _launch.launch_pair_sums
 
     def spy(plan, points, y0, y1, c1, c2, lists, *rest, **kw):
-        seen.append((plan, c1.clone(), None if c2 is None else c2.clone(),
-                     lists[0].clone(), lists[1].clone()))
+        seen.append(
+            (
+                plan,
+                c1.clone(),
+                None if c2 is None else c2.clone(),
+                lists[0].clone(),
+                lists[1].clone(),
+            )
+        )
         return real(plan, points, y0, y1, c1, c2, lists, *rest, **kw)
 
     monkeypatch.setattr(_launch, "launch_pair_sums", spy)
@@ -320,12 +413,15 @@ def test_live_block_lists(monkeypatch, field):
     nz = c1 != 0 if c2 is None else (c1 != 0) | (c2 != 0)
     total = 0
     for rb in range(plan.sums_grid[0]):
-        rows = nz[rb * plan.sums_bi:(rb + 1) * plan.sums_bi]
-        want = [jb for jb in range(plan.sums_blocks)
-                if rows[:, jb * plan.sums_bj:(jb + 1) * plan.sums_bj].any()]
+        rows = nz[rb * plan.sums_bi : (rb + 1) * plan.sums_bi]
+        want = [
+            jb
+            for jb in range(plan.sums_blocks)
+            if rows[:, jb * plan.sums_bj : (jb + 1) * plan.sums_bj].any()
+        ]
         got = []
         for ch in range(plan.coef_chunks):
-            seg = lst[rb, ch * plan.seg_len:ch * plan.seg_len + int(cnt[rb, ch])].tolist()
+            seg = lst[rb, ch * plan.seg_len : ch * plan.seg_len + int(cnt[rb, ch])].tolist()
             assert all(ch * plan.seg_len <= jb < (ch + 1) * plan.seg_len for jb in seg)
             got += seg
         assert got == want, rb
@@ -350,9 +446,16 @@ def test_interpreter_smoke():
     out = _string(points, quarks, antiquarks, params, torch.float32)
     assert out.device.type == DEVICE and torch.isfinite(out).all()
     points, pos, neg = coulomb_case(2, 2, 2, 3, L=6.0, seed=0)
-    out = ifm_kernels.coulomb_field(points.float().to(DEVICE), pos.float().to(DEVICE), None,
-                                    plate_gamma=None, sum_eps=0.0, normalize=False,
-                                    norm_scale=1.0, eps=1e-5)
+    out = ifm_kernels.coulomb_field(
+        points.float().to(DEVICE),
+        pos.float().to(DEVICE),
+        None,
+        plate_gamma=None,
+        sum_eps=0.0,
+        normalize=False,
+        norm_scale=1.0,
+        eps=1e-5,
+    )
     assert torch.isfinite(out).all()
 
 
@@ -398,12 +501,19 @@ def test_kernels_compile_for_sm80_and_sm90():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join([root, os.path.join(root, "python"),
-                                         env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True,
-                          text=True, timeout=900)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [root, os.path.join(root, "python"), env.get("PYTHONPATH", "")]
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", _COMPILE_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     import json
+
     res = json.loads(proc.stdout)
     assert len(res) >= 2 * 2 * 6
     for key, r in res.items():
@@ -415,12 +525,18 @@ def _header_constants() -> dict:
     """``constexpr double kName = value;`` lines and the ``skip_ratio`` hex literals of
     csrc/field_math.h, parsed from the header itself."""
     import re
+
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     text = open(os.path.join(root, "csrc", "field_math.h")).read()
-    consts = {m.group(1): float(m.group(2)) for m in
-              re.finditer(r"constexpr\s+double\s+(k\w+)\s*=\s*([-+0-9.eE]+)\s*;", text)}
-    m = re.search(r"skip_ratio\(bool is_double\)\s*\{\s*return is_double \? (0x[0-9a-fp.+-]+) : "
-                  r"(0x[0-9a-fp.+-]+);", text)
+    consts = {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(r"constexpr\s+double\s+(k\w+)\s*=\s*([-+0-9.eE]+)\s*;", text)
+    }
+    m = re.search(
+        r"skip_ratio\(bool is_double\)\s*\{\s*return is_double \? (0x[0-9a-fp.+-]+) : "
+        r"(0x[0-9a-fp.+-]+);",
+        text,
+    )
     assert m, "skip_ratio not found in csrc/field_math.h"
     consts["skip_ratio_f64"] = float.fromhex(m.group(1))
     consts["skip_ratio_f32"] = float.fromhex(m.group(2))
@@ -431,11 +547,15 @@ def test_constants_mirror_the_header():
     """``_field_math.py`` mirrors csrc/field_math.h: every constant of the header has its value
     here (parsed from the header), and both agree with ifm.reference."""
     h = _header_constants()
-    mirror = {"kStringTanEps": fm.STRING_TAN_EPS.value, "kStringREps": fm.STRING_R_EPS.value,
-              "kStringCosEps": fm.STRING_COS_EPS.value, "kStringDenEps": fm.STRING_DEN_EPS.value,
-              "kCoulombDEps": fm.COULOMB_D_EPS.value,
-              "skip_ratio_f64": fm.skip_ratio(torch.float64),
-              "skip_ratio_f32": fm.skip_ratio(torch.float32)}
+    mirror = {
+        "kStringTanEps": fm.STRING_TAN_EPS.value,
+        "kStringREps": fm.STRING_R_EPS.value,
+        "kStringCosEps": fm.STRING_COS_EPS.value,
+        "kStringDenEps": fm.STRING_DEN_EPS.value,
+        "kCoulombDEps": fm.COULOMB_D_EPS.value,
+        "skip_ratio_f64": fm.skip_ratio(torch.float64),
+        "skip_ratio_f32": fm.skip_ratio(torch.float32),
+    }
     assert set(h) == set(mirror), f"header constants {sorted(h)} vs mirror {sorted(mirror)}"
     for name, value in h.items():
         assert mirror[name] == value, f"{name}: field_math.h {value}, _field_math.py {mirror[name]}"
@@ -469,6 +589,7 @@ def _bench_module(name):
     if os.path.join(root, "benchmarks") not in sys.path:
         sys.path.insert(0, os.path.join(root, "benchmarks"))
     import importlib
+
     return importlib.import_module(name)
 
 
@@ -492,8 +613,16 @@ def test_model_charges_a_tail_wave():
     arch = gpu_model.ARCHS["sm_90"]
 
     def k(grid):
-        return {"name": "k", "grid": grid, "threads": 128, "registers": 128, "shared_bytes": 0,
-                "warp_instructions": 4 * grid * 1000.0, "dram_bytes": 0.0, "l2_bytes": 0.0}
+        return {
+            "name": "k",
+            "grid": grid,
+            "threads": 128,
+            "registers": 128,
+            "shared_bytes": 0,
+            "warp_instructions": 4 * grid * 1000.0,
+            "dram_bytes": 0.0,
+            "l2_bytes": 0.0,
+        }
 
     full, tail = gpu_model.issue_us(k(512), arch), gpu_model.issue_us(k(544), arch)
     assert gpu_model.resident_blocks(k(1), arch) == 4

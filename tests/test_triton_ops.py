@@ -1,6 +1,7 @@
 """The Triton launchers as operators (``torch.ops.ifm.string_field_triton`` /
 ``coulomb_field_triton``): schema, fake kernels and dispatch by ``opcheck``, one op per call in a
 profile, and launch plans computed once per shape and device kind."""
+
 import importlib
 import math
 import os
@@ -32,16 +33,34 @@ def _string_args(dtype=torch.float32, normalize=True, stable=False):
     p, q, a, prm = string_case(9, 7, 5, "toy", seed=0)
     kw = ifm.fields.string_kernel_args(p.shape[1], normalize=normalize)
     d = math.pi / (2 * prm["K"])
-    return (p.to(DEVICE, dtype), q.to(DEVICE, dtype), a.to(DEVICE, dtype), prm["L"],
-            prm["sigma0"], prm["K"], d, stable, kw["normalize"], kw["norm_scale"], kw["eps"])
+    return (
+        p.to(DEVICE, dtype),
+        q.to(DEVICE, dtype),
+        a.to(DEVICE, dtype),
+        prm["L"],
+        prm["sigma0"],
+        prm["K"],
+        d,
+        stable,
+        kw["normalize"],
+        kw["norm_scale"],
+        kw["eps"],
+    )
 
 
 def _coulomb_args(dtype=torch.float32, two_plates=True, normalize=True):
     p, pos, neg = coulomb_case(9, 7, 5, 5, L=6.0, seed=0)
     kw = ifm.fields.coulomb_kernel_args(p.shape[1], two_plates=two_plates, normalize=normalize)
-    return (p.to(DEVICE, dtype), pos.to(DEVICE, dtype),
-            neg.to(DEVICE, dtype) if two_plates else None, kw["plate_gamma"], kw["sum_eps"],
-            kw["normalize"], kw["norm_scale"], kw["eps"])
+    return (
+        p.to(DEVICE, dtype),
+        pos.to(DEVICE, dtype),
+        neg.to(DEVICE, dtype) if two_plates else None,
+        kw["plate_gamma"],
+        kw["sum_eps"],
+        kw["normalize"],
+        kw["norm_scale"],
+        kw["eps"],
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -54,21 +73,34 @@ def test_opcheck(dtype):
 
 def test_op_equals_the_launcher():
     args = _string_args()
-    want = ifm_kernels.string_field(*args[:3], L=args[3], sigma0=args[4], K=args[5], d=args[6],
-                                    stable=args[7], normalize=args[8], norm_scale=args[9],
-                                    eps=args[10])
+    want = ifm_kernels.string_field(
+        *args[:3],
+        L=args[3],
+        sigma0=args[4],
+        K=args[5],
+        d=args[6],
+        stable=args[7],
+        normalize=args[8],
+        norm_scale=args[9],
+        eps=args[10],
+    )
     assert torch.equal(STRING_OP(*args), want)
     cargs = _coulomb_args()
-    want = ifm_kernels.coulomb_field(*cargs[:3], plate_gamma=cargs[3], sum_eps=cargs[4],
-                                     normalize=cargs[5], norm_scale=cargs[6], eps=cargs[7])
+    want = ifm_kernels.coulomb_field(
+        *cargs[:3],
+        plate_gamma=cargs[3],
+        sum_eps=cargs[4],
+        normalize=cargs[5],
+        norm_scale=cargs[6],
+        eps=cargs[7],
+    )
     assert torch.equal(COULOMB_OP(*cargs), want)
 
 
 def test_public_triton_backend_calls_the_op():
     p, q, a, prm = string_case(5, 4, 3, "toy", seed=1)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        ifm.fields.string_field(p.to(DEVICE), q.to(DEVICE), a.to(DEVICE), backend="triton",
-                                **prm)
+        ifm.fields.string_field(p.to(DEVICE), q.to(DEVICE), a.to(DEVICE), backend="triton", **prm)
         ifm.fields.coulomb_field(p.to(DEVICE), q.to(DEVICE), None, backend="triton")
     names = [e.name for e in prof.events()]
     assert names.count("ifm::string_field_triton") == 1, names
@@ -77,7 +109,8 @@ def test_public_triton_backend_calls_the_op():
     # before each field; on CUDA tensors no value check runs.
     check = ["ifm::check_values"] if DEVICE == "cpu" and _checks._check_op() is not None else []
     assert [n for n in names if n.startswith("ifm::")] == (
-        check + ["ifm::string_field_triton"] + check + ["ifm::coulomb_field_triton"])
+        check + ["ifm::string_field_triton"] + check + ["ifm::coulomb_field_triton"]
+    )
 
 
 def test_fake_kernels_give_shapes_without_running():
@@ -101,19 +134,23 @@ def test_plans_are_cached_per_shape_and_profile():
     cargs = _coulomb_args()
     for _ in range(2):
         COULOMB_OP(*cargs)
-    info = coulomb_mod._cached_plan.cache_info()   # one plan per plate (7 and 5 charges)
+    info = coulomb_mod._cached_plan.cache_info()  # one plan per plate (7 and 5 charges)
     assert info.misses == 2 and info.hits == 2
     # another shape or another device profile is another plan
     b, width = args[0].shape
     here = _launch.device_profile(args[0].device)
-    plan = string_mod._cached_plan(b, args[1].shape[0], width - 1, width, here,
-                                   args[0].element_size(), string=True)
-    assert plan == _plan.make_plan(b, args[1].shape[0], width - 1, width, here,
-                                   args[0].element_size(), string=True)
-    gpu = string_mod._cached_plan(b, args[1].shape[0], width - 1, width, _plan.gpu_profile(132), 4,
-                                  string=True)
-    assert gpu == _plan.make_plan(b, args[1].shape[0], width - 1, width, _plan.gpu_profile(132), 4,
-                                  string=True)
+    plan = string_mod._cached_plan(
+        b, args[1].shape[0], width - 1, width, here, args[0].element_size(), string=True
+    )
+    assert plan == _plan.make_plan(
+        b, args[1].shape[0], width - 1, width, here, args[0].element_size(), string=True
+    )
+    gpu = string_mod._cached_plan(
+        b, args[1].shape[0], width - 1, width, _plan.gpu_profile(132), 4, string=True
+    )
+    assert gpu == _plan.make_plan(
+        b, args[1].shape[0], width - 1, width, _plan.gpu_profile(132), 4, string=True
+    )
     assert gpu != plan
 
 
@@ -123,9 +160,19 @@ def test_recorded_launches_use_the_requested_profile():
     STRING_OP(*args)  # a cached plan for this device's profile
     small = _plan.gpu_profile(2)
     with _introspect.record_launches(small) as launches:
-        ifm_kernels.string_field(*args[:3], L=args[3], sigma0=args[4], K=args[5], d=args[6],
-                                 stable=False, normalize=True, norm_scale=args[9], eps=args[10])
+        ifm_kernels.string_field(
+            *args[:3],
+            L=args[3],
+            sigma0=args[4],
+            K=args[5],
+            d=args[6],
+            stable=False,
+            normalize=True,
+            norm_scale=args[9],
+            eps=args[10],
+        )
     b, width = args[0].shape
-    want = _plan.make_plan(b, args[1].shape[0], width - 1, width, small, args[0].element_size(),
-                           string=True)
+    want = _plan.make_plan(
+        b, args[1].shape[0], width - 1, width, small, args[0].element_size(), string=True
+    )
     assert launches[0].grid == want.dist_grid

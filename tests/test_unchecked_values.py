@@ -1,6 +1,7 @@
 """Without the value checks (``check_finite=False``, or CUDA tensors by default) the kernels stay
 safe for any values: no crash, no hang, the output has the right shape, and a non-finite value
 reaches only the rows that read it (docs/INPUTS.md, "Value checks")."""
+
 import math
 
 import pytest
@@ -29,9 +30,11 @@ def _put(t, i, j, v):
 
 def _fields(p, q, a, bname):
     kw = dict(check_finite=False, backend=bname)
-    return {"string": fields.string_field(p, q, a, L=L, sigma0=1.0, K=10.0, normalize=True, **kw),
-            "coulomb2": fields.coulomb_field(p, q, a, **kw),
-            "coulomb1": fields.coulomb_field(p, q, None, normalize="pfgm", **kw)}
+    return {
+        "string": fields.string_field(p, q, a, L=L, sigma0=1.0, K=10.0, normalize=True, **kw),
+        "coulomb2": fields.coulomb_field(p, q, a, **kw),
+        "coulomb1": fields.coulomb_field(p, q, None, normalize="pfgm", **kw),
+    }
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy under the Triton interpreter

@@ -7,6 +7,7 @@ may not flag a good input (every call would pay for the slow path). Both directi
 here on inputs at the edges of each check; the error messages themselves are tested by
 tests/test_inputs.py and the docs/INPUTS.md table.
 """
+
 import math
 
 import pytest
@@ -92,8 +93,7 @@ def test_magnitude_bound_edges(dtype, monkeypatch):
     if below.double() >= bound:  # the dtype's nearest value rounded up
         below = torch.nextafter(below, torch.zeros_like(below))
     at_or_above = torch.nextafter(below, torch.full_like(below, math.inf))
-    for value, bad in [(below, False), (-below, False), (at_or_above, True),
-                       (-at_or_above, True)]:
+    for value, bad in [(below, False), (-below, False), (at_or_above, True), (-at_or_above, True)]:
         pp = p.clone()
         pp[2, 3] = value
         assert _agree(*_string_args(pp, q, a), monkeypatch) == (1 if bad else 0), value
@@ -163,8 +163,12 @@ def test_random_perturbations_agree(dtype, monkeypatch):
         k = int(torch.randint(0, 3, (), generator=g))
         scale = float(torch.rand((), generator=g, dtype=torch.float64)) * 2
         t[k][int(torch.randint(0, t[k].shape[0], (), generator=g)), 1] = bound * scale
-        z = float(torch.randint(0, 2, (), generator=g)) * 1e-5 * float(
-            torch.rand((), generator=g)) * 2
+        z = (
+            float(torch.randint(0, 2, (), generator=g))
+            * 1e-5
+            * float(torch.rand((), generator=g))
+            * 2
+        )
         t[2][int(torch.randint(0, 5, (), generator=g)), 0] += z * L
         _agree(*_string_args(*t), monkeypatch)
 
@@ -173,12 +177,16 @@ def test_random_perturbations_agree(dtype, monkeypatch):
 def test_default_cpu_call_uses_the_op(field, monkeypatch):
     """A valid default call on CPU tensors runs the compiled check only, not the reductions; a
     bad one still raises the message of the torch checks."""
+
     def boom(*args, **kwargs):
         raise AssertionError("torch reductions ran for valid inputs")
 
     p, q, a = _inputs(torch.float32)
-    call = (lambda *t: ifm.fields.string_field(*t, L=L, sigma0=1.0, K=10.0)) \
-        if field == "string" else ifm.fields.coulomb_field
+    call = (
+        (lambda *t: ifm.fields.string_field(*t, L=L, sigma0=1.0, K=10.0))
+        if field == "string"
+        else ifm.fields.coulomb_field
+    )
     with monkeypatch.context() as m:
         m.setattr(torch, "_foreach_norm", boom)
         m.setattr(_checks, "check_finite_values", boom)

@@ -131,10 +131,10 @@ void coulomb_field_impl(const T* points, int64_t b, const T* positive, int64_t B
           terms.scatter(c1.data(), c2.data(), pad[s]);
           double unused = 0.0;
           kern.pass2_soa[0](x.data(), 0.0, yT[s].data(), nullptr, nullptr, c2.data(), DIM, pad[s],
-                         Eplate[s].data(), &unused);
+                            Eplate[s].data(), &unused);
         }
-        combine_plates(Eplate[0].data(), Eplate[1].data(), DIM, two, plate_normalize,
-                       plate_gamma, E.data());
+        combine_plates(Eplate[0].data(), Eplate[1].data(), DIM, two, plate_normalize, plate_gamma,
+                       E.data());
         write_row(E.data(), DIM, norm, out + i * DIM);
       }
     }
@@ -199,9 +199,9 @@ void coulomb_field(const T* points, int64_t b, const T* positive, int64_t Bp, co
 template void coulomb_field<float>(const float*, int64_t, const float*, int64_t, const float*,
                                    int64_t, int64_t, bool, double, double, const NormParams&,
                                    float*, int);
-template void coulomb_field<double>(const double*, int64_t, const double*, int64_t,
-                                    const double*, int64_t, int64_t, bool, double, double,
-                                    const NormParams&, double*, int);
+template void coulomb_field<double>(const double*, int64_t, const double*, int64_t, const double*,
+                                    int64_t, int64_t, bool, double, double, const NormParams&,
+                                    double*, int);
 
 }  // namespace cpu
 }  // namespace ifm

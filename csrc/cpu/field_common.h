@@ -122,14 +122,14 @@ void pass2_for_tile(const simd::PassKernels<T>& kern, const T* x, int64_t ldx, c
       ts[q] = has_e ? t[i] : T(0);
     }
     kern.pass2_tile[has_e](xs, ts, y, ldy, e, lde, tt.js.data(), tt.m, tt.c1.data(), tt.c2.data(),
-                        n, acc);
+                           n, acc);
     return;
   }
   for (int q = 0; q < valid; ++q) {
     const RowTerms& r = tt.rows[q];
     if (r.n > 0)
       kern.pass2_rows[has_e](x + rows[q] * ldx, has_e ? (double)t[rows[q]] : 0.0, y, ldy, e, lde,
-                          r.cand.data(), r.c1.data(), r.c2.data(), r.n, n, acc[q]);
+                             r.cand.data(), r.c1.data(), r.c2.data(), r.n, n, acc[q]);
   }
 }
 
@@ -247,8 +247,7 @@ int64_t soa_pad(const simd::PassKernels<T>& kern, int64_t B) {
 
 // dst[k * Bp + j] = src[j * ld + k] in double (k < n, j < B), zero for B <= j < Bp.
 template <typename T>
-void transpose_to_double(const T* src, int64_t ld, int64_t B, int64_t n, int64_t Bp,
-                         double* dst) {
+void transpose_to_double(const T* src, int64_t ld, int64_t B, int64_t n, int64_t Bp, double* dst) {
   std::fill(dst, dst + n * Bp, 0.0);
   for (int64_t j = 0; j < B; ++j)
     for (int64_t k = 0; k < n; ++k) dst[k * Bp + j] = (double)src[j * ld + k];

@@ -30,8 +30,8 @@ inline __attribute__((always_inline)) void pass1_step(const T* const* xs,
 }
 
 template <typename T, bool HAS_E>
-void pass1_tile(const T* const* xs, const T* ts, const T* const* ys, const T* const* es,
-                int64_t n, double* out) {
+void pass1_tile(const T* const* xs, const T* ts, const T* const* ys, const T* const* es, int64_t n,
+                double* out) {
   using Vt = V<T>;
   using R = typename Vt::R;
   constexpr int W = Vt::W;
@@ -55,10 +55,12 @@ void pass1_tile(const T* const* xs, const T* ts, const T* const* ys, const T* co
 // js[idx], rho = (x_q - y) - t_q * e. Accumulated in T over blocks of 64 pairs, each block's sum
 // added to the double rows in order.
 template <typename T, bool HAS_E, int Q, int U, bool TAIL, typename C>
-inline __attribute__((always_inline)) void pass2_block(
-    const T* const* xs, const typename V<T>::R* tv, const T* y, int64_t ldy, const T* e,
-    int64_t lde, const int64_t* js, const C* c1, const C* c2, int64_t ldc, int64_t cnt,
-    int64_t k0, int64_t rem, double* const* accs) {
+inline __attribute__((always_inline)) void pass2_block(const T* const* xs,
+                                                       const typename V<T>::R* tv, const T* y,
+                                                       int64_t ldy, const T* e, int64_t lde,
+                                                       const int64_t* js, const C* c1, const C* c2,
+                                                       int64_t ldc, int64_t cnt, int64_t k0,
+                                                       int64_t rem, double* const* accs) {
   using Vt = V<T>;
   using R = typename Vt::R;
   constexpr int W = Vt::W;
@@ -133,14 +135,13 @@ void pass2_rows(const T* x, double t, const T* y, int64_t ldy, const T* e, int64
   for (; k0 + CH <= n; k0 += CH)
     pass2_block<T, HAS_E, 1, U, false>(xs, tv, y, ldy, e, lde, js, c1, c2, 0, cnt, k0, CH, accs);
   if (k0 < n)
-    pass2_block<T, HAS_E, 1, U, true>(xs, tv, y, ldy, e, lde, js, c1, c2, 0, cnt, k0, n - k0,
-                                      accs);
+    pass2_block<T, HAS_E, 1, U, true>(xs, tv, y, ldy, e, lde, js, c1, c2, 0, cnt, k0, n - k0, accs);
 }
 
 // kTile2 query rows sharing every load of a pair row (one vector of columns at a time).
 template <typename T, bool HAS_E>
-void pass2_tile(const T* const* xs, const T* ts, const T* y, int64_t ldy, const T* e,
-                int64_t lde, const int64_t* js, int64_t m, const T* c1, const T* c2, int64_t n,
+void pass2_tile(const T* const* xs, const T* ts, const T* y, int64_t ldy, const T* e, int64_t lde,
+                const int64_t* js, int64_t m, const T* c1, const T* c2, int64_t n,
                 double* const* accs) {
   using Vt = V<T>;
   constexpr int W = Vt::W;
@@ -156,8 +157,8 @@ void pass2_tile(const T* const* xs, const T* ts, const T* y, int64_t ldy, const 
 }
 
 template <bool HAS_E>
-void pass1_soa(const double* x, double t, const double* yT, const double* eT, int64_t n,
-               int64_t Bp, double* r2) {
+void pass1_soa(const double* x, double t, const double* yT, const double* eT, int64_t n, int64_t Bp,
+               double* r2) {
   using Vd = V<double>;
   using R = Vd::R;
   constexpr int W = Vd::W, U = 4;

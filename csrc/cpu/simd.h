@@ -78,19 +78,37 @@ struct V {
 
 // Types and operations whose intrinsics differ only by prefix (_mm256 / _mm512) and suffix
 // (ps / pd).
-#define IFM_SIMD_COMMON_OPS(TYPE, REG, WIDTH, PFX, SFX)                              \
-  using T = TYPE;                                                                    \
-  using R = REG;                                                                     \
-  static constexpr int W = WIDTH;                                                    \
-  static R zero() { return PFX##_setzero_##SFX(); }                                  \
-  static R set1(T a) { return PFX##_set1_##SFX(a); }                                 \
-  static R load(const T* p) { return PFX##_loadu_##SFX(p); }                         \
-  static void store(T* p, R a) { PFX##_storeu_##SFX(p, a); }                         \
-  static R add(R a, R b) { return PFX##_add_##SFX(a, b); }                           \
-  static R sub(R a, R b) { return PFX##_sub_##SFX(a, b); }                           \
-  static R mul(R a, R b) { return PFX##_mul_##SFX(a, b); }                           \
-  static R fmadd(R a, R b, R c) { return PFX##_fmadd_##SFX(a, b, c); }              \
-  static R fnmadd(R a, R b, R c) { return PFX##_fnmadd_##SFX(a, b, c); }
+#define IFM_SIMD_COMMON_OPS(TYPE, REG, WIDTH, PFX, SFX) \
+  using T = TYPE;                                       \
+  using R = REG;                                        \
+  static constexpr int W = WIDTH;                       \
+  static R zero() {                                     \
+    return PFX##_setzero_##SFX();                       \
+  }                                                     \
+  static R set1(T a) {                                  \
+    return PFX##_set1_##SFX(a);                         \
+  }                                                     \
+  static R load(const T* p) {                           \
+    return PFX##_loadu_##SFX(p);                        \
+  }                                                     \
+  static void store(T* p, R a) {                        \
+    PFX##_storeu_##SFX(p, a);                           \
+  }                                                     \
+  static R add(R a, R b) {                              \
+    return PFX##_add_##SFX(a, b);                       \
+  }                                                     \
+  static R sub(R a, R b) {                              \
+    return PFX##_sub_##SFX(a, b);                       \
+  }                                                     \
+  static R mul(R a, R b) {                              \
+    return PFX##_mul_##SFX(a, b);                       \
+  }                                                     \
+  static R fmadd(R a, R b, R c) {                       \
+    return PFX##_fmadd_##SFX(a, b, c);                  \
+  }                                                     \
+  static R fnmadd(R a, R b, R c) {                      \
+    return PFX##_fnmadd_##SFX(a, b, c);                 \
+  }
 
 // ------------------------------------------------------------------------------------------
 #pragma GCC push_options
@@ -137,8 +155,12 @@ struct V<double> {
 #pragma GCC target("avx512f")
 namespace avx512 {
 
-inline __mmask16 tail16(int64_t n) { return (__mmask16)((1u << n) - 1u); }
-inline __mmask8 tail8(int64_t n) { return (__mmask8)((1u << n) - 1u); }
+inline __mmask16 tail16(int64_t n) {
+  return (__mmask16)((1u << n) - 1u);
+}
+inline __mmask8 tail8(int64_t n) {
+  return (__mmask8)((1u << n) - 1u);
+}
 
 template <typename Tp>
 struct V;

@@ -80,9 +80,9 @@ void string_row_terms(const simd::PassKernels<T>& kern, const StringQuery& q, co
 }
 
 template <typename T>
-void string_field_impl(const T* points, const T* quarks, const T* antiquarks, int64_t b,
-                       int64_t B, const StringParams& p, bool stable, const NormParams& norm,
-                       T* out, int num_threads) {
+void string_field_impl(const T* points, const T* quarks, const T* antiquarks, int64_t b, int64_t B,
+                       const StringParams& p, bool stable, const NormParams& norm, T* out,
+                       int num_threads) {
   const int64_t D = p.D, DIM = D + 1;
   const bool is_double = sizeof(T) == sizeof(double);
   num_threads = threads_for(num_threads, b * B * DIM);
@@ -131,7 +131,7 @@ void string_field_impl(const T* points, const T* quarks, const T* antiquarks, in
           terms.scatter(c1.data(), c2.data(), Bp);
           double sum_c1 = 0.0;
           kern.pass2_soa[1](x.data(), q.t, base, dT.data(), c1.data(), c2.data(), D, Bp,
-                         E.data() + 1, &sum_c1);
+                            E.data() + 1, &sum_c1);
           E[0] = p.L * sum_c1;
         }
         write_row(E.data(), DIM, norm, out + i * DIM);
@@ -213,8 +213,8 @@ void string_field_impl(const T* points, const T* quarks, const T* antiquarks, in
         std::fill(Et.begin() + q * DIM, Et.begin() + (q + 1) * DIM, 0.0);
         if (r.n > 0)
           kern.pass2_rows[1](points + 1 + rows[q] * DIM, (double)tq[rows[q]], grp.y, DIM,
-                          delta.data(), D, r.cand.data(), r.c1.data(), r.c2.data(), r.n, D,
-                          acc[q]);
+                             delta.data(), D, r.cand.data(), r.c1.data(), r.c2.data(), r.n, D,
+                             acc[q]);
       }
       for (int q = 0; q < valid; ++q) finish_row(rows[q], tt.rows[q], Et.data() + q * DIM);
     }
@@ -252,7 +252,7 @@ void string_field_impl(const T* points, const T* quarks, const T* antiquarks, in
             ts[q] = tq[i];
           }
           kern.pass2_tile[1](xs, ts, groups[tiles[ti].first].y + c0, DIM, delta.data() + c0, D,
-                          tt.js.data(), tt.m, tt.c1.data(), tt.c2.data(), len, cacc);
+                             tt.js.data(), tt.m, tt.c1.data(), tt.c2.data(), len, cacc);
         }
       }
 #pragma omp for schedule(dynamic, 1)
@@ -278,9 +278,8 @@ void string_field(const T* points, const T* quarks, const T* antiquarks, int64_t
 
 template void string_field<float>(const float*, const float*, const float*, int64_t, int64_t,
                                   const StringParams&, bool, const NormParams&, float*, int);
-template void string_field<double>(const double*, const double*, const double*, int64_t,
-                                   int64_t, const StringParams&, bool, const NormParams&,
-                                   double*, int);
+template void string_field<double>(const double*, const double*, const double*, int64_t, int64_t,
+                                   const StringParams&, bool, const NormParams&, double*, int);
 
 }  // namespace cpu
 }  // namespace ifm

@@ -23,8 +23,7 @@ at::Tensor workspace(size_t bytes, const at::Tensor& like) {
 
 at::Tensor string_field_cuda(const at::Tensor& points, const at::Tensor& quarks,
                              const at::Tensor& antiquarks, double L, double sigma0, double K,
-                             double d, bool stable, bool normalize, double norm_scale,
-                             double eps) {
+                             double d, bool stable, bool normalize, double norm_scale, double eps) {
   ifm::check_string_op(points, quarks, antiquarks, c10::DeviceType::CUDA, "cuda", true);
   const c10::cuda::CUDAGuard guard(points.device());
   at::Tensor out = at::empty_like(points, at::MemoryFormat::Contiguous);
@@ -37,9 +36,8 @@ at::Tensor string_field_cuda(const at::Tensor& points, const at::Tensor& quarks,
     const size_t bytes = ifm::cuda::string_field_workspace_bytes<scalar_t>(b, B, p.D);
     at::Tensor ws = workspace(bytes, points);
     C10_CUDA_CHECK(ifm::cuda::string_field<scalar_t>(
-        points.data_ptr<scalar_t>(), quarks.data_ptr<scalar_t>(),
-        antiquarks.data_ptr<scalar_t>(), b, B, p, stable, np, out.data_ptr<scalar_t>(),
-        ws.data_ptr(), bytes, stream));
+        points.data_ptr<scalar_t>(), quarks.data_ptr<scalar_t>(), antiquarks.data_ptr<scalar_t>(),
+        b, B, p, stable, np, out.data_ptr<scalar_t>(), ws.data_ptr(), bytes, stream));
   });
   return out;
 }

@@ -59,9 +59,9 @@ namespace ifm {
 namespace cuda {
 namespace detail {
 
-constexpr int kThreads = 256;  // threads per block, every kernel (a multiple of 32, <= 1024)
-constexpr int kTile = 64;      // distance pass: queries x pairs per block tile (64 x 64)
-constexpr int kSub = 4;        // distance pass: per-thread register tile (4 x 4)
+constexpr int kThreads = 256;        // threads per block, every kernel (a multiple of 32, <= 1024)
+constexpr int kTile = 64;            // distance pass: queries x pairs per block tile (64 x 64)
+constexpr int kSub = 4;              // distance pass: per-thread register tile (4 x 4)
 constexpr int kSide = kTile / kSub;  // 16 x 16 threads
 static_assert(kSide * kSide == kThreads, "distance tile must use every thread once");
 
@@ -75,8 +75,12 @@ struct ChunkCols {
 __host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) {
   return (a + b - 1) / b;
 }
-__host__ __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-__host__ __device__ __forceinline__ int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+__host__ __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) {
+  return a < b ? a : b;
+}
+__host__ __device__ __forceinline__ int64_t max64(int64_t a, int64_t b) {
+  return a > b ? a : b;
+}
 
 // Bitwise select of one of two values by an all-ones / all-zeros mask (one LOP3 per 32 bits on
 // a GPU): mask ? c : a without a branch.
@@ -188,19 +192,19 @@ struct PairLists {
 // Arguments of steps 1 and 3 (one struct: both passes read the same rows and columns).
 template <typename T>
 struct PassArgs {
-  const T* points;   // [rows, width] (this chunk of queries)
-  const T* y0;       // quarks / charges [n, width]
-  const T* y1;       // antiquarks [n, width] (string) or nullptr
+  const T* points;  // [rows, width] (this chunk of queries)
+  const T* y0;      // quarks / charges [n, width]
+  const T* y1;      // antiquarks [n, width] (string) or nullptr
   int64_t rows, n, width;
   int64_t col0, ncols;  // columns col0 .. col0 + ncols - 1 are read (and written by step 3)
-  StringParams sp;   // string only
+  StringParams sp;      // string only
   // step 1
   int64_t cols_per_slice, nslices;
-  double* partial;   // [nslices, rows, n]
+  double* partial;  // [nslices, rows, n]
   // step 3
   int lanes_log2;
   PairLists lists;
-  T* out;            // [rows, width]
+  T* out;  // [rows, width]
 };
 
 struct DistancePlan {
@@ -225,8 +229,8 @@ inline DistancePlan plan_distance(int64_t rows, int64_t n, int64_t ncols, const 
   const int64_t chunks = ceil_div(ncols, KC);
   const double input_bytes = double(rows + (STRING ? 2 : 1) * n) * double(ncols) * sizeof(T);
   const double slice_bytes = double(rows) * double(n) * sizeof(double);
-  const double max_partial = 0.25 * input_bytes > double(1 << 24) ? 0.25 * input_bytes
-                                                                   : double(1 << 24);
+  const double max_partial =
+      0.25 * input_bytes > double(1 << 24) ? 0.25 * input_bytes : double(1 << 24);
   const int64_t sms[2] = {132, 108};
   int64_t best_cps = chunks;
   double best = 0.0;
@@ -234,8 +238,8 @@ inline DistancePlan plan_distance(int64_t rows, int64_t n, int64_t ncols, const 
     const int64_t slices = ceil_div(chunks, cps);
     if (cps < chunks && ceil_div(chunks, cps + 1) == slices) continue;  // same slice count
     const int64_t blocks = tiles * slices;
-    if (slices > 1 && (blocks > max64(tune.target_blocks, 1) ||
-                       double(slices) * slice_bytes > max_partial)) {
+    if (slices > 1 &&
+        (blocks > max64(tune.target_blocks, 1) || double(slices) * slice_bytes > max_partial)) {
       break;  // more slices only add blocks and partial sums
     }
     double worst = 0.0;
@@ -296,7 +300,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 4 ? 2 : 1) distance_til
   for (int m = 0; m < kSub; ++m) {
     tq[m] = STRING ? ts[ty + kSide * m] : T(0);
     fmask[m] = (STRING && fas[ty + kSide * m] != 0) ? ~typename Bits<T>::type(0)
-                                                     : typename Bits<T>::type(0);
+                                                    : typename Bits<T>::type(0);
   }
 
   double acc[kSub][kSub];
@@ -402,9 +406,8 @@ __device__ __forceinline__ double fold_partials(double* partial, int64_t nslices
 // `keep` is the calling thread's flag for pair j; *filled is the row's list length so far
 // (identical in every thread). Every thread of the block must call it.
 template <typename Buf>
-__device__ __forceinline__ void append_kept(const PairLists& lists, int64_t i, int64_t j,
-                                            bool keep, double c1, double c2, Buf& scan_buf,
-                                            int* filled) {
+__device__ __forceinline__ void append_kept(const PairLists& lists, int64_t i, int64_t j, bool keep,
+                                            double c1, double c2, Buf& scan_buf, int* filled) {
   int total = 0;
   const int pos = *filled + block_exclusive_scan(keep ? 1 : 0, scan_buf, &total);
   if (keep) {
@@ -521,7 +524,8 @@ constexpr int kSumWin = 128;
 constexpr int kTiledMinCols = 128;
 constexpr int kRowThreads = kThreads / kSumRows;  // scatter: threads per row
 static_assert(kRowThreads * kSumRows == kThreads && kSumWin % kRowThreads == 0 &&
-              kSumWin <= kThreads, "scatter layout");
+                  kSumWin <= kThreads,
+              "scatter layout");
 
 template <typename T, bool STRING, typename I>
 __global__ void __launch_bounds__(kThreads) pair_sums_tiled(PassArgs<T> a) {
@@ -691,8 +695,8 @@ cudaError_t launch_distance(const PassArgs<T>& args, const DistancePlan& plan,
 // `partial`), then pair_sums into out[:, col0:].
 template <typename T, bool STRING, typename CoefficientLaunch>
 cudaError_t two_pass(const T* points, int64_t rows, const T* y0, const T* y1, int64_t n,
-                     int64_t width, const StringParams& sp, double* partial,
-                     const PairLists& lists, T* out, const Tuning& tune, cudaStream_t stream,
+                     int64_t width, const StringParams& sp, double* partial, const PairLists& lists,
+                     T* out, const Tuning& tune, cudaStream_t stream,
                      CoefficientLaunch&& launch_coefficients) {
   PassArgs<T> a;
   a.points = points;
@@ -784,7 +788,6 @@ class ScopedWorkspace {
   cudaError_t status_ = cudaSuccess;
   bool owned_ = false;
 };
-
 
 }  // namespace detail
 }  // namespace cuda

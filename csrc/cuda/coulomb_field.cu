@@ -26,7 +26,7 @@ namespace detail {
 
 template <typename T>
 struct CoulombCoefArgs {
-  double* partial;        // [nslices, rows, n]; slice 0 receives the sums
+  double* partial;  // [nslices, rows, n]; slice 0 receives the sums
   int64_t rows, n, nslices, dim;
   double sum_eps;
   PairLists lists;
@@ -79,12 +79,12 @@ struct CoulombLayout {
   int64_t rc;  // query rows per chunk
   double* partial;
   PairLists lists;
-  T* en;       // [rc, D + 1] plate-1 term (two plates only)
+  T* en;  // [rc, D + 1] plate-1 term (two plates only)
 };
 
 template <typename T>
-CoulombLayout<T> coulomb_layout(Carver& cv, int64_t b, int64_t Bp, int64_t Bn, bool two,
-                                int64_t D, const Tuning& tune) {
+CoulombLayout<T> coulomb_layout(Carver& cv, int64_t b, int64_t Bp, int64_t Bn, bool two, int64_t D,
+                                const Tuning& tune) {
   CoulombLayout<T> l;
   const int64_t width = D + 1;
   const int64_t nmax = max64(Bp, two ? Bn : 0);
@@ -104,33 +104,33 @@ CoulombLayout<T> coulomb_layout(Carver& cv, int64_t b, int64_t Bp, int64_t Bn, b
 // E of one plate for `rows` queries into target [rows, width] (raw, toward the charges).
 template <typename T>
 cudaError_t plate_field(const T* pts, int64_t rows, const T* charges, int64_t n, int64_t width,
-                        double sum_eps, const CoulombLayout<T>& l, T* target,
-                        const Tuning& tune, cudaStream_t stream) {
+                        double sum_eps, const CoulombLayout<T>& l, T* target, const Tuning& tune,
+                        cudaStream_t stream) {
   if (n == 0) return cudaMemsetAsync(target, 0, sizeof(T) * size_t(rows * width), stream);
   PairLists lists = l.lists;
   lists.n = n;
-  return two_pass<T, false>(
-      pts, rows, charges, nullptr, n, width, StringParams{}, l.partial, lists, target, tune,
-      stream, [&](const DistancePlan& plan) {
-        CoulombCoefArgs<T> ca;
-        ca.partial = l.partial;
-        ca.rows = rows;
-        ca.n = n;
-        ca.nslices = plan.nslices;
-        ca.dim = width;
-        ca.sum_eps = sum_eps;
-        ca.lists = lists;
-        auto coef_kernel = coulomb_coefficients<T>;
-        IFM_LAUNCH(coef_kernel, dim3((unsigned)rows), dim3(kThreads), stream, ca);
-        return cudaGetLastError();
-      });
+  return two_pass<T, false>(pts, rows, charges, nullptr, n, width, StringParams{}, l.partial, lists,
+                            target, tune, stream, [&](const DistancePlan& plan) {
+                              CoulombCoefArgs<T> ca;
+                              ca.partial = l.partial;
+                              ca.rows = rows;
+                              ca.n = n;
+                              ca.nslices = plan.nslices;
+                              ca.dim = width;
+                              ca.sum_eps = sum_eps;
+                              ca.lists = lists;
+                              auto coef_kernel = coulomb_coefficients<T>;
+                              IFM_LAUNCH(coef_kernel, dim3((unsigned)rows), dim3(kThreads), stream,
+                                         ca);
+                              return cudaGetLastError();
+                            });
 }
 
 }  // namespace detail
 
 template <typename T>
-size_t coulomb_field_workspace_bytes(int64_t b, int64_t Bp, int64_t Bn, int64_t D,
-                                     bool two_plates, const Tuning& tune) {
+size_t coulomb_field_workspace_bytes(int64_t b, int64_t Bp, int64_t Bn, int64_t D, bool two_plates,
+                                     const Tuning& tune) {
   detail::Carver cv(nullptr);
   detail::coulomb_layout<T>(cv, b, Bp, two_plates ? Bn : 0, two_plates, D, tune);
   return cv.bytes();
@@ -173,13 +173,12 @@ cudaError_t coulomb_field(const T* points, int64_t b, const T* positive, int64_t
   return cudaSuccess;
 }
 
-#define IFM_INSTANTIATE_COULOMB(T)                                                              \
-  template size_t coulomb_field_workspace_bytes<T>(int64_t, int64_t, int64_t, int64_t, bool,   \
-                                                   const Tuning&);                             \
-  template cudaError_t coulomb_field<T>(const T*, int64_t, const T*, int64_t, const T*,        \
-                                        int64_t, int64_t, bool, double, double,                \
-                                        const NormParams&, T*, void*, size_t, cudaStream_t,    \
-                                        const Tuning&);
+#define IFM_INSTANTIATE_COULOMB(T)                                                               \
+  template size_t coulomb_field_workspace_bytes<T>(int64_t, int64_t, int64_t, int64_t, bool,     \
+                                                   const Tuning&);                               \
+  template cudaError_t coulomb_field<T>(const T*, int64_t, const T*, int64_t, const T*, int64_t, \
+                                        int64_t, bool, double, double, const NormParams&, T*,    \
+                                        void*, size_t, cudaStream_t, const Tuning&);
 IFM_INSTANTIATE_COULOMB(float)
 IFM_INSTANTIATE_COULOMB(double)
 #undef IFM_INSTANTIATE_COULOMB

@@ -1,4 +1,4 @@
-// Step 4 of both fields: finalize_rows (see finalize_rows.cuh for what it computes).
+// The finalisation pass of both fields: finalize_rows (see finalize_rows.cuh for what it computes).
 #include <cmath>
 
 #include "common.cuh"
@@ -34,8 +34,8 @@ __global__ void __launch_bounds__(kThreads)
   // Each thread rewrites the columns it read, so ep may alias out.
   double sv = 0.0;
   for (int64_t k = threadIdx.x; k < width; k += kThreads) {
-    const double v = nrow != nullptr ? fn * (double)nrow[k] - fp * (double)prow[k]
-                                     : fp * (double)prow[k];
+    const double v =
+        nrow != nullptr ? fn * (double)nrow[k] - fp * (double)prow[k] : fp * (double)prow[k];
     const T vt = (T)v;
     orow[k] = vt;
     sv += (double)vt * (double)vt;
@@ -49,8 +49,8 @@ __global__ void __launch_bounds__(kThreads)
 
 template <typename T>
 cudaError_t launch_finalize_rows(const T* ep, const T* en, T* out, int64_t rows, int64_t width,
-                                 bool plate_normalize, double plate_gamma,
-                                 const NormParams& norm, cudaStream_t stream) {
+                                 bool plate_normalize, double plate_gamma, const NormParams& norm,
+                                 cudaStream_t stream) {
   if (rows <= 0) return cudaSuccess;
   auto kernel = finalize_rows<T>;
   IFM_LAUNCH(kernel, dim3((unsigned)rows), dim3(kThreads), stream, ep, en, out, width,

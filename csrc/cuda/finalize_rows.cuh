@@ -1,4 +1,5 @@
-// Step 4 of both fields (docs/DESIGN.md): per-plate and final normalisation of finished rows.
+// The finalisation pass of both fields (docs/DESIGN.md): per-plate and final normalisation of
+// finished rows.
 //
 // For each row i of `rows`:
 //   v = en ? fn * en_i - fp * ep_i : fp * ep_i,  fp / fn = plate_normalize ?
@@ -17,8 +18,8 @@ namespace detail {
 
 template <typename T>
 cudaError_t launch_finalize_rows(const T* ep, const T* en, T* out, int64_t rows, int64_t width,
-                                 bool plate_normalize, double plate_gamma,
-                                 const NormParams& norm, cudaStream_t stream);
+                                 bool plate_normalize, double plate_gamma, const NormParams& norm,
+                                 cudaStream_t stream);
 
 }  // namespace detail
 }  // namespace cuda

@@ -44,8 +44,7 @@ struct Tuning {
 
 // String (IFM) field of FIELDS.md §2, then §4 (see csrc/cpu/kernels.h for the arguments).
 template <typename T>
-size_t string_field_workspace_bytes(int64_t b, int64_t B, int64_t D,
-                                    const Tuning& tune = Tuning());
+size_t string_field_workspace_bytes(int64_t b, int64_t B, int64_t D, const Tuning& tune = Tuning());
 
 template <typename T>
 cudaError_t string_field(const T* points, const T* quarks, const T* antiquarks, int64_t b,
@@ -57,8 +56,8 @@ cudaError_t string_field(const T* points, const T* quarks, const T* antiquarks, 
 // when negative == nullptr; Bn is then 0 (as the CPU kernels; it is not read). The workspace
 // size takes the plate count explicitly (a two-plate size is also large enough for one plate).
 template <typename T>
-size_t coulomb_field_workspace_bytes(int64_t b, int64_t Bp, int64_t Bn, int64_t D,
-                                     bool two_plates, const Tuning& tune = Tuning());
+size_t coulomb_field_workspace_bytes(int64_t b, int64_t Bp, int64_t Bn, int64_t D, bool two_plates,
+                                     const Tuning& tune = Tuning());
 
 template <typename T>
 cudaError_t coulomb_field(const T* points, int64_t b, const T* positive, int64_t Bp,

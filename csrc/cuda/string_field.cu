@@ -40,13 +40,13 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 struct StringCoefArgs {
   const T* points;   // [rows, width]
-  double* partial;        // [nslices, rows, n]; slice 0 receives the sums
-  const double* nu;       // [n]
+  double* partial;   // [nslices, rows, n]; slice 0 receives the sums
+  const double* nu;  // [n]
   int64_t rows, n, width, nslices;
   StringParams sp;
   bool stable;
   PairLists lists;
-  T* out;            // column 0 receives E_z
+  T* out;  // column 0 receives E_z
 };
 
 template <typename T>
@@ -151,25 +151,25 @@ cudaError_t string_field(const T* points, const T* quarks, const T* antiquarks, 
     const T* pts = points + i0 * width;
     T* o = out + i0 * width;
 
-    IFM_CUDA_TRY((two_pass<T, true>(
-        pts, rows, quarks, antiquarks, B, width, p, l.partial, l.lists, o, tune, stream,
-        [&](const DistancePlan& plan) {
-          StringCoefArgs<T> ca;
-          ca.points = pts;
-          ca.partial = l.partial;
-          ca.nu = l.nu;
-          ca.rows = rows;
-          ca.n = B;
-          ca.width = width;
-          ca.nslices = plan.nslices;
-          ca.sp = p;
-          ca.stable = stable;
-          ca.lists = l.lists;
-          ca.out = o;
-          auto coef_kernel = string_coefficients<T>;
-          IFM_LAUNCH(coef_kernel, dim3((unsigned)rows), dim3(kThreads), stream, ca);
-          return cudaGetLastError();
-        })));
+    IFM_CUDA_TRY((two_pass<T, true>(pts, rows, quarks, antiquarks, B, width, p, l.partial, l.lists,
+                                    o, tune, stream, [&](const DistancePlan& plan) {
+                                      StringCoefArgs<T> ca;
+                                      ca.points = pts;
+                                      ca.partial = l.partial;
+                                      ca.nu = l.nu;
+                                      ca.rows = rows;
+                                      ca.n = B;
+                                      ca.width = width;
+                                      ca.nslices = plan.nslices;
+                                      ca.sp = p;
+                                      ca.stable = stable;
+                                      ca.lists = l.lists;
+                                      ca.out = o;
+                                      auto coef_kernel = string_coefficients<T>;
+                                      IFM_LAUNCH(coef_kernel, dim3((unsigned)rows), dim3(kThreads),
+                                                 stream, ca);
+                                      return cudaGetLastError();
+                                    })));
     if (norm.normalize) {
       IFM_CUDA_TRY(launch_finalize_rows<T>(o, nullptr, o, rows, width, false, 0.0, norm, stream));
     }
@@ -177,11 +177,11 @@ cudaError_t string_field(const T* points, const T* quarks, const T* antiquarks, 
   return cudaSuccess;
 }
 
-#define IFM_INSTANTIATE_STRING(T)                                                              \
-  template size_t string_field_workspace_bytes<T>(int64_t, int64_t, int64_t, const Tuning&);  \
-  template cudaError_t string_field<T>(const T*, const T*, const T*, int64_t, int64_t,        \
-                                       const StringParams&, bool, const NormParams&, T*,      \
-                                       void*, size_t, cudaStream_t, const Tuning&);
+#define IFM_INSTANTIATE_STRING(T)                                                               \
+  template size_t string_field_workspace_bytes<T>(int64_t, int64_t, int64_t, const Tuning&);    \
+  template cudaError_t string_field<T>(const T*, const T*, const T*, int64_t, int64_t,          \
+                                       const StringParams&, bool, const NormParams&, T*, void*, \
+                                       size_t, cudaStream_t, const Tuning&);
 IFM_INSTANTIATE_STRING(float)
 IFM_INSTANTIATE_STRING(double)
 #undef IFM_INSTANTIATE_STRING

@@ -117,9 +117,9 @@ void normalize_rows(std::vector<double>& E, int64_t b, int64_t DIM, double scale
 }
 
 std::vector<double> naive_coulomb(const std::vector<double>& P, const std::vector<double>& Yp,
-                                  const std::vector<double>* Yn, int64_t b, int64_t Bp,
-                                  int64_t Bn, int64_t D, bool plate_norm, double gamma,
-                                  double sum_eps, const ifm::NormParams& norm) {
+                                  const std::vector<double>* Yn, int64_t b, int64_t Bp, int64_t Bn,
+                                  int64_t D, bool plate_norm, double gamma, double sum_eps,
+                                  const ifm::NormParams& norm) {
   const int64_t DIM = D + 1;
   std::vector<double> Ep = naive_plate(P, Yp, b, Bp, DIM, sum_eps);
   if (plate_norm) normalize_rows(Ep, b, DIM, std::sqrt((double)DIM), gamma);
@@ -154,8 +154,8 @@ void compare(const std::string& what, const std::vector<T>& got, const std::vect
       fail(buf);
     } else if (std::sqrt(w2) < 1e-30) {
       if (std::sqrt(g2) > 1e-6) {
-        std::snprintf(buf, sizeof buf, "%s row %lld: norm %g, want ~0", what.c_str(),
-                      (long long)i, std::sqrt(g2));
+        std::snprintf(buf, sizeof buf, "%s row %lld: norm %g, want ~0", what.c_str(), (long long)i,
+                      std::sqrt(g2));
         fail(buf);
       }
     } else if (std::sqrt(e2 / w2) > rtol) {
@@ -201,8 +201,8 @@ StringCase make_string_case(int64_t b, int64_t B, int64_t D, const Geometry& g, 
       c.A[j * DIM + k] = rng.normal() + 0.5;
     }
   const double d = std::acos(-1.0) / (2.0 * g.K);
-  const double special[] = {0.0,      1e-3, d,    g.L / 2,   g.L - d,
-                            g.L - 1e-3, g.L, -0.5, g.L + 0.5, 2 * d};
+  const double special[] = {0.0,        1e-3, d,    g.L / 2,   g.L - d,
+                            g.L - 1e-3, g.L,  -0.5, g.L + 0.5, 2 * d};
   c.P.assign(b * DIM, 0.0);
   for (int64_t i = 0; i < b; ++i) {
     const double z = i < 10 ? special[i] : rng.uniform() * g.L;
@@ -234,9 +234,9 @@ void run_string(const Geometry& g, int64_t b, int64_t B, int64_t D, bool stable,
   std::vector<T> got(b * (D + 1));
   ifm::cpu::string_field<T>(P.data(), Q.data(), A.data(), b, B, p, stable, norm, got.data(), 2);
   char what[200];
-  std::snprintf(what, sizeof what, "string[%s %s %s b=%lld B=%lld D=%lld stable=%d norm=%d]",
-                isa, sizeof(T) == 4 ? "f32" : "f64", g.name, (long long)b, (long long)B,
-                (long long)D, stable, normalize);
+  std::snprintf(what, sizeof what, "string[%s %s %s b=%lld B=%lld D=%lld stable=%d norm=%d]", isa,
+                sizeof(T) == 4 ? "f32" : "f64", g.name, (long long)b, (long long)B, (long long)D,
+                stable, normalize);
   compare(what, got, want, b, D + 1, sizeof(T) == 4 ? 2e-4 : 1e-10);
 }
 
@@ -277,11 +277,11 @@ void run_coulomb(int64_t b, int64_t Bp, int64_t Bn, int64_t D, bool two, bool pl
   norm.scale = std::sqrt((double)(D + 1));
   const double gamma = 5.0;
   const std::vector<double> Ynd = widen(Yn);
-  const std::vector<double> want = naive_coulomb(widen(P), widen(Yp), two ? &Ynd : nullptr, b,
-                                                 Bp, Bn, D, plate_norm, gamma, sum_eps, norm);
+  const std::vector<double> want = naive_coulomb(widen(P), widen(Yp), two ? &Ynd : nullptr, b, Bp,
+                                                 Bn, D, plate_norm, gamma, sum_eps, norm);
   std::vector<T> got(b * (D + 1));
-  ifm::cpu::coulomb_field<T>(P.data(), b, Yp.data(), Bp, two ? Yn.data() : nullptr,
-                             two ? Bn : 0, D, plate_norm, gamma, sum_eps, norm, got.data(), 2);
+  ifm::cpu::coulomb_field<T>(P.data(), b, Yp.data(), Bp, two ? Yn.data() : nullptr, two ? Bn : 0, D,
+                             plate_norm, gamma, sum_eps, norm, got.data(), 2);
   char what[220];
   std::snprintf(what, sizeof what,
                 "coulomb[%s %s b=%lld Bp=%lld Bn=%lld D=%lld two=%d plate=%d eps=%g norm=%d]", isa,
@@ -313,10 +313,10 @@ void run_threads(int64_t b, int64_t B, int64_t D, const char* isa) {
   const CoulombCase cc = make_coulomb_case(b, B, B + 3, D, 6.0, 5);
   const std::vector<T> Pc = cast<T>(cc.P), Yp = cast<T>(cc.Yp), Yn = cast<T>(cc.Yn);
   std::vector<T> c1(b * (D + 1)), c2(c1.size());
-  ifm::cpu::coulomb_field<T>(Pc.data(), b, Yp.data(), B, Yn.data(), B + 3, D, true, 5.0, 0.0,
-                             norm, c1.data(), 1);
-  ifm::cpu::coulomb_field<T>(Pc.data(), b, Yp.data(), B, Yn.data(), B + 3, D, true, 5.0, 0.0,
-                             norm, c2.data(), 2);
+  ifm::cpu::coulomb_field<T>(Pc.data(), b, Yp.data(), B, Yn.data(), B + 3, D, true, 5.0, 0.0, norm,
+                             c1.data(), 1);
+  ifm::cpu::coulomb_field<T>(Pc.data(), b, Yp.data(), B, Yn.data(), B + 3, D, true, 5.0, 0.0, norm,
+                             c2.data(), 2);
   std::snprintf(what, sizeof what, "threads coulomb[%s %s b=%lld B=%lld D=%lld]", isa,
                 sizeof(T) == 4 ? "f32" : "f64", (long long)b, (long long)B, (long long)D);
   ++checks;
@@ -342,15 +342,14 @@ void check_straight_shortcut() {
 template <typename T>
 void run_all(const char* isa) {
   const double pi = std::acos(-1.0);
-  const Geometry geoms[] = {{"toy", 6.0, 1.0, 10.0}, {"cifar", 20.0, 1.0, pi / 20.0},
-                            {"cmnist", 40.0, 10.0, 5.0}};
+  const Geometry geoms[] = {
+      {"toy", 6.0, 1.0, 10.0}, {"cifar", 20.0, 1.0, pi / 20.0}, {"cmnist", 40.0, 10.0, 5.0}};
   const int64_t sizes[] = {1, 5, 37};
   for (const Geometry& g : geoms)
     for (int64_t b : sizes)
       for (int64_t B : sizes)
         for (int64_t D : sizes)
-          for (int mode = 0; mode < 4; ++mode)
-            run_string<T>(g, b, B, D, mode & 1, mode & 2, isa);
+          for (int mode = 0; mode < 4; ++mode) run_string<T>(g, b, B, D, mode & 1, mode & 2, isa);
   // more shapes: the small-D / row-major boundary, k chunks and tails, larger B
   for (int64_t D : {2, 16, 17, 300, 1100})
     for (int mode = 0; mode < 4; ++mode)

@@ -110,8 +110,7 @@ int main() {
     const double r = std::sqrt(r2), s = q.s, kappa = q.kappa;
     const double cos_a = 1.0 / std::sqrt(1.0 + r * r * kappa * kappa);
     const double sin_a = r * kappa * cos_a;
-    const double w = std::exp(-r2 / (2 * s * s)) /
-                     ((cos_a + 1e-8) * std::pow(s / 2.0, 2) + 1e-2);
+    const double w = std::exp(-r2 / (2 * s * s)) / ((cos_a + 1e-8) * std::pow(s / 2.0, 2) + 1e-2);
     expect_near("pair cos", pr.cos_a, cos_a);
     expect_near("pair sr", pr.sr, sin_a / (r + 1e-11));
     expect_near("pair weight", std::exp(pr.logw), w, 1e-12);

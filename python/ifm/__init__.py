@@ -6,6 +6,7 @@ Main entry points: :func:`ifm.fields.string_field`, :func:`ifm.fields.coulomb_fi
 :mod:`ifm.matchers`, :mod:`ifm.sampling`, :mod:`ifm.compat`, :mod:`ifm.distributed`) is imported
 on first use.
 """
+
 import importlib
 import importlib.metadata
 
@@ -17,8 +18,15 @@ try:  # the version lives in pyproject.toml only
 except importlib.metadata.PackageNotFoundError:  # run from a source tree without installing
     __version__ = "0+unknown"
 _LAZY = ("plans", "points", "matchers", "sampling", "compat", "demo", "distributed")
-__all__ = ["fields", "reference", "available_backends", "string_field", "coulomb_field",
-           "__version__", *_LAZY]
+__all__ = [
+    "fields",
+    "reference",
+    "available_backends",
+    "string_field",
+    "coulomb_field",
+    "__version__",
+    *_LAZY,
+]
 
 
 def __getattr__(name):

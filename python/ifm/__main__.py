@@ -1,21 +1,24 @@
 """Command line: ``ifm demo [--out DIR] [--seed N] [--quick] [--no-progress] [--threads N]``
 (also ``python -m ifm demo``)."""
+
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, Optional
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ifm`` console script; returns the exit code."""
     from . import __version__, demo
 
     parser = argparse.ArgumentParser(prog="ifm", description="ifm-kernels command line")
     parser.add_argument("--version", action="version", version=f"ifm-kernels {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p_demo = sub.add_parser("demo", help="train IFM and EFM on Gaussian -> Swiss roll (2-D) and "
-                                         "write figures and a summary table")
+    p_demo = sub.add_parser(
+        "demo",
+        help="train IFM and EFM on Gaussian -> Swiss roll (2-D) and "
+        "write figures and a summary table",
+    )
     demo.add_arguments(p_demo)
     args = parser.parse_args(argv)
     if args.command != "demo":

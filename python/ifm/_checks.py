@@ -3,13 +3,14 @@
 Each check raises ``TypeError`` (wrong kind of object or dtype) or ``ValueError`` (wrong shape
 or value) with a message that names the argument and what was expected.
 """
+
 from __future__ import annotations
 
 import math
 import numbers
 import os
 import struct
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
@@ -26,8 +27,9 @@ def check_scalar(name: str, value, *, positive: bool = True, allow_zero: bool = 
             return value
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
-            raise TypeError(f"{name} must be a real number, got a tensor of shape "
-                            f"{tuple(value.shape)}")
+            raise TypeError(
+                f"{name} must be a real number, got a tensor of shape {tuple(value.shape)}"
+            )
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
@@ -39,27 +41,33 @@ def check_scalar(name: str, value, *, positive: bool = True, allow_zero: bool = 
     return value
 
 
-def check_matrix(name: str, t, *, width: Optional[int] = None) -> None:
+def check_matrix(name: str, t, *, width: int | None = None) -> None:
     """A floating 2-D tensor ``[n, D+1]`` with ``n >= 1`` and ``D >= 1``."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape [n, D+1], got {type(t).__name__}")
     if t.layout != torch.strided:
-        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}; "
-                        "call .to_dense() first")
+        raise TypeError(
+            f"{name} must be a dense (strided) tensor, got layout {t.layout}; "
+            "call .to_dense() first"
+        )
     if t.dtype not in _FLOAT_DTYPE_SET:
-        raise TypeError(f"{name} must have a floating dtype (float16, bfloat16, float32, float64), "
-                        f"got {t.dtype}")
+        raise TypeError(
+            f"{name} must have a floating dtype (float16, bfloat16, float32, float64), "
+            f"got {t.dtype}"
+        )
     shape = t.shape
     if len(shape) != 2:
         raise ValueError(f"{name} must be 2-D [n, D+1] (z in column 0), got shape {tuple(t.shape)}")
     if shape[0] == 0:
         raise ValueError(f"{name} must have at least one row, got shape {tuple(t.shape)}")
     if width is None and shape[1] < 2:
-        raise ValueError(f"{name} must have D+1 >= 2 columns (z, then the data), got shape "
-                         f"{tuple(t.shape)}")
+        raise ValueError(
+            f"{name} must have D+1 >= 2 columns (z, then the data), got shape {tuple(t.shape)}"
+        )
     if width is not None and shape[1] != width:
-        raise ValueError(f"{name} must have {width} columns (D+1, like points), got shape "
-                         f"{tuple(t.shape)}")
+        raise ValueError(
+            f"{name} must have {width} columns (D+1, like points), got shape {tuple(t.shape)}"
+        )
 
 
 def check_same_kind(named: Sequence[tuple]) -> None:
@@ -68,14 +76,20 @@ def check_same_kind(named: Sequence[tuple]) -> None:
     dtype, cpu = first.dtype, first.is_cpu
     for name, t in named[1:]:
         if t.dtype != dtype:
-            raise TypeError(f"{name} has dtype {t.dtype} but {first_name} has {first.dtype}; "
-                            "pass all tensors in one dtype")
+            raise TypeError(
+                f"{name} has dtype {t.dtype} but {first_name} has {first.dtype}; "
+                "pass all tensors in one dtype"
+            )
         if not (cpu and t.is_cpu) and t.device != first.device:
-            raise ValueError(f"{name} is on {t.device} but {first_name} is on {first.device}; "
-                             "pass all tensors on one device")
+            raise ValueError(
+                f"{name} is on {t.device} but {first_name} is on {first.device}; "
+                "pass all tensors on one device"
+            )
     if first.is_meta:
-        raise ValueError(f"{first_name} is on the meta device, which holds no values; pass CPU or "
-                         "CUDA tensors (shape-only tracing: call torch.ops.ifm.* directly)")
+        raise ValueError(
+            f"{first_name} is on the meta device, which holds no values; pass CPU or "
+            "CUDA tensors (shape-only tracing: call torch.ops.ifm.* directly)"
+        )
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -105,9 +119,11 @@ def check_params_fit(dtype: torch.dtype, **params) -> None:
     lo, hi = info.tiny, info.max
     for name, value in params.items():
         if value is not None and value != 0 and not lo <= abs(value) <= hi:
-            raise ValueError(f"{name} = {value:g} is outside the range of {compute_dtype(dtype)} "
-                             f"(normal numbers {info.tiny:.3g} .. {info.max:.3g}), the precision "
-                             "of the tensors; rescale the problem or pass float64 tensors")
+            raise ValueError(
+                f"{name} = {value:g} is outside the range of {compute_dtype(dtype)} "
+                f"(normal numbers {info.tiny:.3g} .. {info.max:.3g}), the precision "
+                "of the tensors; rescale the problem or pass float64 tensors"
+            )
 
 
 ENV_SWITCH = "IFM_CHECK_FINITE"
@@ -138,9 +154,10 @@ def _env_default():
     try:
         return _ENV_VALUES[raw.strip().lower()]
     except KeyError:
-        raise ValueError(f"environment variable {ENV_SWITCH} must be 1 (value checks on every "
-                         f"device), 0 (none) or unset/auto (CPU tensors only), got {raw!r}"
-                         ) from None
+        raise ValueError(
+            f"environment variable {ENV_SWITCH} must be 1 (value checks on every "
+            f"device), 0 (none) or unset/auto (CPU tensors only), got {raw!r}"
+        ) from None
 
 
 def _tracing(t: torch.Tensor) -> bool:
@@ -167,18 +184,24 @@ def value_checks(check_finite, t: torch.Tensor) -> bool:
     elif check_finite is False:
         return False
     elif check_finite is not True:
-        raise TypeError(f"check_finite must be a bool or None (default: {ENV_SWITCH}, CPU "
-                        f"tensors only), got {check_finite!r}")
+        raise TypeError(
+            f"check_finite must be a bool or None (default: {ENV_SWITCH}, CPU "
+            f"tensors only), got {check_finite!r}"
+        )
     if _tracing(t):
         if check_finite:
-            raise ValueError("check_finite=True reads tensor values on the host, which cannot "
-                             "happen while torch.compile or torch.export traces or a CUDA graph "
-                             "captures; pass check_finite=None (the default) there")
+            raise ValueError(
+                "check_finite=True reads tensor values on the host, which cannot "
+                "happen while torch.compile or torch.export traces or a CUDA graph "
+                "captures; pass check_finite=None (the default) there"
+            )
         return False
     if type(t) is not torch.Tensor and isinstance(t, FakeTensor):
-        raise ValueError(f"the value checks (check_finite={check_finite}, {ENV_SWITCH}="
-                         f"{os.environ.get(ENV_SWITCH, '')!r}) read tensor values, which fake "
-                         f"tensors ({t.device.type}) do not hold; pass check_finite=False")
+        raise ValueError(
+            f"the value checks (check_finite={check_finite}, {ENV_SWITCH}="
+            f"{os.environ.get(ENV_SWITCH, '')!r}) read tensor values, which fake "
+            f"tensors ({t.device.type}) do not hold; pass check_finite=False"
+        )
     return True
 
 
@@ -203,7 +226,7 @@ def _check_op():
     return _CHECK_OP[0]
 
 
-NO_PLATE = math.inf       # check_values: the tensor is no plate
+NO_PLATE = math.inf  # check_values: the tensor is no plate
 PLATE_AT_ROW_0 = math.nan  # check_values: the plate's position is column 0 of row 0
 
 
@@ -227,8 +250,11 @@ def check_values(named: Sequence[tuple], plate_z: Sequence[float]) -> None:
         op = _CHECK_OP[0] if _CHECK_OP else _check_op()
         if op is not None and op([t for _, t in named], bound, plate_z) == 0:
             return
-    plates = [(name, t, None if z != z else z)
-              for (name, t), z in zip(named, plate_z) if z != NO_PLATE]
+    plates = [
+        (name, t, None if z != z else z)
+        for (name, t), z in zip(named, plate_z, strict=False)
+        if z != NO_PLATE
+    ]
     tensors = [t.detach() for _, t in named]
     cols = []
     for name, t, z in plates:
@@ -237,21 +263,24 @@ def check_values(named: Sequence[tuple], plate_z: Sequence[float]) -> None:
             z = float(col[0])
             if not (math.isfinite(z) and z > 0):
                 check_finite_values(named, bound)
-                raise ValueError(f"{name}: column 0 must be the plate position z = L > 0 "
-                                 f"(z-first layout [n, D+1]), got {z:g} in row 0")
+                raise ValueError(
+                    f"{name}: column 0 must be the plate position z = L > 0 "
+                    f"(z-first layout [n, D+1]), got {z:g} in row 0"
+                )
         cols.append((name, col, z))
         tensors.append(col - z if z else col)
     norms = torch._foreach_norm(tensors, math.inf)
-    if not all(float(n) < bound for n in norms[:len(named)]):
+    if not all(float(n) < bound for n in norms[: len(named)]):
         check_finite_values(named, bound)
-    for (name, col, z), n in zip(cols, norms[len(named):]):
+    for (name, col, z), n in zip(cols, norms[len(named) :], strict=False):
         if not float(n) <= 1e-5 * max(1.0, abs(z)):  # NaN included
             col = col.double()
             lo, hi = float(col.min()), float(col.max())
             raise ValueError(
                 f"{name}: column 0 must be the plate position z = {z:g} for every row (z-first "
                 f"layout [n, D+1]); found values in [{lo:g}, {hi:g}]. If your tensors are "
-                f"z-last, move the last column first (e.g. t.roll(1, dims=1)).")
+                f"z-last, move the last column first (e.g. t.roll(1, dims=1))."
+            )
 
 
 def check_finite_values(named: Sequence[tuple], bound: float) -> None:
@@ -262,8 +291,10 @@ def check_finite_values(named: Sequence[tuple], bound: float) -> None:
         bad = ~torch.isfinite(t)
         if bool(bad.any()):
             idx = tuple(int(i) for i in bad.nonzero()[0].tolist())
-            raise ValueError(f"{name} has a non-finite value {t[idx].item()} at index {idx}; "
-                             "pass check_finite=False to skip this check")
+            raise ValueError(
+                f"{name} has a non-finite value {t[idx].item()} at index {idx}; "
+                "pass check_finite=False to skip this check"
+            )
         big = t.abs() >= bound
         if bool(big.any()):
             idx = tuple(int(i) for i in big.nonzero()[0].tolist())
@@ -272,7 +303,8 @@ def check_finite_values(named: Sequence[tuple], bound: float) -> None:
                 f"{compute_dtype(t.dtype)} arithmetic: squared distances over {t.shape[1]} "
                 f"columns overflow unless every |value| < {bound:.3g} "
                 "(sqrt(finfo.max / (4 (D+1)))); rescale the data, or pass check_finite=False "
-                "to skip this check")
+                "to skip this check"
+            )
 
 
 def round_to(value: float, dtype: torch.dtype) -> float:
@@ -297,9 +329,13 @@ def string_geometry(L, sigma0, K, d) -> tuple:
     if d is None:
         d = math.pi / (2.0 * K)
     elif abs(d - math.pi / (2.0 * K)) > 1e-6 * d:
-        raise ValueError(f"d must equal pi / (2K) = {math.pi / (2.0 * K):g} for K = {K:g}, "
-                         f"got d = {d:g}; give only one of K and d")
+        raise ValueError(
+            f"d must equal pi / (2K) = {math.pi / (2.0 * K):g} for K = {K:g}, "
+            f"got d = {d:g}; give only one of K and d"
+        )
     if d > L / 2.0 * (1.0 + 1e-12):
-        raise ValueError(f"d = pi / (2K) must be at most L / 2 = {L / 2.0:g} (the two end regions "
-                         f"may not overlap), got d = {d:g} (K = {K:g})")
+        raise ValueError(
+            f"d = pi / (2K) must be at most L / 2 = {L / 2.0:g} (the two end regions "
+            f"may not overlap), got d = {d:g} (K = {K:g})"
+        )
     return L, sigma0, K, min(d, L / 2.0)

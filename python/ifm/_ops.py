@@ -4,6 +4,7 @@ The schemas and the CPU/CUDA kernels are registered in C++ (``csrc/ops.cpp``,
 ``csrc/cuda/bindings_cuda.cpp``). This module imports the compiled library and registers the
 fake (meta) implementations that let ``torch.compile`` trace a trainer calling the ops.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -26,8 +27,11 @@ def extension_loaded() -> bool:
 def _kernels() -> dict:
     if LOAD_ERROR is not None:
         return {}
-    return {(op, key): bool(torch._C._dispatch_has_kernel_for_dispatch_key(f"ifm::{op}", key))
-            for op in OPS for key in ("CPU", "CUDA")}
+    return {
+        (op, key): bool(torch._C._dispatch_has_kernel_for_dispatch_key(f"ifm::{op}", key))
+        for op in OPS
+        for key in ("CPU", "CUDA")
+    }
 
 
 _KERNELS = _kernels()  # registered once, on import; a dict lookup is free and traceable
@@ -50,16 +54,18 @@ if LOAD_ERROR is None:
 if LOAD_ERROR is None:
 
     @torch.library.register_fake("ifm::string_field")
-    def _string_field_fake(points, quarks, antiquarks, L, sigma0, K, d, stable, normalize,
-                           norm_scale, eps):
+    def _string_field_fake(
+        points, quarks, antiquarks, L, sigma0, K, d, stable, normalize, norm_scale, eps
+    ):
         torch._check(quarks.shape[0] == antiquarks.shape[0])
         torch._check(quarks.shape[1] == points.shape[1])
         torch._check(antiquarks.shape[1] == points.shape[1])
         return torch.empty_like(points, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake("ifm::coulomb_field")
-    def _coulomb_field_fake(points, positive, negative, plate_gamma, sum_eps, normalize,
-                            norm_scale, eps):
+    def _coulomb_field_fake(
+        points, positive, negative, plate_gamma, sum_eps, normalize, norm_scale, eps
+    ):
         torch._check(positive.shape[1] == points.shape[1])
         if negative is not None:
             torch._check(negative.shape[1] == points.shape[1])

@@ -61,10 +61,10 @@ Values
   for a solver such as :func:`ifm.sampling.dipole_efm` (their behind-plate continuation is set
   by ``config.ode.behind_step`` / ``behind_num_steps``).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 
@@ -87,10 +87,17 @@ def _get(obj, name: str, where: str):
 
 
 def _number(value, where: str, *, positive: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or (positive and not value > 0) or (not positive and value < 0):
-        raise ValueError(f"{where} must be a {'positive' if positive else 'non-negative'} finite "
-                         f"number, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or (positive and not value > 0)
+        or (not positive and value < 0)
+    ):
+        raise ValueError(
+            f"{where} must be a {'positive' if positive else 'non-negative'} finite "
+            f"number, got {value!r}"
+        )
     return float(value)
 
 
@@ -104,11 +111,14 @@ def _dim(config) -> int:
 def _check_tensors(dim: int, **tensors):
     for name, t in tensors.items():
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a z-first torch.Tensor [n, D+1], got "
-                            f"{type(t).__name__}")
+            raise TypeError(
+                f"{name} must be a z-first torch.Tensor [n, D+1], got {type(t).__name__}"
+            )
         if t.dim() != 2 or t.shape[1] != dim:
-            raise ValueError(f"{name} has shape {tuple(t.shape)} but config.DIM = {dim} "
-                             "(z-first [n, D+1] tensors, DIM = D + 1)")
+            raise ValueError(
+                f"{name} has shape {tuple(t.shape)} but config.DIM = {dim} "
+                "(z-first [n, D+1] tensors, DIM = D + 1)"
+            )
 
 
 class IFM:
@@ -121,8 +131,10 @@ class IFM:
 
     def __init__(self, config, *, backend: str = "auto", pair_chunk: int = PAIR_CHUNK):
         if config is None:
-            raise TypeError("config must be the authors' config object (L, DIM and SCALE, K, D, "
-                            "field_type, plan_type, name), got None")
+            raise TypeError(
+                "config must be the authors' config object (L, DIM and SCALE, K, D, "
+                "field_type, plan_type, name), got None"
+            )
         if isinstance(pair_chunk, bool) or not isinstance(pair_chunk, int) or pair_chunk < 1:
             raise ValueError(f"pair_chunk must be a positive int, got {pair_chunk!r}")
         self.config = config
@@ -139,36 +151,52 @@ class IFM:
         if _has(sec, "D"):
             D = _number(sec.D, f"{where}.D")
             if not math.isclose(D, self.d, rel_tol=1e-9, abs_tol=0.0):
-                raise ValueError(f"{where}.D = {D!r} but pi / (2 K) = {self.d!r} with K = "
-                                 f"{self.K!r}: the fused field derives the end region from K "
-                                 "(set D = pi / (2 K))")
-        train, twhere = (sec, where) if toy else (_get(config, "training", "config"),
-                                                  "config.training")
+                raise ValueError(
+                    f"{where}.D = {D!r} but pi / (2 K) = {self.d!r} with K = "
+                    f"{self.K!r}: the fused field derives the end region from K "
+                    "(set D = pi / (2 K))"
+                )
+        train, twhere = (
+            (sec, where) if toy else (_get(config, "training", "config"), "config.training")
+        )
         data, dwhere = (sec, where) if toy else (_get(config, "data", "config"), "config.data")
         self.name = _get(data, "name", dwhere)
         self.field_type = _get(train, "field_type", twhere)
         if self.field_type != "Shifted":
-            raise ValueError(f"{twhere}.field_type must be 'Shifted' (the authors' 'Unshifted' "
-                             f"branch raises in their own code), got {self.field_type!r}")
+            raise ValueError(
+                f"{twhere}.field_type must be 'Shifted' (the authors' 'Unshifted' "
+                f"branch raises in their own code), got {self.field_type!r}"
+            )
         self.discrete = self.name == "2d_discrete"
         self.plan_type = None
         if not self.discrete or _has(train, "plan_type"):
             self.plan_type = _get(train, "plan_type", twhere)
             if self.plan_type not in ("Independent", "Optimal"):
-                raise ValueError(f"{twhere}.plan_type must be 'Independent' or 'Optimal', got "
-                                 f"{self.plan_type!r}")
+                raise ValueError(
+                    f"{twhere}.plan_type must be 'Independent' or 'Optimal', got {self.plan_type!r}"
+                )
 
     def _field(self, points, quarks, anti_quarks):
-        return fields.string_field(points, quarks, anti_quarks, L=self.L, sigma0=self.SCALE,
-                                   K=self.K, normalize=False, backend=self.backend)
+        return fields.string_field(
+            points,
+            quarks,
+            anti_quarks,
+            L=self.L,
+            sigma0=self.SCALE,
+            K=self.K,
+            normalize=False,
+            backend=self.backend,
+        )
 
     def pair(self, quarks: torch.Tensor, anti_quarks: torch.Tensor) -> torch.Tensor:
         """``anti_quarks`` reordered by ``plan_type`` as their ``GroundTruth`` does."""
         if self.plan_type != "Optimal":
             return anti_quarks
         if quarks.shape[0] != anti_quarks.shape[0]:
-            raise ValueError(f"plan_type='Optimal' needs as many quarks as anti_quarks, got "
-                             f"{quarks.shape[0]} and {anti_quarks.shape[0]}")
+            raise ValueError(
+                f"plan_type='Optimal' needs as many quarks as anti_quarks, got "
+                f"{quarks.shape[0]} and {anti_quarks.shape[0]}"
+            )
         return anti_quarks[plans.ot_pairing(quarks, anti_quarks, cost="augmented", z_first=True)]
 
     def _all_pairs(self, points, quarks, anti_quarks):
@@ -176,26 +204,34 @@ class IFM:
         rows = max(1, self.pair_chunk // B2)  # quarks per chunk
         total = torch.zeros_like(points)
         for i in range(0, B1, rows):
-            q = quarks[i:i + rows]
+            q = quarks[i : i + rows]
             qq = q.repeat_interleave(B2, dim=0)
             aa = anti_quarks.repeat(q.shape[0], 1)
             total += self._field(points, qq, aa)
         return total
 
-    def GroundTruth(self, points: torch.Tensor, quarks: torch.Tensor,  # noqa: N802 (their name)
-                    anti_quarks: torch.Tensor) -> torch.Tensor:
+    def GroundTruth(
+        self,
+        points: torch.Tensor,
+        quarks: torch.Tensor,  # noqa: N802 (their name)
+        anti_quarks: torch.Tensor,
+    ) -> torch.Tensor:
         _check_tensors(self.DIM, points=points, quarks=quarks, anti_quarks=anti_quarks)
         if self.discrete:
             return self._all_pairs(points, quarks, anti_quarks)
         if quarks.shape[0] != anti_quarks.shape[0]:
-            raise ValueError(f"quarks and anti_quarks must have the same number of rows, got "
-                             f"{quarks.shape[0]} and {anti_quarks.shape[0]}")
+            raise ValueError(
+                f"quarks and anti_quarks must have the same number of rows, got "
+                f"{quarks.shape[0]} and {anti_quarks.shape[0]}"
+            )
         return self._field(points, quarks, self.pair(quarks, anti_quarks))
 
     def __call__(self, points, quarks, anti_quarks, config=None):
         if config is not None and config is not self.config:
-            raise ValueError("the fourth argument must be the config this IFM was built from; "
-                             "use ifm.compat.ground_truth(config) for a per-call config")
+            raise ValueError(
+                "the fourth argument must be the config this IFM was built from; "
+                "use ifm.compat.ground_truth(config) for a per-call config"
+            )
         return self.GroundTruth(points, quarks, anti_quarks)
 
 
@@ -207,8 +243,9 @@ class EFM:
 
     def __init__(self, config, *, plate_norm: bool = True, backend: str = "auto"):
         if config is None:
-            raise TypeError("config must be the authors' config object (L, DIM, training), "
-                            "got None")
+            raise TypeError(
+                "config must be the authors' config object (L, DIM, training), got None"
+            )
         if not isinstance(plate_norm, bool):
             raise TypeError(f"plate_norm must be a bool, got {plate_norm!r}")
         self.config = config
@@ -221,27 +258,47 @@ class EFM:
         training = _get(sec, "training", where)
         self.stability = _get(training, "stability", f"{where}.training")
         if not isinstance(self.stability, bool):
-            raise ValueError(f"{where}.training.stability must be True or False, got "
-                             f"{self.stability!r}")
-        self.gamma: Optional[float] = None
+            raise ValueError(
+                f"{where}.training.stability must be True or False, got {self.stability!r}"
+            )
+        self.gamma: float | None = None
         if plate_norm:
-            self.gamma = _number(_get(training, "gamma", f"{where}.training"),
-                                 f"{where}.training.gamma", positive=False)
-        self.dist_behind: Optional[float] = None
+            self.gamma = _number(
+                _get(training, "gamma", f"{where}.training"),
+                f"{where}.training.gamma",
+                positive=False,
+            )
+        self.dist_behind: float | None = None
         if _has(sec, "dist_behind"):
             self.dist_behind = _number(sec.dist_behind, f"{where}.dist_behind")
 
-    def GroundTruth(self, perturbed_samples_vec: torch.Tensor,  # noqa: N802 (their name)
-                    p_samples: torch.Tensor, q_samples: torch.Tensor) -> torch.Tensor:
-        _check_tensors(self.DIM, perturbed_samples_vec=perturbed_samples_vec,
-                       p_samples=p_samples, q_samples=q_samples)
-        return fields.coulomb_field(perturbed_samples_vec, p_samples, q_samples,
-                                    plate_gamma=self.gamma, normalize=False, backend=self.backend)
+    def GroundTruth(
+        self,
+        perturbed_samples_vec: torch.Tensor,  # noqa: N802 (their name)
+        p_samples: torch.Tensor,
+        q_samples: torch.Tensor,
+    ) -> torch.Tensor:
+        _check_tensors(
+            self.DIM,
+            perturbed_samples_vec=perturbed_samples_vec,
+            p_samples=p_samples,
+            q_samples=q_samples,
+        )
+        return fields.coulomb_field(
+            perturbed_samples_vec,
+            p_samples,
+            q_samples,
+            plate_gamma=self.gamma,
+            normalize=False,
+            backend=self.backend,
+        )
 
     def __call__(self, points, p_samples, q_samples, config=None):
         if config is not None and config is not self.config:
-            raise ValueError("the fourth argument must be the config this EFM was built from; "
-                             "use ifm.compat.ground_truth(config, 'efm') for a per-call config")
+            raise ValueError(
+                "the fourth argument must be the config this EFM was built from; "
+                "use ifm.compat.ground_truth(config, 'efm') for a per-call config"
+            )
         return self.GroundTruth(points, p_samples, q_samples)
 
 

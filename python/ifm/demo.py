@@ -35,6 +35,7 @@ z >= L; their roll is scikit-learn's ``make_swiss_roll(noise=0.8)[:, [0, 2]] / 5
 trains on ``mesh`` queries (:func:`ifm.points.mesh`) and samples with
 :func:`ifm.sampling.dipole_efm`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,7 +44,6 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -78,15 +78,26 @@ class DemoConfig:
 
 
 FULL = DemoConfig()
-QUICK = DemoConfig(ifm_steps=30, efm_steps=15, B=128, b=64, hidden=32, euler_steps=16,
-                   end_steps=2, n_eval=200, n_lines=12, exact_pairs=256, exact_steps=8,
-                   exact_end_steps=2)
+QUICK = DemoConfig(
+    ifm_steps=30,
+    efm_steps=15,
+    B=128,
+    b=64,
+    hidden=32,
+    euler_steps=16,
+    end_steps=2,
+    n_eval=200,
+    n_lines=12,
+    exact_pairs=256,
+    exact_steps=8,
+    exact_end_steps=2,
+)
 
 
 # --------------------------------------------------------------------------------------------
 # data and network
 # --------------------------------------------------------------------------------------------
-def swiss_roll(n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def swiss_roll(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """``[n, 2]`` Swiss roll (sklearn's formula, 2-D): ``(t cos t, t sin t) / SWISS_SCALE`` plus
     ``N(0, (SWISS_NOISE / SWISS_SCALE)^2)`` noise, ``t ~ U(1.5 pi, 4.5 pi)``."""
     t = 1.5 * math.pi * (1 + 2 * torch.rand(n, generator=generator))
@@ -94,7 +105,7 @@ def swiss_roll(n: int, generator: Optional[torch.Generator] = None) -> torch.Ten
     return (x + SWISS_NOISE * torch.randn(n, 2, generator=generator)) / SWISS_SCALE
 
 
-def gaussian(n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def gaussian(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """``[n, 2]`` standard Gaussian (the source P)."""
     return torch.randn(n, 2, generator=generator)
 
@@ -128,31 +139,41 @@ class FieldNet(torch.nn.Module):
     original coordinates (x part divided by ``s(z)``); :meth:`raw` the stretched output.
     """
 
-    def __init__(self, L: float, d: float, hidden: int = 256, D: int = 2,
-                 data_scale: float = 4.0):
+    def __init__(self, L: float, d: float, hidden: int = 256, D: int = 2, data_scale: float = 4.0):
         super().__init__()
         self.L, self.d, self.data_scale = float(L), float(d), float(data_scale)
         self.mlp = torch.nn.Sequential(
-            torch.nn.Linear(D + 3, hidden), torch.nn.SiLU(),
-            torch.nn.Linear(hidden, hidden), torch.nn.SiLU(),
-            torch.nn.Linear(hidden, hidden), torch.nn.SiLU(),
-            torch.nn.Linear(hidden, D + 1))
+            torch.nn.Linear(D + 3, hidden),
+            torch.nn.SiLU(),
+            torch.nn.Linear(hidden, hidden),
+            torch.nn.SiLU(),
+            torch.nn.Linear(hidden, hidden),
+            torch.nn.SiLU(),
+            torch.nn.Linear(hidden, D + 1),
+        )
 
     def scale(self, z: torch.Tensor) -> torch.Tensor:
         return frame_scale(z.reshape(-1, 1), self.L, self.d)
 
     def stretch(self, z: torch.Tensor, t_z: torch.Tensor, t_x: torch.Tensor):
         """A target ``(t_z [b], t_x [b, D])`` at heights ``z`` in the net's stretched frame."""
-        norm = torch.sqrt(t_z ** 2 + (t_x ** 2).sum(1))
+        norm = torch.sqrt(t_z**2 + (t_x**2).sum(1))
         t_x = t_x * self.scale(z.to(t_x.dtype))
         # keep each row's norm (<= sqrt(D+1); small where the field vanishes), turn its direction
-        k = norm / torch.sqrt(t_z ** 2 + (t_x ** 2).sum(1)).clamp_min(1e-12)
+        k = norm / torch.sqrt(t_z**2 + (t_x**2).sum(1)).clamp_min(1e-12)
         return t_z * k, t_x * k[:, None]
 
     def raw(self, x: torch.Tensor, z: torch.Tensor):
         z = z.reshape(-1, 1).to(x.dtype)
-        feats = torch.cat([z / self.L, torch.exp(-z / self.d), torch.exp(-(self.L - z) / self.d),
-                           x / self.data_scale], dim=1)
+        feats = torch.cat(
+            [
+                z / self.L,
+                torch.exp(-z / self.d),
+                torch.exp(-(self.L - z) / self.d),
+                x / self.data_scale,
+            ],
+            dim=1,
+        )
         out = self.mlp(feats)
         return out[:, 1:], out[:, 0]
 
@@ -182,15 +203,20 @@ def noise_scale(L: float) -> float:
 
 def _matcher(method: str, L: float, cfg: DemoConfig, generator, backend: str):
     if method == "IFM":
-        return matchers.IFMMatcher(L, SIGMA0, K, b=cfg.b, points="noised",
-                                   points_kwargs={"noise_scale": noise_scale(L)},
-                                   generator=generator, backend=backend)
-    return matchers.EFMMatcher(L, plate_gamma=1e-7, b=cfg.b, generator=generator,
-                               backend=backend)
+        return matchers.IFMMatcher(
+            L,
+            SIGMA0,
+            K,
+            b=cfg.b,
+            points="noised",
+            points_kwargs={"noise_scale": noise_scale(L)},
+            generator=generator,
+            backend=backend,
+        )
+    return matchers.EFMMatcher(L, plate_gamma=1e-7, b=cfg.b, generator=generator, backend=backend)
 
 
-def train(method: str, L: float, cfg: DemoConfig, seed: int, backend: str = "auto",
-          bar=None):
+def train(method: str, L: float, cfg: DemoConfig, seed: int, backend: str = "auto", bar=None):
     """Train one FieldNet on the stretched target; returns ``(net, seconds, final_loss)``."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -236,12 +262,18 @@ def evaluate(net, L: float, cfg: DemoConfig, source: torch.Tensor, target: torch
     grid = _grid(L, cfg.euler_steps, cfg.end_steps)
     net.eval()
     res = sampling.euler(net, source, L=L, grid=grid)
-    lines = sampling.euler(net, source[:cfg.n_lines], L=L, grid=grid, return_trajectory=True)
+    lines = sampling.euler(net, source[: cfg.n_lines], L=L, grid=grid, return_trajectory=True)
     return res.samples, lines.trajectory, _metrics(res, target)
 
 
-def exact_field_run(L: float, cfg: DemoConfig, seed: int, source: torch.Tensor,
-                    target: torch.Tensor, backend: str = "auto"):
+def exact_field_run(
+    L: float,
+    cfg: DemoConfig,
+    seed: int,
+    source: torch.Tensor,
+    target: torch.Tensor,
+    backend: str = "auto",
+):
     """Carry ``source`` along the fused Monte Carlo string field itself (no network):
     ``cfg.exact_pairs`` fresh independent pairs, the normalised target at every Euler step."""
     g = torch.Generator().manual_seed(seed + 999)
@@ -251,15 +283,16 @@ def exact_field_run(L: float, cfg: DemoConfig, seed: int, source: torch.Tensor,
 
     def field(x, z):
         pts = torch.cat([z.reshape(-1, 1).to(x.dtype), x], dim=1)
-        E = fields.string_field(pts, quarks, antiquarks, L=L, sigma0=SIGMA0, K=K,
-                                normalize=True, backend=backend)
+        E = fields.string_field(
+            pts, quarks, antiquarks, L=L, sigma0=SIGMA0, K=K, normalize=True, backend=backend
+        )
         return E[:, 1:], E[:, 0]
 
     grid = _grid(L, cfg.exact_steps, cfg.exact_end_steps)
     t0 = time.perf_counter()
     res = sampling.euler(field, source, L=L, grid=grid)
     seconds = time.perf_counter() - t0
-    lines = sampling.euler(field, source[:cfg.n_lines], L=L, grid=grid, return_trajectory=True)
+    lines = sampling.euler(field, source[: cfg.n_lines], L=L, grid=grid, return_trajectory=True)
     return res.samples, lines.trajectory, _metrics(res, target), seconds
 
 
@@ -270,7 +303,7 @@ EXACT = "IFM (exact field)"
 METHODS = ("IFM", EXACT, "EFM")
 
 
-def _plots(out: str, source, target, runs: List[Dict], gens, lines, Ls):
+def _plots(out: str, source, target, runs: list[dict], gens, lines, Ls):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -278,8 +311,9 @@ def _plots(out: str, source, target, runs: List[Dict], gens, lines, Ls):
 
     lim = float(target.abs().max()) * 1.15
     methods = [m for m in METHODS if any(r["method"] == m for r in runs)]
-    fig, axes = plt.subplots(len(Ls), len(methods) + 1, figsize=(3.6 * (len(methods) + 1),
-                                                                 3.7 * len(Ls)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(Ls), len(methods) + 1, figsize=(3.6 * (len(methods) + 1), 3.7 * len(Ls)), squeeze=False
+    )
     for i, L in enumerate(Ls):
         ax = axes[i][0]
         ax.scatter(source[:, 0], source[:, 1], s=2, alpha=0.4, label="source P (z=0)")
@@ -304,8 +338,9 @@ def _plots(out: str, source, target, runs: List[Dict], gens, lines, Ls):
     fig.savefig(os.path.join(out, "samples.png"), dpi=80)
     plt.close(fig)
 
-    fig, axes = plt.subplots(len(Ls), len(methods), figsize=(4.4 * len(methods), 3.4 * len(Ls)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(Ls), len(methods), figsize=(4.4 * len(methods), 3.4 * len(Ls)), squeeze=False
+    )
     for i, L in enumerate(Ls):
         for j, m in enumerate(methods):
             ax = axes[i][j]
@@ -326,29 +361,41 @@ def _plots(out: str, source, target, runs: List[Dict], gens, lines, Ls):
     plt.close(fig)
 
 
-def _markdown(summary: Dict) -> str:
-    rows = ["| method | L | W2(generated, target) | W2(source, target) | ratio | train steps | "
-            "time (s) | field evaluations / sample | guarded steps |",
-            "|---|---|---|---|---|---|---|---|---|"]
+def _markdown(summary: dict) -> str:
+    rows = [
+        "| method | L | W2(generated, target) | W2(source, target) | ratio | train steps | "
+        "time (s) | field evaluations / sample | guarded steps |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in summary["runs"]:
         steps = r["train_steps"] if r["train_steps"] else "— (no network)"
-        rows.append(f"| {r['method']} | {r['L']:g} | {r['w2_generated_target']:.3f} | "
-                    f"{r['w2_source_target']:.3f} | {r['ratio']:.3f} | {steps} | "
-                    f"{r['train_time_s']:.1f} | {r['network_calls_per_sample']} | "
-                    f"{r['guarded_steps']} |")
+        rows.append(
+            f"| {r['method']} | {r['L']:g} | {r['w2_generated_target']:.3f} | "
+            f"{r['w2_source_target']:.3f} | {r['ratio']:.3f} | {steps} | "
+            f"{r['train_time_s']:.1f} | {r['network_calls_per_sample']} | "
+            f"{r['guarded_steps']} |"
+        )
     s = summary
-    return ("\n".join(rows) + "\n\n"
-            f"Command: `{s['command']}` · field backend: {s['backend']} · seed {s['seed']} · "
-            f"{s['n_eval']} evaluation samples · sampling floor (two independent draws of the "
-            f"target) {s['w2_floor']:.3f} · total {s['total_time_s']:.0f} s on "
-            f"{s['threads']} thread(s).\n")
+    return (
+        "\n".join(rows) + "\n\n"
+        f"Command: `{s['command']}` · field backend: {s['backend']} · seed {s['seed']} · "
+        f"{s['n_eval']} evaluation samples · sampling floor (two independent draws of the "
+        f"target) {s['w2_floor']:.3f} · total {s['total_time_s']:.0f} s on "
+        f"{s['threads']} thread(s).\n"
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # entry point
 # --------------------------------------------------------------------------------------------
-def run_demo(out: str = "ifm-demo-out", seed: int = 0, quick: bool = False,
-             backend: str = "auto", progress: bool = True, command: str = "ifm demo") -> Dict:
+def run_demo(
+    out: str = "ifm-demo-out",
+    seed: int = 0,
+    quick: bool = False,
+    backend: str = "auto",
+    progress: bool = True,
+    command: str = "ifm demo",
+) -> dict:
     """Run the demo into ``out``; returns the summary dictionary (also written as JSON).
     ``progress``: one bar over all training steps (else a line per run)."""
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -361,35 +408,55 @@ def run_demo(out: str = "ifm-demo-out", seed: int = 0, quick: bool = False,
     source, target = gaussian(cfg.n_eval, ge), swiss_roll(cfg.n_eval, ge)
     w2_src = w2(source, target)
     w2_floor = w2(swiss_roll(cfg.n_eval, ge), target)
-    used = backend if backend != "auto" else (
-        "cpu" if "cpu" in fields.available_backends("cpu") else "reference")
+    used = (
+        backend
+        if backend != "auto"
+        else ("cpu" if "cpu" in fields.available_backends("cpu") else "reference")
+    )
     runs, gens, lines = [], {}, {}
     bar = None
     if progress:
         from tqdm.auto import tqdm
+
         total = len(cfg.Ls) * (cfg.ifm_steps + cfg.efm_steps)
         bar = tqdm(total=total, desc="ifm demo (training steps)", mininterval=2.0)
 
     def record(method, L, gen, traj, metrics, seconds, steps, loss=None):
         gens[(method, L)], lines[(method, L)] = gen, traj
-        run = {"method": method, "L": L, **metrics, "w2_source_target": w2_src,
-               "ratio": metrics["w2_generated_target"] / w2_src, "train_steps": steps,
-               "train_time_s": seconds, "final_loss": loss}
+        run = {
+            "method": method,
+            "L": L,
+            **metrics,
+            "w2_source_target": w2_src,
+            "ratio": metrics["w2_generated_target"] / w2_src,
+            "train_steps": steps,
+            "train_time_s": seconds,
+            "final_loss": loss,
+        }
         runs.append(run)
-        msg = (f"{method} L={L:g}: W2 {run['w2_generated_target']:.3f} (source {w2_src:.3f}, "
-               f"floor {w2_floor:.3f}), {seconds:.1f} s")
+        msg = (
+            f"{method} L={L:g}: W2 {run['w2_generated_target']:.3f} (source {w2_src:.3f}, "
+            f"floor {w2_floor:.3f}), {seconds:.1f} s"
+        )
         (bar.write if bar is not None else print)(msg)
 
     for method in ("IFM", "EFM"):
         for L in cfg.Ls:
             net, seconds, loss = train(method, L, cfg, seed, backend, bar)
             gen, traj, metrics = evaluate(net, L, cfg, source, target)
-            record(method, L, gen, traj, metrics, seconds,
-                   cfg.ifm_steps if method == "IFM" else cfg.efm_steps, loss)
+            record(
+                method,
+                L,
+                gen,
+                traj,
+                metrics,
+                seconds,
+                cfg.ifm_steps if method == "IFM" else cfg.efm_steps,
+                loss,
+            )
         if method == "IFM":
             for L in cfg.exact_Ls:
-                gen, traj, metrics, seconds = exact_field_run(L, cfg, seed, source, target,
-                                                              backend)
+                gen, traj, metrics, seconds = exact_field_run(L, cfg, seed, source, target, backend)
                 record(EXACT, L, gen, traj, metrics, seconds, 0)
                 runs[-1]["pairs"] = cfg.exact_pairs
     if bar is not None:
@@ -397,10 +464,18 @@ def run_demo(out: str = "ifm-demo-out", seed: int = 0, quick: bool = False,
     order = {m: i for i, m in enumerate(METHODS)}
     runs.sort(key=lambda r: (order[r["method"]], r["L"]))
     _plots(out, source, target, runs, gens, lines, cfg.Ls)
-    summary = {"command": command, "seed": seed, "quick": quick, "backend": used,
-               "threads": torch.get_num_threads(), "config": asdict(cfg),
-               "n_eval": cfg.n_eval, "w2_floor": w2_floor, "runs": runs,
-               "total_time_s": time.perf_counter() - t_start}
+    summary = {
+        "command": command,
+        "seed": seed,
+        "quick": quick,
+        "backend": used,
+        "threads": torch.get_num_threads(),
+        "config": asdict(cfg),
+        "n_eval": cfg.n_eval,
+        "w2_floor": w2_floor,
+        "runs": runs,
+        "total_time_s": time.perf_counter() - t_start,
+    }
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     with open(os.path.join(out, "summary.md"), "w") as f:
@@ -409,16 +484,21 @@ def run_demo(out: str = "ifm-demo-out", seed: int = 0, quick: bool = False,
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="ifm-demo-out",
-                        help="output folder (default: %(default)s)")
+    parser.add_argument(
+        "--out", default="ifm-demo-out", help="output folder (default: %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="a much smaller run (seconds)")
-    parser.add_argument("--backend", default="auto",
-                        choices=["auto", "cpu", "cuda", "triton", "reference"],
-                        help="field backend (default: %(default)s)")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "cpu", "cuda", "triton", "reference"],
+        help="field backend (default: %(default)s)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: torch's own choice)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's own choice)"
+    )
 
 
 def main_from_args(args: argparse.Namespace, command: str = "ifm demo") -> int:
@@ -426,9 +506,16 @@ def main_from_args(args: argparse.Namespace, command: str = "ifm demo") -> int:
         if args.threads < 1:
             raise SystemExit(f"ifm demo: --threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    summary = run_demo(out=args.out, seed=args.seed, quick=args.quick, backend=args.backend,
-                       progress=not args.no_progress, command=command)
+    summary = run_demo(
+        out=args.out,
+        seed=args.seed,
+        quick=args.quick,
+        backend=args.backend,
+        progress=not args.no_progress,
+        command=command,
+    )
     print(_markdown(summary))
-    print(f"wrote {os.path.join(args.out, 'samples.png')}, field_lines.png, summary.md, "
-          "summary.json")
+    print(
+        f"wrote {os.path.join(args.out, 'samples.png')}, field_lines.png, summary.md, summary.json"
+    )
     return 0

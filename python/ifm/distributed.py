@@ -30,23 +30,29 @@ later (inside the heavy collectives) makes its peers raise when the process grou
 Targets are not differentiated: no gradients flow through the collectives and the result does
 not require grad.
 """
+
 from __future__ import annotations
 
 import math
-from typing import List, Optional
 
 import torch
 import torch.distributed as dist
 
 from . import _checks, fields, reference
 
-__all__ = ["string_field", "coulomb_field", "STRATEGIES", "resolve_group", "all_gather_rows",
-           "broadcast_from_first"]
+__all__ = [
+    "string_field",
+    "coulomb_field",
+    "STRATEGIES",
+    "resolve_group",
+    "all_gather_rows",
+    "broadcast_from_first",
+]
 
 STRATEGIES = ("allgather", "ring")
 # all_gather_into_tensor under its newer name where torch has it
 _gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-_CANCEL = 1e-6      # squared distances below this fraction of their scale are recomputed exactly
+_CANCEL = 1e-6  # squared distances below this fraction of their scale are recomputed exactly
 _PAIR_BLOCK = 1 << 20  # elements of the exact-recompute temporary
 
 
@@ -57,8 +63,10 @@ def resolve_group(group):
     """The process group to use: ``None`` is the world; raises when torch.distributed is not
     initialised."""
     if not dist.is_available() or not dist.is_initialized():
-        raise RuntimeError("ifm.distributed needs an initialised torch.distributed process group "
-                           "(torch.distributed.init_process_group, e.g. under torchrun)")
+        raise RuntimeError(
+            "ifm.distributed needs an initialised torch.distributed process group "
+            "(torch.distributed.init_process_group, e.g. under torchrun)"
+        )
     return dist.group.WORLD if group is None else group
 
 
@@ -72,7 +80,7 @@ def _describe(exc: BaseException) -> tuple:
     return "RuntimeError", f"{kind}: {exc}"
 
 
-def _exchange(group, fn_name: str, check, meta: dict) -> List[dict]:
+def _exchange(group, fn_name: str, check, meta: dict) -> list[dict]:
     """Run ``check()`` locally, gather every rank's (error, metadata), raise the same error on
     every rank when any rank failed."""
     try:
@@ -91,12 +99,14 @@ def _exchange(group, fn_name: str, check, meta: dict) -> List[dict]:
         values = [rec.get(key) for rec in records]
         if any(v != values[0] for v in values):
             detail = ", ".join(f"rank {r}: {v!r}" for r, v in enumerate(values))
-            raise ValueError(f"ifm.distributed.{fn_name}: {key} must be the same on every rank "
-                             f"of the group, got {detail}")
+            raise ValueError(
+                f"ifm.distributed.{fn_name}: {key} must be the same on every rank "
+                f"of the group, got {detail}"
+            )
     return records
 
 
-def _check_rows(name: str, t, width: Optional[int] = None) -> None:
+def _check_rows(name: str, t, width: int | None = None) -> None:
     """:func:`ifm._checks.check_matrix`, also accepting zero rows (a rank may hold none)."""
     if isinstance(t, torch.Tensor) and t.dim() == 2 and t.shape[0] == 0:
         t = t.new_zeros(1, t.shape[1]) if t.dtype in _checks.FLOAT_DTYPES else t
@@ -110,8 +120,7 @@ def _check_strategy(strategy) -> None:
 
 def _tensor_meta(points) -> dict:
     if isinstance(points, torch.Tensor) and points.dim() == 2:
-        return dict(width=int(points.shape[1]), dtype=str(points.dtype),
-                    device=points.device.type)
+        return dict(width=int(points.shape[1]), dtype=str(points.dtype), device=points.device.type)
     return {}
 
 
@@ -122,7 +131,7 @@ def _values(named, plate_z, check_finite) -> bool:
     _checks.check_same_kind(named)
     if not _checks.value_checks(check_finite, named[0][1]):
         return False
-    keep = [(nt, z) for nt, z in zip(named, plate_z) if nt[1].shape[0] > 0]
+    keep = [(nt, z) for nt, z in zip(named, plate_z, strict=False) if nt[1].shape[0] > 0]
     if keep:
         _checks.check_values([nt for nt, _ in keep], [z for _, z in keep])
     return True
@@ -136,7 +145,7 @@ def _values(named, plate_z, check_finite) -> bool:
 P2P_GATHER_BACKENDS = ("gloo",)
 
 
-def _gather(parts: List[torch.Tensor], counts: List[List[int]], group) -> List[torch.Tensor]:
+def _gather(parts: list[torch.Tensor], counts: list[list[int]], group) -> list[torch.Tensor]:
     """For each ``parts[k]`` (this rank's ``[n, w]`` rows; ``counts[k][r]`` rows on rank r), the
     concatenation over the group's ranks in rank order.
 
@@ -147,21 +156,35 @@ def _gather(parts: List[torch.Tensor], counts: List[List[int]], group) -> List[t
     world = dist.get_world_size(group)
     rank = dist.get_rank(group)
     if dist.get_backend(group) not in P2P_GATHER_BACKENDS:
-        return [_allgather_padded(t, c, group) for t, c in zip(parts, counts)]
+        return [_allgather_padded(t, c, group) for t, c in zip(parts, counts, strict=False)]
     outs, ops = [], []
-    for tag, (t, cnt) in enumerate(zip(parts, counts)):
+    for tag, (t, cnt) in enumerate(zip(parts, counts, strict=False)):
         offs = [sum(cnt[:r]) for r in range(world)]
         out = t.new_empty(sum(cnt), t.shape[1])
-        out[offs[rank]: offs[rank] + cnt[rank]] = t
+        out[offs[rank] : offs[rank] + cnt[rank]] = t
         outs.append(out)
         for k in range(1, world):
             dst, src = (rank + k) % world, (rank - k) % world
             if cnt[rank] > 0:
-                ops.append(dist.P2POp(dist.isend, t.contiguous(),
-                                      dist.get_global_rank(group, dst), group=group, tag=tag))
+                ops.append(
+                    dist.P2POp(
+                        dist.isend,
+                        t.contiguous(),
+                        dist.get_global_rank(group, dst),
+                        group=group,
+                        tag=tag,
+                    )
+                )
             if cnt[src] > 0:
-                ops.append(dist.P2POp(dist.irecv, out[offs[src]: offs[src] + cnt[src]],
-                                      dist.get_global_rank(group, src), group=group, tag=tag))
+                ops.append(
+                    dist.P2POp(
+                        dist.irecv,
+                        out[offs[src] : offs[src] + cnt[src]],
+                        dist.get_global_rank(group, src),
+                        group=group,
+                        tag=tag,
+                    )
+                )
     if ops:
         with _peers("the gather"):
             for req in dist.batch_isend_irecv(ops):
@@ -180,15 +203,20 @@ class _peers:
         return self
 
     def __exit__(self, kind, exc, tb):
-        if kind is not None and issubclass(kind, RuntimeError) \
-                and not str(exc).startswith("ifm.distributed"):
-            raise RuntimeError(f"ifm.distributed: {self.what} with the group's other ranks failed "
-                               f"(a rank raised or left, or the process group's timeout "
-                               f"expired): {exc}") from exc
+        if (
+            kind is not None
+            and issubclass(kind, RuntimeError)
+            and not str(exc).startswith("ifm.distributed")
+        ):
+            raise RuntimeError(
+                f"ifm.distributed: {self.what} with the group's other ranks failed "
+                f"(a rank raised or left, or the process group's timeout "
+                f"expired): {exc}"
+            ) from exc
         return False
 
 
-def _allgather_padded(t: torch.Tensor, counts: List[int], group) -> torch.Tensor:
+def _allgather_padded(t: torch.Tensor, counts: list[int], group) -> torch.Tensor:
     """Concatenation over the group's ranks of ``t`` (``counts[r]`` rows on rank r), through one
     ``all_gather_into_tensor`` of the rows padded to the largest count."""
     world = len(counts)
@@ -203,10 +231,10 @@ def _allgather_padded(t: torch.Tensor, counts: List[int], group) -> torch.Tensor
     out = t.new_empty(world * top, t.shape[1])
     with _peers("the gather"):
         _gather_single(out, send, group=group)
-    return torch.cat([out[r * top: r * top + counts[r]] for r in range(world)], 0)
+    return torch.cat([out[r * top : r * top + counts[r]] for r in range(world)], 0)
 
 
-def _ring(own: torch.Tensor, counts: List[int], group, consume) -> None:
+def _ring(own: torch.Tensor, counts: list[int], group, consume) -> None:
     """Pass ``own`` (this rank's rows; ``counts[r]`` rows on rank r) around the ring; call
     ``consume(chunk, origin)`` on each of the ``world`` chunks while the next is in flight."""
     world = dist.get_world_size(group)
@@ -242,12 +270,15 @@ def all_gather_rows(t: torch.Tensor, group=None):
     may hold different numbers of rows (zero included) of the same width and dtype."""
     group = resolve_group(group)
     records = [None] * dist.get_world_size(group)
-    dist.all_gather_object(records, (int(t.shape[0]), tuple(t.shape[1:]), str(t.dtype)),
-                           group=group)
+    dist.all_gather_object(
+        records, (int(t.shape[0]), tuple(t.shape[1:]), str(t.dtype)), group=group
+    )
     if len({r[1:] for r in records}) > 1:
         detail = ", ".join(f"rank {i}: {r[1]} {r[2]}" for i, r in enumerate(records))
-        raise ValueError(f"ifm.distributed.all_gather_rows: every rank must pass rows of one "
-                         f"shape and dtype, got {detail}")
+        raise ValueError(
+            f"ifm.distributed.all_gather_rows: every rank must pass rows of one "
+            f"shape and dtype, got {detail}"
+        )
     counts = [r[0] for r in records]
     flat = t.detach().reshape(t.shape[0], -1)
     return _gather([flat], [counts], group)[0].reshape(-1, *t.shape[1:]), counts
@@ -266,8 +297,9 @@ def broadcast_from_first(fn, group=None):
     dist.broadcast_object_list(box, src=dist.get_global_rank(group, 0), group=group)
     status, value = box[0]
     if status == "error":
-        raise RuntimeError(f"ifm.distributed.broadcast_from_first: the group's first rank "
-                           f"raised {value}")
+        raise RuntimeError(
+            f"ifm.distributed.broadcast_from_first: the group's first rank raised {value}"
+        )
     return value
 
 
@@ -292,7 +324,7 @@ def _offset_sqnorm(x, A, tau=None, Delta=None):
     redo = (r2 < _CANCEL * scale * scale).nonzero()
     step = max(1, _PAIR_BLOCK // max(x.shape[1], 1))
     for k in range(0, redo.shape[0], step):
-        i, j = redo[k:k + step, 0], redo[k:k + step, 1]
+        i, j = redo[k : k + step, 0], redo[k : k + step, 1]
         rho = x[i] - A[j]
         if Delta is not None:
             rho = rho - tau[i] * Delta[j]
@@ -345,11 +377,23 @@ def _average(acc, lse_acc, part, lse_part):
 # --------------------------------------------------------------------------------------------
 # string field
 # --------------------------------------------------------------------------------------------
-def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.Tensor, *,
-                 L: float, sigma0: float, K: Optional[float] = None, d: Optional[float] = None,
-                 normalize: bool = False, eps: float = 1e-5, stable: bool = False,
-                 backend: str = "auto", check_finite: Optional[bool] = None, group=None,
-                 strategy: str = "allgather") -> torch.Tensor:
+def string_field(
+    points: torch.Tensor,
+    quarks: torch.Tensor,
+    antiquarks: torch.Tensor,
+    *,
+    L: float,
+    sigma0: float,
+    K: float | None = None,
+    d: float | None = None,
+    normalize: bool = False,
+    eps: float = 1e-5,
+    stable: bool = False,
+    backend: str = "auto",
+    check_finite: bool | None = None,
+    group=None,
+    strategy: str = "allgather",
+) -> torch.Tensor:
     """:func:`ifm.fields.string_field` of this rank's ``points`` against the pairs of every rank
     of ``group`` (default: the world), in rank order.
 
@@ -358,8 +402,18 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
     ``"allgather"`` or ``"ring"`` (module docstring). Returns ``[b, D+1]`` (this rank's rows).
     """
     group = resolve_group(group)
-    public = dict(L=L, sigma0=sigma0, K=K, d=d, normalize=normalize, eps=eps, stable=stable,
-                  backend=backend, check_finite=check_finite, strategy=strategy)
+    public = dict(
+        L=L,
+        sigma0=sigma0,
+        K=K,
+        d=d,
+        normalize=normalize,
+        eps=eps,
+        stable=stable,
+        backend=backend,
+        check_finite=check_finite,
+        strategy=strategy,
+    )
 
     def check():
         _check_strategy(strategy)
@@ -368,9 +422,11 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
         _check_rows("quarks", quarks, width=width)
         _check_rows("antiquarks", antiquarks, width=width)
         if quarks.shape[0] != antiquarks.shape[0]:
-            raise ValueError(f"quarks and antiquarks must have the same number of rows "
-                             f"(index-aligned pairs), got {quarks.shape[0]} and "
-                             f"{antiquarks.shape[0]}")
+            raise ValueError(
+                f"quarks and antiquarks must have the same number of rows "
+                f"(index-aligned pairs), got {quarks.shape[0]} and "
+                f"{antiquarks.shape[0]}"
+            )
         geo = _checks.string_geometry(L, sigma0, K, d)
         _checks.check_scalar("eps", eps, allow_zero=True)
         for name, v in (("normalize", normalize), ("stable", stable)):
@@ -383,12 +439,18 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
         fields._resolve_backend(backend, points.device, "string_field")
         return dict(b=int(points.shape[0]), B=int(quarks.shape[0]))
 
-    records = _exchange(group, "string_field",
-                        check, dict(_tensor_meta(points), kwargs=repr(sorted(public.items()))))
+    records = _exchange(
+        group,
+        "string_field",
+        check,
+        dict(_tensor_meta(points), kwargs=repr(sorted(public.items()))),
+    )
     counts = [rec["B"] for rec in records]
     if sum(counts) == 0:
-        raise ValueError("ifm.distributed.string_field: quarks must have at least one row on "
-                         "some rank of the group, every rank has zero pairs")
+        raise ValueError(
+            "ifm.distributed.string_field: quarks must have at least one row on "
+            "some rank of the group, every rank has zero pairs"
+        )
     width = points.shape[1]
     cd = _checks.compute_dtype(points.dtype)
     kw = dict(L=L, sigma0=sigma0, K=K, d=d, eps=eps, backend=backend, check_finite=False)
@@ -398,16 +460,18 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
             q, a = _gather([quarks.detach(), antiquarks.detach()], [counts, counts], group)
             if p.shape[0] == 0:
                 return points.new_zeros(0, width)
-            return fields.string_field(p, q.to(cd), a.to(cd), normalize=normalize,
-                                       stable=stable, **kw).to(points.dtype)
+            return fields.string_field(
+                p, q.to(cd), a.to(cd), normalize=normalize, stable=stable, **kw
+            ).to(points.dtype)
         own = torch.cat([quarks.detach(), antiquarks.detach()], 0)
         # ring: raw sums (or stable units) per chunk, merged, normalised at the end
         Lc, sigma0c, Kc, dc = _checks.string_geometry(L, sigma0, K, d)
         Lc = float(torch.tensor(Lc, dtype=cd))
         dc = min(dc, Lc / 2.0)
-        state = {"E": torch.zeros(p.shape[0], width, dtype=torch.float64, device=p.device),
-                 "m": torch.full((p.shape[0],), -math.inf, dtype=torch.float64,
-                                 device=p.device)}
+        state = {
+            "E": torch.zeros(p.shape[0], width, dtype=torch.float64, device=p.device),
+            "m": torch.full((p.shape[0],), -math.inf, dtype=torch.float64, device=p.device),
+        }
 
         def consume(chunk, origin):
             if p.shape[0] == 0:
@@ -432,11 +496,19 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
 # --------------------------------------------------------------------------------------------
 # Coulomb field
 # --------------------------------------------------------------------------------------------
-def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
-                  negative: Optional[torch.Tensor] = None, *, plate_gamma=fields._DEFAULT,
-                  normalize=False, eps: Optional[float] = None, backend: str = "auto",
-                  check_finite: Optional[bool] = None, group=None,
-                  strategy: str = "allgather") -> torch.Tensor:
+def coulomb_field(
+    points: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor | None = None,
+    *,
+    plate_gamma=fields._DEFAULT,
+    normalize=False,
+    eps: float | None = None,
+    backend: str = "auto",
+    check_finite: bool | None = None,
+    group=None,
+    strategy: str = "allgather",
+) -> torch.Tensor:
     """:func:`ifm.fields.coulomb_field` of this rank's ``points`` against the charges of every
     rank of ``group`` (default: the world), in rank order.
 
@@ -446,9 +518,15 @@ def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
     """
     group = resolve_group(group)
     two = negative is not None
-    public = dict(plate_gamma=None if plate_gamma is fields._DEFAULT else plate_gamma,
-                  default_gamma=plate_gamma is fields._DEFAULT, normalize=normalize, eps=eps,
-                  backend=backend, check_finite=check_finite, strategy=strategy)
+    public = dict(
+        plate_gamma=None if plate_gamma is fields._DEFAULT else plate_gamma,
+        default_gamma=plate_gamma is fields._DEFAULT,
+        normalize=normalize,
+        eps=eps,
+        backend=backend,
+        check_finite=check_finite,
+        strategy=strategy,
+    )
 
     def check():
         _check_strategy(strategy)
@@ -465,8 +543,9 @@ def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
             raise ValueError(f"normalize must be False, True or 'pfgm', got {normalize!r}")
         if eps is not None:
             _checks.check_scalar("eps", eps, allow_zero=True)
-        kw = fields.coulomb_kernel_args(width, two_plates=two, plate_gamma=plate_gamma,
-                                        normalize=normalize, eps=eps)
+        kw = fields.coulomb_kernel_args(
+            width, two_plates=two, plate_gamma=plate_gamma, normalize=normalize, eps=eps
+        )
         zs = [_checks.NO_PLATE, 0.0] + ([_checks.PLATE_AT_ROW_0] if two else [])
         checked = _values(named, zs, check_finite)
         cd = _checks.compute_dtype(points.dtype)
@@ -475,27 +554,39 @@ def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
         if checked and two and negative.shape[0] > 0:
             plate_z = _checks.round_to(float(negative[0, 0]), cd)
         fields._resolve_backend(backend, points.device, "coulomb_field")
-        return dict(b=int(points.shape[0]), Bp=int(positive.shape[0]),
-                    Bn=int(negative.shape[0]) if two else 0, neg_z=plate_z)
+        return dict(
+            b=int(points.shape[0]),
+            Bp=int(positive.shape[0]),
+            Bn=int(negative.shape[0]) if two else 0,
+            neg_z=plate_z,
+        )
 
-    records = _exchange(group, "coulomb_field", check,
-                        dict(_tensor_meta(points), kwargs=repr(sorted(public.items())),
-                             negative=two))
+    records = _exchange(
+        group,
+        "coulomb_field",
+        check,
+        dict(_tensor_meta(points), kwargs=repr(sorted(public.items())), negative=two),
+    )
     cp = [rec["Bp"] for rec in records]
     cn = [rec["Bn"] for rec in records]
     zs = sorted({rec["neg_z"] for rec in records if rec["neg_z"] is not None})
     if len(zs) > 1:
-        raise ValueError(f"ifm.distributed.coulomb_field: negative: column 0 (the plate z = L) "
-                         f"must be the same on every rank, got {zs}")
+        raise ValueError(
+            f"ifm.distributed.coulomb_field: negative: column 0 (the plate z = L) "
+            f"must be the same on every rank, got {zs}"
+        )
     if sum(cp) == 0 or (two and sum(cn) == 0):
         name = "positive" if sum(cp) == 0 else "negative"
-        raise ValueError(f"ifm.distributed.coulomb_field: {name} must have at least one row on "
-                         f"some rank of the group, every rank has zero charges")
+        raise ValueError(
+            f"ifm.distributed.coulomb_field: {name} must have at least one row on "
+            f"some rank of the group, every rank has zero charges"
+        )
     width = points.shape[1]
     cd = _checks.compute_dtype(points.dtype)
-    kw = fields.coulomb_kernel_args(width, two_plates=two, plate_gamma=plate_gamma,
-                                    normalize=normalize, eps=eps)
-    counts = [a + b for a, b in zip(cp, cn)]
+    kw = fields.coulomb_kernel_args(
+        width, two_plates=two, plate_gamma=plate_gamma, normalize=normalize, eps=eps
+    )
+    counts = [a + b for a, b in zip(cp, cn, strict=False)]
     with torch.no_grad():
         p = points.detach().to(cd)
         if strategy == "allgather":
@@ -505,17 +596,28 @@ def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
                 (pos,), neg = _gather([positive.detach()], [cp], group), None
             if p.shape[0] == 0:
                 return points.new_zeros(0, width)
-            out = fields.coulomb_field(p, pos.to(cd), None if neg is None else neg.to(cd),
-                                       plate_gamma=plate_gamma, normalize=normalize, eps=eps,
-                                       backend=backend, check_finite=False)
+            out = fields.coulomb_field(
+                p,
+                pos.to(cd),
+                None if neg is None else neg.to(cd),
+                plate_gamma=plate_gamma,
+                normalize=normalize,
+                eps=eps,
+                backend=backend,
+                check_finite=False,
+            )
             return out.to(points.dtype)
-        own = positive.detach() if not two else torch.cat([positive.detach(),
-                                                           negative.detach()], 0)
+        own = positive.detach() if not two else torch.cat([positive.detach(), negative.detach()], 0)
         b = p.shape[0]
         f64 = dict(dtype=torch.float64, device=p.device)
-        plates = {key: {"E": torch.zeros(b, width, **f64), "m": torch.full((b,), -math.inf, **f64),
-                        "lse": torch.full((b,), -math.inf, **f64)}
-                  for key in (("pos", "neg") if two else ("pos",))}
+        plates = {
+            key: {
+                "E": torch.zeros(b, width, **f64),
+                "m": torch.full((b,), -math.inf, **f64),
+                "lse": torch.full((b,), -math.inf, **f64),
+            }
+            for key in (("pos", "neg") if two else ("pos",))
+        }
 
         def merge(st, charges):
             # one plate at a time through the single-plate kernel, whose charges sit at z = 0:
@@ -525,8 +627,9 @@ def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
             z0 = charges[:1, :1]
             shift = torch.cat([z0, torch.zeros_like(charges[:1, 1:])], 1)
             ps, cs = p - shift, charges - shift
-            part = fields.coulomb_field(ps, cs, None, plate_gamma=None, normalize=False,
-                                        backend=backend, check_finite=False).double()
+            part = fields.coulomb_field(
+                ps, cs, None, plate_gamma=None, normalize=False, backend=backend, check_finite=False
+            ).double()
             m_part, lse_part = _coulomb_lognorm(ps, cs)
             st["E"], st["lse"] = _average(st["E"], st["lse"], part, lse_part)
             st["m"] = torch.maximum(st["m"], m_part)
@@ -537,7 +640,7 @@ def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
             if cp[origin] > 0:
                 merge(plates["pos"], chunk[: cp[origin]])
             if two and cn[origin] > 0:
-                merge(plates["neg"], chunk[cp[origin]:])
+                merge(plates["neg"], chunk[cp[origin] :])
 
         _ring(own, counts, group, consume)
         terms = []
@@ -545,8 +648,7 @@ def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
             # the kernel's sum_eps is relative to the largest weight: Z / (Z + sum_eps)
             Z = torch.exp(st["lse"] - st["m"])
             terms.append(st["E"] * (Z / (Z + kw["sum_eps"]))[:, None])
-        E = reference.combine_plates(terms[0], terms[1] if two else None, width,
-                                      kw["plate_gamma"])
+        E = reference.combine_plates(terms[0], terms[1] if two else None, width, kw["plate_gamma"])
         if kw["normalize"]:
             E = reference.normalize_rows(E, kw["norm_scale"], kw["eps"])
         return E.to(points.dtype)

@@ -23,13 +23,13 @@ Half-precision inputs are computed in float32 and the result is cast back to the
 (``normalize=False``) field whose rows are tiny then loses them to the float16 range (rows below
 ~6e-8 become 0): prefer ``normalize=True`` (or float32 inputs) with half data.
 """
+
 from __future__ import annotations
 
 import functools
 import math
 import os
 import warnings
-from typing import List, Optional, Union
 
 import torch
 
@@ -52,8 +52,8 @@ __all__ = [
 ]
 
 BACKENDS = ("cpu", "cuda", "triton", "reference")
-PFGM_GAMMA = 5.0       # PFGM's normalisation constant (FIELDS.md §3)
-PFGM_SUM_EPS = 1e-7    # PFGM adds 1e-7 to the sum of the weights
+PFGM_GAMMA = 5.0  # PFGM's normalisation constant (FIELDS.md §3)
+PFGM_SUM_EPS = 1e-7  # PFGM adds 1e-7 to the sum of the weights
 EFM_PLATE_GAMMA = 5.0  # EFM repository's per-plate gamma for images
 # backend="reference" computes in float64 (float32 inputs and outputs then meet the parity rule)
 REFERENCE_COMPUTE_DTYPE = torch.float64
@@ -89,21 +89,27 @@ def _triton_usable(device: torch.device) -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1" and _triton_module() is not None
 
 
-def available_backends(device: Union[str, torch.device, None] = None) -> List[str]:
+def available_backends(device: str | torch.device | None = None) -> list[str]:
     """Names of the backends that can run on this machine (for tensors on ``device``).
 
     Without ``device``: every backend usable for some device here (CPU, and CUDA when a GPU is
     visible). ``"reference"`` is always available.
     """
-    devices = [torch.device(device)] if device is not None else (
-        [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else []))
+    devices = (
+        [torch.device(device)]
+        if device is not None
+        else ([torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else []))
+    )
     names = []
     for dev in devices:
         if dev.type == "cpu" and _ops.has_kernel("string_field", "CPU"):
             names.append("cpu")
-        if dev.type == "cuda" and torch.cuda.is_available() \
-                and _ops.has_kernel("string_field", "CUDA") \
-                and _cuda_arch.unusable_reason(dev) is None:
+        if (
+            dev.type == "cuda"
+            and torch.cuda.is_available()
+            and _ops.has_kernel("string_field", "CUDA")
+            and _cuda_arch.unusable_reason(dev) is None
+        ):
             names.append("cuda")
         if _triton_usable(dev) and (dev.type == "cpu" or torch.cuda.is_available()):
             names.append("triton")
@@ -145,34 +151,46 @@ def _resolve_uncached(backend: str, device: torch.device, fn_name: str) -> str:
         key = (fn_name, device.type)
         if key not in _warned_fallback:
             _warned_fallback.add(key)
-            warnings.warn(f"ifm.fields.{fn_name}: no compiled backend for {device.type} tensors "
-                          f"({_build_hint()}); using the slow pure-PyTorch reference",
-                          RuntimeWarning, stacklevel=4)
+            warnings.warn(
+                f"ifm.fields.{fn_name}: no compiled backend for {device.type} tensors "
+                f"({_build_hint()}); using the slow pure-PyTorch reference",
+                RuntimeWarning,
+                stacklevel=4,
+            )
         return "reference"
     if backend == "cpu":
         if device.type != "cpu":
-            raise ValueError(f"backend='cpu' ({fn_name}_cpu) needs CPU tensors, got tensors on "
-                             f"{device}")
+            raise ValueError(
+                f"backend='cpu' ({fn_name}_cpu) needs CPU tensors, got tensors on {device}"
+            )
         if not _ops.has_kernel(fn_name, "CPU"):
-            raise RuntimeError(f"backend='cpu' is unavailable: {_build_hint()}. Build it with "
-                               "`pip install --no-build-isolation -e .`")
+            raise RuntimeError(
+                f"backend='cpu' is unavailable: {_build_hint()}. Build it with "
+                "`pip install --no-build-isolation -e .`"
+            )
     elif backend == "cuda":
         if not _ops.has_kernel(fn_name, "CUDA"):
             raise RuntimeError(
                 f"backend='cuda' ({fn_name}_cuda) is unavailable: ifm was built without CUDA "
                 f"kernels ({_build_hint()}). Rebuild on a machine with a CUDA build of torch and "
-                "the CUDA toolkit (or IFM_FORCE_CUDA=1): `pip install --no-build-isolation -e .`")
+                "the CUDA toolkit (or IFM_FORCE_CUDA=1): `pip install --no-build-isolation -e .`"
+            )
         if device.type != "cuda":
-            raise ValueError(f"backend='cuda' ({fn_name}_cuda) needs CUDA tensors, got tensors on "
-                             f"{device}; move them with .cuda()")
+            raise ValueError(
+                f"backend='cuda' ({fn_name}_cuda) needs CUDA tensors, got tensors on "
+                f"{device}; move them with .cuda()"
+            )
         _cuda_arch.check(device)
     elif backend == "triton":
         if _triton_module() is None:
-            raise RuntimeError("backend='triton' is unavailable: triton is not installed "
-                               "(pip install triton)")
+            raise RuntimeError(
+                "backend='triton' is unavailable: triton is not installed (pip install triton)"
+            )
         if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError(f"backend='triton' ({fn_name}_triton) needs CUDA tensors, got "
-                             f"tensors on {device} (CPU tensors run only under TRITON_INTERPRET=1)")
+            raise ValueError(
+                f"backend='triton' ({fn_name}_triton) needs CUDA tensors, got "
+                f"tensors on {device} (CPU tensors run only under TRITON_INTERPRET=1)"
+            )
     return backend
 
 
@@ -236,9 +254,14 @@ def string_kernel_args(width: int, *, normalize: bool = False, eps: float = 1e-5
     return dict(normalize=bool(normalize), norm_scale=math.sqrt(width), eps=float(eps))
 
 
-def coulomb_kernel_args(width: int, *, two_plates: bool, plate_gamma=_DEFAULT,
-                        normalize: Union[bool, str] = False,
-                        eps: Optional[float] = None) -> dict:
+def coulomb_kernel_args(
+    width: int,
+    *,
+    two_plates: bool,
+    plate_gamma=_DEFAULT,
+    normalize: bool | str = False,
+    eps: float | None = None,
+) -> dict:
     """Kernel arguments of the Coulomb field for the public ``plate_gamma`` / ``normalize`` /
     ``eps`` at ``width = D+1`` columns: ``plate_gamma`` (default 5 with two plates, ``None``
     with one), ``sum_eps`` (PFGM: 1e-7), ``normalize``, ``norm_scale`` (``sqrt(D+1)``, PFGM
@@ -248,18 +271,33 @@ def coulomb_kernel_args(width: int, *, two_plates: bool, plate_gamma=_DEFAULT,
         plate_gamma = EFM_PLATE_GAMMA if two_plates else None
     if eps is None:
         eps = PFGM_GAMMA if pfgm else 1e-5
-    return dict(plate_gamma=None if plate_gamma is None else float(plate_gamma),
-                sum_eps=PFGM_SUM_EPS if pfgm else 0.0, normalize=normalize is not False,
-                norm_scale=math.sqrt(width - 1 if pfgm else width), eps=float(eps))
+    return dict(
+        plate_gamma=None if plate_gamma is None else float(plate_gamma),
+        sum_eps=PFGM_SUM_EPS if pfgm else 0.0,
+        normalize=normalize is not False,
+        norm_scale=math.sqrt(width - 1 if pfgm else width),
+        eps=float(eps),
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # string field
 # --------------------------------------------------------------------------------------------
-def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.Tensor, *,
-                 L: float, sigma0: float, K: Optional[float] = None, d: Optional[float] = None,
-                 normalize: bool = False, eps: float = 1e-5, stable: bool = False,
-                 backend: str = "auto", check_finite: Optional[bool] = None) -> torch.Tensor:
+def string_field(
+    points: torch.Tensor,
+    quarks: torch.Tensor,
+    antiquarks: torch.Tensor,
+    *,
+    L: float,
+    sigma0: float,
+    K: float | None = None,
+    d: float | None = None,
+    normalize: bool = False,
+    eps: float = 1e-5,
+    stable: bool = False,
+    backend: str = "auto",
+    check_finite: bool | None = None,
+) -> torch.Tensor:
     """IFM "string" field target (FIELDS.md §2, "Shifted" form) at ``b`` query points.
 
     Args:
@@ -296,8 +334,10 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
     _checks.check_matrix("quarks", quarks, width=width)
     _checks.check_matrix("antiquarks", antiquarks, width=width)
     if quarks.shape[0] != antiquarks.shape[0]:
-        raise ValueError(f"quarks and antiquarks must have the same number of rows (index-aligned "
-                         f"pairs), got {quarks.shape[0]} and {antiquarks.shape[0]}")
+        raise ValueError(
+            f"quarks and antiquarks must have the same number of rows (index-aligned "
+            f"pairs), got {quarks.shape[0]} and {antiquarks.shape[0]}"
+        )
     args = (L, sigma0, K, d, eps)
     key = (args, points.dtype, width, normalize is True)  # a non-bool normalize raises below
     memo = _memo_get(_STRING_SCALARS, key, *args)
@@ -310,14 +350,21 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
         raise TypeError(f"stable must be a bool, got {stable!r}")
     named = [("points", points), ("quarks", quarks), ("antiquarks", antiquarks)]
     if memo is None:
-        (p, q, a), out_dtype = _prepare(named, [_checks.NO_PLATE, 0.0, L], check_finite,
-                                        L=L, sigma0=sigma0, K=K, d=d, eps=eps)
+        (p, q, a), out_dtype = _prepare(
+            named, [_checks.NO_PLATE, 0.0, L], check_finite, L=L, sigma0=sigma0, K=K, d=d, eps=eps
+        )
         # The plate sits at L as the tensors hold it: a query with z == antiquarks' z is on the
         # plate (inside), also when L is not representable in the compute dtype (e.g. 0.3 in
         # float32).
         L_z = _checks.round_to(L, p.dtype)
-        memo = (L, L_z, sigma0, K, min(d, L_z / 2.0), string_kernel_args(
-            width, normalize=normalize, eps=eps))
+        memo = (
+            L,
+            L_z,
+            sigma0,
+            K,
+            min(d, L_z / 2.0),
+            string_kernel_args(width, normalize=normalize, eps=eps),
+        )
         _memo_put(_STRING_SCALARS, key, memo, *args)
     else:
         (p, q, a), out_dtype = _prepare(named, [_checks.NO_PLATE, 0.0, memo[0]], check_finite)
@@ -325,8 +372,18 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
     which = _resolve_backend(backend, p.device, "string_field")
     if which == "reference":  # the compiled backends make their inputs contiguous themselves
         p, q, a = p.contiguous(), q.contiguous(), a.contiguous()
-        out = reference.string_field(p, q, a, L=L, sigma0=sigma0, K=K, d=d, stable=stable, **kw,
-                                     compute_dtype=REFERENCE_COMPUTE_DTYPE)
+        out = reference.string_field(
+            p,
+            q,
+            a,
+            L=L,
+            sigma0=sigma0,
+            K=K,
+            d=d,
+            stable=stable,
+            **kw,
+            compute_dtype=REFERENCE_COMPUTE_DTYPE,
+        )
     else:
         op = _ops.STRING_OPS[which]
         out = op(p, q, a, L, sigma0, K, d, stable, kw["normalize"], kw["norm_scale"], kw["eps"])
@@ -336,11 +393,17 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
 # --------------------------------------------------------------------------------------------
 # Coulomb field
 # --------------------------------------------------------------------------------------------
-def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
-                  negative: Optional[torch.Tensor] = None, *, plate_gamma=_DEFAULT,
-                  normalize: Union[bool, str] = False,
-                  eps: Optional[float] = None, backend: str = "auto",
-                  check_finite: Optional[bool] = None) -> torch.Tensor:
+def coulomb_field(
+    points: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor | None = None,
+    *,
+    plate_gamma=_DEFAULT,
+    normalize: bool | str = False,
+    eps: float | None = None,
+    backend: str = "auto",
+    check_finite: bool | None = None,
+) -> torch.Tensor:
     """Coulomb field target of EFM (two plates) or PFGM (one plate), FIELDS.md §3.
 
     Args:
@@ -380,8 +443,13 @@ def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
             raise ValueError(f"normalize must be False, True or 'pfgm', got {normalize!r}")
         if eps is not None:
             eps = _checks.check_scalar("eps", eps, allow_zero=True)
-        kw = coulomb_kernel_args(width, two_plates=negative is not None, plate_gamma=plate_gamma,
-                                 normalize=normalize, eps=eps)
+        kw = coulomb_kernel_args(
+            width,
+            two_plates=negative is not None,
+            plate_gamma=plate_gamma,
+            normalize=normalize,
+            eps=eps,
+        )
         params = dict(eps=kw["eps"], plate_gamma=kw["plate_gamma"])
     if negative is None:
         named, plate_z = [("points", points), ("positive", positive)], [_checks.NO_PLATE, 0.0]
@@ -399,8 +467,16 @@ def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
         neg = neg.contiguous() if neg is not None else None
         out = reference.coulomb_field(p, pos, neg, **kw, compute_dtype=REFERENCE_COMPUTE_DTYPE)
     else:
-        out = _ops.COULOMB_OPS[which](p, pos, neg, kw["plate_gamma"], kw["sum_eps"],
-                                      kw["normalize"], kw["norm_scale"], kw["eps"])
+        out = _ops.COULOMB_OPS[which](
+            p,
+            pos,
+            neg,
+            kw["plate_gamma"],
+            kw["sum_eps"],
+            kw["normalize"],
+            kw["norm_scale"],
+            kw["eps"],
+        )
     return out if out.dtype == out_dtype else out.to(out_dtype)
 
 
@@ -411,13 +487,17 @@ def _pinned(fn, backend: str):
     @functools.wraps(fn)
     def pinned(*args, **kwargs):
         if "backend" in kwargs:
-            raise TypeError(f"{fn.__name__}_{backend}() fixes backend={backend!r}; "
-                            f"call ifm.fields.{fn.__name__} to choose one")
+            raise TypeError(
+                f"{fn.__name__}_{backend}() fixes backend={backend!r}; "
+                f"call ifm.fields.{fn.__name__} to choose one"
+            )
         return fn(*args, backend=backend, **kwargs)
 
     pinned.__name__ = pinned.__qualname__ = f"{fn.__name__}_{backend}"
-    pinned.__doc__ = (f"{fn.__name__} on the {backend!r} backend (see ifm.fields.{fn.__name__}); "
-                      f"raises when that backend cannot run the given tensors.\n\n{fn.__doc__}")
+    pinned.__doc__ = (
+        f"{fn.__name__} on the {backend!r} backend (see ifm.fields.{fn.__name__}); "
+        f"raises when that backend cannot run the given tensors.\n\n{fn.__doc__}"
+    )
     return pinned
 
 

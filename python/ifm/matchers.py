@@ -50,10 +50,12 @@ returned pairing then indexes the gathered ``x1`` (rank order).
 prediction is a ``(z part, x part)`` pair shaped like the target -- ``(f_z, f_x)``, the reverse
 of the network's return order -- or a z-first ``[b, D+1]`` tensor.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Optional, Union
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -84,23 +86,30 @@ def zfirst(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def _as_flat(name: str, value) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         if value.dim() != 2:
-            raise ValueError(f"{name} must be a z-first [b, D+1] tensor or a (z, x) pair, got "
-                             f"shape {tuple(value.shape)}")
+            raise ValueError(
+                f"{name} must be a z-first [b, D+1] tensor or a (z, x) pair, got "
+                f"shape {tuple(value.shape)}"
+            )
         return value
-    if isinstance(value, (tuple, list)) and len(value) == 2 \
-            and all(isinstance(v, torch.Tensor) for v in value):
+    if (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, torch.Tensor) for v in value)
+    ):
         z, x = value
         if z.numel() != x.shape[0]:
-            raise ValueError(f"{name}: the z part has {z.numel()} entries but the x part has "
-                             f"{x.shape[0]} rows")
+            raise ValueError(
+                f"{name}: the z part has {z.numel()} entries but the x part has {x.shape[0]} rows"
+            )
         return zfirst(z, x)
-    raise TypeError(f"{name} must be a (z, x) pair of tensors or a z-first [b, D+1] tensor, got "
-                    f"{type(value).__name__}")
+    raise TypeError(
+        f"{name} must be a (z, x) pair of tensors or a z-first [b, D+1] tensor, got "
+        f"{type(value).__name__}"
+    )
 
 
 def _is_process_group(group) -> bool:
-    return torch.distributed.is_available() and isinstance(group,
-                                                           torch.distributed.ProcessGroup)
+    return torch.distributed.is_available() and isinstance(group, torch.distributed.ProcessGroup)
 
 
 class _FieldMatcher:
@@ -108,30 +117,50 @@ class _FieldMatcher:
 
     default_points = "uniform"
 
-    def __init__(self, L: float, *, plan: Union[str, Callable] = "independent",
-                 points: Union[str, Callable, None] = None, b: Optional[int] = None,
-                 plan_kwargs: Optional[dict] = None, points_kwargs: Optional[dict] = None,
-                 backend: str = "auto", generator: Optional[torch.Generator] = None,
-                 group=None, strategy: str = "allgather", global_plan: bool = False):
-        if isinstance(L, bool) or not isinstance(L, (int, float)) or not (L > 0) \
-                or not math.isfinite(L):
+    def __init__(
+        self,
+        L: float,
+        *,
+        plan: str | Callable = "independent",
+        points: str | Callable | None = None,
+        b: int | None = None,
+        plan_kwargs: dict | None = None,
+        points_kwargs: dict | None = None,
+        backend: str = "auto",
+        generator: torch.Generator | None = None,
+        group=None,
+        strategy: str = "allgather",
+        global_plan: bool = False,
+    ):
+        if (
+            isinstance(L, bool)
+            or not isinstance(L, (int, float))
+            or not (L > 0)
+            or not math.isfinite(L)
+        ):
             raise ValueError(f"L must be a positive finite number, got {L!r}")
         if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
             raise ValueError(f"b (queries per batch) must be a positive int or None, got {b!r}")
         if not isinstance(backend, str) or backend not in ("auto",) + fields.BACKENDS:
-            raise ValueError(f"backend must be one of {('auto',) + fields.BACKENDS}, got "
-                             f"{backend!r}")
+            raise ValueError(
+                f"backend must be one of {('auto',) + fields.BACKENDS}, got {backend!r}"
+            )
         if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator or None, got "
-                            f"{type(generator).__name__}")
+            raise TypeError(
+                f"generator must be a torch.Generator or None, got {type(generator).__name__}"
+            )
         if not isinstance(global_plan, bool):
             raise TypeError(f"global_plan must be a bool, got {global_plan!r}")
         if global_plan and group is None:
-            raise ValueError("global_plan=True solves the plan on the batch gathered over a "
-                             "process group: pass group= (\"world\" or a ProcessGroup)")
+            raise ValueError(
+                "global_plan=True solves the plan on the batch gathered over a "
+                'process group: pass group= ("world" or a ProcessGroup)'
+            )
         if group is not None and not (group == _WORLD or _is_process_group(group)):
-            raise TypeError(f"group must be None (this process only), \"world\" or a "
-                            f"torch.distributed ProcessGroup, got {group!r}")
+            raise TypeError(
+                f'group must be None (this process only), "world" or a '
+                f"torch.distributed ProcessGroup, got {group!r}"
+            )
         if strategy not in ("allgather", "ring"):
             raise ValueError(f"strategy must be 'allgather' or 'ring', got {strategy!r}")
         self.group, self.strategy, self.global_plan = group, strategy, global_plan
@@ -141,7 +170,8 @@ class _FieldMatcher:
         self.generator = generator
         self.plan = plans.get_plan(plan, **(plan_kwargs or {}))
         self.point_sampler = _points.get_point_sampler(
-            points if points is not None else self.default_points, **(points_kwargs or {}))
+            points if points is not None else self.default_points, **(points_kwargs or {})
+        )
 
     # ------------------------------------------------------------------------------------
     def _field(self, queries: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor):
@@ -164,10 +194,11 @@ class _FieldMatcher:
         a_all, counts = distributed.all_gather_rows(a, group)
         c_all, _ = distributed.all_gather_rows(c, group)
         pairing_all = distributed.broadcast_from_first(
-            lambda: torch.as_tensor(self.plan(a_all, c_all), dtype=torch.long), group)
+            lambda: torch.as_tensor(self.plan(a_all, c_all), dtype=torch.long), group
+        )
         rank = torch.distributed.get_rank(group)
         start = sum(counts[:rank])
-        pairing = pairing_all[start:start + a.shape[0]].to(a.device)
+        pairing = pairing_all[start : start + a.shape[0]].to(a.device)
         return pairing, c_all[pairing]
 
     def _check_batches(self, x0, x1):
@@ -176,9 +207,14 @@ class _FieldMatcher:
         if self.b is not None and self.b > x0.shape[0]:
             raise ValueError(f"b={self.b} query points need at least b pairs, got B={x0.shape[0]}")
 
-    def sample_location_and_target(self, x0: torch.Tensor, x1: torch.Tensor, *,
-                                   generator: Optional[torch.Generator] = None,
-                                   return_pairing: bool = False):
+    def sample_location_and_target(
+        self,
+        x0: torch.Tensor,
+        x1: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        return_pairing: bool = False,
+    ):
         """``(z [b], x_tilde [b, *data_shape], Target)`` (see the module docstring)."""
         self._check_batches(x0, x1)
         data_shape = x0.shape[1:]
@@ -205,8 +241,9 @@ class _FieldMatcher:
         p = _as_flat("prediction", prediction)
         t = _as_flat("target", target)
         if p.shape != t.shape:
-            raise ValueError(f"prediction has {tuple(p.shape)} entries (z-first) but target has "
-                             f"{tuple(t.shape)}")
+            raise ValueError(
+                f"prediction has {tuple(p.shape)} entries (z-first) but target has {tuple(t.shape)}"
+            )
         return torch.mean((p - t.to(p.dtype)) ** 2)
 
 
@@ -229,8 +266,17 @@ class IFMMatcher(_FieldMatcher):
             on the gathered batch instead of per rank (default ``False``; why: module docstring).
     """
 
-    def __init__(self, L: float, sigma0: float = 1.0, K: Optional[float] = None,
-                 d: Optional[float] = None, *, stable: bool = False, eps: float = 1e-5, **kwargs):
+    def __init__(
+        self,
+        L: float,
+        sigma0: float = 1.0,
+        K: float | None = None,
+        d: float | None = None,
+        *,
+        stable: bool = False,
+        eps: float = 1e-5,
+        **kwargs,
+    ):
         super().__init__(L, **kwargs)
         if K is None and d is None:
             K = math.pi / self.L  # tube s = sigma0 sin(pi z / L) over the whole gap
@@ -243,10 +289,22 @@ class IFMMatcher(_FieldMatcher):
         field = fields.string_field
         if self.group is not None:
             from . import distributed
+
             field = distributed.string_field
-        return field(queries, lower, upper, L=self.L, sigma0=self.sigma0, K=self.K, d=self.d,
-                     normalize=True, eps=self.eps, stable=self.stable, backend=self.backend,
-                     **self._field_kwargs())
+        return field(
+            queries,
+            lower,
+            upper,
+            L=self.L,
+            sigma0=self.sigma0,
+            K=self.K,
+            d=self.d,
+            normalize=True,
+            eps=self.eps,
+            stable=self.stable,
+            backend=self.backend,
+            **self._field_kwargs(),
+        )
 
 
 class EFMMatcher(_FieldMatcher):
@@ -267,8 +325,14 @@ class EFMMatcher(_FieldMatcher):
 
     default_points = "efm"
 
-    def __init__(self, L: float, *, plate_gamma: Optional[float] = fields.EFM_PLATE_GAMMA,
-                 eps: float = 1e-5, **kwargs):
+    def __init__(
+        self,
+        L: float,
+        *,
+        plate_gamma: float | None = fields.EFM_PLATE_GAMMA,
+        eps: float = 1e-5,
+        **kwargs,
+    ):
         super().__init__(L, **kwargs)
         if plate_gamma is not None:
             plate_gamma = _checks.check_scalar("plate_gamma", plate_gamma, allow_zero=True)
@@ -278,6 +342,15 @@ class EFMMatcher(_FieldMatcher):
         field = fields.coulomb_field
         if self.group is not None:
             from . import distributed
+
             field = distributed.coulomb_field
-        return field(queries, lower, upper, plate_gamma=self.plate_gamma, normalize=True,
-                     eps=self.eps, backend=self.backend, **self._field_kwargs())
+        return field(
+            queries,
+            lower,
+            upper,
+            plate_gamma=self.plate_gamma,
+            normalize=True,
+            eps=self.eps,
+            backend=self.backend,
+            **self._field_kwargs(),
+        )

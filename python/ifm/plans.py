@@ -48,12 +48,13 @@ All costs are evaluated in float64 on the CPU (POT's solvers are CPU float64); w
 ``return_plan=True`` the solvers also return the ``[B, B]`` plan cast back to the inputs' dtype and
 device.
 """
+
 from __future__ import annotations
 
 import functools
 import math
 import warnings
-from typing import Callable, Optional, Tuple, Union
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -84,24 +85,30 @@ class OTConvergenceWarning(UserWarning):
 # --------------------------------------------------------------------------------------------
 # argument checks
 # --------------------------------------------------------------------------------------------
-def _check_batches(x0, x1, z_first: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+def _check_batches(x0, x1, z_first: bool) -> tuple[torch.Tensor, torch.Tensor]:
     for name, t in (("x0", x0), ("x1", x1)):
         check_batch(name, t)
     if not isinstance(z_first, bool):
         raise TypeError(f"z_first must be a bool, got {z_first!r}")
     if x0.shape[0] != x1.shape[0]:
-        raise ValueError(f"x0 and x1 must have the same batch size B (a plan here is a "
-                         f"permutation), got {x0.shape[0]} and {x1.shape[0]}")
+        raise ValueError(
+            f"x0 and x1 must have the same batch size B (a plan here is a "
+            f"permutation), got {x0.shape[0]} and {x1.shape[0]}"
+        )
     if x0.shape[1:] != x1.shape[1:]:
-        raise ValueError(f"x0 and x1 must have the same per-sample shape, got "
-                         f"{tuple(x0.shape[1:])} and {tuple(x1.shape[1:])}")
+        raise ValueError(
+            f"x0 and x1 must have the same per-sample shape, got "
+            f"{tuple(x0.shape[1:])} and {tuple(x1.shape[1:])}"
+        )
     if x0.device != x1.device:
         raise ValueError(f"x1 is on {x1.device} but x0 is on {x0.device}")
     a, b = x0.reshape(x0.shape[0], -1), x1.reshape(x1.shape[0], -1)
     if z_first:
         if x0.dim() != 2 or x0.shape[1] < 2:
-            raise ValueError(f"with z_first=True, x0 and x1 must be z-first [B, D+1] tensors, got "
-                             f"shape {tuple(x0.shape)}")
+            raise ValueError(
+                f"with z_first=True, x0 and x1 must be z-first [B, D+1] tensors, got "
+                f"shape {tuple(x0.shape)}"
+            )
     return a, b
 
 
@@ -120,8 +127,14 @@ def _check_positive_int(name: str, value) -> int:
 # --------------------------------------------------------------------------------------------
 # cost
 # --------------------------------------------------------------------------------------------
-def cost_matrix(x0: torch.Tensor, x1: torch.Tensor, *, cost: str = "euclidean",
-                z_first: bool = False, L: Optional[float] = None) -> torch.Tensor:
+def cost_matrix(
+    x0: torch.Tensor,
+    x1: torch.Tensor,
+    *,
+    cost: str = "euclidean",
+    z_first: bool = False,
+    L: float | None = None,
+) -> torch.Tensor:
     """``[B, B]`` float64 CPU cost matrix between ``x0`` and ``x1`` (see the module docstring).
 
     Differences are accumulated directly (``torch.cdist`` in float64), not through the
@@ -142,8 +155,11 @@ def cost_matrix(x0: torch.Tensor, x1: torch.Tensor, *, cost: str = "euclidean",
     b64 = b.detach().to("cpu", torch.float64)
     if not (torch.isfinite(a64).all() and torch.isfinite(b64).all()):
         raise ValueError("x0 and x1 must be finite (found NaN or inf)")
-    sq = ((a64[:, None, :] - b64[None, :, :]) ** 2).sum(-1) if a64.shape[0] <= 256 \
+    sq = (
+        ((a64[:, None, :] - b64[None, :, :]) ** 2).sum(-1)
+        if a64.shape[0] <= 256
         else torch.cdist(a64, b64, compute_mode="donot_use_mm_for_euclid_dist") ** 2
+    )
     if cost == "sqeuclidean":
         return sq
     if cost == "augmented":
@@ -166,8 +182,9 @@ def _assignment_on_plan(plan: np.ndarray) -> np.ndarray:
 def _permutation_from_plan(plan: np.ndarray) -> np.ndarray:
     perm = plan.argmax(axis=1)
     B = plan.shape[0]
-    is_perm = np.unique(perm).size == B and np.allclose(plan[np.arange(B), perm], 1.0 / B,
-                                                        rtol=1e-6, atol=1e-12)
+    is_perm = np.unique(perm).size == B and np.allclose(
+        plan[np.arange(B), perm], 1.0 / B, rtol=1e-6, atol=1e-12
+    )
     return perm.astype(np.int64) if is_perm else _assignment_on_plan(plan)
 
 
@@ -181,8 +198,14 @@ def _finish(perm: np.ndarray, plan: np.ndarray, like: torch.Tensor, return_plan:
 # --------------------------------------------------------------------------------------------
 # plans
 # --------------------------------------------------------------------------------------------
-def independent_pairing(x0: torch.Tensor, x1: torch.Tensor, *, z_first: bool = False,
-                        return_plan: bool = False, **unused):
+def independent_pairing(
+    x0: torch.Tensor,
+    x1: torch.Tensor,
+    *,
+    z_first: bool = False,
+    return_plan: bool = False,
+    **unused,
+):
     """Independent plan: the pairs as drawn, ``pairing = arange(B)``.
 
     Extra keyword arguments (``cost``, ``L``, ...) are accepted and ignored, so every plan can be
@@ -197,9 +220,16 @@ def independent_pairing(x0: torch.Tensor, x1: torch.Tensor, *, z_first: bool = F
     return pairing
 
 
-def ot_pairing(x0: torch.Tensor, x1: torch.Tensor, *, cost: str = "euclidean",
-               z_first: bool = False, L: Optional[float] = None,
-               num_itermax: int = DEFAULT_NUM_ITERMAX, return_plan: bool = False):
+def ot_pairing(
+    x0: torch.Tensor,
+    x1: torch.Tensor,
+    *,
+    cost: str = "euclidean",
+    z_first: bool = False,
+    L: float | None = None,
+    num_itermax: int = DEFAULT_NUM_ITERMAX,
+    return_plan: bool = False,
+):
     """Minibatch OT plan (IFM-MB): exact EMD with uniform weights (see the module docstring).
 
     Returns ``pairing`` (``torch.long [B]``, ``x1[pairing]`` are the partners of ``x0``) or, with
@@ -220,17 +250,29 @@ def ot_pairing(x0: torch.Tensor, x1: torch.Tensor, *, cost: str = "euclidean",
         if "numItermax" not in str(c.message):
             warnings.warn_explicit(c.message, c.category, c.filename, c.lineno)
     if hit:
-        warnings.warn(f"ifm.plans.ot_pairing: POT's EMD solver stopped at num_itermax="
-                      f"{num_itermax} before reaching the optimal plan (B={B}, "
-                      f"status: {log.get('warning')}); the pairing may be sub-optimal. Raise "
-                      "num_itermax.", OTConvergenceWarning, stacklevel=2)
+        warnings.warn(
+            f"ifm.plans.ot_pairing: POT's EMD solver stopped at num_itermax="
+            f"{num_itermax} before reaching the optimal plan (B={B}, "
+            f"status: {log.get('warning')}); the pairing may be sub-optimal. Raise "
+            "num_itermax.",
+            OTConvergenceWarning,
+            stacklevel=2,
+        )
     return _finish(_permutation_from_plan(plan), plan, x0, return_plan)
 
 
-def sinkhorn_pairing(x0: torch.Tensor, x1: torch.Tensor, *, reg: float = 0.05,
-                     cost: str = "euclidean", z_first: bool = False, L: Optional[float] = None,
-                     num_itermax: int = 10_000, stop_threshold: float = 1e-9,
-                     return_plan: bool = False):
+def sinkhorn_pairing(
+    x0: torch.Tensor,
+    x1: torch.Tensor,
+    *,
+    reg: float = 0.05,
+    cost: str = "euclidean",
+    z_first: bool = False,
+    L: float | None = None,
+    num_itermax: int = 10_000,
+    stop_threshold: float = 1e-9,
+    return_plan: bool = False,
+):
     """Entropic (Sinkhorn) plan turned into a permutation (see the module docstring).
 
     ``reg`` is the entropic regularisation relative to the largest cost (the cost matrix is divided
@@ -240,8 +282,12 @@ def sinkhorn_pairing(x0: torch.Tensor, x1: torch.Tensor, *, reg: float = 0.05,
     """
     import ot
 
-    if isinstance(reg, bool) or not isinstance(reg, (int, float)) or not (reg > 0) \
-            or not math.isfinite(reg):
+    if (
+        isinstance(reg, bool)
+        or not isinstance(reg, (int, float))
+        or not (reg > 0)
+        or not math.isfinite(reg)
+    ):
         raise ValueError(f"reg must be a positive finite number, got {reg!r}")
     num_itermax = _check_positive_int("num_itermax", num_itermax)
     M = cost_matrix(x0, x1, cost=cost, z_first=z_first, L=L).numpy()
@@ -252,8 +298,15 @@ def sinkhorn_pairing(x0: torch.Tensor, x1: torch.Tensor, *, reg: float = 0.05,
     w = np.full(B, 1.0 / B)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        plan = ot.sinkhorn(w, w, M, float(reg), method="sinkhorn_log", numItermax=num_itermax,
-                           stopThr=stop_threshold)
+        plan = ot.sinkhorn(
+            w,
+            w,
+            M,
+            float(reg),
+            method="sinkhorn_log",
+            numItermax=num_itermax,
+            stopThr=stop_threshold,
+        )
     not_converged = False
     for c in caught:
         if "converge" in str(c.message).lower() or "numItermax" in str(c.message):
@@ -261,20 +314,30 @@ def sinkhorn_pairing(x0: torch.Tensor, x1: torch.Tensor, *, reg: float = 0.05,
         else:
             warnings.warn_explicit(c.message, c.category, c.filename, c.lineno)
     if not_converged:
-        warnings.warn(f"ifm.plans.sinkhorn_pairing: Sinkhorn did not converge within num_itermax="
-                      f"{num_itermax} (B={B}, reg={reg}); raise num_itermax or reg.",
-                      OTConvergenceWarning, stacklevel=2)
+        warnings.warn(
+            f"ifm.plans.sinkhorn_pairing: Sinkhorn did not converge within num_itermax="
+            f"{num_itermax} (B={B}, reg={reg}); raise num_itermax or reg.",
+            OTConvergenceWarning,
+            stacklevel=2,
+        )
     if not np.isfinite(plan).all():
         raise FloatingPointError(f"Sinkhorn returned a non-finite plan (reg={reg}); raise reg")
     return _finish(_assignment_on_plan(plan), plan, x0, return_plan)
 
 
 _SOLVERS = {"independent": independent_pairing, "ot": ot_pairing, "sinkhorn": sinkhorn_pairing}
-_ALIASES = {"independent": "independent", "ind": "independent", "ot": "ot", "emd": "ot",
-            "exact": "ot", "optimal": "ot", "sinkhorn": "sinkhorn"}
+_ALIASES = {
+    "independent": "independent",
+    "ind": "independent",
+    "ot": "ot",
+    "emd": "ot",
+    "exact": "ot",
+    "optimal": "ot",
+    "sinkhorn": "sinkhorn",
+}
 
 
-def get_plan(plan: Union[str, Callable] = "independent", **kwargs) -> Callable:
+def get_plan(plan: str | Callable = "independent", **kwargs) -> Callable:
     """A pairing function ``fn(x0, x1) -> pairing`` from a name or a callable.
 
     Names (case-insensitive): ``"independent"``; ``"ot"`` (aliases ``"emd"``, ``"exact"``,
@@ -286,13 +349,15 @@ def get_plan(plan: Union[str, Callable] = "independent", **kwargs) -> Callable:
     elif isinstance(plan, str) and plan.lower() in _ALIASES:
         fn = _SOLVERS[_ALIASES[plan.lower()]]
     else:
-        raise ValueError(f"plan must be one of {PLANS} (or 'emd'/'optimal'), or a callable; "
-                         f"got {plan!r}")
+        raise ValueError(
+            f"plan must be one of {PLANS} (or 'emd'/'optimal'), or a callable; got {plan!r}"
+        )
     return functools.partial(fn, **kwargs) if kwargs else fn
 
 
-def apply_plan(x0: torch.Tensor, x1: torch.Tensor, plan: Union[str, Callable] = "independent",
-               **kwargs) -> Tuple[torch.Tensor, torch.Tensor]:
+def apply_plan(
+    x0: torch.Tensor, x1: torch.Tensor, plan: str | Callable = "independent", **kwargs
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x0, x1[pairing])``: the batches aligned row by row under ``plan``."""
     pairing = get_plan(plan, **kwargs)(x0, x1)
     return x0, x1[pairing]

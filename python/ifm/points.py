@@ -56,20 +56,33 @@ seeded like their global one reproduces their points; ``tests/data/authors/``):
 
 Images (``[B, C, H, W]``) may be passed directly: they are flattened to ``[B, D]``.
 """
+
 from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Optional, Union
+from collections.abc import Callable
 
 import torch
 
 from ._batch import check_batch, check_partner  # noqa: F401 (re-exported for matchers)
 from ._checks import check_scalar as _real
 
-__all__ = ["EPS", "uniform", "noised", "noised_cos", "pfgm", "efm", "both_side",
-           "uniform_mixing", "mesh", "get_point_sampler", "SAMPLERS",
-           "uniform_on_sphere", "noise_sigma"]
+__all__ = [
+    "EPS",
+    "uniform",
+    "noised",
+    "noised_cos",
+    "pfgm",
+    "efm",
+    "both_side",
+    "uniform_mixing",
+    "mesh",
+    "get_point_sampler",
+    "SAMPLERS",
+    "uniform_on_sphere",
+    "noise_sigma",
+]
 
 EPS = 1e-3
 PFGM_SIGMA_END = 0.1
@@ -97,8 +110,9 @@ def _pairs(x0, x1, b, *, need_x1: bool = True):
 
 def _check_generator(generator, device):
     if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got "
-                        f"{type(generator).__name__}")
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
+        )
     if generator is not None and torch.device(generator.device).type != torch.device(device).type:
         raise ValueError(f"generator is on {generator.device} but the data is on {device}")
 
@@ -132,8 +146,9 @@ def _redraw_outside(z, L, eps, like, generator):
     return z
 
 
-def uniform_on_sphere(n: int, D: int, like: torch.Tensor,
-                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def uniform_on_sphere(
+    n: int, D: int, like: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """``[n, D]`` unit vectors, uniform on S^{D-1} (normalised Gaussians)."""
     g = _randn((n, D), like, generator)
     return g / g.norm(dim=1, keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)
@@ -158,8 +173,15 @@ def _interpolate(a, c, z, L):
 # --------------------------------------------------------------------------------------------
 # samplers
 # --------------------------------------------------------------------------------------------
-def uniform(x0: torch.Tensor, x1: torch.Tensor, *, L: float, b: Optional[int] = None,
-            eps: float = EPS, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def uniform(
+    x0: torch.Tensor,
+    x1: torch.Tensor,
+    *,
+    L: float,
+    b: int | None = None,
+    eps: float = EPS,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """``z ~ U(eps, L - eps)``, ``x = (1 - z/L) A + (z/L) C``: ``[b, D+1]`` z-first points."""
     L = _real("L", L)
     eps = _real("eps", eps, allow_zero=True)
@@ -169,9 +191,16 @@ def uniform(x0: torch.Tensor, x1: torch.Tensor, *, L: float, b: Optional[int] = 
     return torch.cat([z[:, None], _interpolate(a, c, z, L)], dim=1)
 
 
-def noised(x0: torch.Tensor, x1: torch.Tensor, *, L: float, b: Optional[int] = None,
-           eps: float = EPS, noise_scale: float = 1.0,
-           generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def noised(
+    x0: torch.Tensor,
+    x1: torch.Tensor,
+    *,
+    L: float,
+    b: int | None = None,
+    eps: float = EPS,
+    noise_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Paper's noised interpolation: :func:`uniform` plus ``N(0, sigma^2(z) I_D)`` on x,
     ``sigma^2(z) = noise_scale^2 (L/2 - |L/2 - z|)`` (module docstring)."""
     L = _real("L", L)
@@ -187,10 +216,20 @@ def noised(x0: torch.Tensor, x1: torch.Tensor, *, L: float, b: Optional[int] = N
     return torch.cat([z[:, None], x], dim=1)
 
 
-def pfgm(x0: torch.Tensor, x1: Optional[torch.Tensor] = None, *, L: float,
-         b: Optional[int] = None, eps: float = EPS, sigma_end: float = PFGM_SIGMA_END,
-         M: float = PFGM_M, tau: float = PFGM_TAU, restrict_M: bool = False,
-         form: str = "ifm", generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def pfgm(
+    x0: torch.Tensor,
+    x1: torch.Tensor | None = None,
+    *,
+    L: float,
+    b: int | None = None,
+    eps: float = EPS,
+    sigma_end: float = PFGM_SIGMA_END,
+    M: float = PFGM_M,
+    tau: float = PFGM_TAU,
+    restrict_M: bool = False,
+    form: str = "ifm",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """PFGM-style perturbation around the data plate z = 0 (module docstring); ``x1`` unused.
     ``restrict_M=True``: queries with ``|N(0, sigma_end^2)| < 0.005`` redraw
     ``m ~ U(0, int(0.7 M))`` (their ``restrict_M``). ``form="ifm"``: the IFM repository's
@@ -203,8 +242,9 @@ def pfgm(x0: torch.Tensor, x1: Optional[torch.Tensor] = None, *, L: float,
     tau = _real("tau", tau)
     _check_bool("restrict_M", restrict_M)
     if form not in ("ifm", "efm"):
-        raise ValueError(f"form must be 'ifm' or 'efm' (whose repository's Gaussian_mixing), "
-                         f"got {form!r}")
+        raise ValueError(
+            f"form must be 'ifm' or 'efm' (whose repository's Gaussian_mixing), got {form!r}"
+        )
     a, _, b = _pairs(x0, x1, b, need_x1=False)
     _check_generator(generator, a.device)
     if not (2 * eps < L):
@@ -225,9 +265,17 @@ def pfgm(x0: torch.Tensor, x1: Optional[torch.Tensor] = None, *, L: float,
     return torch.cat([z.to(a.dtype)[:, None], x], dim=1)
 
 
-def efm(x0: torch.Tensor, x1: torch.Tensor, *, L: float, b: Optional[int] = None,
-        eps: float = EPS, sigma: float = 1.0, z_noise: bool = False,
-        generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def efm(
+    x0: torch.Tensor,
+    x1: torch.Tensor,
+    *,
+    L: float,
+    b: int | None = None,
+    eps: float = EPS,
+    sigma: float = 1.0,
+    z_noise: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """EFM queries: ``z ~ U(eps, L - eps)``, ``x = (1 - z/L) A + (z/L) C + sigma * N(0, I_D)``;
     with ``z_noise=True`` z also gets ``sigma * N(0, 1)`` (queries may leave the gap)."""
     L = _real("L", L)
@@ -244,9 +292,16 @@ def efm(x0: torch.Tensor, x1: torch.Tensor, *, L: float, b: Optional[int] = None
     return torch.cat([z[:, None], x], dim=1)
 
 
-def noised_cos(x0: torch.Tensor, x1: torch.Tensor, *, L: float, b: Optional[int] = None,
-               eps: float = EPS, mltp: float = 1.0,
-               generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def noised_cos(
+    x0: torch.Tensor,
+    x1: torch.Tensor,
+    *,
+    L: float,
+    b: int | None = None,
+    eps: float = EPS,
+    mltp: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """The authors' code's noised interpolation (``"Uniform"`` with ``noised_interpolation``):
     :func:`uniform` plus ``mltp * (1 + cos(2 pi (z - L/2) / L)) * u``, ``u`` uniform on the
     sphere; ``mltp`` is their ``noised_interpolation_mltp``."""
@@ -263,9 +318,19 @@ def noised_cos(x0: torch.Tensor, x1: torch.Tensor, *, L: float, b: Optional[int]
     return torch.cat([z[:, None], x], dim=1)
 
 
-def both_side(x0: torch.Tensor, x1: torch.Tensor, *, L: float, b: Optional[int] = None,
-              eps: float = 0.5, sigma_end: float = 0.8, M: float = 4.0, tau: float = 0.03,
-              form: str = "toy", generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def both_side(
+    x0: torch.Tensor,
+    x1: torch.Tensor,
+    *,
+    L: float,
+    b: int | None = None,
+    eps: float = 0.5,
+    sigma_end: float = 0.8,
+    M: float = 4.0,
+    tau: float = 0.03,
+    form: str = "toy",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """The authors' ``both_side`` queries (module docstring); ``form="toy"`` (their
     ``ToyTrain``, defaults of their toy notebook) or ``"image"`` (one-sided image form)."""
     L = _real("L", L)
@@ -281,8 +346,9 @@ def both_side(x0: torch.Tensor, x1: torch.Tensor, *, L: float, b: Optional[int] 
     _check_generator(generator, a.device)
     if form == "toy":
         if b % 2:
-            raise ValueError(f"b must be even for form='toy' (half the queries at each plate), "
-                             f"got {b}")
+            raise ValueError(
+                f"b must be even for form='toy' (half the queries at each plate), got {b}"
+            )
         h = b // 2
         sides = []
         for sign, base in ((1.0, eps), (-1.0, L - eps)):
@@ -300,10 +366,19 @@ def both_side(x0: torch.Tensor, x1: torch.Tensor, *, L: float, b: Optional[int] 
     return torch.cat([z[:, None], x], dim=1)
 
 
-def uniform_mixing(x0: torch.Tensor, x1: torch.Tensor, *, L: float, b: Optional[int] = None,
-                   eps: float = EPS, sigma_end: float = PFGM_SIGMA_END, M: float = PFGM_M,
-                   tau: float = PFGM_TAU, restrict_M: bool = False,
-                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def uniform_mixing(
+    x0: torch.Tensor,
+    x1: torch.Tensor,
+    *,
+    L: float,
+    b: int | None = None,
+    eps: float = EPS,
+    sigma_end: float = PFGM_SIGMA_END,
+    M: float = PFGM_M,
+    tau: float = PFGM_TAU,
+    restrict_M: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """The authors' ``Uniform_mixing`` (module docstring)."""
     L = _real("L", L)
     eps = _real("eps", eps, allow_zero=True)
@@ -324,9 +399,16 @@ def uniform_mixing(x0: torch.Tensor, x1: torch.Tensor, *, L: float, b: Optional[
     return torch.cat([z[:, None], c * t + (1 - t) * a], dim=1)
 
 
-def mesh(x0: Optional[torch.Tensor] = None, x1: Optional[torch.Tensor] = None, *,
-         L: Optional[float] = None, b: int, ranges, num_points: int,
-         generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def mesh(
+    x0: torch.Tensor | None = None,
+    x1: torch.Tensor | None = None,
+    *,
+    L: float | None = None,
+    b: int,
+    ranges,
+    num_points: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """The EFM toy's ``"mesh"`` queries: the regular grid of ``num_points`` values per z-first
     column over ``ranges = [(lo_0, hi_0), (lo_1, hi_1), ...]`` (column 0 = z; the first column
     varies slowest), shuffled by a random permutation, first ``b`` points. Their ``KV`` dict maps
@@ -338,27 +420,39 @@ def mesh(x0: Optional[torch.Tensor] = None, x1: Optional[torch.Tensor] = None, *
     try:
         rng = [(float(lo), float(hi)) for lo, hi in ranges]
     except (TypeError, ValueError):
-        raise TypeError("ranges must be a sequence of (lo, hi) pairs, one per z-first column")
+        raise TypeError(
+            "ranges must be a sequence of (lo, hi) pairs, one per z-first column"
+        ) from None
     if len(rng) < 2:
-        raise ValueError(f"ranges needs one (lo, hi) pair per z-first column (>= 2), got "
-                         f"{len(rng)}")
+        raise ValueError(
+            f"ranges needs one (lo, hi) pair per z-first column (>= 2), got {len(rng)}"
+        )
     like = x0 if isinstance(x0, torch.Tensor) else torch.empty(0)
     total = num_points ** len(rng)
     if isinstance(b, bool) or not isinstance(b, int) or not (1 <= b <= total):
         raise ValueError(f"b must be an int in [1, {total}] (grid points), got {b!r}")
     _check_generator(generator, like.device)
-    axes = [torch.linspace(lo, hi, num_points, dtype=like.dtype, device=like.device)
-            for lo, hi in rng]
+    axes = [
+        torch.linspace(lo, hi, num_points, dtype=like.dtype, device=like.device) for lo, hi in rng
+    ]
     grid = torch.cartesian_prod(*axes)
     perm = torch.randperm(total, generator=generator, device=like.device)
     return grid[perm][:b]
 
 
-SAMPLERS = {"uniform": uniform, "noised": noised, "noised_cos": noised_cos, "pfgm": pfgm,
-            "efm": efm, "both_side": both_side, "uniform_mixing": uniform_mixing, "mesh": mesh}
+SAMPLERS = {
+    "uniform": uniform,
+    "noised": noised,
+    "noised_cos": noised_cos,
+    "pfgm": pfgm,
+    "efm": efm,
+    "both_side": both_side,
+    "uniform_mixing": uniform_mixing,
+    "mesh": mesh,
+}
 
 
-def get_point_sampler(sampler: Union[str, Callable] = "uniform", **kwargs) -> Callable:
+def get_point_sampler(sampler: str | Callable = "uniform", **kwargs) -> Callable:
     """A sampler ``fn(x0, x1, *, L, b, generator) -> [b, D+1]`` from a name in
     :data:`SAMPLERS` or a callable, with ``kwargs`` (e.g. ``noise_scale=0.5``) bound."""
     if callable(sampler):
@@ -366,6 +460,5 @@ def get_point_sampler(sampler: Union[str, Callable] = "uniform", **kwargs) -> Ca
     elif isinstance(sampler, str) and sampler.lower() in SAMPLERS:
         fn = SAMPLERS[sampler.lower()]
     else:
-        raise ValueError(f"sampler must be one of {tuple(SAMPLERS)} or a callable, got "
-                         f"{sampler!r}")
+        raise ValueError(f"sampler must be one of {tuple(SAMPLERS)} or a callable, got {sampler!r}")
     return functools.partial(fn, **kwargs) if kwargs else fn

@@ -27,10 +27,10 @@ Three formulations are kept:
 
 These functions do not validate their inputs; :mod:`ifm.fields` does.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 
@@ -52,11 +52,11 @@ __all__ = [
 ]
 
 # Constants of the authors' code (FIELDS.md §2, §3). Every backend uses the same values.
-STRING_TAN_EPS = 1e-5   # kappa = K / (tan(K z) + 1e-5) on the left end region
-STRING_R_EPS = 1e-11    # sin(alpha) / (r + 1e-11)
-STRING_COS_EPS = 1e-8   # (cos(alpha) + 1e-8) * (s / sigma0)^D
-STRING_DEN_EPS = 1e-2   # ... + 1e-2 in the weight's denominator
-COULOMB_D_EPS = 1e-7    # (d + 1e-7) in the Coulomb weights
+STRING_TAN_EPS = 1e-5  # kappa = K / (tan(K z) + 1e-5) on the left end region
+STRING_R_EPS = 1e-11  # sin(alpha) / (r + 1e-11)
+STRING_COS_EPS = 1e-8  # (cos(alpha) + 1e-8) * (s / sigma0)^D
+STRING_DEN_EPS = 1e-2  # ... + 1e-2 in the weight's denominator
+COULOMB_D_EPS = 1e-7  # (d + 1e-7) in the Coulomb weights
 
 
 def _chunk(n: int, per_item: int, budget: int) -> int:
@@ -100,14 +100,17 @@ def string_pair_terms(r2, s, kappa, sigma0, D):
     are ``[b, 1]``; ``r2`` is ``[b, B]``.
     """
     r = torch.sqrt(r2)
-    t = torch.where(r2 > 0, r * kappa, torch.zeros_like(r))      # tan(alpha); avoids 0 * inf
-    cos_a = torch.rsqrt(1.0 + t * t)                              # 0 where t is infinite
+    t = torch.where(r2 > 0, r * kappa, torch.zeros_like(r))  # tan(alpha); avoids 0 * inf
+    cos_a = torch.rsqrt(1.0 + t * t)  # 0 where t is infinite
     sin_a = torch.where(torch.isinf(t), torch.sign(t), t * cos_a)
     sr = sin_a / (r + STRING_R_EPS)
     # exponent -r^2 / (2 s^2): at s == 0 (query on a plate) the limit is 0 for r == 0, -inf else
     s2 = 2.0 * s * s
-    expo = torch.where(s2 > 0, -r2 / torch.where(s2 > 0, s2, torch.ones_like(s2)),
-                       torch.where(r2 > 0, torch.full_like(r2, -math.inf), torch.zeros_like(r2)))
+    expo = torch.where(
+        s2 > 0,
+        -r2 / torch.where(s2 > 0, s2, torch.ones_like(s2)),
+        torch.where(r2 > 0, torch.full_like(r2, -math.inf), torch.zeros_like(r2)),
+    )
     den = (cos_a + STRING_COS_EPS) * (s / sigma0) ** D + STRING_DEN_EPS
     return expo, den, cos_a, sr
 
@@ -128,11 +131,22 @@ def normalize_rows(E: torch.Tensor, scale: float, eps: float) -> torch.Tensor:
     return torch.where(norm == 0, torch.zeros_like(E), scale * E / (norm + eps))
 
 
-def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.Tensor, *,
-                 L: float, sigma0: float, K: float, d: Optional[float] = None,
-                 normalize: bool = False, eps: float = 1e-5, stable: bool = False,
-                 norm_scale: Optional[float] = None, memory_budget: int = 1 << 24,
-                 compute_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+def string_field(
+    points: torch.Tensor,
+    quarks: torch.Tensor,
+    antiquarks: torch.Tensor,
+    *,
+    L: float,
+    sigma0: float,
+    K: float,
+    d: float | None = None,
+    normalize: bool = False,
+    eps: float = 1e-5,
+    stable: bool = False,
+    norm_scale: float | None = None,
+    memory_budget: int = 1 << 24,
+    compute_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """String (IFM) field, vectorised and chunked. See :func:`ifm.fields.string_field`.
 
     ``memory_budget`` bounds the number of elements of the ``[chunk_b, chunk_B, D]`` temporary.
@@ -153,7 +167,7 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
     A = quarks[:, 1:]
     C = antiquarks[:, 1:]
     Delta = C - A
-    nrm = torch.sqrt(L * L + (Delta * Delta).sum(1))                 # ||(L, Delta_j)||
+    nrm = torch.sqrt(L * L + (Delta * Delta).sum(1))  # ||(L, Delta_j)||
     nu = 1.0 / nrm
     tau = z / L
     s = tube_width(z, L, sigma0, K, d)
@@ -170,7 +184,7 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
         # pass 1: r^2 from direct differences
         r2_parts = []
         for j0 in range(0, B, cB):
-            rho = _offsets(xi, ti, A[j0:j0 + cB], Delta[j0:j0 + cB])
+            rho = _offsets(xi, ti, A[j0 : j0 + cB], Delta[j0 : j0 + cB])
             r2_parts.append((rho * rho).sum(-1))
         r2 = torch.cat(r2_parts, 1)
         expo, den, cos_a, sr = string_pair_terms(r2, s[sl], kappa[sl], sigma0, D)
@@ -188,8 +202,8 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
         Ez = L * c1.sum(1, keepdim=True)
         Ex = c1 @ Delta
         for j0 in range(0, B, cB):
-            rho = _offsets(xi, ti, A[j0:j0 + cB], Delta[j0:j0 + cB])
-            Ex = Ex + (c2[:, j0:j0 + cB, None] * rho).sum(1)
+            rho = _offsets(xi, ti, A[j0 : j0 + cB], Delta[j0 : j0 + cB])
+            Ex = Ex + (c2[:, j0 : j0 + cB, None] * rho).sum(1)
         rows.append(torch.cat([Ez, Ex], 1))
     E = torch.cat(rows, 0)
     if normalize:
@@ -197,9 +211,18 @@ def string_field(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.T
     return E.to(out_dtype)
 
 
-def string_field_loop(points: torch.Tensor, quarks: torch.Tensor, antiquarks: torch.Tensor, *,
-                      L: float, sigma0: float, K: float, d: Optional[float] = None,
-                      normalize: bool = False, eps: float = 1e-5) -> torch.Tensor:
+def string_field_loop(
+    points: torch.Tensor,
+    quarks: torch.Tensor,
+    antiquarks: torch.Tensor,
+    *,
+    L: float,
+    sigma0: float,
+    K: float,
+    d: float | None = None,
+    normalize: bool = False,
+    eps: float = 1e-5,
+) -> torch.Tensor:
     """The authors' formulation: a Python loop over the B pairs, each with boolean masks for
     the three z-regions and ``[b, D]`` temporaries. Same numbers as :func:`string_field`
     (up to rounding); kept as the benchmarks' baseline.
@@ -238,8 +261,9 @@ def string_field_loop(points: torch.Tensor, quarks: torch.Tensor, antiquarks: to
             else:
                 s = sigma0 * torch.sin(K * (L - zm))
                 kappa = -K / torch.tan(K * (L - zm))
-            expo, den, cos_a, sr = string_pair_terms((rm * rm)[:, None], s[:, None],
-                                               kappa[:, None], sigma0, D)
+            expo, den, cos_a, sr = string_pair_terms(
+                (rm * rm)[:, None], s[:, None], kappa[:, None], sigma0, D
+            )
             w = (torch.exp(expo) / den)[:, 0]
             E[mask] += (w * cos_a[:, 0])[:, None] * n[None, :]
             E[mask, 1:] += (w * sr[:, 0])[:, None] * rho[mask]
@@ -255,7 +279,7 @@ def _plate_field(points, charges, sum_eps, memory_budget):
     cb = _chunk(b, charges.shape[0] * DIM, memory_budget)
     out = []
     for i0 in range(0, b, cb):
-        diff = charges[None, :, :] - points[i0:i0 + cb, None, :]          # y_j - x_i
+        diff = charges[None, :, :] - points[i0 : i0 + cb, None, :]  # y_j - x_i
         logit = -DIM * torch.log(torch.sqrt((diff * diff).sum(-1)) + COULOMB_D_EPS)
         e = torch.exp(logit - logit.amax(1, keepdim=True))
         coeff = e / (e.sum(1, keepdim=True) + sum_eps)
@@ -263,8 +287,9 @@ def _plate_field(points, charges, sum_eps, memory_budget):
     return torch.cat(out, 0)
 
 
-def combine_plates(Ep: torch.Tensor, En: Optional[torch.Tensor], DIM: int,
-                   plate_gamma: Optional[float]) -> torch.Tensor:
+def combine_plates(
+    Ep: torch.Tensor, En: torch.Tensor | None, DIM: int, plate_gamma: float | None
+) -> torch.Tensor:
     """The Coulomb target from the plate terms (FIELDS.md §3): each term first normalised to
     ``sqrt(DIM) E / (||E|| + plate_gamma)`` unless ``plate_gamma`` is None, then ``E+`` (one
     plate, ``En`` None) or ``-E+ + E-``."""
@@ -275,11 +300,19 @@ def combine_plates(Ep: torch.Tensor, En: Optional[torch.Tensor], DIM: int,
     return Ep if En is None else En - Ep
 
 
-def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
-                  negative: Optional[torch.Tensor] = None, *, plate_gamma: Optional[float] = None,
-                  sum_eps: float = 0.0, normalize: bool = False, norm_scale: Optional[float] = None,
-                  eps: float = 1e-5, memory_budget: int = 1 << 24,
-                  compute_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+def coulomb_field(
+    points: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor | None = None,
+    *,
+    plate_gamma: float | None = None,
+    sum_eps: float = 0.0,
+    normalize: bool = False,
+    norm_scale: float | None = None,
+    eps: float = 1e-5,
+    memory_budget: int = 1 << 24,
+    compute_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """Coulomb field (FIELDS.md §3) with log-domain softmax coefficients.
 
     Two plates: ``-E+ + E-`` (each plate term first normalised with ``plate_gamma`` unless it is
@@ -302,10 +335,15 @@ def coulomb_field(points: torch.Tensor, positive: torch.Tensor,
     return E.to(out_dtype)
 
 
-def coulomb_field_materialized(points: torch.Tensor, positive: torch.Tensor,
-                               negative: Optional[torch.Tensor] = None, *,
-                               stability: bool = True, plate_gamma: Optional[float] = None,
-                               sum_eps: float = 0.0) -> torch.Tensor:
+def coulomb_field_materialized(
+    points: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor | None = None,
+    *,
+    stability: bool = True,
+    plate_gamma: float | None = None,
+    sum_eps: float = 0.0,
+) -> torch.Tensor:
     """The authors' ``[b, B, D+1]`` formulation with their weights, kept as a baseline.
 
     Stabilised: ``(min_k d_ik / (d_ij + 1e-7))^DIM``; unstabilised: ``(1 / (d_ij + 1e-7))^DIM``.

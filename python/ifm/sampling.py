@@ -62,18 +62,27 @@ The authors' solvers
   field for ``behind_num_steps`` steps, each sample until it is back within ``margin = 0.05`` of
   the plate.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional
 
 import torch
 
 from ._batch import check_batch
 
-__all__ = ["SampleResult", "ODEResult", "euler", "rk45", "fixed_step_euler", "dipole_efm",
-           "zfirst_net", "plate_refined_grid"]
+__all__ = [
+    "SampleResult",
+    "ODEResult",
+    "euler",
+    "rk45",
+    "fixed_step_euler",
+    "dipole_efm",
+    "zfirst_net",
+    "plate_refined_grid",
+]
 
 
 @dataclass
@@ -99,7 +108,7 @@ class SampleResult:
     guarded: int
     guarded_per_sample: torch.Tensor
     reversed: int
-    trajectory: Optional[torch.Tensor] = field(default=None, repr=False)
+    trajectory: torch.Tensor | None = field(default=None, repr=False)
 
 
 def zfirst_net(model: Callable[[torch.Tensor], torch.Tensor]) -> Callable:
@@ -135,39 +144,51 @@ def _check_grid(grid, L):
     try:
         g = torch.as_tensor(grid, dtype=torch.float64).flatten().cpu()
     except (TypeError, ValueError, RuntimeError):
-        raise TypeError(f"grid must be a 1-D sequence of z values, got {type(grid).__name__}")
+        raise TypeError(
+            f"grid must be a 1-D sequence of z values, got {type(grid).__name__}"
+        ) from None
     if g.numel() < 2 or not bool((g[1:] > g[:-1]).all()):
         raise ValueError("grid must be strictly increasing with at least 2 values")
     if abs(float(g[0])) > 1e-9 * L or abs(float(g[-1]) - L) > 1e-9 * L:
-        raise ValueError(f"grid must start at 0 and end at L={L}, got {float(g[0])} .. "
-                         f"{float(g[-1])}")
+        raise ValueError(
+            f"grid must start at 0 and end at L={L}, got {float(g[0])} .. {float(g[-1])}"
+        )
     g[0], g[-1] = 0.0, L
     return g
 
 
 def _check_args(net, x, L, direction, steps, step_size, orientation, min_cos):
     if not callable(net):
-        raise TypeError(f"net must be callable as net(x, z) -> (f_x, f_z), got "
-                        f"{type(net).__name__}")
+        raise TypeError(
+            f"net must be callable as net(x, z) -> (f_x, f_z), got {type(net).__name__}"
+        )
     check_batch("x", x, "n")
-    if isinstance(L, bool) or not isinstance(L, (int, float)) or not (L > 0) \
-            or not math.isfinite(L):
+    if (
+        isinstance(L, bool)
+        or not isinstance(L, (int, float))
+        or not (L > 0)
+        or not math.isfinite(L)
+    ):
         raise ValueError(f"L must be a positive finite number, got {L!r}")
     if direction not in ("forward", "backward"):
-        raise ValueError(f"direction must be 'forward' (P->Q, z: 0 -> L) or 'backward' "
-                         f"(Q->P, z: L -> 0), got {direction!r}")
+        raise ValueError(
+            f"direction must be 'forward' (P->Q, z: 0 -> L) or 'backward' "
+            f"(Q->P, z: L -> 0), got {direction!r}"
+        )
     if (steps is None) == (step_size is None):
         raise ValueError("give exactly one of steps (int), step_size (float) and grid")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if step_size is not None and (isinstance(step_size, bool)
-                                  or not isinstance(step_size, (int, float))
-                                  or not (step_size > 0) or not math.isfinite(step_size)):
+    if step_size is not None and (
+        isinstance(step_size, bool)
+        or not isinstance(step_size, (int, float))
+        or not (step_size > 0)
+        or not math.isfinite(step_size)
+    ):
         raise ValueError(f"step_size must be a positive finite number, got {step_size!r}")
     if orientation not in (1, -1):
         raise ValueError(f"orientation must be +1 or -1, got {orientation!r}")
-    if isinstance(min_cos, bool) or not isinstance(min_cos, (int, float)) \
-            or not (0 < min_cos < 1):
+    if isinstance(min_cos, bool) or not isinstance(min_cos, (int, float)) or not (0 < min_cos < 1):
         raise ValueError(f"min_cos must be in (0, 1), got {min_cos!r}")
 
 
@@ -176,17 +197,29 @@ def _check_output(f_x, f_z, x_active):
     if not isinstance(f_x, torch.Tensor) or not isinstance(f_z, torch.Tensor):
         raise TypeError("net(x, z) must return a pair of tensors (f_x, f_z)")
     if f_x.shape != x_active.shape:
-        raise ValueError(f"net returned f_x of shape {tuple(f_x.shape)}, expected x's shape "
-                         f"{tuple(x_active.shape)}")
+        raise ValueError(
+            f"net returned f_x of shape {tuple(f_x.shape)}, expected x's shape "
+            f"{tuple(x_active.shape)}"
+        )
     if f_z.numel() != n:
         raise ValueError(f"net returned f_z of shape {tuple(f_z.shape)}, expected [{n}]")
 
 
 @torch.no_grad()
-def euler(net: Callable, x: torch.Tensor, *, L: float, direction: str = "forward",
-          steps: Optional[int] = None, step_size: Optional[float] = None, grid=None,
-          z_start: Optional[torch.Tensor] = None, orientation: int = 1, min_cos: float = 0.05,
-          return_trajectory: bool = False) -> SampleResult:
+def euler(
+    net: Callable,
+    x: torch.Tensor,
+    *,
+    L: float,
+    direction: str = "forward",
+    steps: int | None = None,
+    step_size: float | None = None,
+    grid=None,
+    z_start: torch.Tensor | None = None,
+    orientation: int = 1,
+    min_cos: float = 0.05,
+    return_trajectory: bool = False,
+) -> SampleResult:
     """Euler integration of ``dx/dz = f_x / f_z`` from one plate to the other (module docstring).
 
     Args:
@@ -220,8 +253,10 @@ def euler(net: Callable, x: torch.Tensor, *, L: float, direction: str = "forward
         z = torch.full((n,), L - z_end, dtype=torch.float64, device=x.device)
     else:
         if not isinstance(z_start, torch.Tensor) or z_start.shape != (n,):
-            raise ValueError(f"z_start must be a [{n}] tensor, got "
-                             f"{getattr(z_start, 'shape', type(z_start).__name__)}")
+            raise ValueError(
+                f"z_start must be a [{n}] tensor, got "
+                f"{getattr(z_start, 'shape', type(z_start).__name__)}"
+            )
         z = z_start.to(dtype=torch.float64, device=x.device).clone()
         if bool(((z < 0) | (z > L)).any()):
             raise ValueError(f"z_start must lie in [0, L={L}]")
@@ -229,7 +264,7 @@ def euler(net: Callable, x: torch.Tensor, *, L: float, direction: str = "forward
     guarded_ps = torch.zeros(n, dtype=torch.long, device=x.device)
     n_reversed = 0
     nfe = 0
-    traj: List[torch.Tensor] = []
+    traj: list[torch.Tensor] = []
 
     def snapshot():
         traj.append(torch.cat([z.to(x.dtype)[:, None], x.reshape(n, -1)], dim=1).clone())
@@ -265,14 +300,18 @@ def euler(net: Callable, x: torch.Tensor, *, L: float, direction: str = "forward
             last = remaining[active] <= h * (1 + 1e-9)
         else:  # next grid value beyond z in the travel direction
             if sign > 0:
-                nxt = grid[torch.searchsorted(grid, za + tol, right=True)
-                           .clamp(max=grid.numel() - 1)]
+                nxt = grid[
+                    torch.searchsorted(grid, za + tol, right=True).clamp(max=grid.numel() - 1)
+                ]
             else:
                 nxt = grid[(torch.searchsorted(grid, za - tol, right=False) - 1).clamp(min=0)]
             dz = nxt - za
             last = nxt == z_end
-        slope = torch.where(moving[:, None], fx_flat / torch.where(moving, fz_used, 1.0)[:, None],
-                            torch.zeros_like(fx_flat))
+        slope = torch.where(
+            moving[:, None],
+            fx_flat / torch.where(moving, fz_used, 1.0)[:, None],
+            torch.zeros_like(fx_flat),
+        )
         x[active] = xa + (slope * dz.to(x.dtype)[:, None]).reshape(xa.shape)
         # land exactly on the plate on the last step
         z[active] = torch.where(last, torch.full_like(za, z_end), za + dz)
@@ -280,10 +319,16 @@ def euler(net: Callable, x: torch.Tensor, *, L: float, direction: str = "forward
         guarded_ps[active] += guard.long()
     if return_trajectory:
         snapshot()
-    return SampleResult(samples=x, z=z.to(x.dtype), nfe=nfe, calls_per_sample=calls,
-                        guarded=int(guarded_ps.sum()), guarded_per_sample=guarded_ps,
-                        reversed=n_reversed,
-                        trajectory=torch.stack(traj) if return_trajectory else None)
+    return SampleResult(
+        samples=x,
+        z=z.to(x.dtype),
+        nfe=nfe,
+        calls_per_sample=calls,
+        guarded=int(guarded_ps.sum()),
+        guarded_per_sample=guarded_ps,
+        reversed=n_reversed,
+        trajectory=torch.stack(traj) if return_trajectory else None,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,23 +352,30 @@ class ODEResult:
 
 
 def _positive(name, v):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0) \
-            or not math.isfinite(v):
+    if (
+        isinstance(v, bool)
+        or not isinstance(v, (int, float))
+        or not (v > 0)
+        or not math.isfinite(v)
+    ):
         raise ValueError(f"{name} must be a positive finite number, got {v!r}")
     return float(v)
 
 
 def _check_start(net, x, z_start):
     if not callable(net):
-        raise TypeError(f"net must be callable as net(x, z) -> (f_x, f_z), got "
-                        f"{type(net).__name__}")
+        raise TypeError(
+            f"net must be callable as net(x, z) -> (f_x, f_z), got {type(net).__name__}"
+        )
     check_batch("x", x, "n")
     n = x.shape[0]
     if z_start is None:
         return None
     if not isinstance(z_start, torch.Tensor) or z_start.shape != (n,):
-        raise ValueError(f"z_start must be a [{n}] tensor, got "
-                         f"{getattr(z_start, 'shape', type(z_start).__name__)}")
+        raise ValueError(
+            f"z_start must be a [{n}] tensor, got "
+            f"{getattr(z_start, 'shape', type(z_start).__name__)}"
+        )
     return z_start.to(device=x.device, dtype=x.dtype)
 
 
@@ -334,10 +386,21 @@ def _call(net, x, z):
 
 
 @torch.no_grad()
-def rk45(net: Callable, x: torch.Tensor, *, L: float, direction: str = "forward",
-         variable: str = "z", z_from: Optional[float] = None, z_to: Optional[float] = None,
-         rtol: float = 1e-4, atol: float = 1e-4, method: str = "RK45", orientation: int = 1,
-         min_cos: float = 0.05) -> ODEResult:
+def rk45(
+    net: Callable,
+    x: torch.Tensor,
+    *,
+    L: float,
+    direction: str = "forward",
+    variable: str = "z",
+    z_from: float | None = None,
+    z_to: float | None = None,
+    rtol: float = 1e-4,
+    atol: float = 1e-4,
+    method: str = "RK45",
+    orientation: int = 1,
+    min_cos: float = 0.05,
+) -> ODEResult:
     """Adaptive integration of the field lines with ``scipy.integrate.solve_ivp`` (module
     docstring).
 
@@ -356,8 +419,9 @@ def rk45(net: Callable, x: torch.Tensor, *, L: float, direction: str = "forward"
 
     check_batch("x", x, "n")
     if not callable(net):
-        raise TypeError(f"net must be callable as net(x, z) -> (f_x, f_z), got "
-                        f"{type(net).__name__}")
+        raise TypeError(
+            f"net must be callable as net(x, z) -> (f_x, f_z), got {type(net).__name__}"
+        )
     L = _positive("L", L)
     if direction not in ("forward", "backward"):
         raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
@@ -365,8 +429,7 @@ def rk45(net: Callable, x: torch.Tensor, *, L: float, direction: str = "forward"
         raise ValueError(f"variable must be 'z' or 'log_z', got {variable!r}")
     if orientation not in (1, -1):
         raise ValueError(f"orientation must be +1 or -1, got {orientation!r}")
-    if isinstance(min_cos, bool) or not isinstance(min_cos, (int, float)) \
-            or not (0 < min_cos < 1):
+    if isinstance(min_cos, bool) or not isinstance(min_cos, (int, float)) or not (0 < min_cos < 1):
         raise ValueError(f"min_cos must be in (0, 1), got {min_cos!r}")
     rtol, atol = _positive("rtol", rtol), _positive("atol", atol)
     low = 1e-3 if variable == "log_z" else 0.0
@@ -398,8 +461,10 @@ def rk45(net: Callable, x: torch.Tensor, *, L: float, direction: str = "forward"
         state = torch.as_tensor(y, dtype=dtype, device=x.device).reshape(n, -1)
         xs = state[:, 1:].reshape(shape)
         f_x, f_z = _call(net, xs, torch.full((n,), z, dtype=dtype, device=x.device))
-        drift = torch.cat([torch.full((n, 1), z, dtype=dtype, device=x.device),
-                           z * f_x / (f_z + 1e-5)[:, None]], dim=1)
+        drift = torch.cat(
+            [torch.full((n, 1), z, dtype=dtype, device=x.device), z * f_x / (f_z + 1e-5)[:, None]],
+            dim=1,
+        )
         return drift.double().cpu().numpy().reshape(-1)
 
     flat = x.detach().double().cpu().reshape(n, -1)
@@ -415,15 +480,27 @@ def rk45(net: Callable, x: torch.Tensor, *, L: float, direction: str = "forward"
     if variable == "log_z":
         end = end[:, 1:]
     samples = end.to(dtype=dtype, device=x.device).reshape(shape)
-    return ODEResult(samples=samples, z=torch.full((n,), z1, dtype=dtype, device=x.device),
-                     nfe=nfe, message=str(sol.message))
+    return ODEResult(
+        samples=samples,
+        z=torch.full((n,), z1, dtype=dtype, device=x.device),
+        nfe=nfe,
+        message=str(sol.message),
+    )
 
 
 @torch.no_grad()
-def fixed_step_euler(net: Callable, x: torch.Tensor, *, L: float, step: float,
-                     direction: str = "forward", z_start: Optional[torch.Tensor] = None,
-                     gamma: float = 0.0, z_stop: Optional[float] = None,
-                     max_steps: int = 100_000) -> ODEResult:
+def fixed_step_euler(
+    net: Callable,
+    x: torch.Tensor,
+    *,
+    L: float,
+    step: float,
+    direction: str = "forward",
+    z_start: torch.Tensor | None = None,
+    gamma: float = 0.0,
+    z_stop: float | None = None,
+    max_steps: int = 100_000,
+) -> ODEResult:
     """The authors' fixed-step Euler along z (``LearnedODESolver`` forward,
     ``LearnedImageODESolver`` backward): ``v <- v + s * step / (f_z + gamma) * f`` with
     ``s = +1`` forward (until every z >= ``z_stop``, default L) or ``-1`` backward (until every
@@ -441,8 +518,11 @@ def fixed_step_euler(net: Callable, x: torch.Tensor, *, L: float, step: float,
     forward = direction == "forward"
     stop = float(z_stop) if z_stop is not None else (L if forward else 1e-3)
     n = x.shape[0]
-    z = z_start if z_start is not None else torch.full((n,), 0.0 if forward else L,
-                                                       dtype=x.dtype, device=x.device)
+    z = (
+        z_start
+        if z_start is not None
+        else torch.full((n,), 0.0 if forward else L, dtype=x.dtype, device=x.device)
+    )
     v = torch.cat([z[:, None], x.reshape(n, -1)], dim=1)
     sign = 1.0 if forward else -1.0
     nfe = 0
@@ -457,10 +537,19 @@ def fixed_step_euler(net: Callable, x: torch.Tensor, *, L: float, step: float,
 
 
 @torch.no_grad()
-def dipole_efm(net: Callable, x: torch.Tensor, *, L: float, step: float,
-               z_start: Optional[torch.Tensor] = None, gamma: float = 0.0,
-               behind_step: float = 1.5, behind_num_steps: int = 350, margin: float = 0.05,
-               behind_norm: str = "batch") -> ODEResult:
+def dipole_efm(
+    net: Callable,
+    x: torch.Tensor,
+    *,
+    L: float,
+    step: float,
+    z_start: torch.Tensor | None = None,
+    gamma: float = 0.0,
+    behind_step: float = 1.5,
+    behind_num_steps: int = 350,
+    margin: float = 0.05,
+    behind_norm: str = "batch",
+) -> ODEResult:
     """EFM's two-plate solver with its continuation behind the second plate (module
     docstring); defaults ``behind_step = 1.5``, ``behind_num_steps = 350`` as their toy configs.
 
@@ -472,8 +561,11 @@ def dipole_efm(net: Callable, x: torch.Tensor, *, L: float, step: float,
     L = _positive("L", L)
     step = _positive("step", step)
     behind_step = _positive("behind_step", behind_step)
-    if isinstance(behind_num_steps, bool) or not isinstance(behind_num_steps, int) \
-            or behind_num_steps < 0:
+    if (
+        isinstance(behind_num_steps, bool)
+        or not isinstance(behind_num_steps, int)
+        or behind_num_steps < 0
+    ):
         raise ValueError(f"behind_num_steps must be an int >= 0, got {behind_num_steps!r}")
     if behind_norm not in ("batch", "row"):
         raise ValueError(f"behind_norm must be 'batch' (theirs) or 'row', got {behind_norm!r}")
@@ -501,7 +593,7 @@ def dipole_efm(net: Callable, x: torch.Tensor, *, L: float, step: float,
         if idx.numel() == 0:
             break
         f_m = field(v[idx])
-        scale = (f_m.norm() if behind_norm == "batch" else f_m.norm(dim=1, keepdim=True))
+        scale = f_m.norm() if behind_norm == "batch" else f_m.norm(dim=1, keepdim=True)
         v[idx] = v[idx] + (behind_step / scale) * f_m
         mask = start & (v[:, 0] >= L + margin)
     return ODEResult(samples=v[:, 1:].reshape(x.shape), z=v[:, 0], nfe=nfe)
