@@ -7,7 +7,7 @@
   by default); ``check-op`` is the compiled value checker ``torch.ops.ifm.check_values`` alone on
   the same tensors (the part of ``fields-default`` that reads the values).
 * ``triton-host-string`` / ``triton-host-coulomb2``: host time of one Triton call with its kernel
-  launches stubbed (``ifm_kernels._common.record_launches`` with the H200 profile, 132 SMs): the
+  launches stubbed (``ifm_kernels._introspect.record_launches`` with the H200 profile, 132 SMs): the
   plan (cached), the buffers and the launch arguments; the Triton binding of each launch on a
   GPU is not included. ``op-cpu`` calls ``torch.ops.ifm.*_triton`` (what ``ifm.fields`` calls),
   ``launcher-cpu`` the launcher function itself, both on CPU tensors (CPU allocations stand in
@@ -136,9 +136,9 @@ def _tensors(shape, device):
 
 
 def _stubbed(benchmark, call):
-    from ifm_kernels import _common as C
+    from ifm_kernels import _introspect, _plan
 
-    with C.record_launches(C.gpu_profile(H200_SMS)) as launches:
+    with _introspect.record_launches(_plan.gpu_profile(H200_SMS)) as launches:
 
         def run():
             call()
@@ -155,7 +155,7 @@ def _stubbed(benchmark, call):
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_triton_host_string(benchmark, shape, path):
     kernels = _triton()
-    from ifm_kernels import _common as C
+    from ifm_kernels import _plan
 
     benchmark.group = f"triton-host-string-{shape}"
     p, q, a = _tensors(SHAPES[shape], "cpu")
@@ -164,8 +164,8 @@ def test_triton_host_string(benchmark, shape, path):
     d = math.pi / (2 * GEOMETRY["K"])
     if path == "make-plan":
         b, B, D = SHAPES[shape]
-        profile = C.gpu_profile(H200_SMS)
-        benchmark(C.make_plan, b, B, D, width, profile, 4)
+        profile = _plan.gpu_profile(H200_SMS)
+        benchmark(_plan.make_plan, b, B, D, width, profile, 4, string=True)
         _per_call_us(benchmark)
         return
     if path == "launcher-cpu":
@@ -197,15 +197,15 @@ def test_triton_host_string(benchmark, shape, path):
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_triton_host_coulomb2(benchmark, shape, path):
     kernels = _triton()
-    from ifm_kernels import _common as C
+    from ifm_kernels import _plan
 
     benchmark.group = f"triton-host-coulomb2-{shape}"
     p, pos, neg = _tensors(SHAPES[shape], "cpu")
     kw = ifm.fields.coulomb_kernel_args(p.shape[1], two_plates=True, normalize=True)
     if path == "make-plan":
         b, B, D = SHAPES[shape]
-        profile = C.gpu_profile(H200_SMS)
-        benchmark(C.make_plan, b, B, D + 1, D + 1, profile, 4)
+        profile = _plan.gpu_profile(H200_SMS)
+        benchmark(_plan.make_plan, b, B, D + 1, D + 1, profile, 4)
         _per_call_us(benchmark)
         return
     if path == "launcher-cpu":
