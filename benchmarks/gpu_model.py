@@ -23,7 +23,7 @@ Both backends describe a field call as a list of kernel launches, one dict per l
 
 The CUDA backend provides ``benchmarks/gpu_model_cuda.py: kernel_estimates(field, case, dtype,
 arch) -> list[dict]`` (imported if present); the Triton side is :func:`triton_kernel_estimates`
-(same arguments). ``field`` is ``"string"`` or ``"coulomb"``, ``case`` a ``conftest.Case``,
+(same arguments). ``field`` is ``"string"`` or ``"coulomb"``, ``case`` a ``cases.Case``,
 ``dtype`` a torch dtype, ``arch`` a key of :data:`ARCHS` (``"sm_90"`` H100, ``"sm_80"`` A100,
 ``"sm_89"`` RTX 4090).
 
@@ -33,7 +33,7 @@ Entry points
   ``us`` (the model's time of one call), ``bound_us`` (the design bound below), ``launches``,
   ``kernels`` (per-kernel breakdown) -- what ``scripts/gpu.sh`` prints beside a measured time.
 * ``python benchmarks/gpu_model.py [--arch sm_90] [--markdown]`` prints the table of every
-  published shape (``benchmarks/conftest.py``) and backend, float32 and float64.
+  published shape (``benchmarks/cases.py``) and backend, float32 and float64.
 
 Per kernel
 ----------
@@ -220,15 +220,15 @@ def call_time(kernels: list[dict], arch: Arch) -> dict:
 # published shapes and their kept pairs
 # ----------------------------------------------------------------------------------------------
 def published_cases() -> dict:
-    """``{"string-CIFAR": Case, ...}``: the full-size cases of benchmarks/conftest.py plus the
+    """``{"string-CIFAR": Case, ...}``: the full-size cases of benchmarks/cases.py plus the
     two published string shapes only the GPU benchmarks run (FIELDS.md: CelebA-128, CMNIST)."""
     import math as _m
 
-    import conftest
+    import cases as bench_cases
 
-    cases = {f"{c.kind}-{c.name}": c for c in conftest._FULL_CASES}
+    cases = {f"{c.kind}-{c.name}": c for c in bench_cases._FULL_CASES}
     extra = [
-        conftest._string_case(
+        bench_cases._string_case(
             "CelebA-128",
             49152,
             64,
@@ -239,7 +239,7 @@ def published_cases() -> dict:
             ("image:3,128,128", "gauss"),
             high_d=True,
         ),
-        conftest._string_case(
+        bench_cases._string_case(
             "CMNIST",
             3072,
             128,
@@ -276,12 +276,12 @@ def live_mask(case, plate: int = 0):
     if key in _LIVE_CACHE:
         return _LIVE_CACHE[key]
     import baselines
-    import conftest
+    import cases as bench_cases
     import torch
 
     from ifm import reference
 
-    inp = conftest.make_inputs(case)
+    inp = bench_cases.make_inputs(case)
     p = inp["points"].double()
     if case.kind == "string":
         q, a = inp["quarks"].double(), inp["antiquarks"].double()
@@ -669,7 +669,7 @@ def kernel_estimates(backend: str, field: str, case, dtype, arch: str) -> list[d
 def estimate(field: str, case_name: str, backend: str, dtype=None, arch: str = "sm_90") -> dict:
     """Model of one call: ``{"us", "bound_us", "ratio", "launches", "torch_us", "kernels"}``
     (``us`` None when the backend has no model here). ``case_name``: ``"CIFAR"``,
-    ``"string-CIFAR"``, ... (benchmarks/conftest.py)."""
+    ``"string-CIFAR"``, ... (benchmarks/cases.py)."""
     import torch
 
     dtype = dtype or torch.float32

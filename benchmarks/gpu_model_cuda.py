@@ -243,13 +243,13 @@ def kept_mask(case, plate: int, itemsize: int):
     key = (case.kind, case.name, case.b, case.B, case.D, plate, itemsize)
     if key in _KEPT:
         return _KEPT[key]
-    import conftest
+    import cases as bench_cases
     import torch
 
     from ifm import reference
 
     ratio = SKIP_RATIO[itemsize]
-    inp = conftest.make_inputs(case)
+    inp = bench_cases.make_inputs(case)
     p = inp["points"].double()
     masks = []
     if case.kind == "string":
@@ -259,11 +259,11 @@ def kept_mask(case, plate: int, itemsize: int):
         Delta = C - A
         for i0 in range(0, p.shape[0], 8):
             z, x = p[i0 : i0 + 8, :1], p[i0 : i0 + 8, 1:]
-            rho = reference._offsets(x, z / prm["L"], A, Delta)
+            rho = reference.string_offsets(x, z / prm["L"], A, Delta)
             r2 = (rho * rho).sum(-1)
             s = reference.tube_width(z, prm["L"], prm["sigma0"], prm["K"], prm["d"])
             kappa = reference.tube_slope(z, prm["L"], prm["K"], prm["d"])
-            expo, den, _, _ = reference._pair_terms(r2, s, kappa, prm["sigma0"], x.shape[1])
+            expo, den, _, _ = reference.string_pair_terms(r2, s, kappa, prm["sigma0"], x.shape[1])
             logw = expo - torch.log(den)
             m = logw.amax(1, keepdim=True)
             masks.append((logw > -math.inf) & (logw - m >= math.log(ratio)))
@@ -561,9 +561,9 @@ if __name__ == "__main__":
 
     cases = gpu_model.published_cases() if hasattr(gpu_model, "published_cases") else None
     if cases is None:
-        import conftest
+        import cases as bench_cases
 
-        cases = {f"{c.kind}-{c.name}": c for c in conftest._FULL_CASES}
+        cases = {f"{c.kind}-{c.name}": c for c in bench_cases._FULL_CASES}
     arch_name = sys.argv[1] if len(sys.argv) > 1 else "sm_90"
     for key, case in cases.items():
         for dt in (torch.float32, torch.float64):

@@ -1,5 +1,5 @@
 """GPU benchmarks: ``backend="triton"`` and ``backend="cuda"`` at the published shapes
-(benchmarks/conftest.py cases, FIELDS.md tables), timed with CUDA events around each call
+(benchmarks/bench_cases.py cases, FIELDS.md tables), timed with CUDA events around each call
 (synchronised), each output held to the parity rule (tests/parity.py) against the float64
 reference.
 
@@ -33,10 +33,11 @@ ROOT = os.path.dirname(HERE)
 for _p in (ROOT, os.path.join(ROOT, "python"), HERE):
     if _p not in sys.path:
         sys.path.insert(0, _p)
-if os.path.join(ROOT, "tests") not in sys.path:  # tests/parity.py (after benchmarks/conftest)
+if os.path.join(ROOT, "tests") not in sys.path:  # tests/parity.py (after benchmarks/)
     sys.path.append(os.path.join(ROOT, "tests"))
 
-import conftest  # noqa: E402
+import cases as bench_cases  # noqa: E402
+import runner  # noqa: E402
 from parity import assert_parity  # noqa: E402
 
 from ifm import fields, reference  # noqa: E402
@@ -45,10 +46,10 @@ ARCH_OF_CAPABILITY = {(9, 0): "sm_90", (8, 0): "sm_80", (8, 9): "sm_89"}
 
 
 def gpu_cases() -> dict:
-    """The published shapes (benchmarks/gpu_model.py: conftest's cases plus CelebA-128 and
-    CMNIST); under IFM_BENCH_QUICK=1 conftest's shrunk cases."""
-    if conftest.QUICK:
-        return dict(conftest.CASES)
+    """The published shapes (benchmarks/gpu_model.py: benchmarks/cases.py plus CelebA-128 and
+    CMNIST); under IFM_BENCH_QUICK=1 its shrunk cases."""
+    if bench_cases.QUICK:
+        return dict(bench_cases.CASES)
     import gpu_model
 
     return gpu_model.published_cases()
@@ -73,7 +74,7 @@ def _kernel_args(case) -> dict:
 def reference_at(case, inputs: dict, dtype) -> torch.Tensor:
     """The reference evaluated on ``dtype`` copies of the (CPU) inputs: float64 is the oracle,
     float32 the stand-in of the parity rule."""
-    t = {k: v.to(dtype) for k, v in conftest.call_args(inputs).items()}
+    t = {k: v.to(dtype) for k, v in bench_cases.call_args(inputs).items()}
     p = inputs["points"].to(dtype)
     if case.kind == "string":
         return reference.string_field(p, t["quarks"], t["antiquarks"], **case.params)
@@ -165,7 +166,7 @@ def cuda_event_times_us(fn, reps: int = 50, warmup: int = 3) -> list:
 def model_estimate(case, backend: str) -> dict:
     """The static model's estimate for this GPU, or {} where it does not model it."""
     arch = ARCH_OF_CAPABILITY.get(torch.cuda.get_device_capability())
-    if arch is None or conftest.QUICK:
+    if arch is None or bench_cases.QUICK:
         return {}
     import gpu_model
 
@@ -186,7 +187,7 @@ def test_gpu_field(benchmark, key, backend):
         pytest.skip(reason)
     case = CASES[key]
     benchmark.group = f"gpu {case.kind} {case.name}"
-    inputs = conftest.make_inputs(case)
+    inputs = bench_cases.make_inputs(case)
     dev = {k: v.cuda() for k, v in inputs.items()}
     fn = backend_fn(case, backend, dev)
     out = fn()
@@ -207,7 +208,7 @@ def test_gpu_field(benchmark, key, backend):
         "shape": f"b={case.b} B={case.B} D={case.D}",
         "cuda_event_median_us": statistics.median(times),
         "cuda_event_min_us": min(times),
-        "max_row_rel_err": conftest.max_row_rel_err(out.cpu(), oracle),
+        "max_row_rel_err": runner.max_row_rel_err(out.cpu(), oracle),
         "device": torch.cuda.get_device_name(),
     }
     info.update(model_estimate(case, backend))

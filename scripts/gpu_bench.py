@@ -45,20 +45,18 @@ def model_estimate(model, shape, backend, arch):
         return None, f"{type(exc).__name__}: {exc}"
 
 
-def baselines(shape, inputs):
-    """name -> callable of the PyTorch forms for ``shape``."""
+def baselines(case, inputs):
+    """name -> callable of the PyTorch forms for ``case`` (benchmarks/cases.py)."""
     import baselines as bl
-    import test_bench_gpu as g
 
-    if shape.kind == "string":
+    if case.kind == "string":
         p, q, a = inputs["points"], inputs["quarks"], inputs["antiquarks"]
-        kw = dict(L=shape.L, sigma0=shape.sigma0, K=shape.K, d=shape.d)
+        kw = dict(case.params)
         return {
             "gemm-fp32": lambda: bl.string_gemm(p, q, a, **kw),
             "gemm-fp64": lambda: bl.string_gemm(p, q, a, **kw, dtype=torch.float64),
         }
-    kw = dict(g._coulomb_kwargs(shape))
-    kw.pop("sum_eps")
+    kw = case.kernel_args()
     p, pos, neg = inputs["points"], inputs["positive"], inputs.get("negative")
     return {"cdist-softmax-matmul": lambda: bl.coulomb_cdist(p, pos, neg, **kw)}
 
@@ -66,9 +64,10 @@ def baselines(shape, inputs):
 def measure(fn, ref):
     out = fn()
     torch.cuda.synchronize()
+    import runner
     import test_bench_gpu as g
 
-    err = None if ref is None else g.max_row_rel_err(out, ref)
+    err = None if ref is None else runner.max_row_rel_err(out.cpu(), ref)
     del out
     times = g.cuda_event_times_us(fn, reps=REPS, warmup=WARMUP)
     return dict(median_us=statistics.median(times), min_us=min(times), max_row_rel_err=err)
@@ -100,8 +99,7 @@ def main(argv=None) -> int:
         arch = f"sm_{cap[0]}{cap[1]}"
         device = torch.cuda.get_device_name(0)
     rows, failures = [], []
-    for shape in g.SHAPES:
-        w = g.work(shape)
+    for key, shape in g.CASES.items():
         row = dict(
             kind=shape.kind,
             name=shape.name,
@@ -109,7 +107,7 @@ def main(argv=None) -> int:
             B=shape.B,
             D=shape.D,
             plates=shape.plates,
-            pass1_gflop=w["pass1_flop"] / 1e9,
+            useful_gflop=None if model is None else model.useful_flop(shape) / 1e9,
             backends={},
             baselines={},
             model_us={},
@@ -126,9 +124,12 @@ def main(argv=None) -> int:
         if time.monotonic() - t0 > a.budget_s:
             row["skipped"] = f"time budget of {a.budget_s:.0f} s spent"
             continue
-        inputs = g.make_inputs(shape, "cuda")
+        import cases as bench_cases
+
+        host = bench_cases.make_inputs(shape)
+        inputs = {k: v.cuda() for k, v in host.items()}
         try:
-            ref = g.reference64(shape, inputs)
+            ref = g.reference_at(shape, host, torch.float64)
         except Exception as exc:  # e.g. out of memory: time the calls without the error
             ref, row["reference_error"] = None, f"{type(exc).__name__}: {exc}"
         for backend in ("cuda", "triton"):
@@ -140,7 +141,7 @@ def main(argv=None) -> int:
                 row["backends"][backend] = measure(g.backend_fn(shape, backend, inputs), ref)
             except Exception as exc:
                 row["backends"][backend] = dict(error=f"{type(exc).__name__}: {exc}")
-                failures.append(f"{shape.label} {backend}: {exc}")
+                failures.append(f"{key} {backend}: {exc}")
         for name, fn in baselines(shape, inputs).items():
             try:
                 row["baselines"][name] = measure(fn, ref)
@@ -165,10 +166,10 @@ def main(argv=None) -> int:
             for r in row["backends"].values():
                 if "median_us" in r:
                     r["speedup_vs_best_pytorch"] = timed[best] / r["median_us"]
-        del inputs, ref
+        del inputs, host, ref
         torch.cuda.empty_cache()
         print(
-            f"gpu_bench: {shape.label}: "
+            f"gpu_bench: {key}: "
             + ", ".join(
                 f"{k} {v.get('median_us', float('nan')):.1f} us"
                 for k, v in {**row["backends"], **row["baselines"]}.items()

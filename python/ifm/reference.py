@@ -42,6 +42,7 @@ __all__ = [
     "normalize_rows",
     "combine_plates",
     "string_pair_terms",
+    "string_offsets",
     "tube_width",
     "tube_slope",
     "STRING_R_EPS",
@@ -115,7 +116,7 @@ def string_pair_terms(r2, s, kappa, sigma0, D):
     return expo, den, cos_a, sr
 
 
-def _offsets(x, tau, A, Delta):
+def string_offsets(x, tau, A, Delta):
     """rho_ij = x_i - (1 - tau_i) A_j - tau_i C_j, evaluated as ``(x_i - A_j) - tau_i Delta_j``.
 
     That order is the authors': near z = 0 (where the slope amplifies rho by ~1/z) ``x - A`` is
@@ -184,7 +185,7 @@ def string_field(
         # pass 1: r^2 from direct differences
         r2_parts = []
         for j0 in range(0, B, cB):
-            rho = _offsets(xi, ti, A[j0 : j0 + cB], Delta[j0 : j0 + cB])
+            rho = string_offsets(xi, ti, A[j0 : j0 + cB], Delta[j0 : j0 + cB])
             r2_parts.append((rho * rho).sum(-1))
         r2 = torch.cat(r2_parts, 1)
         expo, den, cos_a, sr = string_pair_terms(r2, s[sl], kappa[sl], sigma0, D)
@@ -202,7 +203,7 @@ def string_field(
         Ez = L * c1.sum(1, keepdim=True)
         Ex = c1 @ Delta
         for j0 in range(0, B, cB):
-            rho = _offsets(xi, ti, A[j0 : j0 + cB], Delta[j0 : j0 + cB])
+            rho = string_offsets(xi, ti, A[j0 : j0 + cB], Delta[j0 : j0 + cB])
             Ex = Ex + (c2[:, j0 : j0 + cB, None] * rho).sum(1)
         rows.append(torch.cat([Ez, Ex], 1))
     E = torch.cat(rows, 0)
