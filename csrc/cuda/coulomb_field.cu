@@ -32,8 +32,10 @@ struct CoulombCoefArgs {
   PairLists lists;
 };
 
+// min blocks 1: with the thread bound alone, ptxas for sm_120 holds this kernel to 64 registers
+// and spills; one resident block per SM is all the per-row grid needs.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) coulomb_coefficients(CoulombCoefArgs<T> a) {
+__global__ void __launch_bounds__(kThreads, 1) coulomb_coefficients(CoulombCoefArgs<T> a) {
   IFM_SHARED(double, red, [kThreads]);
   IFM_SHARED(int, scan_buf, [kThreads]);
   const int64_t i = blockIdx.x;
