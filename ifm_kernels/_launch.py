@@ -51,7 +51,7 @@ def launch(kernel, grid, args, constexprs, num_warps, maxnreg: int = 0):
     """Every launch of the package goes through here (or is recorded); ``maxnreg`` caps the
     registers per thread (0: the compiler's choice; ignored by the interpreter). ``grid`` and
     ``args`` are tuples; ``constexprs`` may be a plan's shared dict (never modified here)."""
-    rec = _introspect.recording()
+    rec = _introspect._RECORD  # recording(), read without the call
     if rec is not None:
         rec.launches.append(
             _introspect.LaunchRecord(kernel, grid, args, dict(constexprs), num_warps, maxnreg)
