@@ -12,7 +12,6 @@ import torch
 from . import _introspect, _passes
 from ._plan import INTERPRETER_PROFILE, Plan, Profile, gpu_profile
 
-
 # GPU profile per CUDA device index (the SM count is fixed for the life of the process).
 _GPU_PROFILES: dict = {}
 

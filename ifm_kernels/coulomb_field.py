@@ -155,8 +155,16 @@ class _Spec:
     :class:`~ifm_kernels._launch.PlanArgs`, the coefficient buffers' shapes, and the integer
     (and width-derived) arguments and constexpr dicts of the stats and coefficient passes."""
 
-    __slots__ = ("plan", "pa", "c_shape", "stats_shape", "stats_args", "stats_cx", "coeff_ints",
-                 "coeff_cx")
+    __slots__ = (
+        "plan",
+        "pa",
+        "c_shape",
+        "stats_shape",
+        "stats_args",
+        "stats_cx",
+        "coeff_ints",
+        "coeff_cx",
+    )
 
     def __init__(self, plan, b, n, width):
         self.plan = plan
@@ -282,8 +290,7 @@ def coulomb_field(
     )
 
 
-def coulomb_field_op(points, positive, negative, plate_gamma, sum_eps, normalize, norm_scale,
-                     eps):
+def coulomb_field_op(points, positive, negative, plate_gamma, sum_eps, normalize, norm_scale, eps):
     """:func:`coulomb_field` with positional arguments (the op's schema order)."""
     if not points.is_contiguous():
         points = points.contiguous()

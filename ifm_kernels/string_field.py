@@ -164,8 +164,16 @@ class _Spec:
     passes' :class:`~ifm_kernels._launch.PlanArgs`, the coefficient buffers' shapes, and the
     integer arguments and constexpr dicts of the stats and coefficient passes."""
 
-    __slots__ = ("plan", "pa", "c_shape", "stats_shape", "stats_ints", "stats_cx", "coeff_ints",
-                 "coeff_cx")
+    __slots__ = (
+        "plan",
+        "pa",
+        "c_shape",
+        "stats_shape",
+        "stats_ints",
+        "stats_cx",
+        "coeff_ints",
+        "coeff_cx",
+    )
 
     def __init__(self, plan, b, B, width):
         self.plan = plan
@@ -229,8 +237,9 @@ def string_field(
     )
 
 
-def string_field_op(points, quarks, antiquarks, L, sigma0, K, d, stable, normalize, norm_scale,
-                    eps):
+def string_field_op(
+    points, quarks, antiquarks, L, sigma0, K, d, stable, normalize, norm_scale, eps
+):
     """:func:`string_field` with positional arguments (the op's schema order)."""
     if not points.is_contiguous():
         points = points.contiguous()
