@@ -55,6 +55,13 @@ class Profile:
     num_warps: int
     sums_maxnreg: int = 0
 
+    def __post_init__(self):
+        # hashed on every cached-plan lookup: the field tuple's hash, computed once
+        object.__setattr__(self, "_hash", hash(dataclasses.astuple(self)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
     @property
     def slots(self) -> int:
         """Programs resident on the whole device at once (one wave)."""

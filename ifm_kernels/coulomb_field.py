@@ -150,38 +150,37 @@ def coulomb_coeff_kernel(
     tl.store(count_ptr + rb * nchunks + ch, cnt)
 
 
-def _plate_field(
-    plan: _plan.Plan,
-    points: torch.Tensor,
-    charges: torch.Tensor,
-    sum_eps: float,
-    dest: torch.Tensor,
-) -> None:
-    """One plate's raw field ``sum_j coeff_ij (y_j - x_i)`` into ``dest [b, D+1]``."""
-    b, width = points.shape
-    n = charges.shape[0]
-    part, _, _ = _launch.launch_distance(
-        plan, points, charges, None, b, n, 0, width, 0.0, string=False
+class _Spec:
+    """A plate plan's launch constants for its shape (cached with the plan): the shared passes'
+    :class:`~ifm_kernels._launch.PlanArgs`, the coefficient buffers' shapes, and the integer
+    (and width-derived) arguments and constexpr dicts of the stats and coefficient passes."""
+
+    __slots__ = (
+        "plan",
+        "pa",
+        "c_shape",
+        "stats_shape",
+        "stats_args",
+        "stats_cx",
+        "coeff_ints",
+        "coeff_cx",
     )
-    coeff = torch.empty((b, n), dtype=points.dtype, device=points.device)
-    stats = torch.empty((3, b, plan.coef_chunks), dtype=torch.float64, device=points.device)
-    lists = _launch.live_lists(plan, points.device)
-    _launch.launch(
-        coulomb_stats_kernel,
-        plan.coef_grid,
-        (part, stats, b, n, plan.nslices, plan.coef_chunk_len, plan.coef_chunks, float(width)),
-        dict(BR=plan.coef_br, BJ=plan.coef_bj),
-        plan.num_warps,
-    )
-    _launch.launch(
-        coulomb_coeff_kernel,
-        plan.coef_grid,
-        (
-            part,
-            stats,
-            coeff,
-            lists[0],
-            lists[1],
+
+    def __init__(self, plan, b, n, width):
+        self.plan = plan
+        self.pa = _launch.PlanArgs(plan, b, n, width, 0, width, False)
+        self.c_shape = (b, n)
+        self.stats_shape = (3, b, plan.coef_chunks)
+        self.stats_args = (
+            b,
+            n,
+            plan.nslices,
+            plan.coef_chunk_len,
+            plan.coef_chunks,
+            float(width),
+        )
+        self.stats_cx = dict(BR=plan.coef_br, BJ=plan.coef_bj)
+        self.coeff_ints = (
             b,
             n,
             plan.nslices,
@@ -189,14 +188,81 @@ def _plate_field(
             plan.coef_chunks,
             plan.list_stride,
             float(width),
-            float(sum_eps),
-            fm.log_skip_ratio(points.dtype),
-        ),
-        dict(BR=plan.coef_br, BJ=plan.coef_bj, SBJ=plan.sums_bj),
+        )
+        self.coeff_cx = dict(BR=plan.coef_br, BJ=plan.coef_bj, SBJ=plan.sums_bj)
+
+
+_SPECS: dict = {}
+_LOG_SKIP: dict = {}
+
+
+def _spec(plan, b, n, width) -> _Spec:
+    spec = _SPECS.get(id(plan))
+    if spec is None or spec.plan is not plan:
+        if len(_SPECS) > 1024:
+            _SPECS.clear()
+        spec = _SPECS[id(plan)] = _Spec(plan, b, n, width)
+    return spec
+
+
+def _log_skip(dtype) -> float:
+    v = _LOG_SKIP.get(dtype)
+    if v is None:
+        v = _LOG_SKIP[dtype] = fm.log_skip_ratio(dtype)
+    return v
+
+
+def _plate_field(
+    spec: _Spec,
+    points: torch.Tensor,
+    charges: torch.Tensor,
+    sum_eps: float,
+    dest: torch.Tensor,
+    b: int,
+    width: int,
+    dev,
+) -> None:
+    """One plate's raw field ``sum_j coeff_ij (y_j - x_i)`` into ``dest [b, D+1]``
+    (``sum_eps`` a float)."""
+    plan, pa = spec.plan, spec.pa
+    n = charges.shape[0]
+    dt = points.dtype
+    part, _, _ = _launch.launch_distance(
+        plan, points, charges, None, b, n, 0, width, 0.0, False, pa
+    )
+    coeff = torch.empty(size=spec.c_shape, dtype=dt, device=dev)
+    stats = torch.empty(size=spec.stats_shape, dtype=torch.float64, device=dev)
+    lists = _launch.live_lists(plan, dev, pa)
+    _launch.launch(
+        coulomb_stats_kernel,
+        plan.coef_grid,
+        (part, stats) + spec.stats_args,
+        spec.stats_cx,
+        plan.num_warps,
+    )
+    _launch.launch(
+        coulomb_coeff_kernel,
+        plan.coef_grid,
+        (part, stats, coeff, lists[0], lists[1]) + spec.coeff_ints + (sum_eps, _log_skip(dt)),
+        spec.coeff_cx,
         plan.num_warps,
     )
     _launch.launch_pair_sums(
-        plan, points, charges, None, coeff, None, lists, dest, b, n, 0, width, 0.0, string=False
+        plan,
+        points,
+        charges,
+        None,
+        coeff,
+        None,
+        lists,
+        dest,
+        b,
+        n,
+        0,
+        width,
+        0.0,
+        False,
+        pa=pa,
     )
 
 
@@ -219,31 +285,46 @@ def coulomb_field(
     ``partial [S, b, B]``, ``coeff [b, B]``, ``stats [3, b, chunks]`` and the live-block
     lists; with two plates one ``[b, D+1]`` buffer for E-.
     """
-    points, positive = points.contiguous(), positive.contiguous()
-    negative = negative.contiguous() if negative is not None else None
+    return coulomb_field_op(
+        points, positive, negative, plate_gamma, sum_eps, normalize, norm_scale, eps
+    )
+
+
+def coulomb_field_op(points, positive, negative, plate_gamma, sum_eps, normalize, norm_scale, eps):
+    """:func:`coulomb_field` with positional arguments (the op's schema order)."""
+    if not points.is_contiguous():
+        points = points.contiguous()
+    if not positive.is_contiguous():
+        positive = positive.contiguous()
+    if negative is not None and not negative.is_contiguous():
+        negative = negative.contiguous()
     b, width = points.shape
     out = torch.empty_like(points)
     if b == 0:
         return out
-    profile = _launch.device_profile(points.device)
-    with _launch.launch_guard(points.device):
-        plan_p = _cached_plan(b, positive.shape[0], width, width, profile, points.element_size())
-        _plate_field(plan_p, points, positive, sum_eps, out)
+    dev = points.device
+    profile = _launch.device_profile(dev)
+    itemsize = points.element_size()
+    sum_eps = float(sum_eps)
+    with _launch.launch_guard(dev):
+        n = positive.shape[0]
+        spec_p = _spec(_cached_plan(b, n, width, width, profile, itemsize), b, n, width)
+        _plate_field(spec_p, points, positive, sum_eps, out, b, width, dev)
         en = None
         if negative is not None:
             en = torch.empty_like(points)
-            plan_n = _cached_plan(
-                b, negative.shape[0], width, width, profile, points.element_size()
-            )
-            _plate_field(plan_n, points, negative, sum_eps, en)
+            n = negative.shape[0]
+            spec_n = _spec(_cached_plan(b, n, width, width, profile, itemsize), b, n, width)
+            _plate_field(spec_n, points, negative, sum_eps, en, b, width, dev)
         _launch.launch_finalize(
-            plan_p,
+            spec_p.plan,
             out,
             en,
             out,
-            plate_gamma=plate_gamma,
+            plate_gamma=float(plate_gamma) if plate_gamma is not None else None,
             normalize=normalize,
-            norm_scale=norm_scale,
-            eps=eps,
+            norm_scale=float(norm_scale),
+            eps=float(eps),
+            pa=spec_p.pa,
         )
     return out

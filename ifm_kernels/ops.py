@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from .coulomb_field import coulomb_field as _coulomb_launcher
-from .string_field import string_field as _string_launcher
+from .coulomb_field import coulomb_field_op as _coulomb_field
+from .string_field import string_field_op as _string_field
 
 __all__ = ["LIB", "SCHEMAS"]
 
@@ -35,35 +35,6 @@ SCHEMAS = {
     "float? plate_gamma, float sum_eps, bool normalize, "
     "float norm_scale, float eps) -> Tensor",
 }
-
-
-def _string_field(points, quarks, antiquarks, L, sigma0, K, d, stable, normalize, norm_scale, eps):
-    return _string_launcher(
-        points,
-        quarks,
-        antiquarks,
-        L=L,
-        sigma0=sigma0,
-        K=K,
-        d=d,
-        stable=stable,
-        normalize=normalize,
-        norm_scale=norm_scale,
-        eps=eps,
-    )
-
-
-def _coulomb_field(points, positive, negative, plate_gamma, sum_eps, normalize, norm_scale, eps):
-    return _coulomb_launcher(
-        points,
-        positive,
-        negative,
-        plate_gamma=plate_gamma,
-        sum_eps=sum_eps,
-        normalize=normalize,
-        norm_scale=norm_scale,
-        eps=eps,
-    )
 
 
 def _string_field_fake(

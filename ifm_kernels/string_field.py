@@ -159,6 +159,57 @@ def string_coeff_kernel(
     tl.store(count_ptr + rb * nchunks + ch, cnt)
 
 
+class _Spec:
+    """A string plan's launch constants for its shape (cached with the plan): the shared
+    passes' :class:`~ifm_kernels._launch.PlanArgs`, the coefficient buffers' shapes, and the
+    integer arguments and constexpr dicts of the stats and coefficient passes."""
+
+    __slots__ = (
+        "plan",
+        "pa",
+        "c_shape",
+        "stats_shape",
+        "stats_ints",
+        "stats_cx",
+        "coeff_ints",
+        "coeff_cx",
+    )
+
+    def __init__(self, plan, b, B, width):
+        self.plan = plan
+        self.pa = _launch.PlanArgs(plan, b, B, width, 1, width - 1, True)
+        self.c_shape = (b, B)
+        self.stats_shape = (b, plan.coef_chunks)
+        self.stats_ints = (b, B, width, plan.nslices, plan.coef_chunk_len, plan.coef_chunks)
+        self.stats_cx = dict(BR=plan.coef_br, BJ=plan.coef_bj)
+        self.coeff_ints = self.stats_ints + (plan.list_stride,)
+        # indexed by STABLE
+        self.coeff_cx = tuple(
+            dict(STABLE=st, BR=plan.coef_br, BJ=plan.coef_bj, SBJ=plan.sums_bj)
+            for st in (False, True)
+        )
+
+
+_SPECS: dict = {}
+_LOG_SKIP: dict = {}
+
+
+def _spec(plan, b, B, width) -> _Spec:
+    spec = _SPECS.get(id(plan))
+    if spec is None or spec.plan is not plan:
+        if len(_SPECS) > 1024:
+            _SPECS.clear()
+        spec = _SPECS[id(plan)] = _Spec(plan, b, B, width)
+    return spec
+
+
+def _log_skip(dtype) -> float:
+    v = _LOG_SKIP.get(dtype)
+    if v is None:
+        v = _LOG_SKIP[dtype] = fm.log_skip_ratio(dtype)
+    return v
+
+
 def string_field(
     points: torch.Tensor,
     quarks: torch.Tensor,
@@ -181,60 +232,60 @@ def string_field(
     in the data precision, two float64 ``[b, chunks]`` buffers, the live-block lists (``S``,
     the chunks and the blocks from :func:`ifm_kernels._plan.make_plan`).
     """
-    points, quarks, antiquarks = (t.contiguous() for t in (points, quarks, antiquarks))
+    return string_field_op(
+        points, quarks, antiquarks, L, sigma0, K, d, stable, normalize, norm_scale, eps
+    )
+
+
+def string_field_op(
+    points, quarks, antiquarks, L, sigma0, K, d, stable, normalize, norm_scale, eps
+):
+    """:func:`string_field` with positional arguments (the op's schema order)."""
+    if not points.is_contiguous():
+        points = points.contiguous()
+    if not quarks.is_contiguous():
+        quarks = quarks.contiguous()
+    if not antiquarks.is_contiguous():
+        antiquarks = antiquarks.contiguous()
     b, width = points.shape
     B = quarks.shape[0]
-    D = width - 1
     out = torch.empty_like(points)
     if b == 0:
         return out
-    if B == 0 or D == 0:
+    if B == 0 or width == 1:
         return out.zero_()
+    dev, dt = points.device, points.dtype
     plan = _cached_plan(
-        b, B, D, width, _launch.device_profile(points.device), points.element_size(), string=True
+        b, B, width - 1, width, _launch.device_profile(dev), points.element_size(), string=True
     )
-    with _launch.launch_guard(points.device):
+    spec = _spec(plan, b, B, width)
+    pa = spec.pa
+    L = float(L)
+    params = (L, float(sigma0), float(K), float(d))
+    with _launch.launch_guard(dev):
         part, nsq, queries = _launch.launch_distance(
-            plan, points, quarks, antiquarks, b, B, 1, D, L, string=True
+            plan, points, quarks, antiquarks, b, B, 1, width - 1, L, True, pa
         )
-        c1 = torch.empty((b, B), dtype=points.dtype, device=points.device)
-        c2 = torch.empty_like(c1)
-        stats = torch.empty((b, plan.coef_chunks), dtype=torch.float64, device=points.device)
-        ez = torch.empty_like(stats)
-        lists = _launch.live_lists(plan, points.device)
-        params = (float(L), float(sigma0), float(K), float(d))
+        c1 = torch.empty(size=spec.c_shape, dtype=dt, device=dev)
+        c2 = torch.empty(size=spec.c_shape, dtype=dt, device=dev)
+        stats = torch.empty(size=spec.stats_shape, dtype=torch.float64, device=dev)
+        ez = torch.empty(size=spec.stats_shape, dtype=torch.float64, device=dev)
+        lists = _launch.live_lists(plan, dev, pa)
         _launch.launch(
             string_stats_kernel,
             plan.coef_grid,
-            (points, part, stats, b, B, width, plan.nslices, plan.coef_chunk_len, plan.coef_chunks)
-            + params,
-            dict(BR=plan.coef_br, BJ=plan.coef_bj),
+            (points, part, stats) + spec.stats_ints + params,
+            spec.stats_cx,
             plan.num_warps,
         )
         _launch.launch(
             string_coeff_kernel,
             plan.coef_grid,
-            (
-                points,
-                part,
-                nsq,
-                stats,
-                c1,
-                c2,
-                ez,
-                lists[0],
-                lists[1],
-                b,
-                B,
-                width,
-                plan.nslices,
-                plan.coef_chunk_len,
-                plan.coef_chunks,
-                plan.list_stride,
-            )
+            (points, part, nsq, stats, c1, c2, ez, lists[0], lists[1])
+            + spec.coeff_ints
             + params
-            + (fm.log_skip_ratio(points.dtype),),
-            dict(STABLE=bool(stable), BR=plan.coef_br, BJ=plan.coef_bj, SBJ=plan.sums_bj),
+            + (_log_skip(dt),),
+            spec.coeff_cx[bool(stable)],
             plan.num_warps,
         )
         _launch.launch_pair_sums(
@@ -249,11 +300,12 @@ def string_field(
             b,
             B,
             1,
-            D,
+            width - 1,
             L,
-            string=True,
+            True,
             ez=ez,
             queries=queries,
+            pa=pa,
         )
         if normalize:
             _launch.launch_finalize(
@@ -263,7 +315,8 @@ def string_field(
                 out,
                 plate_gamma=None,
                 normalize=True,
-                norm_scale=norm_scale,
-                eps=eps,
+                norm_scale=float(norm_scale),
+                eps=float(eps),
+                pa=pa,
             )
     return out
