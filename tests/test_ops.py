@@ -18,6 +18,7 @@ DEVICES = ["cpu"] + (["cuda"] if "cuda" in ifm.available_backends() else [])
 def _string_args(device, dtype=torch.float32):
     p, q, a, prm = string_case(9, 7, 5, "toy", seed=0)
     d = math.pi / (2 * prm["K"])
+    kw = ifm.fields.string_kernel_args(p.shape[1], normalize=True)
     return (
         p.to(device, dtype),
         q.to(device, dtype),
@@ -27,23 +28,24 @@ def _string_args(device, dtype=torch.float32):
         prm["K"],
         d,
         False,
-        True,
-        math.sqrt(6),
-        1e-5,
+        kw["normalize"],
+        kw["norm_scale"],
+        kw["eps"],
     )
 
 
 def _coulomb_args(device, dtype=torch.float32, two_plates=True):
     p, pos, neg = coulomb_case(9, 7, 5, 5, L=6.0, seed=0)
+    kw = ifm.fields.coulomb_kernel_args(p.shape[1], two_plates=two_plates, normalize=True)
     return (
         p.to(device, dtype),
         pos.to(device, dtype),
         neg.to(device, dtype) if two_plates else None,
-        5.0 if two_plates else None,
-        0.0,
-        True,
-        math.sqrt(6),
-        1e-5,
+        kw["plate_gamma"],
+        kw["sum_eps"],
+        kw["normalize"],
+        kw["norm_scale"],
+        kw["eps"],
     )
 
 

@@ -25,6 +25,7 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
 from cases import coulomb_case, string_case  # noqa: E402
 from parity import assert_parity  # noqa: E402
 
+import ifm  # noqa: E402
 import ifm_kernels  # noqa: E402
 from ifm import reference  # noqa: E402
 from ifm_kernels import _field_math as fm  # noqa: E402
@@ -54,16 +55,13 @@ PUBLISHED = [
 # helpers
 # ----------------------------------------------------------------------------------------------
 def _string(points, quarks, antiquarks, params, dtype, stable=False, normalize=False):
-    D = points.shape[1] - 1
     args = [t.to(DEVICE, dtype) for t in (points, quarks, antiquarks)]
     return ifm_kernels.string_field(
         *args,
         **params,
         d=math.pi / (2 * params["K"]),
         stable=stable,
-        normalize=normalize,
-        norm_scale=math.sqrt(D + 1),
-        eps=1e-5,
+        **ifm.fields.string_kernel_args(points.shape[1], normalize=normalize),
     )
 
 
@@ -79,27 +77,16 @@ def check_string(points, quarks, antiquarks, params, dtype, **mode):
 
 
 def check_coulomb(points, pos, neg, dtype, plate_gamma=None, normalize=False, sum_eps=0.0):
-    DIM = points.shape[1]
-    kw = dict(
-        plate_gamma=plate_gamma,
-        sum_eps=sum_eps,
-        normalize=normalize,
-        norm_scale=math.sqrt(DIM),
-        eps=1e-5,
+    kw = ifm.fields.coulomb_kernel_args(
+        points.shape[1], two_plates=neg is not None, plate_gamma=plate_gamma, normalize=normalize
     )
+    kw["sum_eps"] = sum_eps  # the raw sum's epsilon on its own (PFGM adds it to the weights)
     oracle = reference.coulomb_field(points, pos, neg, **kw)
     standin = reference.coulomb_field(
         points.float(), pos.float(), None if neg is None else neg.float(), **kw
     )
     on = [None if t is None else t.to(DEVICE, dtype) for t in (points, pos, neg)]
-    out = ifm_kernels.coulomb_field(
-        *on,
-        plate_gamma=plate_gamma,
-        sum_eps=sum_eps,
-        normalize=normalize,
-        norm_scale=math.sqrt(DIM),
-        eps=1e-5,
-    )
+    out = ifm_kernels.coulomb_field(*on, **kw)
     assert out.dtype == dtype and out.shape == points.shape
     assert_parity(out, oracle, standin, what=f"triton coulomb {tuple(points.shape)}")
     return out
@@ -304,7 +291,7 @@ def test_coulomb_edge_sizes(shape, dtype):
     b, Bp, Bn, D = shape
     points, pos, neg = coulomb_case(b, Bp, Bn, D, L=6.0, seed=b + D)
     check_coulomb(points, pos, neg, dtype, plate_gamma=5.0, normalize=True)
-    check_coulomb(points, pos, None, dtype, sum_eps=1e-7)
+    check_coulomb(points, pos, None, dtype, sum_eps=ifm.fields.PFGM_SUM_EPS)
 
 
 @pytest.mark.parametrize("D", [4099, 49152])
