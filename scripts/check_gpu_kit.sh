@@ -23,8 +23,18 @@ fail() {
 }
 
 if [ ! -x "$VENV/bin/python" ]; then
-  py="${IFM_GPU_PYTHON:-python3.12}"
-  command -v "$py" >/dev/null || fail "$py not found (pyenv install 3.12)"
+  # a Python 3.12 that runs: IFM_GPU_PYTHON, python3.12 on PATH, or pyenv's 3.12 (its shim on
+  # PATH fails while 3.12 is not among pyenv's selected versions)
+  py=""
+  for cand in "${IFM_GPU_PYTHON:-}" python3.12 \
+    "$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")"/versions/3.12*/bin/python3.12; do
+    if [ -n "$cand" ] && "$cand" -c 'import sys; assert sys.version_info[:2] == (3, 12)' \
+      2>/dev/null; then
+      py="$cand"
+      break
+    fi
+  done
+  [ -n "$py" ] || fail "no Python 3.12 found (set IFM_GPU_PYTHON, or pyenv install 3.12)"
   echo "check_gpu_kit: creating $VENV ($("$py" --version), torch $TORCH, triton $TRITON)"
   "$py" -m venv "$VENV"
   # numpy < 2.4: triton 3.6's interpreter converts 1-element arrays to Python scalars, an
