@@ -68,21 +68,8 @@ def test_api_string(benchmark, path):
         _check_op(benchmark, [p, q, a], [_checks.NO_PLATE, 0.0, GEOMETRY["L"]])
     elif path == "raw-op":
         kw = ifm.fields.string_kernel_args(width)
-        d = math.pi / (2 * GEOMETRY["K"])
         op = torch.ops.ifm.string_field.default
-        args = (
-            p,
-            q,
-            a,
-            GEOMETRY["L"],
-            GEOMETRY["sigma0"],
-            GEOMETRY["K"],
-            d,
-            False,
-            kw["normalize"],
-            kw["norm_scale"],
-            kw["eps"],
-        )
+        args = _string_op_args(p, q, a, kw)
         benchmark(op, *args)
     else:
         extra = {} if path == "fields-default" else dict(check_finite=False)
@@ -135,6 +122,25 @@ def _tensors(shape, device):
     return p.to(device), q.to(device), a.to(device)
 
 
+def _string_op_args(p, q, a, kw):
+    """Positional arguments of the ``ifm::string_field`` schema (also the Triton op's)."""
+    g = GEOMETRY
+    d = math.pi / (2 * g["K"])
+    return (
+        p,
+        q,
+        a,
+        g["L"],
+        g["sigma0"],
+        g["K"],
+        d,
+        False,
+        kw["normalize"],
+        kw["norm_scale"],
+        kw["eps"],
+    )
+
+
 def _stubbed(benchmark, call):
     from ifm_kernels import _introspect, _plan
 
@@ -174,21 +180,10 @@ def test_triton_host_string(benchmark, shape, path):
             kernels.string_field(p, q, a, d=d, stable=False, **GEOMETRY, **kw)
     else:
         op = torch.ops.ifm.string_field_triton.default
+        args = _string_op_args(p, q, a, kw)
 
         def call():
-            op(
-                p,
-                q,
-                a,
-                GEOMETRY["L"],
-                GEOMETRY["sigma0"],
-                GEOMETRY["K"],
-                d,
-                False,
-                kw["normalize"],
-                kw["norm_scale"],
-                kw["eps"],
-            )
+            op(*args)
 
     _stubbed(benchmark, call)
 

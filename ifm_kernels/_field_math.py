@@ -8,6 +8,7 @@ data precision (FIELDS.md §7, "Logit precision"): it runs in the ``[b, B]`` coe
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -33,7 +34,9 @@ def skip_ratio(dtype: torch.dtype) -> float:
     return SKIP_RATIO_F64 if dtype == torch.float64 else SKIP_RATIO_F32
 
 
+@functools.cache
 def log_skip_ratio(dtype: torch.dtype) -> float:
+    """``log(skip_ratio(dtype))``, computed once per dtype (it is on the launch path)."""
     return math.log(skip_ratio(dtype))
 
 

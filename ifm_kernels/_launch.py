@@ -12,6 +12,23 @@ import torch
 from . import _introspect, _passes
 from ._plan import INTERPRETER_PROFILE, Plan, Profile, gpu_profile
 
+# Launch constants per (kind, plan): plans come from lru caches, so a plan object lives as long
+# as its cache entry; the identity check guards against a reused id() after an eviction.
+_PER_PLAN: dict = {}
+
+
+def per_plan(factory, plan: Plan, *args):
+    """``factory(plan, *args)``, built once per plan object (``args`` are derived from the plan's
+    own shapes, so they are not part of the key)."""
+    key = (factory, id(plan))
+    value = _PER_PLAN.get(key)
+    if value is None or value.plan is not plan:
+        if len(_PER_PLAN) > 2048:
+            _PER_PLAN.clear()
+        value = _PER_PLAN[key] = factory(plan, *args)
+    return value
+
+
 # GPU profile per CUDA device index (the SM count is fixed for the life of the process).
 _GPU_PROFILES: dict = {}
 

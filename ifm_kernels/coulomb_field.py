@@ -192,26 +192,6 @@ class _Spec:
         self.coeff_cx = dict(BR=plan.coef_br, BJ=plan.coef_bj, SBJ=plan.sums_bj)
 
 
-_SPECS: dict = {}
-_LOG_SKIP: dict = {}
-
-
-def _spec(plan, b, n, width) -> _Spec:
-    spec = _SPECS.get(id(plan))
-    if spec is None or spec.plan is not plan:
-        if len(_SPECS) > 1024:
-            _SPECS.clear()
-        spec = _SPECS[id(plan)] = _Spec(plan, b, n, width)
-    return spec
-
-
-def _log_skip(dtype) -> float:
-    v = _LOG_SKIP.get(dtype)
-    if v is None:
-        v = _LOG_SKIP[dtype] = fm.log_skip_ratio(dtype)
-    return v
-
-
 def _plate_field(
     spec: _Spec,
     points: torch.Tensor,
@@ -243,7 +223,9 @@ def _plate_field(
     _launch.launch(
         coulomb_coeff_kernel,
         plan.coef_grid,
-        (part, stats, coeff, lists[0], lists[1]) + spec.coeff_ints + (sum_eps, _log_skip(dt)),
+        (part, stats, coeff, lists[0], lists[1])
+        + spec.coeff_ints
+        + (sum_eps, fm.log_skip_ratio(dt)),
         spec.coeff_cx,
         plan.num_warps,
     )
@@ -308,13 +290,17 @@ def coulomb_field_op(points, positive, negative, plate_gamma, sum_eps, normalize
     sum_eps = float(sum_eps)
     with _launch.launch_guard(dev):
         n = positive.shape[0]
-        spec_p = _spec(_cached_plan(b, n, width, width, profile, itemsize), b, n, width)
+        spec_p = _launch.per_plan(
+            _Spec, _cached_plan(b, n, width, width, profile, itemsize), b, n, width
+        )
         _plate_field(spec_p, points, positive, sum_eps, out, b, width, dev)
         en = None
         if negative is not None:
             en = torch.empty_like(points)
             n = negative.shape[0]
-            spec_n = _spec(_cached_plan(b, n, width, width, profile, itemsize), b, n, width)
+            spec_n = _launch.per_plan(
+                _Spec, _cached_plan(b, n, width, width, profile, itemsize), b, n, width
+            )
             _plate_field(spec_n, points, negative, sum_eps, en, b, width, dev)
         _launch.launch_finalize(
             spec_p.plan,

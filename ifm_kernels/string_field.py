@@ -190,26 +190,6 @@ class _Spec:
         )
 
 
-_SPECS: dict = {}
-_LOG_SKIP: dict = {}
-
-
-def _spec(plan, b, B, width) -> _Spec:
-    spec = _SPECS.get(id(plan))
-    if spec is None or spec.plan is not plan:
-        if len(_SPECS) > 1024:
-            _SPECS.clear()
-        spec = _SPECS[id(plan)] = _Spec(plan, b, B, width)
-    return spec
-
-
-def _log_skip(dtype) -> float:
-    v = _LOG_SKIP.get(dtype)
-    if v is None:
-        v = _LOG_SKIP[dtype] = fm.log_skip_ratio(dtype)
-    return v
-
-
 def string_field(
     points: torch.Tensor,
     quarks: torch.Tensor,
@@ -258,7 +238,7 @@ def string_field_op(
     plan = _cached_plan(
         b, B, width - 1, width, _launch.device_profile(dev), points.element_size(), string=True
     )
-    spec = _spec(plan, b, B, width)
+    spec = _launch.per_plan(_Spec, plan, b, B, width)
     pa = spec.pa
     L = float(L)
     params = (L, float(sigma0), float(K), float(d))
@@ -284,7 +264,7 @@ def string_field_op(
             (points, part, nsq, stats, c1, c2, ez, lists[0], lists[1])
             + spec.coeff_ints
             + params
-            + (_log_skip(dt),),
+            + (fm.log_skip_ratio(dt),),
             spec.coeff_cx[bool(stable)],
             plan.num_warps,
         )

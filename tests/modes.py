@@ -106,3 +106,46 @@ def golden_oracle(meta: dict, data: dict) -> torch.Tensor:
     """The float64 oracle of a golden file (the reference on its inputs in float64)."""
     tensors, public = golden_call(meta, data)
     return reference_field(meta["field"], _as(torch.float64, tensors), **public)
+
+
+def string_op_args(device, dtype=torch.float32, normalize=True, stable=False):
+    """Positional arguments of the ``ifm::string_field`` schema (the CPU/CUDA op and the Triton
+    op share it) for a small toy case."""
+    import math
+
+    from cases import string_case
+
+    p, q, a, prm = string_case(9, 7, 5, "toy", seed=0)
+    kw = ifm.fields.string_kernel_args(p.shape[1], normalize=normalize)
+    d = math.pi / (2 * prm["K"])
+    return (
+        p.to(device, dtype),
+        q.to(device, dtype),
+        a.to(device, dtype),
+        prm["L"],
+        prm["sigma0"],
+        prm["K"],
+        d,
+        stable,
+        kw["normalize"],
+        kw["norm_scale"],
+        kw["eps"],
+    )
+
+
+def coulomb_op_args(device, dtype=torch.float32, two_plates=True, normalize=True):
+    """Positional arguments of the ``ifm::coulomb_field`` schema for a small case."""
+    from cases import coulomb_case
+
+    p, pos, neg = coulomb_case(9, 7, 5, 5, L=6.0, seed=0)
+    kw = ifm.fields.coulomb_kernel_args(p.shape[1], two_plates=two_plates, normalize=normalize)
+    return (
+        p.to(device, dtype),
+        pos.to(device, dtype),
+        neg.to(device, dtype) if two_plates else None,
+        kw["plate_gamma"],
+        kw["sum_eps"],
+        kw["normalize"],
+        kw["norm_scale"],
+        kw["eps"],
+    )

@@ -1,10 +1,9 @@
 """The torch.ops.ifm operators: schema, fake kernels (torch.compile), dispatch registration."""
 
-import math
-
+import modes
 import pytest
 import torch
-from cases import coulomb_case, string_case
+from cases import string_case
 
 import ifm
 from ifm import _ops
@@ -16,37 +15,11 @@ DEVICES = ["cpu"] + (["cuda"] if "cuda" in ifm.available_backends() else [])
 
 
 def _string_args(device, dtype=torch.float32):
-    p, q, a, prm = string_case(9, 7, 5, "toy", seed=0)
-    d = math.pi / (2 * prm["K"])
-    kw = ifm.fields.string_kernel_args(p.shape[1], normalize=True)
-    return (
-        p.to(device, dtype),
-        q.to(device, dtype),
-        a.to(device, dtype),
-        prm["L"],
-        prm["sigma0"],
-        prm["K"],
-        d,
-        False,
-        kw["normalize"],
-        kw["norm_scale"],
-        kw["eps"],
-    )
+    return modes.string_op_args(device, dtype, normalize=True, stable=False)
 
 
 def _coulomb_args(device, dtype=torch.float32, two_plates=True):
-    p, pos, neg = coulomb_case(9, 7, 5, 5, L=6.0, seed=0)
-    kw = ifm.fields.coulomb_kernel_args(p.shape[1], two_plates=two_plates, normalize=True)
-    return (
-        p.to(device, dtype),
-        pos.to(device, dtype),
-        neg.to(device, dtype) if two_plates else None,
-        kw["plate_gamma"],
-        kw["sum_eps"],
-        kw["normalize"],
-        kw["norm_scale"],
-        kw["eps"],
-    )
+    return modes.coulomb_op_args(device, dtype, two_plates=two_plates, normalize=True)
 
 
 @needs_ext

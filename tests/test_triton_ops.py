@@ -22,7 +22,8 @@ from ifm_kernels import _introspect, _launch, _plan  # noqa: E402
 string_mod = importlib.import_module("ifm_kernels.string_field")
 coulomb_mod = importlib.import_module("ifm_kernels.coulomb_field")
 
-from cases import coulomb_case, string_case  # noqa: E402
+import modes  # noqa: E402
+from cases import string_case  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 STRING_OP = torch.ops.ifm.string_field_triton
@@ -30,37 +31,11 @@ COULOMB_OP = torch.ops.ifm.coulomb_field_triton
 
 
 def _string_args(dtype=torch.float32, normalize=True, stable=False):
-    p, q, a, prm = string_case(9, 7, 5, "toy", seed=0)
-    kw = ifm.fields.string_kernel_args(p.shape[1], normalize=normalize)
-    d = math.pi / (2 * prm["K"])
-    return (
-        p.to(DEVICE, dtype),
-        q.to(DEVICE, dtype),
-        a.to(DEVICE, dtype),
-        prm["L"],
-        prm["sigma0"],
-        prm["K"],
-        d,
-        stable,
-        kw["normalize"],
-        kw["norm_scale"],
-        kw["eps"],
-    )
+    return modes.string_op_args(DEVICE, dtype, normalize=normalize, stable=stable)
 
 
 def _coulomb_args(dtype=torch.float32, two_plates=True, normalize=True):
-    p, pos, neg = coulomb_case(9, 7, 5, 5, L=6.0, seed=0)
-    kw = ifm.fields.coulomb_kernel_args(p.shape[1], two_plates=two_plates, normalize=normalize)
-    return (
-        p.to(DEVICE, dtype),
-        pos.to(DEVICE, dtype),
-        neg.to(DEVICE, dtype) if two_plates else None,
-        kw["plate_gamma"],
-        kw["sum_eps"],
-        kw["normalize"],
-        kw["norm_scale"],
-        kw["eps"],
-    )
+    return modes.coulomb_op_args(DEVICE, dtype, two_plates=two_plates, normalize=normalize)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
