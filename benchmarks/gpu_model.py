@@ -476,7 +476,7 @@ def triton_kernel_estimates(field: str, case, dtype, arch: str) -> list[dict]:
         warps = r.num_warps
         name = r.name
         if name == "distance_kernel":
-            rows, n, ncols, cps = r.args[7], r.args[8], r.args[11], r.args[12]
+            rows, n, ncols, cps = (r.arg(k) for k in ("rows", "n", "ncols", "cols_per_slice"))
             ns = r.grid[1]
             full = [max(0, min(ncols, (k + 1) * cps) - k * cps) // c["BK"] for k in range(ns)]
             trips = sum(full) / ns
@@ -492,14 +492,7 @@ def triton_kernel_estimates(field: str, case, dtype, arch: str) -> list[dict]:
         elif name.endswith("_stats_kernel") or name.endswith("_coeff_kernel"):
             string = name.startswith("string")
             stats = name.endswith("_stats_kernel")
-            pos = {
-                ("string", True): (3, 4, 6, 7),
-                ("string", False): (9, 10, 12, 13),
-                ("coulomb", True): (2, 3, 4, 5),
-                ("coulomb", False): (5, 6, 7, 8),
-            }
-            ir, in_, ins, icl = pos[("string" if string else "coulomb", stats)]
-            rows, n, nslices, chunk_len = (r.args[k] for k in (ir, in_, ins, icl))
+            rows, n, nslices, chunk_len = (r.arg(k) for k in ("rows", "n", "nslices", "chunk_len"))
             chunks = r.grid[1]
             steps = -(-n // c["BJ"]) / chunks
             combine = [] if stats else [chunks] * (1 if string else 2)
@@ -511,8 +504,7 @@ def triton_kernel_estimates(field: str, case, dtype, arch: str) -> list[dict]:
                 ncoef = 2 if string else 1
                 dram = ncoef * rows * n * it
         elif name == "pair_sums_kernel":
-            rows, n, ncols = r.args[11], r.args[12], r.args[15]
-            chunks = r.args[16]
+            rows, n, ncols, chunks = (r.arg(k) for k in ("rows", "n", "ncols", "nchunks"))
             live = live_mask(case, plate)
             counts = _block_counts(live, c["BI"], c["BJ"])
             plate += 1
@@ -540,7 +532,7 @@ def triton_kernel_estimates(field: str, case, dtype, arch: str) -> list[dict]:
             dram = 2 * rows * ncols * it + min(l2, ny * n * ncols * it)
             l2 = max(l2 - ny * n * ncols * it, 0.0)
         else:  # finalize_kernel
-            rows, width = r.args[3], r.args[4]
+            rows, width = r.arg("rows"), r.arg("width")
             bw = c["BW"]
             sweeps = -(-width // bw)
             per, cls = _program_count(s, [sweeps] * 3, 0)

@@ -34,11 +34,36 @@ class LaunchRecord:
     def name(self) -> str:
         return self.kernel.fn.__name__ if hasattr(self.kernel, "fn") else self.kernel.__name__
 
+    def arg(self, name: str):
+        """The value passed for the kernel's (non-constexpr) parameter ``name``."""
+        names = [p.name for p in self.kernel.params if not p.is_constexpr]
+        return self.args[names.index(name)]
+
+
+class _Launches(list):
+    """The recorded launches: stored as plain tuples (what :func:`ifm_kernels._launch.launch`
+    appends costs no object construction, so host-time measurements with stubbed launches count
+    the call path, not the recorder), read as :class:`LaunchRecord` objects."""
+
+    @staticmethod
+    def _record(t):
+        kernel, grid, args, constexprs, num_warps, maxnreg = t
+        return LaunchRecord(kernel, grid, args, dict(constexprs), num_warps, maxnreg)
+
+    def __getitem__(self, i):
+        item = super().__getitem__(i)
+        if isinstance(i, slice):
+            return [self._record(t) for t in item]
+        return self._record(item)
+
+    def __iter__(self):
+        return (self._record(t) for t in super().__iter__())
+
 
 @dataclasses.dataclass
 class _Recording:
     profile: object
-    launches: list
+    launches: _Launches
 
 
 _RECORD = None
@@ -55,7 +80,7 @@ class record_launches:
     may live on the ``meta`` device. For tests and the performance model (not thread-safe)."""
 
     def __init__(self, profile):
-        self._rec = _Recording(profile, [])
+        self._rec = _Recording(profile, _Launches())
 
     def __enter__(self):
         global _RECORD
@@ -74,6 +99,7 @@ _PTR_TYPES = {
     torch.float16: "*fp16",
     torch.bfloat16: "*bf16",
     torch.int8: "*i8",
+    torch.uint8: "*u8",
     torch.int32: "*i32",
     torch.int64: "*i64",
 }

@@ -69,9 +69,7 @@ def launch(kernel, grid, args, constexprs, num_warps, maxnreg: int = 0):
     ``args`` are tuples; ``constexprs`` may be a plan's shared dict (never modified here)."""
     rec = _introspect._RECORD  # recording(), read without the call
     if rec is not None:
-        rec.launches.append(
-            _introspect.LaunchRecord(kernel, grid, args, dict(constexprs), num_warps, maxnreg)
-        )
+        rec.launches.append((kernel, grid, args, constexprs, num_warps, maxnreg))
         return
     if maxnreg and not _interpreting():
         kernel[grid](
@@ -94,18 +92,46 @@ def _interpreting() -> bool:
     return _INTERPRETING[0]
 
 
+# Every region of the workspace starts on a multiple of ALIGN bytes: region pointers stay 64-byte
+# aligned and their offsets keep Triton's divisible-by-16 specialisation (one compiled variant
+# whatever the shapes).
+ALIGN = 64
+
+
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // ALIGN) * ALIGN
+
+
 class PlanArgs:
     """What the shared passes' launches take from a plan and the shapes, computed once per plan
-    (the field modules cache it with their plans): buffer shapes, grids, constexpr dicts and
-    the integer (and width-derived) arguments."""
+    (the field modules cache it with their plans): grids, constexpr dicts, the integer (and
+    width-derived) arguments, and the layout of the call's workspace.
+
+    Workspace: one byte buffer per call (one allocation instead of one per buffer); each kernel
+    takes it as a ``uint8`` pointer and reinterprets its regions (byte offsets, ``*_off``):
+
+    * data precision: ``partial[S, rows, n]`` at 0; string: ``nsq[S, n]``, the queries'
+      ``t[rows]``, ``c1[rows, n]``, ``c2[rows, n]``; Coulomb: ``coeff[rows, n]`` at ``c1_off``;
+    * float64: the coefficient pass's statistics at ``stats_off`` (string: the chunks' row
+      maxima ``[rows, chunks]``; Coulomb: ``[3, rows, chunks]``); string: ``ez[rows, chunks]``;
+    * int32: the live-block lists ``list[tiles_i, list_stride]`` and their counts
+      ``count[tiles_i, chunks]``; string: the queries' from-antiquark flags ``fa[rows]``.
+
+    Offsets of regions a form does not have are 0 (never read). :func:`regions` gives named
+    views; the regions never overlap (tests/test_triton_kernels.py)."""
 
     __slots__ = (
         "plan",
-        "part_shape",
-        "nsq_shape",
-        "rows_shape",
-        "lst_shape",
-        "cnt_shape",
+        "ws_bytes",
+        "nsq_off",
+        "t_off",
+        "c1_off",
+        "c2_off",
+        "stats_off",
+        "ez_off",
+        "list_off",
+        "cnt_off",
+        "fa_off",
         "dist_ints",
         "dist_cx",
         "sums_ints",
@@ -114,15 +140,41 @@ class PlanArgs:
         "fin_cx",
     )
 
-    def __init__(self, plan: Plan, rows, n, width, col0, ncols, string: bool):
+    def __init__(self, plan: Plan, rows, n, width, col0, ncols, string: bool, itemsize: int):
         rows, n, width, col0, ncols = int(rows), int(n), int(width), int(col0), int(ncols)
         self.plan = plan
-        self.part_shape = (plan.nslices, rows, n)
-        self.nsq_shape = (plan.nslices, n)
-        self.rows_shape = (rows,)
-        self.lst_shape = (plan.sums_grid[0], plan.list_stride)
-        self.cnt_shape = (plan.sums_grid[0], plan.coef_chunks)
-        self.dist_ints = (rows, n, width, col0, ncols, plan.cols_per_slice)
+        tiles_i, chunks, S = plan.sums_grid[0], plan.coef_chunks, plan.nslices
+        at = 0
+
+        def region(count, size):
+            nonlocal at
+            off = at
+            at += _aligned(count * size)
+            return off
+
+        region(S * rows * n, itemsize)  # partial, at 0
+        self.nsq_off = region(S * n, itemsize) if string else 0
+        self.t_off = region(rows, itemsize) if string else 0
+        self.c1_off = region(rows * n, itemsize)
+        self.c2_off = region(rows * n, itemsize) if string else 0
+        self.stats_off = region((1 if string else 3) * rows * chunks, 8)
+        self.ez_off = region(rows * chunks, 8) if string else 0
+        self.list_off = region(tiles_i * plan.list_stride, 4)
+        self.cnt_off = region(tiles_i * chunks, 4)
+        self.fa_off = region(rows, 4) if string else 0
+        self.ws_bytes = at
+
+        self.dist_ints = (
+            rows,
+            n,
+            width,
+            col0,
+            ncols,
+            plan.cols_per_slice,
+            self.nsq_off,
+            self.t_off,
+            self.fa_off,
+        )
         self.dist_cx = dict(STRING=string, BI=plan.dist_bi, BJ=plan.dist_bj, BK=plan.dist_bk)
         self.sums_ints = (
             rows,
@@ -130,9 +182,16 @@ class PlanArgs:
             width,
             col0,
             ncols,
-            plan.coef_chunks,
+            chunks,
             plan.seg_len,
             plan.list_stride,
+            self.c1_off,
+            self.c2_off,
+            self.t_off,
+            self.ez_off,
+            self.list_off,
+            self.cnt_off,
+            self.fa_off,
         )
         self.sums_cx = dict(STRING=string, BI=plan.sums_bi, BJ=plan.sums_bj, BK=plan.sums_bk)
         self.fin_ints = (rows, width, math.sqrt(width))
@@ -149,90 +208,62 @@ class PlanArgs:
         )
 
 
-def launch_distance(
-    plan: Plan, points, y0, y1, rows, n, col0, ncols, L, string: bool, pa: PlanArgs = None
-):
-    """Pass 1; returns ``(partial[S, rows, n], nsq[S, n], (t[rows], fa[rows]))`` (the last two
-    None for the Coulomb form). ``pa``: the plan's :class:`PlanArgs` (built when not given)."""
-    if pa is None:
-        pa = PlanArgs(plan, rows, n, points.shape[1], col0, ncols, string)
-    dt, dev = points.dtype, points.device
-    part = torch.empty(size=pa.part_shape, dtype=dt, device=dev)
+def workspace(nbytes: int, device):
+    """The call's workspace (``uint8``, ``nbytes`` from :class:`PlanArgs`; a two-plate call
+    passes the larger plate's: the plates run one after the other in stream order and share
+    it)."""
+    return torch.empty(nbytes, dtype=torch.uint8, device=device)
+
+
+def regions(pa: PlanArgs, rows: int, n: int, ws, dtype, string: bool) -> dict:
+    """Named views of the workspace's regions (for tests and introspection, not the call path):
+    ``partial``, ``c1``, ``stats``, ``list``, ``count`` and for the string form ``nsq``, ``t``,
+    ``c2``, ``ez``, ``fa``. Each entry is ``(offset in bytes, view)``."""
+    plan = pa.plan
+    S, tiles_i, chunks = plan.nslices, plan.sums_grid[0], plan.coef_chunks
+
+    def view(off, dt, shape):
+        size = torch.empty((), dtype=dt).element_size()
+        return off, ws[off : off + size * math.prod(shape)].view(dt).view(shape)
+
+    out = dict(
+        partial=view(0, dtype, (S, rows, n)),
+        c1=view(pa.c1_off, dtype, (rows, n)),
+        stats=view(pa.stats_off, torch.float64, (rows, chunks) if string else (3, rows, chunks)),
+        list=view(pa.list_off, torch.int32, (tiles_i, plan.list_stride)),
+        count=view(pa.cnt_off, torch.int32, (tiles_i, chunks)),
+    )
     if string:
-        nsq = torch.empty(size=pa.nsq_shape, dtype=dt, device=dev)
-        tq = torch.empty(size=pa.rows_shape, dtype=dt, device=dev)
-        fa = torch.empty(size=pa.rows_shape, dtype=torch.int8, device=dev)
-    else:
-        nsq, tq, fa = part, part, part
+        out.update(
+            nsq=view(pa.nsq_off, dtype, (S, n)),
+            t=view(pa.t_off, dtype, (rows,)),
+            c2=view(pa.c2_off, dtype, (rows, n)),
+            ez=view(pa.ez_off, torch.float64, (rows, chunks)),
+            fa=view(pa.fa_off, torch.int32, (rows,)),
+        )
+    return out
+
+
+def launch_distance(plan: Plan, points, y0, y1, ws, L, pa: PlanArgs):
+    """Pass 1 into the workspace ``ws`` (partials; string: also ``nsq``, ``t`` and the queries'
+    plate flags) at ``pa``'s offsets; ``y1`` None for the Coulomb form."""
     launch(
         _passes.distance_kernel,
         plan.dist_grid,
-        (points, y0, y1 if y1 is not None else y0, part, nsq, tq, fa) + pa.dist_ints + (L,),
+        (points, y0, y1 if y1 is not None else y0, ws) + pa.dist_ints + (L,),
         pa.dist_cx,
         plan.num_warps,
     )
-    if not string:
-        return part, None, None
-    return part, nsq, (tq, fa)
 
 
-def live_lists(plan: Plan, device, pa: PlanArgs = None):
-    """``(list[tiles_i, chunks * seg_len], count[tiles_i, chunks])`` int32 buffers of the live
-    pair blocks per block of rows of the sums pass, one segment per chunk of the coefficient
-    pass (written by it)."""
-    if pa is None:
-        lst_shape = (plan.sums_grid[0], plan.list_stride)
-        cnt_shape = (plan.sums_grid[0], plan.coef_chunks)
-    else:
-        lst_shape, cnt_shape = pa.lst_shape, pa.cnt_shape
-    lst = torch.empty(size=lst_shape, dtype=torch.int32, device=device)
-    cnt = torch.empty(size=cnt_shape, dtype=torch.int32, device=device)
-    return lst, cnt
-
-
-def launch_pair_sums(
-    plan: Plan,
-    points,
-    y0,
-    y1,
-    c1,
-    c2,
-    lists,
-    out,
-    rows,
-    n,
-    col0,
-    ncols,
-    L,
-    string: bool,
-    ez=None,
-    queries=None,
-    pa: PlanArgs = None,
-):
+def launch_pair_sums(plan: Plan, points, y0, y1, ws, out, L, pa: PlanArgs):
     """Pass 2 into ``out`` (columns ``col0 .. col0 + ncols - 1``; string: also column 0 from the
-    chunks' ``ez``, with the queries' ``(t, fa)`` from pass 1) over the live blocks
-    ``lists = (list, count)``; ``L`` a float."""
-    if pa is None:
-        pa = PlanArgs(plan, rows, n, points.shape[1], col0, ncols, string)
-    tq, fa = queries if queries is not None else (c1, c1)
+    chunks' ``ez``) from the coefficients and live-block lists in the workspace; ``L`` a float,
+    ``y1`` None for the Coulomb form."""
     launch(
         _passes.pair_sums_kernel,
         plan.sums_grid,
-        (
-            points,
-            y0,
-            y1 if y1 is not None else y0,
-            c1,
-            c2 if c2 is not None else c1,
-            ez if ez is not None else c1,
-            tq,
-            fa,
-            lists[0],
-            lists[1],
-            out,
-        )
-        + pa.sums_ints
-        + (L,),
+        (points, y0, y1 if y1 is not None else y0, ws, out) + pa.sums_ints + (L,),
         pa.sums_cx,
         plan.num_warps,
         plan.sums_maxnreg,
@@ -251,7 +282,7 @@ def launch_finalize(
         return
     if pa is None:
         rows, width = out.shape
-        pa = PlanArgs(plan, rows, 0, width, 0, 0, False)
+        pa = PlanArgs(plan, rows, 0, width, 0, 0, False, out.element_size())
     has_neg = en is not None
     launch(
         _passes.finalize_kernel,

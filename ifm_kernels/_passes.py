@@ -38,6 +38,13 @@ from . import _field_math as fm
 
 
 @triton.jit
+def region(ws_ptr, off, dtype: tl.constexpr):
+    """The region of the byte workspace ``ws`` at byte offset ``off`` as a ``dtype`` pointer
+    (layout: :class:`ifm_kernels._launch.PlanArgs`)."""
+    return (ws_ptr + off).to(tl.pointer_type(dtype), bitcast=True)
+
+
+@triton.jit
 def summed_partials(part_ptr, nslices, rows, n, offs_i, offs_j, mask):
     """``sum_s partial[s, i, j]`` in slice order, in float64 (``[R, J]`` tile)."""
     idx = offs_i.to(tl.int64)[:, None] * n + offs_j[None, :]
@@ -99,16 +106,16 @@ def distance_kernel(
     p_ptr,
     y0_ptr,
     y1_ptr,
-    part_ptr,
-    nsq_ptr,
-    t_ptr,
-    fa_ptr,
+    ws_ptr,
     rows,
     n,
     width,
     col0,
     ncols,
     cols_per_slice,
+    nsq_off,
+    t_off,
+    fa_off,
     L: tl.float64,
     STRING: tl.constexpr,
     BI: tl.constexpr,
@@ -123,8 +130,11 @@ def distance_kernel(
     tile), and each query's ``t`` (data precision) and from-antiquark flag into ``t[i]``,
     ``fa[i]`` for pass 2 (written by the programs of the first pair tile and slice).
     Coulomb: ``y0`` = the charges, all D + 1 columns, ``x - y``. ``partial[slice, i, j]``
-    receives the slice's sum.
+    receives the slice's sum. The buffers are regions of the byte workspace ``ws`` at their
+    offsets (:class:`ifm_kernels._launch.PlanArgs`; ``partial`` at 0).
     """
+    dt = p_ptr.dtype.element_ty
+    part_ptr = region(ws_ptr, 0, dt)
     # query tiles fastest: the programs resident at once share each pair tile (read from HBM
     # once, then from L2) and the query rows stay in L2
     tiles_i = tl.cdiv(rows, BI)
@@ -139,7 +149,6 @@ def distance_kernel(
     # rows past the end read the last row (in bounds, discarded at the store): no row masks
     prow = tl.minimum(offs_i, rows - 1).to(tl.int64) * width
     yrow = tl.minimum(offs_j, n - 1).to(tl.int64) * width
-    dt = p_ptr.dtype.element_ty
     # one running sum per (query, pair, lane of BK): no cross-lane reduction inside the loop
     acc3 = tl.zeros([BI, BJ, BK], dtype=dt)
     nsq2 = tl.zeros([BJ, BK], dtype=dt)
@@ -169,10 +178,11 @@ def distance_kernel(
     tl.store(out, acc, mask=mi[:, None] & mj[None, :])
     if STRING:
         if ib == 0:
+            nsq_ptr = region(ws_ptr, nsq_off, dt)
             tl.store(nsq_ptr + sl * n + offs_j, tl.sum(nsq2, axis=1), mask=mj)
         if (jb == 0) & (sl == 0):
-            tl.store(t_ptr + offs_i, t, mask=mi)
-            tl.store(fa_ptr + offs_i, fa.to(tl.int8), mask=mi)
+            tl.store(region(ws_ptr, t_off, dt) + offs_i, t, mask=mi)
+            tl.store(region(ws_ptr, fa_off, tl.int32) + offs_i, fa.to(tl.int32), mask=mi)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,13 +193,7 @@ def pair_sums_kernel(
     p_ptr,
     y0_ptr,
     y1_ptr,
-    c1_ptr,
-    c2_ptr,
-    ez_ptr,
-    t_ptr,
-    fa_ptr,
-    list_ptr,
-    count_ptr,
+    ws_ptr,
     out_ptr,
     rows,
     n,
@@ -199,6 +203,13 @@ def pair_sums_kernel(
     nchunks,
     seg_len,
     stride,
+    c1_off,
+    c2_off,
+    t_off,
+    ez_off,
+    list_off,
+    cnt_off,
+    fa_off,
     L: tl.float64,
     STRING: tl.constexpr,
     BI: tl.constexpr,
@@ -211,8 +222,14 @@ def pair_sums_kernel(
 
     String: ``out[i, 1 + k] = sum_j c2_ij rho_ijk + c1_ij Delta_jk`` (``c1 = w cos_a nu_j``,
     ``c2 = w sr``), and ``out[i, 0] = L sum_chunks ez[i, chunk]`` from the programs of the first
-    column block; Coulomb: ``out[i, k] = sum_j c1_ij (y_jk - x_ik)``.
+    column block; Coulomb: ``out[i, k] = sum_j c1_ij (y_jk - x_ik)``. The buffers are regions of
+    the byte workspace ``ws`` at their offsets (:class:`ifm_kernels._launch.PlanArgs`).
     """
+    dt = p_ptr.dtype.element_ty
+    c1_ptr = region(ws_ptr, c1_off, dt)
+    c2_ptr = region(ws_ptr, c2_off, dt)
+    list_ptr = region(ws_ptr, list_off, tl.int32)
+    count_ptr = region(ws_ptr, cnt_off, tl.int32)
     ib = tl.program_id(0)
     kb = tl.program_id(1)
     offs_i = ib * BI + tl.arange(0, BI)
@@ -228,8 +245,8 @@ def pair_sums_kernel(
     x = tl.load(p_ptr + prow[:, None] + lcols[None, :], mask=mi[:, None], other=0.0)
     if STRING:
         # the queries' t and plate from pass 1 (float64 work done once per query)
-        t = tl.load(t_ptr + offs_i, mask=mi, other=0.0)
-        fa = tl.load(fa_ptr + offs_i, mask=mi, other=0) != 0
+        t = tl.load(region(ws_ptr, t_off, dt) + offs_i, mask=mi, other=0.0)
+        fa = tl.load(region(ws_ptr, fa_off, tl.int32) + offs_i, mask=mi, other=0) != 0
     else:
         fa = offs_i < 0
         t = tl.zeros([BI], dtype=p_ptr.dtype.element_ty)
@@ -264,6 +281,7 @@ def pair_sums_kernel(
         if kb == 0:
             # E_z = L sum_j c1: the chunks' float64 sums in chunk order, into column 0
             ez = tl.zeros([BI], dtype=tl.float64)
+            ez_ptr = region(ws_ptr, ez_off, tl.float64)
             for ch in range(0, nchunks):
                 ez += tl.load(ez_ptr + offs_i.to(tl.int64) * nchunks + ch, mask=mi, other=0.0)
             tl.store(out_ptr + prow, (L * ez).to(out_ptr.dtype.element_ty), mask=mi)

@@ -48,13 +48,14 @@ def _log_contribution(logit, d2):
 
 @triton.jit
 def coulomb_stats_kernel(
-    part_ptr,
-    stats_ptr,
+    p_ptr,
+    ws_ptr,
     rows,
     n,
     nslices,
     chunk_len,
     nchunks,
+    stats_off,
     dim: tl.float64,
     BR: tl.constexpr,
     BJ: tl.constexpr,
@@ -62,7 +63,11 @@ def coulomb_stats_kernel(
     """Grid ``(ceil(b / BR), chunks)``: per row, over one chunk of ``chunk_len`` charges
     (float64): the largest logit ``m``, ``sum exp(logit - m)`` (running maximum with online
     rescaling) and the largest log-contribution ``logit + log d``, into
-    ``stats[0 | 1 | 2, row, chunk]``."""
+    ``stats[0 | 1 | 2, row, chunk]``. ``partial`` and ``stats`` are regions of the byte
+    workspace ``ws`` (:class:`ifm_kernels._launch.PlanArgs`); ``p`` (the queries) gives the
+    data precision only."""
+    part_ptr = _passes.region(ws_ptr, 0, p_ptr.dtype.element_ty)
+    stats_ptr = _passes.region(ws_ptr, stats_off, tl.float64)
     offs_i = tl.program_id(0) * BR + tl.arange(0, BR)
     ch = tl.program_id(1)
     mi = offs_i < rows
@@ -90,17 +95,18 @@ def coulomb_stats_kernel(
 
 @triton.jit
 def coulomb_coeff_kernel(
-    part_ptr,
-    stats_ptr,
-    c_ptr,
-    list_ptr,
-    count_ptr,
+    p_ptr,
+    ws_ptr,
     rows,
     n,
     nslices,
     chunk_len,
     nchunks,
+    stats_off,
     list_stride,
+    c_off,
+    list_off,
+    cnt_off,
     dim: tl.float64,
     sum_eps: tl.float64,
     log_skip: tl.float64,
@@ -111,7 +117,15 @@ def coulomb_coeff_kernel(
     """Grid ``(ceil(b / BR), chunks)``: softmax coefficients (float64) of one block of rows over
     one chunk of charges, the row's maximum, sum and largest contribution combined from all
     chunks' ``stats`` in chunk order; the chunk's live charge blocks (of SBJ charges; BJ is a
-    multiple of SBJ, ``chunk_len`` of BJ) into the row block's list."""
+    multiple of SBJ, ``chunk_len`` of BJ) into the row block's list. The buffers are regions of
+    the byte workspace ``ws`` at their offsets (:class:`ifm_kernels._launch.PlanArgs`); ``p``
+    (the queries) gives the data precision only."""
+    dt = p_ptr.dtype.element_ty
+    part_ptr = _passes.region(ws_ptr, 0, dt)
+    stats_ptr = _passes.region(ws_ptr, stats_off, tl.float64)
+    c_ptr = _passes.region(ws_ptr, c_off, dt)
+    list_ptr = _passes.region(ws_ptr, list_off, tl.int32)
+    count_ptr = _passes.region(ws_ptr, cnt_off, tl.int32)
     rb = tl.program_id(0)
     ch = tl.program_id(1)
     offs_i = rb * BR + tl.arange(0, BR)
@@ -130,7 +144,6 @@ def coulomb_coeff_kernel(
         sc = tl.load(stats_ptr + plane + srow + c, mask=mi, other=0.0)
         acc += tl.where(mc > -fm.INF, sc * tl.exp(mc - m_safe), 0.0)
     inv = 1.0 / tl.where(mi, acc + sum_eps, 1.0)  # acc >= 1 on real rows
-    dt = c_ptr.dtype.element_ty
     crow = offs_i.to(tl.int64) * n
     cnt = rb * 0
     j_begin = ch * chunk_len
@@ -152,31 +165,28 @@ def coulomb_coeff_kernel(
 
 class _Spec:
     """A plate plan's launch constants for its shape (cached with the plan): the shared passes'
-    :class:`~ifm_kernels._launch.PlanArgs`, the coefficient buffers' shapes, and the integer
-    (and width-derived) arguments and constexpr dicts of the stats and coefficient passes."""
+    :class:`~ifm_kernels._launch.PlanArgs`, and the integer (and width-derived) arguments and
+    constexpr dicts of the stats and coefficient passes."""
 
     __slots__ = (
         "plan",
         "pa",
-        "c_shape",
-        "stats_shape",
         "stats_args",
         "stats_cx",
         "coeff_ints",
         "coeff_cx",
     )
 
-    def __init__(self, plan, b, n, width):
+    def __init__(self, plan, b, n, width, itemsize):
         self.plan = plan
-        self.pa = _launch.PlanArgs(plan, b, n, width, 0, width, False)
-        self.c_shape = (b, n)
-        self.stats_shape = (3, b, plan.coef_chunks)
+        pa = self.pa = _launch.PlanArgs(plan, b, n, width, 0, width, False, itemsize)
         self.stats_args = (
             b,
             n,
             plan.nslices,
             plan.coef_chunk_len,
             plan.coef_chunks,
+            pa.stats_off,
             float(width),
         )
         self.stats_cx = dict(BR=plan.coef_br, BJ=plan.coef_bj)
@@ -186,66 +196,36 @@ class _Spec:
             plan.nslices,
             plan.coef_chunk_len,
             plan.coef_chunks,
+            pa.stats_off,
             plan.list_stride,
+            pa.c1_off,
+            pa.list_off,
+            pa.cnt_off,
             float(width),
         )
         self.coeff_cx = dict(BR=plan.coef_br, BJ=plan.coef_bj, SBJ=plan.sums_bj)
 
 
-def _plate_field(
-    spec: _Spec,
-    points: torch.Tensor,
-    charges: torch.Tensor,
-    sum_eps: float,
-    dest: torch.Tensor,
-    b: int,
-    width: int,
-    dev,
-) -> None:
+def _plate_field(spec: _Spec, points, charges, sum_eps: float, dest, ws, log_skip: float) -> None:
     """One plate's raw field ``sum_j coeff_ij (y_j - x_i)`` into ``dest [b, D+1]``
-    (``sum_eps`` a float)."""
+    (``sum_eps`` a float), in the call's byte workspace ``ws``."""
     plan, pa = spec.plan, spec.pa
-    n = charges.shape[0]
-    dt = points.dtype
-    part, _, _ = _launch.launch_distance(
-        plan, points, charges, None, b, n, 0, width, 0.0, False, pa
-    )
-    coeff = torch.empty(size=spec.c_shape, dtype=dt, device=dev)
-    stats = torch.empty(size=spec.stats_shape, dtype=torch.float64, device=dev)
-    lists = _launch.live_lists(plan, dev, pa)
+    _launch.launch_distance(plan, points, charges, None, ws, 0.0, pa)
     _launch.launch(
         coulomb_stats_kernel,
         plan.coef_grid,
-        (part, stats) + spec.stats_args,
+        (points, ws) + spec.stats_args,
         spec.stats_cx,
         plan.num_warps,
     )
     _launch.launch(
         coulomb_coeff_kernel,
         plan.coef_grid,
-        (part, stats, coeff, lists[0], lists[1])
-        + spec.coeff_ints
-        + (sum_eps, fm.log_skip_ratio(dt)),
+        (points, ws) + spec.coeff_ints + (sum_eps, log_skip),
         spec.coeff_cx,
         plan.num_warps,
     )
-    _launch.launch_pair_sums(
-        plan,
-        points,
-        charges,
-        None,
-        coeff,
-        None,
-        lists,
-        dest,
-        b,
-        n,
-        0,
-        width,
-        0.0,
-        False,
-        pa=pa,
-    )
+    _launch.launch_pair_sums(plan, points, charges, None, ws, dest, 0.0, pa)
 
 
 def coulomb_field(
@@ -263,9 +243,9 @@ def coulomb_field(
 
     One plate (``negative is None``): ``E+`` (toward the charges); two plates: ``-E+ + E-``.
     ``plate_gamma`` not None: each plate term becomes ``sqrt(D+1) E / (||E|| + plate_gamma)``
-    first. ``normalize``: ``norm_scale E / (||E|| + eps)`` last. Extra memory per plate:
-    ``partial [S, b, B]``, ``coeff [b, B]``, ``stats [3, b, chunks]`` and the live-block
-    lists; with two plates one ``[b, D+1]`` buffer for E-.
+    first. ``normalize``: ``norm_scale E / (||E|| + eps)`` last. Extra memory, in one workspace
+    shared by the plates (:class:`ifm_kernels._launch.PlanArgs`; sized for the larger plate): ``partial [S, b, B]``, ``coeff [b, B]``, ``stats [3, b, chunks]`` and the
+    live-block lists; with two plates one ``[b, D+1]`` buffer for E-.
     """
     return coulomb_field_op(
         points, positive, negative, plate_gamma, sum_eps, normalize, norm_scale, eps
@@ -288,20 +268,27 @@ def coulomb_field_op(points, positive, negative, plate_gamma, sum_eps, normalize
     profile = _launch.device_profile(dev)
     itemsize = points.element_size()
     sum_eps = float(sum_eps)
+    log_skip = fm.log_skip_ratio(points.dtype)
     with _launch.launch_guard(dev):
         n = positive.shape[0]
         spec_p = _launch.per_plan(
-            _Spec, _cached_plan(b, n, width, width, profile, itemsize), b, n, width
+            _Spec, _cached_plan(b, n, width, width, profile, itemsize), b, n, width, itemsize
         )
-        _plate_field(spec_p, points, positive, sum_eps, out, b, width, dev)
-        en = None
+        spec_n = en = None
         if negative is not None:
             en = torch.empty_like(points)
             n = negative.shape[0]
             spec_n = _launch.per_plan(
-                _Spec, _cached_plan(b, n, width, width, profile, itemsize), b, n, width
+                _Spec, _cached_plan(b, n, width, width, profile, itemsize), b, n, width, itemsize
             )
-            _plate_field(spec_n, points, negative, sum_eps, en, b, width, dev)
+        # the plates run one after the other in stream order: they share the workspace
+        nbytes = spec_p.pa.ws_bytes
+        if spec_n is not None and spec_n.pa.ws_bytes > nbytes:
+            nbytes = spec_n.pa.ws_bytes
+        ws = _launch.workspace(nbytes, dev)
+        _plate_field(spec_p, points, positive, sum_eps, out, ws, log_skip)
+        if spec_n is not None:
+            _plate_field(spec_n, points, negative, sum_eps, en, ws, log_skip)
         _launch.launch_finalize(
             spec_p.plan,
             out,

@@ -46,14 +46,14 @@ def _query_terms(p_ptr, offs_i, mi, width, L, sigma0, K, d):
 @triton.jit
 def string_stats_kernel(
     p_ptr,
-    part_ptr,
-    stats_ptr,
+    ws_ptr,
     rows,
     n,
     width,
     nslices,
     chunk_len,
     nchunks,
+    stats_off,
     L: tl.float64,
     sigma0: tl.float64,
     K: tl.float64,
@@ -62,7 +62,10 @@ def string_stats_kernel(
     BJ: tl.constexpr,
 ):
     """Grid ``(ceil(b / BR), chunks)``: the largest log-weight of each row over one chunk of
-    ``chunk_len`` pairs into ``stats[row, chunk]`` (float64)."""
+    ``chunk_len`` pairs into ``stats[row, chunk]`` (float64). ``partial`` and ``stats`` are
+    regions of the byte workspace ``ws`` (:class:`ifm_kernels._launch.PlanArgs`)."""
+    part_ptr = _passes.region(ws_ptr, 0, p_ptr.dtype.element_ty)
+    stats_ptr = _passes.region(ws_ptr, stats_off, tl.float64)
     offs_i = tl.program_id(0) * BR + tl.arange(0, BR)
     ch = tl.program_id(1)
     mi = offs_i < rows
@@ -82,21 +85,21 @@ def string_stats_kernel(
 @triton.jit
 def string_coeff_kernel(
     p_ptr,
-    part_ptr,
-    nsq_ptr,
-    stats_ptr,
-    c1_ptr,
-    c2_ptr,
-    ez_ptr,
-    list_ptr,
-    count_ptr,
+    ws_ptr,
     rows,
     n,
     width,
     nslices,
     chunk_len,
     nchunks,
+    stats_off,
     list_stride,
+    nsq_off,
+    c1_off,
+    c2_off,
+    ez_off,
+    list_off,
+    cnt_off,
     L: tl.float64,
     sigma0: tl.float64,
     K: tl.float64,
@@ -110,7 +113,17 @@ def string_coeff_kernel(
     """Grid ``(ceil(b / BR), chunks)``: the coefficients of one block of rows over one chunk of
     pairs, with the row maximum from ``stats`` (all chunks, in order); ``sum_j c1`` of the chunk
     into ``ez[row, chunk]`` (float64) and the chunk's live blocks of SBJ pairs into the row
-    block's list (BJ is a multiple of SBJ, ``chunk_len`` of BJ)."""
+    block's list (BJ is a multiple of SBJ, ``chunk_len`` of BJ). The buffers are regions of the
+    byte workspace ``ws`` at their offsets (:class:`ifm_kernels._launch.PlanArgs`)."""
+    dt = p_ptr.dtype.element_ty
+    part_ptr = _passes.region(ws_ptr, 0, dt)
+    nsq_ptr = _passes.region(ws_ptr, nsq_off, dt)
+    c1_ptr = _passes.region(ws_ptr, c1_off, dt)
+    c2_ptr = _passes.region(ws_ptr, c2_off, dt)
+    stats_ptr = _passes.region(ws_ptr, stats_off, tl.float64)
+    ez_ptr = _passes.region(ws_ptr, ez_off, tl.float64)
+    list_ptr = _passes.region(ws_ptr, list_off, tl.int32)
+    count_ptr = _passes.region(ws_ptr, cnt_off, tl.int32)
     rb = tl.program_id(0)
     ch = tl.program_id(1)
     offs_i = rb * BR + tl.arange(0, BR)
@@ -126,7 +139,6 @@ def string_coeff_kernel(
         shift = tl.zeros([BR], dtype=tl.float64)
     floor = (m + log_skip)[:, None]
 
-    dt = c1_ptr.dtype.element_ty
     ez = tl.zeros([BR], dtype=tl.float64)
     crow = offs_i.to(tl.int64) * n
     cnt = rb * 0
@@ -167,22 +179,34 @@ class _Spec:
     __slots__ = (
         "plan",
         "pa",
-        "c_shape",
-        "stats_shape",
         "stats_ints",
         "stats_cx",
         "coeff_ints",
         "coeff_cx",
     )
 
-    def __init__(self, plan, b, B, width):
+    def __init__(self, plan, b, B, width, itemsize):
         self.plan = plan
-        self.pa = _launch.PlanArgs(plan, b, B, width, 1, width - 1, True)
-        self.c_shape = (b, B)
-        self.stats_shape = (b, plan.coef_chunks)
-        self.stats_ints = (b, B, width, plan.nslices, plan.coef_chunk_len, plan.coef_chunks)
+        pa = self.pa = _launch.PlanArgs(plan, b, B, width, 1, width - 1, True, itemsize)
+        self.stats_ints = (
+            b,
+            B,
+            width,
+            plan.nslices,
+            plan.coef_chunk_len,
+            plan.coef_chunks,
+            pa.stats_off,
+        )
         self.stats_cx = dict(BR=plan.coef_br, BJ=plan.coef_bj)
-        self.coeff_ints = self.stats_ints + (plan.list_stride,)
+        self.coeff_ints = self.stats_ints + (
+            plan.list_stride,
+            pa.nsq_off,
+            pa.c1_off,
+            pa.c2_off,
+            pa.ez_off,
+            pa.list_off,
+            pa.cnt_off,
+        )
         # indexed by STABLE
         self.coeff_cx = tuple(
             dict(STABLE=st, BR=plan.coef_br, BJ=plan.coef_bj, SBJ=plan.sums_bj)
@@ -208,9 +232,10 @@ def string_field(
 
     Inputs: validated, contiguous, float32 or float64, same device (CUDA, or CPU under
     ``TRITON_INTERPRET=1``); ``points [b, D+1]``, ``quarks``/``antiquarks [B, D+1]`` z-first.
-    Extra memory: ``partial [S, b, B]``, ``nsq [S, B]`` and the coefficients ``c1, c2 [b, B]``
-    in the data precision, two float64 ``[b, chunks]`` buffers, the live-block lists (``S``,
-    the chunks and the blocks from :func:`ifm_kernels._plan.make_plan`).
+    Extra memory, in one workspace (:class:`ifm_kernels._launch.PlanArgs`): ``partial [S, b,
+    B]``, ``nsq [S, B]``, ``t [b]`` and the coefficients ``c1, c2 [b, B]`` in the data
+    precision, two float64 ``[b, chunks]`` buffers, the live-block lists and the queries' plate
+    flags (int32; ``S``, the chunks and the blocks from :func:`ifm_kernels._plan.make_plan`).
     """
     return string_field_op(
         points, quarks, antiquarks, L, sigma0, K, d, stable, normalize, norm_scale, eps
@@ -238,55 +263,28 @@ def string_field_op(
     plan = _cached_plan(
         b, B, width - 1, width, _launch.device_profile(dev), points.element_size(), string=True
     )
-    spec = _launch.per_plan(_Spec, plan, b, B, width)
+    spec = _launch.per_plan(_Spec, plan, b, B, width, points.element_size())
     pa = spec.pa
     L = float(L)
     params = (L, float(sigma0), float(K), float(d))
     with _launch.launch_guard(dev):
-        part, nsq, queries = _launch.launch_distance(
-            plan, points, quarks, antiquarks, b, B, 1, width - 1, L, True, pa
-        )
-        c1 = torch.empty(size=spec.c_shape, dtype=dt, device=dev)
-        c2 = torch.empty(size=spec.c_shape, dtype=dt, device=dev)
-        stats = torch.empty(size=spec.stats_shape, dtype=torch.float64, device=dev)
-        ez = torch.empty(size=spec.stats_shape, dtype=torch.float64, device=dev)
-        lists = _launch.live_lists(plan, dev, pa)
+        ws = _launch.workspace(pa.ws_bytes, dev)
+        _launch.launch_distance(plan, points, quarks, antiquarks, ws, L, pa)
         _launch.launch(
             string_stats_kernel,
             plan.coef_grid,
-            (points, part, stats) + spec.stats_ints + params,
+            (points, ws) + spec.stats_ints + params,
             spec.stats_cx,
             plan.num_warps,
         )
         _launch.launch(
             string_coeff_kernel,
             plan.coef_grid,
-            (points, part, nsq, stats, c1, c2, ez, lists[0], lists[1])
-            + spec.coeff_ints
-            + params
-            + (fm.log_skip_ratio(dt),),
+            (points, ws) + spec.coeff_ints + params + (fm.log_skip_ratio(dt),),
             spec.coeff_cx[bool(stable)],
             plan.num_warps,
         )
-        _launch.launch_pair_sums(
-            plan,
-            points,
-            quarks,
-            antiquarks,
-            c1,
-            c2,
-            lists,
-            out,
-            b,
-            B,
-            1,
-            width - 1,
-            L,
-            True,
-            ez=ez,
-            queries=queries,
-            pa=pa,
-        )
+        _launch.launch_pair_sums(plan, points, quarks, antiquarks, ws, out, L, pa)
         if normalize:
             _launch.launch_finalize(
                 plan,

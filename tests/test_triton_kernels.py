@@ -366,6 +366,38 @@ def test_real_gpu_plans_under_the_interpreter(monkeypatch, profile, dtype):
     check_coulomb(points, pos, neg, dtype, plate_gamma=5.0, normalize=True)
 
 
+@pytest.mark.parametrize("profile", [H100, A100], ids=["H100", "A100"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("string", [True, False], ids=["string", "coulomb"])
+@pytest.mark.parametrize(
+    "case",
+    PUBLISHED + [("tiny", 1, 1, 1), ("odd", 37, 5, 123), ("tall", 2, 3, 49152)],
+    ids=lambda c: c[0],
+)
+def test_workspace_regions_are_disjoint_and_aligned(case, string, dtype, profile):
+    """Each region of a call's byte workspace lies inside it, starts on a multiple of
+    ``_launch.ALIGN`` bytes and overlaps no other region (the kernels write them concurrently)."""
+    _name, b, B, D = case
+    width = D + 1
+    itemsize = torch.tensor([], dtype=dtype).element_size()
+    if string:
+        plan = P.make_plan(b, B, D, width, profile, itemsize, string=True)
+        pa = _launch.PlanArgs(plan, b, B, width, 1, D, True, itemsize)
+    else:
+        plan = P.make_plan(b, B, width, width, profile, itemsize)
+        pa = _launch.PlanArgs(plan, b, B, width, 0, width, False, itemsize)
+    ws = torch.empty(pa.ws_bytes, dtype=torch.uint8, device="meta")
+    spans = []
+    for name, (off, view) in _launch.regions(pa, b, B, ws, dtype, string).items():
+        assert off % _launch.ALIGN == 0, name
+        end = off + view.numel() * view.element_size()
+        assert end <= pa.ws_bytes, name
+        spans.append((off, end, name))
+    spans.sort()
+    for (_s0, e0, n0), (s1, _e1, n1) in zip(spans, spans[1:]):
+        assert e0 <= s1, (n0, n1)
+
+
 @pytest.mark.parametrize("field", ["string", "coulomb"])
 def test_live_block_lists(monkeypatch, field):
     """The coefficient pass lists, per row block of the sums pass, exactly the pair blocks with a
@@ -374,17 +406,20 @@ def test_live_block_lists(monkeypatch, field):
     seen = []
     real = _launch.launch_pair_sums
 
-    def spy(plan, points, y0, y1, c1, c2, lists, *rest, **kw):
+    def spy(plan, points, y0, y1, ws, out, L, pa):
+        rows, n = points.shape[0], y0.shape[0]
+        r = _launch.regions(pa, rows, n, ws, points.dtype, string=y1 is not None)
+        c2 = r.get("c2")
         seen.append(
             (
                 plan,
-                c1.clone(),
-                None if c2 is None else c2.clone(),
-                lists[0].clone(),
-                lists[1].clone(),
+                r["c1"][1].clone(),
+                None if c2 is None else c2[1].clone(),
+                r["list"][1].clone(),
+                r["count"][1].clone(),
             )
         )
-        return real(plan, points, y0, y1, c1, c2, lists, *rest, **kw)
+        return real(plan, points, y0, y1, ws, out, L, pa)
 
     monkeypatch.setattr(_launch, "launch_pair_sums", spy)
     if field == "string":
