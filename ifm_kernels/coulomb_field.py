@@ -244,8 +244,9 @@ def coulomb_field(
     One plate (``negative is None``): ``E+`` (toward the charges); two plates: ``-E+ + E-``.
     ``plate_gamma`` not None: each plate term becomes ``sqrt(D+1) E / (||E|| + plate_gamma)``
     first. ``normalize``: ``norm_scale E / (||E|| + eps)`` last. Extra memory, in one workspace
-    shared by the plates (:class:`ifm_kernels._launch.PlanArgs`; sized for the larger plate): ``partial [S, b, B]``, ``coeff [b, B]``, ``stats [3, b, chunks]`` and the
-    live-block lists; with two plates one ``[b, D+1]`` buffer for E-.
+    shared by the plates (:class:`ifm_kernels._launch.PlanArgs`; sized for the larger plate):
+    ``partial [S, b, B]``, ``coeff [b, B]``, ``stats [3, b, chunks]`` and the live-block lists;
+    with two plates one ``[b, D+1]`` buffer for E-.
     """
     return coulomb_field_op(
         points, positive, negative, plate_gamma, sum_eps, normalize, norm_scale, eps

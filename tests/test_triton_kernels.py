@@ -394,7 +394,7 @@ def test_workspace_regions_are_disjoint_and_aligned(case, string, dtype, profile
         assert end <= pa.ws_bytes, name
         spans.append((off, end, name))
     spans.sort()
-    for (_s0, e0, n0), (s1, _e1, n1) in zip(spans, spans[1:]):
+    for (_s0, e0, n0), (s1, _e1, n1) in zip(spans, spans[1:], strict=False):
         assert e0 <= s1, (n0, n1)
 
 
