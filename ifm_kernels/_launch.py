@@ -115,7 +115,8 @@ class PlanArgs:
     * float64: the coefficient pass's statistics at ``stats_off`` (string: the chunks' row
       maxima ``[rows, chunks]``; Coulomb: ``[3, rows, chunks]``); string: ``ez[rows, chunks]``;
     * int32: the live-block lists ``list[tiles_i, list_stride]`` and their counts
-      ``count[tiles_i, chunks]``; string: the queries' from-antiquark flags ``fa[rows]``.
+      ``count[tiles_i, chunks]``;
+    * int8, string: the queries' from-antiquark flags ``fa[rows]``.
 
     Offsets of regions a form does not have are 0 (never read). :func:`regions` gives named
     views; the regions never overlap (tests/test_triton_kernels.py)."""
@@ -161,7 +162,7 @@ class PlanArgs:
         self.ez_off = region(rows * chunks, 8) if string else 0
         self.list_off = region(tiles_i * plan.list_stride, 4)
         self.cnt_off = region(tiles_i * chunks, 4)
-        self.fa_off = region(rows, 4) if string else 0
+        self.fa_off = region(rows, 1) if string else 0
         self.ws_bytes = at
 
         self.dist_ints = (
@@ -239,7 +240,7 @@ def regions(pa: PlanArgs, rows: int, n: int, ws, dtype, string: bool) -> dict:
             t=view(pa.t_off, dtype, (rows,)),
             c2=view(pa.c2_off, dtype, (rows, n)),
             ez=view(pa.ez_off, torch.float64, (rows, chunks)),
-            fa=view(pa.fa_off, torch.int32, (rows,)),
+            fa=view(pa.fa_off, torch.int8, (rows,)),
         )
     return out
 

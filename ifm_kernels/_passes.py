@@ -182,7 +182,7 @@ def distance_kernel(
             tl.store(nsq_ptr + sl * n + offs_j, tl.sum(nsq2, axis=1), mask=mj)
         if (jb == 0) & (sl == 0):
             tl.store(region(ws_ptr, t_off, dt) + offs_i, t, mask=mi)
-            tl.store(region(ws_ptr, fa_off, tl.int32) + offs_i, fa.to(tl.int32), mask=mi)
+            tl.store(region(ws_ptr, fa_off, tl.int8) + offs_i, fa.to(tl.int8), mask=mi)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -246,7 +246,7 @@ def pair_sums_kernel(
     if STRING:
         # the queries' t and plate from pass 1 (float64 work done once per query)
         t = tl.load(region(ws_ptr, t_off, dt) + offs_i, mask=mi, other=0.0)
-        fa = tl.load(region(ws_ptr, fa_off, tl.int32) + offs_i, mask=mi, other=0) != 0
+        fa = tl.load(region(ws_ptr, fa_off, tl.int8) + offs_i, mask=mi, other=0) != 0
     else:
         fa = offs_i < 0
         t = tl.zeros([BI], dtype=p_ptr.dtype.element_ty)
