@@ -28,15 +28,14 @@ def test_quick_demo_writes_outputs(tmp_path):
     for r in runs:
         assert math.isfinite(r["w2_generated_target"]) and r["w2_generated_target"] > 0
         assert r["w2_source_target"] > 0 and r["train_time_s"] > 0
-        calls = (
-            q.exact_steps + 2 * q.exact_end_steps
-            if r["method"] == "IFM (exact field)"
-            else q.euler_steps + 2 * q.end_steps
-        )
-        assert r["network_calls_per_sample"] == calls
+        if r["method"] == "IFM (exact field)":  # Euler in the end regions, RK45 between them
+            assert r["network_calls_per_sample"] > 2 * q.exact_end_steps
+        else:
+            assert r["network_calls_per_sample"] == q.euler_steps + 2 * q.end_steps
         assert r["ratio"] == pytest.approx(r["w2_generated_target"] / r["w2_source_target"])
     exact = [r for r in runs if r["method"] == "IFM (exact field)"]
-    assert all(r["train_steps"] == 0 and r["pairs"] == q.exact_pairs for r in exact)
+    assert all(r["train_steps"] == 0 and r["batches"] == q.exact_batches for r in exact)
+    assert all(r["pairs"] == q.exact_batches * q.B for r in exact)
     assert summary["seed"] == 3 and summary["quick"] is True and summary["w2_floor"] > 0
     md = (out / "summary.md").read_text()
     assert md.count("| IFM |") == 2 and md.count("| EFM |") == 2
