@@ -86,3 +86,22 @@ def test_python_m_ifm_help():
         timeout=120,
     )
     assert res.returncode == 0 and "--quick" in res.stdout and "--out" in res.stdout
+
+
+def test_plate_weighted_queries_put_their_share_in_the_end_regions():
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    a, c = torch.randn(400, 2, generator=g), torch.randn(400, 2, generator=g) + 3.0
+    L, d = 40.0, math.pi / (2 * demo.K)
+    q = demo.plate_weighted(a, c, L=L, b=400, generator=g, end_fraction=0.5, scale=0.0)
+    z = q[:, 0]
+    in_end = (z <= d) | (z >= L - d)
+    assert int(in_end[:200].sum()) == 200 and int((z[:200] <= d).sum()) == 100
+    # the rest is uniform over the gap: about 2d/L of it in the end regions
+    assert int(in_end[200:].sum()) < 20
+    # without noise the x part is the pair's interpolation at the query's z
+    t = (z / L)[:, None]
+    assert torch.allclose(q[:, 1:], (1 - t) * a + t * c, atol=1e-5)
+    with pytest.raises(ValueError, match="end_fraction"):
+        demo.plate_weighted(a, c, L=L, b=10, end_fraction=1.5)
