@@ -118,11 +118,14 @@ class PlanArgs:
       ``count[tiles_i, chunks]``;
     * int8, string: the queries' from-antiquark flags ``fa[rows]``.
 
-    Offsets of regions a form does not have are 0 (never read). :func:`regions` gives named
-    views; the regions never overlap (tests/test_triton_kernels.py)."""
+    ``layout`` maps each region's name to ``(byte offset, element type, shape)`` (element type
+    None: the data precision); the ``*_off`` offsets come from it, and are 0 for the regions a
+    form does not have (never read). :func:`regions` gives named views; the regions never
+    overlap (tests/test_triton_kernels.py)."""
 
     __slots__ = (
         "plan",
+        "layout",
         "ws_bytes",
         "nsq_off",
         "t_off",
@@ -145,25 +148,37 @@ class PlanArgs:
         rows, n, width, col0, ncols = int(rows), int(n), int(width), int(col0), int(ncols)
         self.plan = plan
         tiles_i, chunks, S = plan.sums_grid[0], plan.coef_chunks, plan.nslices
-        at = 0
-
-        def region(count, size):
-            nonlocal at
-            off = at
-            at += _aligned(count * size)
-            return off
-
-        region(S * rows * n, itemsize)  # partial, at 0
-        self.nsq_off = region(S * n, itemsize) if string else 0
-        self.t_off = region(rows, itemsize) if string else 0
-        self.c1_off = region(rows * n, itemsize)
-        self.c2_off = region(rows * n, itemsize) if string else 0
-        self.stats_off = region((1 if string else 3) * rows * chunks, 8)
-        self.ez_off = region(rows * chunks, 8) if string else 0
-        self.list_off = region(tiles_i * plan.list_stride, 4)
-        self.cnt_off = region(tiles_i * chunks, 4)
-        self.fa_off = region(rows, 1) if string else 0
+        # the regions in workspace order; the string form's own ones only for it
+        specs = [("partial", None, (S, rows, n))]
+        if string:
+            specs += [("nsq", None, (S, n)), ("t", None, (rows,))]
+        specs.append(("c1", None, (rows, n)))
+        if string:
+            specs.append(("c2", None, (rows, n)))
+        specs.append(("stats", torch.float64, (rows, chunks) if string else (3, rows, chunks)))
+        if string:
+            specs.append(("ez", torch.float64, (rows, chunks)))
+        specs += [
+            ("list", torch.int32, (tiles_i, plan.list_stride)),
+            ("count", torch.int32, (tiles_i, chunks)),
+        ]
+        if string:
+            specs.append(("fa", torch.int8, (rows,)))
+        self.layout, at = {}, 0
+        for name, dt, shape in specs:
+            self.layout[name] = (at, dt, shape)
+            at += _aligned((itemsize if dt is None else dt.itemsize) * math.prod(shape))
         self.ws_bytes = at
+
+        def off(name):
+            return self.layout[name][0] if name in self.layout else 0
+
+        self.nsq_off, self.t_off, self.c1_off, self.c2_off = (
+            off(k) for k in ("nsq", "t", "c1", "c2")
+        )
+        self.stats_off, self.ez_off, self.list_off, self.cnt_off, self.fa_off = (
+            off(k) for k in ("stats", "ez", "list", "count", "fa")
+        )
 
         self.dist_ints = (
             rows,
@@ -216,32 +231,14 @@ def workspace(nbytes: int, device):
     return torch.empty(nbytes, dtype=torch.uint8, device=device)
 
 
-def regions(pa: PlanArgs, rows: int, n: int, ws, dtype, string: bool) -> dict:
-    """Named views of the workspace's regions (for tests and introspection, not the call path):
-    ``partial``, ``c1``, ``stats``, ``list``, ``count`` and for the string form ``nsq``, ``t``,
-    ``c2``, ``ez``, ``fa``. Each entry is ``(offset in bytes, view)``."""
-    plan = pa.plan
-    S, tiles_i, chunks = plan.nslices, plan.sums_grid[0], plan.coef_chunks
-
-    def view(off, dt, shape):
-        size = torch.empty((), dtype=dt).element_size()
-        return off, ws[off : off + size * math.prod(shape)].view(dt).view(shape)
-
-    out = dict(
-        partial=view(0, dtype, (S, rows, n)),
-        c1=view(pa.c1_off, dtype, (rows, n)),
-        stats=view(pa.stats_off, torch.float64, (rows, chunks) if string else (3, rows, chunks)),
-        list=view(pa.list_off, torch.int32, (tiles_i, plan.list_stride)),
-        count=view(pa.cnt_off, torch.int32, (tiles_i, chunks)),
-    )
-    if string:
-        out.update(
-            nsq=view(pa.nsq_off, dtype, (S, n)),
-            t=view(pa.t_off, dtype, (rows,)),
-            c2=view(pa.c2_off, dtype, (rows, n)),
-            ez=view(pa.ez_off, torch.float64, (rows, chunks)),
-            fa=view(pa.fa_off, torch.int8, (rows,)),
-        )
+def regions(pa: PlanArgs, ws, dtype) -> dict:
+    """Named views of the workspace's regions (``pa.layout``; for tests and introspection, not
+    the call path), ``dtype`` the data precision. Each entry is ``(offset in bytes, view)``."""
+    out = {}
+    for name, (off, dt, shape) in pa.layout.items():
+        dt = dtype if dt is None else dt
+        view = ws[off : off + dt.itemsize * math.prod(shape)].view(dt).view(shape)
+        out[name] = (off, view)
     return out
 
 
@@ -272,7 +269,7 @@ def launch_pair_sums(plan: Plan, points, y0, y1, ws, out, L, pa: PlanArgs):
 
 
 def launch_finalize(
-    plan: Plan, ep, en, out, *, plate_gamma, normalize, norm_scale, eps, pa: PlanArgs = None
+    plan: Plan, ep, en, out, *, plate_gamma, normalize, norm_scale, eps, pa: PlanArgs
 ):
     """Finalisation (``finalize_kernel``); a no-op when there is nothing to do. ``plate_gamma``
     (or None), ``norm_scale`` and ``eps`` are floats."""
@@ -281,9 +278,6 @@ def launch_finalize(
         if ep is not out:
             out.copy_(ep)
         return
-    if pa is None:
-        rows, width = out.shape
-        pa = PlanArgs(plan, rows, 0, width, 0, 0, False, out.element_size())
     has_neg = en is not None
     launch(
         _passes.finalize_kernel,

@@ -388,7 +388,7 @@ def test_workspace_regions_are_disjoint_and_aligned(case, string, dtype, profile
         pa = _launch.PlanArgs(plan, b, B, width, 0, width, False, itemsize)
     ws = torch.empty(pa.ws_bytes, dtype=torch.uint8, device="meta")
     spans = []
-    for name, (off, view) in _launch.regions(pa, b, B, ws, dtype, string).items():
+    for name, (off, view) in _launch.regions(pa, ws, dtype).items():
         assert off % _launch.ALIGN == 0, name
         end = off + view.numel() * view.element_size()
         assert end <= pa.ws_bytes, name
@@ -396,6 +396,12 @@ def test_workspace_regions_are_disjoint_and_aligned(case, string, dtype, profile
     spans.sort()
     for (_s0, e0, n0), (s1, _e1, n1) in zip(spans, spans[1:], strict=False):
         assert e0 <= s1, (n0, n1)
+    # the offsets the kernels receive are the layout's
+    names = dict(nsq="nsq_off", t="t_off", c1="c1_off", c2="c2_off", stats="stats_off")
+    names.update(ez="ez_off", list="list_off", count="cnt_off", fa="fa_off")
+    for name, attr in names.items():
+        want = pa.layout[name][0] if name in pa.layout else 0
+        assert getattr(pa, attr) == want, name
 
 
 @pytest.mark.parametrize("field", ["string", "coulomb"])
@@ -407,8 +413,7 @@ def test_live_block_lists(monkeypatch, field):
     real = _launch.launch_pair_sums
 
     def spy(plan, points, y0, y1, ws, out, L, pa):
-        rows, n = points.shape[0], y0.shape[0]
-        r = _launch.regions(pa, rows, n, ws, points.dtype, string=y1 is not None)
+        r = _launch.regions(pa, ws, points.dtype)
         c2 = r.get("c2")
         seen.append(
             (
