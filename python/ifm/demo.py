@@ -58,6 +58,7 @@ SWISS_SCALE = 1.5
 SWISS_NOISE = 0.5
 SIGMA0 = 1.0
 K = 10.0
+END_D = math.pi / (2 * K)  # width d of each end region
 
 
 @dataclass
@@ -226,16 +227,15 @@ def plate_weighted(x0, x1, *, L, b, generator=None, end_fraction=0.0, scale=1.0,
     if not 0.0 <= end_fraction <= 1.0:
         raise ValueError(f"end_fraction must be in [0, 1], got {end_fraction!r}")
     a, c = x0[:b], x1[:b]
-    d = math.pi / (2 * K)
+    d = END_D
     u = torch.rand(b, generator=generator, dtype=a.dtype)
     z = eps + (L - 2 * eps) * torch.rand(b, generator=generator, dtype=a.dtype)
     n_end = int(round(end_fraction * b))
     if n_end:
         e = eps + (d - eps) * u[:n_end]
         z[:n_end] = torch.where(torch.arange(n_end) % 2 == 0, e, L - e)
-    t = (z / L)[:, None]
     noise = torch.randn(a.shape, generator=generator, dtype=a.dtype)
-    x = (1 - t) * a + t * c + scale * points.noise_sigma(z, L)[:, None] * noise
+    x = points._interpolate(a, c, z, L) + scale * points.noise_sigma(z, L)[:, None] * noise
     return torch.cat([z[:, None], x], dim=1)
 
 
@@ -258,12 +258,10 @@ def train(method: str, L: float, cfg: DemoConfig, seed: int, backend: str = "aut
     """Train one FieldNet on the stretched target; returns ``(net, seconds, final_loss)``."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    d = math.pi / (2 * K)
-    net = FieldNet(L, d, cfg.hidden)
+    net = FieldNet(L, END_D, cfg.hidden)
     matcher = _matcher(method, L, cfg, g, backend)
     steps = cfg.ifm_steps if method == "IFM" else cfg.efm_steps
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     t0 = time.perf_counter()
     loss = torch.tensor(float("nan"))
@@ -282,7 +280,7 @@ def train(method: str, L: float, cfg: DemoConfig, seed: int, backend: str = "aut
 
 
 def _grid(L: float, steps: int, end_steps: int):
-    return sampling.plate_refined_grid(L, steps, math.pi / (2 * K), end_steps)
+    return sampling.plate_refined_grid(L, steps, END_D, end_steps)
 
 
 def _metrics(gen, calls, guarded, target):
@@ -303,7 +301,7 @@ def carry(field, source, L: float, steps: int, end_steps: int, solver: str, tol:
     if solver == "euler":
         res = sampling.euler(field, source, L=L, grid=grid)
         return res.samples, int(res.calls_per_sample.max()), res.guarded
-    d = math.pi / (2 * K)
+    d = END_D
     left = sampling.euler(field, source, L=d, grid=grid[: end_steps + 1])
     mid = sampling.rk45(field, left.samples, L=L, z_from=d, z_to=L - d, rtol=tol, atol=tol)
     z = torch.full((source.shape[0],), L - d, dtype=torch.float64)
