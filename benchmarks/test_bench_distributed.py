@@ -66,13 +66,16 @@ def _images(n, D, gen):
 
 
 def global_inputs(name):
-    """float32 ``(points, plate_a, plate_b)`` of the whole global batch (fixed seed)."""
+    """float32 ``(points, plate_a, plate_b)`` of the whole global batch (fixed seed). Each
+    rank's queries interpolate between charges of that rank, as in DDP training, where a rank
+    draws its queries from its own batch."""
     kind, D, b, B, params = _shape(name)
     gen = torch.Generator().manual_seed(SEED)
     A, C = _images(B, D, gen), torch.randn(B, D, generator=gen)
     L = params["L"] if kind == "string" else EFM_L
     z = 1e-3 + (L - 2e-3) * torch.rand(b, 1, generator=gen)
-    pts = torch.cat([z, (1 - z / L) * A[:b] + (z / L) * C[:b]], 1)
+    src = torch.cat([r * (B // WORLD) + torch.arange(b // WORLD) for r in range(WORLD)])
+    pts = torch.cat([z, (1 - z / L) * A[src] + (z / L) * C[src]], 1)
     return pts, torch.cat([torch.zeros(B, 1), A], 1), torch.cat([torch.full((B, 1), L), C], 1)
 
 
@@ -83,6 +86,18 @@ def call(name, pts, lo, hi, strategy=None):
         return fn(pts, lo, hi, **params)
     fn = ifm.distributed.string_field if kind == "string" else ifm.distributed.coulomb_field
     return fn(pts, lo, hi, **params, strategy=strategy)
+
+
+def _picked(name, pts, lo, hi):
+    """The strategy ``"auto"`` runs at this shape."""
+    seen = []
+    choose = ifm.distributed._choose
+    ifm.distributed._choose = lambda *a: seen.append(choose(*a)) or seen[-1]
+    try:
+        call(name, pts, lo, hi, "auto")
+    finally:
+        ifm.distributed._choose = choose
+    return seen[0]
 
 
 def _rank_slice(t, rank):
@@ -116,6 +131,7 @@ def _worker(rank, world, init_file, name, reps, result_path):
     for strategy in ifm.distributed.STRATEGIES:
         call(name, pts, lo, hi, strategy)  # warm-up
         res[strategy] = _timed(lambda s=strategy: call(name, pts, lo, hi, s), reps)
+    res["auto picks"] = _picked(name, pts, lo, hi)
     own = torch.cat([lo, hi], 0)
     counts = [own.shape[0]] * world
     res["comm-allgather"] = _timed(
@@ -170,6 +186,7 @@ def test_distributed_vs_single_process(benchmark, name):
         with open(result) as fh:
             res = json.load(fh)
     info = {"single_2threads": _stats(single), "single_1thread": _stats(single1)}
+    info["auto picks"] = res.pop("auto picks")
     for key, ts in res.items():
         info[key] = _stats(ts)
     for strategy in ifm.distributed.STRATEGIES:

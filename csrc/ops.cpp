@@ -11,6 +11,7 @@
 
 #include <cmath>
 #include <optional>
+#include <tuple>
 
 #include "cpu/kernels.h"
 #include "op_checks.h"
@@ -62,6 +63,28 @@ at::Tensor coulomb_field_cpu(const at::Tensor& points_in, const at::Tensor& posi
   return out;
 }
 
+// One plate's softmax-weighted mean field and per-row (max logit, log-normaliser) in float64:
+// partial fields over disjoint charge sets merge exactly by log-sum-exp (ifm.distributed).
+std::tuple<at::Tensor, at::Tensor> coulomb_plate_partial_cpu(const at::Tensor& points_in,
+                                                             const at::Tensor& charges_in) {
+  ifm::check_op_input(points_in, "points", points_in, c10::DeviceType::CPU, "cpu", false);
+  ifm::check_op_input(charges_in, "charges", points_in, c10::DeviceType::CPU, "cpu", false);
+  TORCH_CHECK(charges_in.size(0) >= 1, "ifm (cpu): charges must have at least one row");
+  const at::Tensor points = points_in.contiguous();
+  const at::Tensor charges = charges_in.contiguous();
+  at::Tensor out = at::empty_like(points);
+  const int64_t b = points.size(0);
+  at::Tensor lognorm = at::empty({b, 2}, points.options().dtype(at::kDouble));
+  if (b == 0) return {out, lognorm};
+  const int threads = at::get_num_threads();
+  AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "ifm_coulomb_plate_partial_cpu", [&] {
+    ifm::cpu::coulomb_plate_partial<scalar_t>(
+        points.data_ptr<scalar_t>(), b, charges.data_ptr<scalar_t>(), charges.size(0),
+        points.size(1) - 1, out.data_ptr<scalar_t>(), lognorm.data_ptr<double>(), threads);
+  });
+  return {out, lognorm};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(ifm, m) {
@@ -71,11 +94,13 @@ TORCH_LIBRARY(ifm, m) {
   m.def(
       "coulomb_field(Tensor points, Tensor positive, Tensor? negative, float? plate_gamma, "
       "float sum_eps, bool normalize, float norm_scale, float eps) -> Tensor");
+  m.def("coulomb_plate_partial(Tensor points, Tensor charges) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(ifm, CPU, m) {
   m.impl("string_field", &string_field_cpu);
   m.impl("coulomb_field", &coulomb_field_cpu);
+  m.impl("coulomb_plate_partial", &coulomb_plate_partial_cpu);
 }
 
 // `import ifm._C` loads this library, which registers the ops above (extension-cpp style).

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ifm import demo, matchers, sampling
+from ifm import demo, distributed, matchers, sampling
 
 
 def parse_args():
@@ -36,7 +36,7 @@ def parse_args():
     p.add_argument("--hidden", type=int, default=128, help="MLP width (default 128; demo: 256)")
     p.add_argument("--L", type=float, default=6.0, help="plate distance (default 6)")
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--strategy", choices=("allgather", "ring"), default="allgather")
+    p.add_argument("--strategy", choices=distributed.STRATEGIES, default="auto")
     p.add_argument(
         "--local-targets",
         action="store_true",

@@ -48,9 +48,17 @@ CONFIGS = [(name, torch.float32) for name in ("cpu",) if name in ifm.available_b
 ]
 
 
-# (strategy, how the allgather strategy gathers): Gloo's point-to-point exchange, and the padded
-# all_gather_into_tensor that other backends (NCCL) use
-VARIANTS = [("allgather", ("gloo",)), ("allgather", ()), ("ring", ("gloo",))]
+# (strategy, how the allgather and queries strategies exchange rows): Gloo's point-to-point
+# exchange, and the padded all_gather_into_tensor / all_to_all_single that other backends (NCCL)
+# use
+VARIANTS = [
+    ("allgather", ("gloo",)),
+    ("allgather", ()),
+    ("ring", ("gloo",)),
+    ("queries", ("gloo",)),
+    ("queries", ()),
+    ("auto", ("gloo",)),
+]
 
 
 def _variants():
@@ -363,7 +371,11 @@ def _failure_checks(rank, world):
     """Rank 1 raises after the metadata exchange (before its heavy collective); rank 0 must
     raise within the group's timeout. Each case runs in a fresh group with a short timeout."""
     p, q, a, params = _string_inputs(rank)
-    for strategy, target in (("allgather", "_gather"), ("ring", "_ring")):
+    for strategy, target in (
+        ("allgather", "_gather"),
+        ("ring", "_ring"),
+        ("queries", "_all_to_all"),
+    ):
         group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=FAIL_TIMEOUT))
         original = getattr(ifm.distributed, target)
         if rank == 1:
@@ -397,3 +409,32 @@ def test_needs_process_group():
     x = torch.zeros(2, 3)
     with pytest.raises(RuntimeError, match="init_process_group"):
         ifm.distributed.string_field(x, x, x, L=1.0, sigma0=1.0, K=2.0)
+
+
+def test_auto_strategy_rule():
+    """``"auto"``: the queries strategy where it moves fewer rows and merges exactly."""
+    choose = ifm.distributed._choose
+    # string CIFAR per 2 ranks: 64 queries (+ 64 partial rows) against 2 x 256 pair rows
+    assert choose("auto", 64, 512, 1, True) == "queries"
+    assert choose("auto", 64, 512, 1, False) == "allgather"  # stable: would need the extra pass
+    assert choose("auto", 256, 512, 1, True) == "allgather"  # b = B: no fewer rows
+    assert choose("auto", 64, 384, 2, True) == "queries"  # EFM: two partials per query
+    assert choose("auto", 64, 192, 2, True) == "allgather"
+    for s in ("allgather", "ring", "queries"):
+        assert choose(s, 64, 512, 1, True) == s  # an explicit strategy is kept
+
+
+def test_metadata_row_round_trip():
+    """The metadata row carries counts, ``None`` and floats exactly; the hash covers the
+    fields every rank must share."""
+    numbers = ("b", "Bp", "Bn", "neg_z")
+    rec = dict(width=6, dtype="torch.float32", device="cpu", kwargs="k", negative=True)
+    rec.update(b=5, Bp=0, Bn=7, neg_z=6.000000000000001, error=None)
+    row = ifm.distributed._encode(rec, numbers)
+    assert row[0] == 0
+    assert ifm.distributed._decode(row, numbers) == dict(b=5, Bp=0, Bn=7, neg_z=6.000000000000001)
+    none = ifm.distributed._decode(ifm.distributed._encode(dict(rec, neg_z=None), numbers), numbers)
+    assert none["neg_z"] is None
+    assert ifm.distributed._encode(dict(rec, error=("ValueError", "x")), numbers)[0] == 1
+    for key, other in (("kwargs", "k2"), ("width", 7), ("dtype", "torch.float64")):
+        assert ifm.distributed._encode(dict(rec, **{key: other}), numbers)[1] != row[1]

@@ -29,6 +29,9 @@ def test_opcheck(device, dtype):
     torch.library.opcheck(torch.ops.ifm.string_field, _string_args(device, dtype))
     torch.library.opcheck(torch.ops.ifm.coulomb_field, _coulomb_args(device, dtype))
     torch.library.opcheck(torch.ops.ifm.coulomb_field, _coulomb_args(device, dtype, False))
+    if _ops.has_kernel("coulomb_plate_partial", device.upper()):
+        p, pos = _coulomb_args(device, dtype)[:2]
+        torch.library.opcheck(torch.ops.ifm.coulomb_plate_partial, (p, pos))
 
 
 @needs_ext
@@ -40,6 +43,29 @@ def test_empty_plates_are_rejected(device):
     for plates, name in (((pos, neg[:0]), "negative"), ((pos[:0], neg), "positive")):
         with pytest.raises(RuntimeError, match=f"{name} must have at least one row"):
             torch.ops.ifm.coulomb_field(p, *plates, *rest)
+
+
+@needs_ext
+@pytest.mark.parametrize("D", [5, 40], ids=["transposed-layout", "row-major-layout"])
+def test_coulomb_plate_partial_is_the_plate_field_and_its_lognormaliser(D):
+    """The partial op: one plate's softmax-weighted mean (the single-plate field with no plate
+    or final normalisation) and the float64 (max logit, log-sum-exp) of its Coulomb logits,
+    which ifm.distributed merges across ranks. float64 inputs against the float64 oracle."""
+    from cases import coulomb_case
+
+    from ifm import distributed, reference
+
+    p, pos, _ = coulomb_case(9, 7, 5, D, L=6.0, seed=3)
+    field, lognorm = torch.ops.ifm.coulomb_plate_partial(p, pos)
+    want = reference.coulomb_field(p, pos, None, plate_gamma=None, sum_eps=0.0)
+    torch.testing.assert_close(field, want, rtol=1e-9, atol=1e-9)
+    m, lse = distributed._coulomb_lognorm(p, pos)
+    assert lognorm.dtype == torch.float64 and lognorm.shape == (9, 2)
+    torch.testing.assert_close(lognorm, torch.stack([m, lse], 1), rtol=1e-12, atol=1e-9)
+    empty_f, empty_l = torch.ops.ifm.coulomb_plate_partial(p[:0], pos)
+    assert empty_f.shape == (0, D + 1) and empty_l.shape == (0, 2)
+    with pytest.raises(RuntimeError, match="charges must have at least one row"):
+        torch.ops.ifm.coulomb_plate_partial(p, pos[:0])
 
 
 @needs_ext

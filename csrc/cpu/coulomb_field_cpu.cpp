@@ -26,10 +26,14 @@ namespace {
 // skip_ratio / e of the nearest charge's are not evaluated; that is exact when those far terms,
 // bounded by (skip_ratio / e) * d_thr, are below skip_ratio times the largest evaluated term.
 // Otherwise (a query on or next to a charge, or a low dimension) every charge is evaluated.
+//
+// lognorm (nullable, 2 doubles): the row's largest logit m and log-normaliser m + log(sum of
+// the evaluated weights e^(l - m)); -inf for both when the row has no finite logit.
 template <typename T>
 void coulomb_row_terms(const simd::PassKernels<T>& kern, const double* d2, int64_t B, int64_t dim,
-                       double sum_eps, bool is_double, RowTerms& out) {
+                       double sum_eps, bool is_double, RowTerms& out, double* lognorm) {
   out.n = 0;
+  if (lognorm != nullptr) lognorm[0] = lognorm[1] = -INFINITY;
   if (B == 0) return;
   const double ratio = skip_ratio(is_double);
   const double nearest = coulomb_logit(d2[argmin_row(d2, B)], dim);
@@ -59,6 +63,10 @@ void coulomb_row_terms(const simd::PassKernels<T>& kern, const double* d2, int64
     if (thr != INFINITY && !(d_thr * d_thr <= 4.0 * top2)) {  // prescreen bound not tight enough
       thr = INFINITY;
       continue;
+    }
+    if (lognorm != nullptr) {
+      lognorm[0] = m;
+      lognorm[1] = m + std::log(sum);
     }
     const double den = sum + sum_eps;
     const double floor2 = ratio * ratio * top2;
@@ -94,7 +102,7 @@ template <typename T>
 void coulomb_field_impl(const T* points, int64_t b, const T* positive, int64_t Bp,
                         const T* negative, int64_t Bn, int64_t D, bool plate_normalize,
                         double plate_gamma, double sum_eps, const NormParams& norm, T* out,
-                        int num_threads) {
+                        double* lognorm, int num_threads) {
   const int64_t DIM = D + 1;
   const bool is_double = sizeof(T) == sizeof(double);
   const bool two = negative != nullptr;
@@ -127,7 +135,8 @@ void coulomb_field_impl(const T* points, int64_t b, const T* positive, int64_t B
           std::fill(Eplate[s].begin(), Eplate[s].end(), 0.0);
           if (counts[s] == 0) continue;
           kern.pass1_soa[0](x.data(), 0.0, yT[s].data(), nullptr, DIM, pad[s], d2.data());
-          coulomb_row_terms(kern, d2.data(), counts[s], DIM, sum_eps, is_double, terms);
+          coulomb_row_terms(kern, d2.data(), counts[s], DIM, sum_eps, is_double, terms,
+                            (lognorm != nullptr && s == 0) ? lognorm + 2 * i : nullptr);
           terms.scatter(c1.data(), c2.data(), pad[s]);
           double unused = 0.0;
           kern.pass2_soa[0](x.data(), 0.0, yT[s].data(), nullptr, nullptr, c2.data(), DIM, pad[s],
@@ -171,7 +180,8 @@ void coulomb_field_impl(const T* points, int64_t b, const T* positive, int64_t B
         tt.B = counts[s];
         for (int q = 0; q < valid; ++q) {
           coulomb_row_terms(kern, d2[s].data() + rows[q] * counts[s], counts[s], DIM, sum_eps,
-                            is_double, tt.rows[q]);
+                            is_double, tt.rows[q],
+                            (lognorm != nullptr && s == 0) ? lognorm + 2 * rows[q] : nullptr);
           tt.rows[q].compact();
         }
         pass2_for_tile<T>(kern, points, DIM, nullptr, rows, valid, charges[s], DIM, nullptr, 0, DIM,
@@ -193,7 +203,15 @@ void coulomb_field(const T* points, int64_t b, const T* positive, int64_t Bp, co
                    int64_t Bn, int64_t D, bool plate_normalize, double plate_gamma, double sum_eps,
                    const NormParams& norm, T* out, int num_threads) {
   coulomb_field_impl<T>(points, b, positive, Bp, negative, Bn, D, plate_normalize, plate_gamma,
-                        sum_eps, norm, out, num_threads);
+                        sum_eps, norm, out, nullptr, num_threads);
+}
+
+template <typename T>
+void coulomb_plate_partial(const T* points, int64_t b, const T* charges, int64_t B, int64_t D,
+                           T* out, double* lognorm, int num_threads) {
+  const NormParams raw{false, 1.0, 0.0};
+  coulomb_field_impl<T>(points, b, charges, B, nullptr, 0, D, false, 0.0, 0.0, raw, out, lognorm,
+                        num_threads);
 }
 
 template void coulomb_field<float>(const float*, int64_t, const float*, int64_t, const float*,
@@ -202,6 +220,10 @@ template void coulomb_field<float>(const float*, int64_t, const float*, int64_t,
 template void coulomb_field<double>(const double*, int64_t, const double*, int64_t, const double*,
                                     int64_t, int64_t, bool, double, double, const NormParams&,
                                     double*, int);
+template void coulomb_plate_partial<float>(const float*, int64_t, const float*, int64_t, int64_t,
+                                           float*, double*, int);
+template void coulomb_plate_partial<double>(const double*, int64_t, const double*, int64_t, int64_t,
+                                            double*, double*, int);
 
 }  // namespace cpu
 }  // namespace ifm

@@ -31,5 +31,13 @@ void coulomb_field(const T* points, int64_t b, const T* positive, int64_t Bp, co
                    int64_t Bn, int64_t D, bool plate_normalize, double plate_gamma, double sum_eps,
                    const NormParams& norm, T* out, int num_threads);
 
+// One plate's softmax-weighted mean E+ (no plate or final normalisation, sum_eps 0) and, per
+// row, lognorm[2i] = max_j l_ij and lognorm[2i + 1] = log sum_j e^(l_ij) over the evaluated
+// charges (-inf for both on a row without a finite logit): what merging the partial fields of
+// several charge sets needs (ifm.distributed). B >= 1.
+template <typename T>
+void coulomb_plate_partial(const T* points, int64_t b, const T* charges, int64_t B, int64_t D,
+                           T* out, double* lognorm, int num_threads);
+
 }  // namespace cpu
 }  // namespace ifm

@@ -11,7 +11,7 @@ import importlib
 
 import torch
 
-OPS = ("string_field", "coulomb_field")
+OPS = ("string_field", "coulomb_field", "coulomb_plate_partial")
 LOAD_ERROR: Exception | None = None
 try:  # the compiled extension registers torch.ops.ifm.* on import
     importlib.import_module("ifm._C")
@@ -70,3 +70,9 @@ if LOAD_ERROR is None:
         if negative is not None:
             torch._check(negative.shape[1] == points.shape[1])
         return torch.empty_like(points, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("ifm::coulomb_plate_partial")
+    def _coulomb_plate_partial_fake(points, charges):
+        torch._check(charges.shape[1] == points.shape[1])
+        field = torch.empty_like(points, memory_format=torch.contiguous_format)
+        return field, points.new_empty(points.shape[0], 2, dtype=torch.float64)

@@ -9,23 +9,37 @@ CPUs); see docs/DISTRIBUTED.md for the costs.
 
 Strategies (``strategy=``):
 
-* ``"allgather"`` (default): every rank gathers all pairs / charges and makes one fused call
+* ``"auto"`` (default): ``"queries"`` where it moves fewer rows than gathering the charges and its
+  partial fields merge without the extra pass below (the raw string field; the Coulomb field on
+  the CPU kernels, which return their log-normalisers), else ``"allgather"``.
+* ``"allgather"``: every rank gathers all pairs / charges and makes one fused call
   (NCCL: ``all_gather_into_tensor`` of the rows padded to the largest rank's count; Gloo:
   ``batch_isend_irecv`` of each rank's block to every other rank, several times faster there).
   Memory per rank: the whole global batch of charges.
+* ``"queries"``: every rank gathers all queries (``W b`` rows instead of ``W B`` pairs or
+  charges), evaluates them against its own charges in one fused call and sends each rank the
+  partial fields of its rows (Gloo: ``batch_isend_irecv``; NCCL: ``all_to_all_single``); each
+  rank merges the ``W`` partials of its rows in rank order (plain sums, or log-sum-exp with the
+  log-normalisers as for the ring), then normalises. Memory per rank: its charges plus ``W b``
+  queries and partial fields.
 * ``"ring"``: the charges travel around the ring of ranks (``batch_isend_irecv``); each rank
   evaluates its queries against the chunk it holds while the next chunk is in flight. Memory per
   rank: its own charges plus two chunks, at any world size. The fused kernels return the finished
   field of one chunk; the raw string field is a plain sum over chunks, while the Coulomb plate
   term (a softmax over the plate's charges) and the ``stable`` string mode (``E_i / max_j w_ij``)
-  need each chunk's log-normaliser, which this module computes with torch from the chunk's
-  distances in float64 (memory O(b x chunk); one extra GEMM-sized pass per chunk) and merges
-  online (log-sum-exp). Normalisation is applied after the last chunk.
+  need each chunk's log-normaliser, merged online (log-sum-exp). The CPU kernel returns the
+  Coulomb one with the field (``torch.ops.ifm.coulomb_plate_partial``); elsewhere, and for
+  ``stable``, this module computes it with torch from the chunk's distances in float64 (memory
+  O(b x chunk); one extra GEMM-sized pass per chunk). Normalisation is applied after the last
+  chunk.
 
-Every call first exchanges a small metadata record (``all_gather_object``): a bad argument on
-any rank raises the same error on every rank, before any heavy collective. A rank that fails
-later (inside the heavy collectives) makes its peers raise when the process group's timeout
-(``init_process_group(timeout=...)``) expires or its connection drops, instead of hanging forever.
+Every call first exchanges a small metadata record (one int64 row per rank: the outcome of the
+argument checks, row counts and a hash of the keyword arguments, widths, dtypes and devices; the
+full records follow with ``all_gather_object`` only when something differs or failed): a bad
+argument on any rank raises the same error on every rank, before any heavy collective. A rank
+that fails later (inside the heavy collectives) makes its peers raise when the process group's
+timeout (``init_process_group(timeout=...)``) expires or its connection drops, instead of hanging
+forever.
 
 Targets are not differentiated: no gradients flow through the collectives and the result does
 not require grad.
@@ -33,12 +47,14 @@ not require grad.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import struct
 
 import torch
 import torch.distributed as dist
 
-from . import _checks, fields, reference
+from . import _checks, _ops, fields, reference
 
 __all__ = [
     "string_field",
@@ -49,7 +65,7 @@ __all__ = [
     "broadcast_from_first",
 ]
 
-STRATEGIES = ("allgather", "ring")
+STRATEGIES = ("auto", "allgather", "ring", "queries")
 # all_gather_into_tensor under its newer name where torch has it
 _gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 _CANCEL = 1e-6  # squared distances below this fraction of their scale are recomputed exactly
@@ -80,22 +96,72 @@ def _describe(exc: BaseException) -> tuple:
     return "RuntimeError", f"{kind}: {exc}"
 
 
-def _exchange(group, fn_name: str, check, meta: dict) -> list[dict]:
-    """Run ``check()`` locally, gather every rank's (error, metadata), raise the same error on
-    every rank when any rank failed."""
+# Metadata every rank must agree on (compared by one hash) and the numbers each rank reports.
+_SAME_KEYS = ("width", "dtype", "device", "kwargs", "negative")
+
+
+def _digest(record: dict) -> int:
+    text = repr(tuple(record.get(k) for k in _SAME_KEYS)).encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little", signed=True)
+
+
+def _encode(record: dict, numbers: tuple) -> list[int]:
+    """``[failed, digest, (kind, value) per number]``: kind 0 ``None``, 1 int, 2 float (bits)."""
+    row = [int(record["error"] is not None), _digest(record)]
+    for key in numbers:
+        v = record.get(key)
+        if v is None:
+            row += [0, 0]
+        elif isinstance(v, float):
+            row += [2, struct.unpack("<q", struct.pack("<d", v))[0]]
+        else:
+            row += [1, int(v)]
+    return row
+
+
+def _decode(row: list[int], numbers: tuple) -> dict:
+    rec = {}
+    for k, key in enumerate(numbers):
+        kind, v = row[2 + 2 * k], row[3 + 2 * k]
+        rec[key] = (
+            None if kind == 0 else v if kind == 1 else struct.unpack("<d", struct.pack("<q", v))[0]
+        )
+    return rec
+
+
+def _meta_device(group) -> torch.device:
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _exchange(group, fn_name: str, check, meta: dict, numbers: tuple) -> list[dict]:
+    """Run ``check()`` locally (it returns this rank's ``numbers``: row counts, a plate's z),
+    gather every rank's outcome and raise the same error on every rank when any rank failed or
+    the ranks' ``_SAME_KEYS`` differ; returns every rank's numbers, in rank order.
+
+    One exchange of a small int64 row per rank (the outcome, a hash of the metadata, the
+    numbers); only when some rank failed or the hashes differ are the full records gathered
+    (``all_gather_object``, a few times slower) to build the message.
+    """
     try:
         extra = check()
         err = None
     except Exception as exc:  # noqa: BLE001  (sent to every rank and raised there)
         extra, err = {}, _describe(exc)
     record = dict(meta, **(extra or {}), error=err)
-    records = [None] * dist.get_world_size(group)
+    world = dist.get_world_size(group)
+    row = torch.tensor(_encode(record, numbers), dtype=torch.int64, device=_meta_device(group))
+    rows = _start_gather([row[None]], [[1] * world], group)()[0].cpu().tolist()
+    if all(r[0] == 0 and r[1] == rows[0][1] for r in rows):
+        return [_decode(r, numbers) for r in rows]
+    records = [None] * world
     dist.all_gather_object(records, record, group=group)
     for rank, rec in enumerate(records):
         if rec["error"] is not None:
             kind, msg = rec["error"]
             raise _RAISED[kind](f"ifm.distributed.{fn_name}: rank {rank} of the group: {msg}")
-    for key in ("width", "dtype", "device", "kwargs", "negative"):
+    for key in _SAME_KEYS:
         values = [rec.get(key) for rec in records]
         if any(v != values[0] for v in values):
             detail = ", ".join(f"rank {r}: {v!r}" for r, v in enumerate(values))
@@ -103,7 +169,7 @@ def _exchange(group, fn_name: str, check, meta: dict) -> list[dict]:
                 f"ifm.distributed.{fn_name}: {key} must be the same on every rank "
                 f"of the group, got {detail}"
             )
-    return records
+    return [{key: rec.get(key) for key in numbers} for rec in records]
 
 
 def _check_rows(name: str, t, width: int | None = None) -> None:
@@ -111,6 +177,16 @@ def _check_rows(name: str, t, width: int | None = None) -> None:
     if isinstance(t, torch.Tensor) and t.dim() == 2 and t.shape[0] == 0:
         t = t.new_zeros(1, t.shape[1]) if t.dtype in _checks.FLOAT_DTYPES else t
     _checks.check_matrix(name, t, width=width)
+
+
+def _choose(strategy: str, query_rows: int, charge_rows: int, partials: int, exact: bool) -> str:
+    """``"auto"``: ``"queries"`` when it moves fewer rows than gathering the charges (the queries
+    plus ``partials`` partial fields per query, against every charge row) and its partial
+    fields merge without the extra pass (``exact``), else ``"allgather"``. Every input is the
+    same on every rank, so is the choice."""
+    if strategy != "auto":
+        return strategy
+    return "queries" if exact and query_rows * (1 + partials) < charge_rows else "allgather"
 
 
 def _check_strategy(strategy) -> None:
@@ -147,7 +223,13 @@ P2P_GATHER_BACKENDS = ("gloo",)
 
 def _gather(parts: list[torch.Tensor], counts: list[list[int]], group) -> list[torch.Tensor]:
     """For each ``parts[k]`` (this rank's ``[n, w]`` rows; ``counts[k][r]`` rows on rank r), the
-    concatenation over the group's ranks in rank order.
+    concatenation over the group's ranks in rank order (:func:`_start_gather`, waited for)."""
+    return _start_gather(parts, counts, group)()
+
+
+def _start_gather(parts: list[torch.Tensor], counts: list[list[int]], group):
+    """Starts the gather of :func:`_gather` and returns the function that waits for it and
+    returns the concatenations (the caller computes in between).
 
     Gloo: every rank sends its blocks to every other rank (``batch_isend_irecv``), received in
     place into the result. Other backends (NCCL): one ``all_gather_into_tensor`` per part of the
@@ -156,7 +238,10 @@ def _gather(parts: list[torch.Tensor], counts: list[list[int]], group) -> list[t
     world = dist.get_world_size(group)
     rank = dist.get_rank(group)
     if dist.get_backend(group) not in P2P_GATHER_BACKENDS:
-        return [_allgather_padded(t, c, group) for t, c in zip(parts, counts, strict=False)]
+        pending = [
+            _start_allgather_padded(t, c, group) for t, c in zip(parts, counts, strict=False)
+        ]
+        return lambda: [finish() for finish in pending]
     outs, ops = [], []
     for tag, (t, cnt) in enumerate(zip(parts, counts, strict=False)):
         offs = [sum(cnt[:r]) for r in range(world)]
@@ -166,29 +251,67 @@ def _gather(parts: list[torch.Tensor], counts: list[list[int]], group) -> list[t
         for k in range(1, world):
             dst, src = (rank + k) % world, (rank - k) % world
             if cnt[rank] > 0:
-                ops.append(
-                    dist.P2POp(
-                        dist.isend,
-                        t.contiguous(),
-                        dist.get_global_rank(group, dst),
-                        group=group,
-                        tag=tag,
-                    )
-                )
+                ops.append(_p2p(dist.isend, t.contiguous(), dst, group, tag))
             if cnt[src] > 0:
-                ops.append(
-                    dist.P2POp(
-                        dist.irecv,
-                        out[offs[src] : offs[src] + cnt[src]],
-                        dist.get_global_rank(group, src),
-                        group=group,
-                        tag=tag,
-                    )
+                ops.append(_p2p(dist.irecv, out[offs[src] : offs[src] + cnt[src]], src, group, tag))
+    reqs = _start(ops, "the gather")
+
+    def finish():
+        _wait(reqs, "the gather")
+        return outs
+
+    return finish
+
+
+def _p2p(op, t, peer, group, tag=0):
+    return dist.P2POp(op, t, dist.get_global_rank(group, peer), group=group, tag=tag)
+
+
+def _start(ops, what):
+    if not ops:
+        return []
+    with _peers(what):
+        return dist.batch_isend_irecv(ops)
+
+
+def _wait(reqs, what):
+    with _peers(what):
+        for req in reqs:
+            req.wait()
+
+
+def _all_to_all(parts: list[torch.Tensor], counts: list[int], group) -> list[torch.Tensor]:
+    """The transpose of a gather: ``parts[k]`` holds rows for every rank (``counts[r]`` rows for
+    rank r, in rank order); returns for each k the ``[world, counts[rank], w]`` blocks that
+    every rank (in rank order) holds for this rank. Gloo: ``batch_isend_irecv``; other backends:
+    ``all_to_all_single``."""
+    world = dist.get_world_size(group)
+    rank = dist.get_rank(group)
+    offs = [sum(counts[:r]) for r in range(world)]
+    mine = counts[rank]
+    outs = [t.new_empty(world, mine, t.shape[1]) for t in parts]
+    if dist.get_backend(group) not in P2P_GATHER_BACKENDS:
+        with _peers("the exchange of partial fields"):
+            for t, out in zip(parts, outs, strict=False):
+                dist.all_to_all_single(
+                    out.view(world * mine, t.shape[1]),
+                    t.contiguous(),
+                    output_split_sizes=[mine] * world,
+                    input_split_sizes=counts,
+                    group=group,
                 )
-    if ops:
-        with _peers("the gather"):
-            for req in dist.batch_isend_irecv(ops):
-                req.wait()
+        return outs
+    ops = []
+    for tag, (t, out) in enumerate(zip(parts, outs, strict=False)):
+        out[rank] = t[offs[rank] : offs[rank] + mine]
+        for k in range(1, world):
+            dst, src = (rank + k) % world, (rank - k) % world
+            if counts[dst] > 0:
+                block = t[offs[dst] : offs[dst] + counts[dst]].contiguous()
+                ops.append(_p2p(dist.isend, block, dst, group, tag))
+            if mine > 0:
+                ops.append(_p2p(dist.irecv, out[src], src, group, tag))
+    _wait(_start(ops, "the exchange of partial fields"), "the exchange of partial fields")
     return outs
 
 
@@ -216,22 +339,27 @@ class _peers:
         return False
 
 
-def _allgather_padded(t: torch.Tensor, counts: list[int], group) -> torch.Tensor:
-    """Concatenation over the group's ranks of ``t`` (``counts[r]`` rows on rank r), through one
-    ``all_gather_into_tensor`` of the rows padded to the largest count."""
+def _start_allgather_padded(t: torch.Tensor, counts: list[int], group):
+    """Starts the concatenation over the group's ranks of ``t`` (``counts[r]`` rows on rank r),
+    one ``all_gather_into_tensor`` of the rows padded to the largest count; returns the function
+    that waits for it and returns the concatenation."""
     world = len(counts)
     top = max(counts)
-    if all(c == top for c in counts):
-        out = t.new_empty(world * top, t.shape[1])
-        with _peers("the gather"):
-            _gather_single(out, t.contiguous(), group=group)
-        return out
-    send = t.new_zeros(top, t.shape[1])
-    send[: t.shape[0]] = t
+    send = t.contiguous()
+    if any(c != top for c in counts):
+        send = t.new_zeros(top, t.shape[1])
+        send[: t.shape[0]] = t
     out = t.new_empty(world * top, t.shape[1])
     with _peers("the gather"):
-        _gather_single(out, send, group=group)
-    return torch.cat([out[r * top : r * top + counts[r]] for r in range(world)], 0)
+        work = _gather_single(out, send, group=group, async_op=True)
+
+    def finish():
+        _wait([work], "the gather")
+        if all(c == top for c in counts):
+            return out
+        return torch.cat([out[r * top : r * top + counts[r]] for r in range(world)], 0)
+
+    return finish
 
 
 def _ring(own: torch.Tensor, counts: list[int], group, consume) -> None:
@@ -354,6 +482,60 @@ def _string_logmax(points, quarks, antiquarks, L, sigma0, K, d):
     return logw.amax(1)
 
 
+def _kernel_lognorm(backend: str, device: torch.device) -> bool:
+    """Whether the compiled kernel returns the Coulomb log-normalisers itself (the CPU op
+    ``coulomb_plate_partial``); otherwise :func:`_plate_partial` computes them with torch."""
+    return fields._resolve_backend(backend, device, "coulomb_field") == "cpu" and _ops.has_kernel(
+        "coulomb_plate_partial", "CPU"
+    )
+
+
+def _plate_partial(rows, charges, backend: str, fast: bool):
+    """One plate's softmax-weighted mean field at ``rows`` (no plate or final normalisation,
+    ``sum_eps`` 0) and its ``[n, 2]`` float64 ``(max_j l_ij, logsumexp_j l_ij)``; zeros and
+    ``-inf`` without rows or charges."""
+    n = rows.shape[0]
+    if n == 0 or charges.shape[0] == 0:
+        return rows.new_zeros(n, rows.shape[1]), torch.full(
+            (n, 2), -math.inf, dtype=torch.float64, device=rows.device
+        )
+    if fast:
+        return torch.ops.ifm.coulomb_plate_partial(rows, charges)
+    # the single-plate field of ifm.fields wants its charges at z = 0: shifting queries and
+    # charges by the plate's z keeps every difference p - c as the kernel computes it
+    # (fl(z_p - z_c) either way)
+    shift = torch.cat([charges[:1, :1], torch.zeros_like(charges[:1, 1:])], 1)
+    ps, cs = rows - shift, charges - shift
+    part = fields.coulomb_field(
+        ps, cs, None, plate_gamma=None, normalize=False, backend=backend, check_finite=False
+    )
+    m, lse = _coulomb_lognorm(ps, cs)
+    return part, torch.stack([m, lse], 1)
+
+
+def _by_queries(p, qcounts: list[int], group, partial) -> list[torch.Tensor]:
+    """The ``"queries"`` strategy's communication: gathers every rank's queries, evaluates
+    ``partial(rows)`` (a list of ``[n, k]`` tensors: this rank's charges' partial fields at
+    ``rows``) at all of them in one call and sends each rank its rows. Returns per tensor of
+    ``partial`` the ``[world, b, k]`` blocks that every rank (in rank order) computed for this
+    rank's queries.
+
+    The gather is waited for before computing: on a machine whose cores all compute (one rank
+    per core), a transfer left in flight waits for a free core, and one call over all rows is
+    faster than two over their halves. The partial fields travel as one message per pair of
+    ranks: packed side by side in the queries' dtype (float64 columns reinterpreted)."""
+    allq = _gather([p], [qcounts], group)[0]
+    parts = partial(allq)
+    packed = torch.cat([t.contiguous().view(p.dtype) for t in parts], 1)
+    block = _all_to_all([packed], qcounts, group)[0]
+    out, col = [], 0
+    for t in parts:
+        k = t.contiguous().view(p.dtype).shape[1]
+        out.append(block[:, :, col : col + k].contiguous().view(t.dtype))
+        col += k
+    return out
+
+
 def _rescale(acc, m_acc, part, m_part):
     """Online merge of ``acc * exp(m_acc)`` and ``part * exp(m_part)`` in units of the larger
     exponent; rows whose exponents are both ``-inf`` stay zero."""
@@ -392,7 +574,7 @@ def string_field(
     backend: str = "auto",
     check_finite: bool | None = None,
     group=None,
-    strategy: str = "allgather",
+    strategy: str = "auto",
 ) -> torch.Tensor:
     """:func:`ifm.fields.string_field` of this rank's ``points`` against the pairs of every rank
     of ``group`` (default: the world), in rank order.
@@ -444,6 +626,7 @@ def string_field(
         "string_field",
         check,
         dict(_tensor_meta(points), kwargs=repr(sorted(public.items()))),
+        ("b", "B"),
     )
     counts = [rec["B"] for rec in records]
     if sum(counts) == 0:
@@ -454,6 +637,7 @@ def string_field(
     width = points.shape[1]
     cd = _checks.compute_dtype(points.dtype)
     kw = dict(L=L, sigma0=sigma0, K=K, d=d, eps=eps, backend=backend, check_finite=False)
+    strategy = _choose(strategy, sum(r["b"] for r in records), 2 * sum(counts), 1, not stable)
     with torch.no_grad():
         p = points.detach().to(cd)
         if strategy == "allgather":
@@ -463,34 +647,58 @@ def string_field(
             return fields.string_field(
                 p, q.to(cd), a.to(cd), normalize=normalize, stable=stable, **kw
             ).to(points.dtype)
-        own = torch.cat([quarks.detach(), antiquarks.detach()], 0)
-        # ring: raw sums (or stable units) per chunk, merged, normalised at the end
         Lc, sigma0c, Kc, dc = _checks.string_geometry(L, sigma0, K, d)
         Lc = float(torch.tensor(Lc, dtype=cd))
         dc = min(dc, Lc / 2.0)
-        state = {
-            "E": torch.zeros(p.shape[0], width, dtype=torch.float64, device=p.device),
-            "m": torch.full((p.shape[0],), -math.inf, dtype=torch.float64, device=p.device),
-        }
+        geo = (Lc, sigma0c, Kc, dc)
+        E = torch.zeros(p.shape[0], width, dtype=torch.float64, device=p.device)
+        m = torch.full((p.shape[0],), -math.inf, dtype=torch.float64, device=p.device)
+        if strategy == "queries":
+            qo, ao = quarks.detach().to(cd), antiquarks.detach().to(cd)
+            qcounts = [rec["b"] for rec in records]
+            blocks = _by_queries(
+                p, qcounts, group, lambda rows: _string_partial(rows, qo, ao, stable, kw, geo)
+            )
+            for r in range(len(qcounts)):
+                part = blocks[0][r].double()
+                if stable:
+                    E, m = _rescale(E, m, part, blocks[1][r][:, 0])
+                else:
+                    E += part
+        else:  # ring: raw sums (or stable units) per chunk, merged online
+            state = {"E": E, "m": m}
 
-        def consume(chunk, origin):
-            if p.shape[0] == 0:
-                return
-            n = counts[origin]
-            q, a = chunk[:n].to(cd), chunk[n:].to(cd)
-            part = fields.string_field(p, q, a, normalize=False, stable=stable, **kw).double()
-            if stable:
-                m_part = _string_logmax(p, q, a, Lc, sigma0c, Kc, dc)
-                state["E"], state["m"] = _rescale(state["E"], state["m"], part, m_part)
-            else:
-                state["E"] += part
+            def consume(chunk, origin):
+                n = counts[origin]
+                part = _string_partial(p, chunk[:n].to(cd), chunk[n:].to(cd), stable, kw, geo)
+                if stable:
+                    state["E"], state["m"] = _rescale(
+                        state["E"], state["m"], part[0].double(), part[1][:, 0]
+                    )
+                else:
+                    state["E"] += part[0].double()
 
-        _ring(own, [2 * c for c in counts], group, consume)
-        E = state["E"]
+            own = torch.cat([quarks.detach(), antiquarks.detach()], 0)
+            _ring(own, [2 * c for c in counts], group, consume)
+            E = state["E"]
         if normalize:
             norm = fields.string_kernel_args(width, normalize=True, eps=eps)
             E = reference.normalize_rows(E, norm["norm_scale"], norm["eps"])
         return E.to(points.dtype)
+
+
+def _string_partial(rows, quarks, antiquarks, stable, kw, geo) -> list[torch.Tensor]:
+    """The raw string field at ``rows`` of one set of pairs, ``[E]`` (``stable``:
+    ``[E / max_j w_ij, max_j log w_ij as a column]``); zeros (and ``-inf``) without rows or
+    pairs."""
+    n = rows.shape[0]
+    if n == 0 or quarks.shape[0] == 0:
+        E = rows.new_zeros(n, rows.shape[1])
+        m = torch.full((n, 1), -math.inf, dtype=torch.float64, device=rows.device)
+    else:
+        E = fields.string_field(rows, quarks, antiquarks, normalize=False, stable=stable, **kw)
+        m = _string_logmax(rows, quarks, antiquarks, *geo)[:, None] if stable else None
+    return [E, m] if stable else [E]
 
 
 # --------------------------------------------------------------------------------------------
@@ -507,7 +715,7 @@ def coulomb_field(
     backend: str = "auto",
     check_finite: bool | None = None,
     group=None,
-    strategy: str = "allgather",
+    strategy: str = "auto",
 ) -> torch.Tensor:
     """:func:`ifm.fields.coulomb_field` of this rank's ``points`` against the charges of every
     rank of ``group`` (default: the world), in rank order.
@@ -566,6 +774,7 @@ def coulomb_field(
         "coulomb_field",
         check,
         dict(_tensor_meta(points), kwargs=repr(sorted(public.items())), negative=two),
+        ("b", "Bp", "Bn", "neg_z"),
     )
     cp = [rec["Bp"] for rec in records]
     cn = [rec["Bn"] for rec in records]
@@ -587,6 +796,8 @@ def coulomb_field(
         width, two_plates=two, plate_gamma=plate_gamma, normalize=normalize, eps=eps
     )
     counts = [a + b for a, b in zip(cp, cn, strict=False)]
+    exact = _kernel_lognorm(backend, points.device)
+    strategy = _choose(strategy, sum(r["b"] for r in records), sum(counts), 1 + two, exact)
     with torch.no_grad():
         p = points.detach().to(cd)
         if strategy == "allgather":
@@ -607,44 +818,51 @@ def coulomb_field(
                 check_finite=False,
             )
             return out.to(points.dtype)
-        own = positive.detach() if not two else torch.cat([positive.detach(), negative.detach()], 0)
         b = p.shape[0]
         f64 = dict(dtype=torch.float64, device=p.device)
-        plates = {
-            key: {
+        plates = [
+            {
                 "E": torch.zeros(b, width, **f64),
                 "m": torch.full((b,), -math.inf, **f64),
                 "lse": torch.full((b,), -math.inf, **f64),
             }
-            for key in (("pos", "neg") if two else ("pos",))
-        }
+            for _ in range(1 + two)
+        ]
+        fast = exact
 
-        def merge(st, charges):
-            # one plate at a time through the single-plate kernel, whose charges sit at z = 0:
-            # shifting queries and charges by the plate's z keeps every difference p - c as the
-            # kernel computes it (fl(z_p - z_c) either way)
-            charges = charges.to(cd)
-            z0 = charges[:1, :1]
-            shift = torch.cat([z0, torch.zeros_like(charges[:1, 1:])], 1)
-            ps, cs = p - shift, charges - shift
-            part = fields.coulomb_field(
-                ps, cs, None, plate_gamma=None, normalize=False, backend=backend, check_finite=False
-            ).double()
-            m_part, lse_part = _coulomb_lognorm(ps, cs)
-            st["E"], st["lse"] = _average(st["E"], st["lse"], part, lse_part)
-            st["m"] = torch.maximum(st["m"], m_part)
+        def merge(st, part, lognorm):
+            st["E"], st["lse"] = _average(st["E"], st["lse"], part.double(), lognorm[:, 1])
+            st["m"] = torch.maximum(st["m"], lognorm[:, 0])
 
-        def consume(chunk, origin):
-            if b == 0:
-                return
-            if cp[origin] > 0:
-                merge(plates["pos"], chunk[: cp[origin]])
-            if two and cn[origin] > 0:
-                merge(plates["neg"], chunk[cp[origin] :])
+        if strategy == "queries":
+            own = [positive.detach().to(cd)] + ([negative.detach().to(cd)] if two else [])
 
-        _ring(own, counts, group, consume)
+            def partial(rows):
+                return [t for ch in own for t in _plate_partial(rows, ch, backend, fast)]
+
+            qcounts = [rec["b"] for rec in records]
+            blocks = _by_queries(p, qcounts, group, partial)
+            for r in range(len(qcounts)):
+                for k, st in enumerate(plates):
+                    merge(st, blocks[2 * k][r], blocks[2 * k + 1][r])
+        else:  # ring
+
+            def consume(chunk, origin):
+                if b == 0:
+                    return
+                chunk = chunk.to(cd)
+                for k, part in enumerate((chunk[: cp[origin]], chunk[cp[origin] :])[: 1 + two]):
+                    if part.shape[0] > 0:
+                        merge(plates[k], *_plate_partial(p, part, backend, fast))
+
+            own = (
+                positive.detach()
+                if not two
+                else torch.cat([positive.detach(), negative.detach()], 0)
+            )
+            _ring(own, counts, group, consume)
         terms = []
-        for st in plates.values():
+        for st in plates:
             # the kernel's sum_eps is relative to the largest weight: Z / (Z + sum_eps)
             Z = torch.exp(st["lse"] - st["m"])
             terms.append(st["E"] * (Z / (Z + kw["sum_eps"]))[:, None])

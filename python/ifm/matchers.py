@@ -61,6 +61,7 @@ import torch
 
 from . import _checks, fields, plans
 from . import points as _points
+from .distributed import STRATEGIES as _STRATEGIES
 
 _WORLD = "world"
 
@@ -129,7 +130,7 @@ class _FieldMatcher:
         backend: str = "auto",
         generator: torch.Generator | None = None,
         group=None,
-        strategy: str = "allgather",
+        strategy: str = "auto",
         global_plan: bool = False,
     ):
         if (
@@ -161,8 +162,8 @@ class _FieldMatcher:
                 f'group must be None (this process only), "world" or a '
                 f"torch.distributed ProcessGroup, got {group!r}"
             )
-        if strategy not in ("allgather", "ring"):
-            raise ValueError(f"strategy must be 'allgather' or 'ring', got {strategy!r}")
+        if strategy not in _STRATEGIES:
+            raise ValueError(f"strategy must be one of {_STRATEGIES}, got {strategy!r}")
         self.group, self.strategy, self.global_plan = group, strategy, global_plan
         self.L = float(L)
         self.b = b
@@ -261,9 +262,10 @@ class IFMMatcher(_FieldMatcher):
         generator: default ``torch.Generator`` for the query sampler.
         group: ``None`` (default): this process's batch only. ``"world"`` or a
             ``torch.distributed`` ProcessGroup: targets over the group's global batch
-            (:mod:`ifm.distributed`; module docstring above). strategy: ``"allgather"``
-            (default) or ``"ring"``, see :mod:`ifm.distributed`. global_plan: solve the plan
-            on the gathered batch instead of per rank (default ``False``; why: module docstring).
+            (:mod:`ifm.distributed`; module docstring above). strategy: ``"auto"`` (default),
+            ``"allgather"``, ``"ring"`` or ``"queries"``, see :mod:`ifm.distributed`.
+            global_plan: solve the plan on the gathered batch instead of per rank (default
+            ``False``; why: module docstring).
     """
 
     def __init__(
