@@ -5,8 +5,9 @@ The single-process call is timed by pytest-benchmark in this process (2 threads;
 thread, for scale: a machine shared with other jobs slows 2-thread OpenMP barriers most); the
 distributed call is timed in 2 spawned ranks of 1 thread each (per repetition: a barrier, the
 call, the slowest rank's time). Communication is timed on its own in the same ranks: the
-``allgather`` strategy's gather of the charges, and the ``ring`` strategy's passes of the charges
-with no computation. ``benchmark.extra_info`` holds the figures and the ratio against the 1.3x
+``allgather`` strategy's gather of the charges, the ``queries`` strategy's gather of the queries
+and all-to-all of the partial fields, and the ``ring`` strategy's passes of the charges with no
+computation. ``benchmark.extra_info`` holds the figures and the ratio against the 1.3x
 target; BENCHMARKS.md quotes them. ``IFM_BENCH_QUICK=1`` shrinks the shapes (smoke run).
 
 Run::
@@ -100,6 +101,16 @@ def _picked(name, pts, lo, hi):
     return seen[0]
 
 
+def _queries_comm(pts, plates):
+    """The queries strategy's transfers alone: the gather of the queries and the all-to-all of
+    one packed partial field per plate (the Coulomb log-normalisers included)."""
+    qcounts = [pts.shape[0]] * WORLD
+    allq = ifm.distributed._gather([pts], [qcounts], dist.group.WORLD)[0]
+    extra = 0 if plates == 1 else 4 * plates  # float64 (max, lse) per plate as float32 columns
+    packed = allq.new_zeros(allq.shape[0], plates * allq.shape[1] + extra)
+    ifm.distributed._all_to_all([packed], qcounts, dist.group.WORLD)
+
+
 def _rank_slice(t, rank):
     n = t.shape[0] // WORLD
     return t[rank * n : (rank + 1) * n]
@@ -141,6 +152,8 @@ def _worker(rank, world, init_file, name, reps, result_path):
     res["comm-ring"] = _timed(
         lambda: ifm.distributed._ring(own, counts, dist.group.WORLD, lambda c, o: None), reps
     )
+    plates = 1 if CASES[name][0] == "string" else 2
+    res["comm-queries"] = _timed(lambda: _queries_comm(pts, plates), reps)
     if rank == 0:
         with open(result_path, "w") as fh:
             json.dump(res, fh)
