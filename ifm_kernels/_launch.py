@@ -232,8 +232,9 @@ def workspace(nbytes: int, device):
 
 
 def regions(pa: PlanArgs, ws, dtype) -> dict:
-    """Named views of the workspace's regions (``pa.layout``; for tests and introspection, not
-    the call path), ``dtype`` the data precision. Each entry is ``(offset in bytes, view)``."""
+    """Named views of the workspace's regions (``pa.layout``; for tests, introspection and the
+    Coulomb partial op, which reads the stats), ``dtype`` the data precision. Each entry is
+    ``(offset in bytes, view)``."""
     out = {}
     for name, (off, dt, shape) in pa.layout.items():
         dt = dtype if dt is None else dt

@@ -302,3 +302,35 @@ def coulomb_field_op(points, positive, negative, plate_gamma, sum_eps, normalize
             pa=spec_p.pa,
         )
     return out
+
+
+def coulomb_plate_partial_op(points, charges):
+    """One plate's softmax-weighted mean field ``[b, D+1]`` (no plate or final normalisation,
+    ``sum_eps`` 0) and per row the float64 ``(max_j l_ij, log sum_j e^(l_ij))`` ``[b, 2]``,
+    combined in torch from the stats pass's per-chunk maxima and sums in chunk order (no host
+    sync): the schema of ``ifm::coulomb_plate_partial`` (docs/DESIGN.md, "Op schemas")."""
+    if not points.is_contiguous():
+        points = points.contiguous()
+    if not charges.is_contiguous():
+        charges = charges.contiguous()
+    b, width = points.shape
+    out = torch.empty_like(points)
+    if b == 0:
+        return out, points.new_empty(0, 2, dtype=torch.float64)
+    dev = points.device
+    itemsize = points.element_size()
+    n = charges.shape[0]
+    with _launch.launch_guard(dev):
+        plan = _cached_plan(b, n, width, width, _launch.device_profile(dev), itemsize)
+        spec = _launch.per_plan(_Spec, plan, b, n, width, itemsize)
+        ws = _launch.workspace(spec.pa.ws_bytes, dev)
+        _plate_field(spec, points, charges, 0.0, out, ws, fm.log_skip_ratio(points.dtype))
+        stats = _launch.regions(spec.pa, ws, points.dtype)["stats"][1]
+    m_chunk, s_chunk = stats[0], stats[1]
+    m = m_chunk.amax(1)
+    finite = m > -float("inf")
+    m_safe = torch.where(finite, m, torch.zeros_like(m))
+    live = m_chunk > -float("inf")
+    scaled = torch.where(live, s_chunk * torch.exp(m_chunk - m_safe[:, None]), 0.0)
+    lse = torch.where(finite, m_safe + torch.log(scaled.sum(1)), m)
+    return out, torch.stack([m, lse], 1)

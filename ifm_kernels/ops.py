@@ -1,12 +1,12 @@
-"""The Triton launchers as PyTorch operators: ``torch.ops.ifm.string_field_triton`` and
-``torch.ops.ifm.coulomb_field_triton``.
+"""The Triton launchers as PyTorch operators: ``torch.ops.ifm.string_field_triton``,
+``torch.ops.ifm.coulomb_field_triton`` and ``torch.ops.ifm.coulomb_plate_partial_triton``.
 
 Registered with :class:`torch.library.Library` (``define`` + ``impl`` for the CPU and CUDA keys,
 as the compiled ops are) and a fake (shape-only) implementation, so that
 torch.compile traces a call as one opaque node (``fullgraph=True``), FakeTensorMode and export
 see shapes without running Triton, a profile shows one op per call, and the op takes part in
 CUDA-graph capture like any other. Schemas: those of ``ifm::string_field`` /
-``ifm::coulomb_field`` (docs/DESIGN.md, "Op schemas").
+``ifm::coulomb_field`` / ``ifm::coulomb_plate_partial`` (docs/DESIGN.md, "Op schemas").
 
 Neither ``torch.library.custom_op`` (its Python autograd and dynamo-disable wrappers cost
 about 20 us of host time per call, more than the whole launcher) nor
@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from .coulomb_field import coulomb_field_op as _coulomb_field
+from .coulomb_field import coulomb_plate_partial_op as _coulomb_plate_partial
 from .string_field import string_field_op as _string_field
 
 __all__ = ["LIB", "SCHEMAS"]
@@ -34,6 +35,7 @@ SCHEMAS = {
     "coulomb_field_triton": "(Tensor points, Tensor positive, Tensor? negative, "
     "float? plate_gamma, float sum_eps, bool normalize, "
     "float norm_scale, float eps) -> Tensor",
+    "coulomb_plate_partial_triton": "(Tensor points, Tensor charges) -> (Tensor, Tensor)",
 }
 
 
@@ -55,10 +57,17 @@ def _coulomb_field_fake(
     return torch.empty_like(points, memory_format=torch.contiguous_format)
 
 
+def _coulomb_plate_partial_fake(points, charges):
+    torch._check(charges.shape[1] == points.shape[1])
+    field = torch.empty_like(points, memory_format=torch.contiguous_format)
+    return field, points.new_empty(points.shape[0], 2, dtype=torch.float64)
+
+
 LIB = torch.library.Library("ifm", "FRAGMENT")
 for _name, _impl, _fake in (
     ("string_field_triton", _string_field, _string_field_fake),
     ("coulomb_field_triton", _coulomb_field, _coulomb_field_fake),
+    ("coulomb_plate_partial_triton", _coulomb_plate_partial, _coulomb_plate_partial_fake),
 ):
     LIB.define(_name + SCHEMAS[_name])
     # CUDA tensors on a GPU; CPU tensors run only under TRITON_INTERPRET=1 (ifm.fields checks)

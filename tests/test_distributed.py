@@ -155,7 +155,7 @@ def _coulomb_inputs(case):
     return pts, pos, neg
 
 
-def _coulomb_parity(rank, case):
+def _coulomb_parity(rank, case, configs=None, strategies=None):
     width = D + 1
     pts, pos, neg = _coulomb_inputs(case)
     mine = [_mine(t, s, rank) for t, s in ((pts, QUERIES), (pos, POSITIVE), (neg, NEGATIVE))]
@@ -171,8 +171,10 @@ def _coulomb_parity(rank, case):
                 QUERIES,
                 rank,
             )
-            for bname, dtype in CONFIGS:
+            for bname, dtype in configs or CONFIGS:
                 for strategy, sid in _variants():
+                    if strategies is not None and sid not in strategies:
+                        continue
                     p, pp, ng = (t.to(dtype) for t in mine)
                     out = ifm.distributed.coulomb_field(
                         p, pp, ng if two else None, **mode, backend=bname, strategy=strategy
@@ -187,6 +189,22 @@ def _coulomb_parity(rank, case):
 
 def test_parity_both_fields_every_mode(tmp_path):
     _spawn(_parity_worker, 3, tmp_path)
+
+
+def _triton_worker(rank, world, init_file):
+    """The Triton kernels' log-normalisers in the merging strategies (Coulomb, every mode)."""
+    _init(rank, world, init_file)
+    _coulomb_parity(
+        rank, "random", configs=[("triton", torch.float32)], strategies=("queries", "ring")
+    )
+    dist.destroy_process_group()
+
+
+@pytest.mark.skipif(
+    "triton" not in ifm.available_backends("cpu"), reason="Triton (interpreter) unavailable"
+)
+def test_parity_triton_log_normalisers(tmp_path):
+    _spawn(_triton_worker, 3, tmp_path)
 
 
 # --------------------------------------------------------------------------------------------

@@ -366,6 +366,28 @@ def test_real_gpu_plans_under_the_interpreter(monkeypatch, profile, dtype):
     check_coulomb(points, pos, neg, dtype, plate_gamma=5.0, normalize=True)
 
 
+@pytest.mark.parametrize("profile", [None, H100], ids=["interpreter-plan", "H100"])
+def test_coulomb_plate_partial_returns_the_lognormalisers(monkeypatch, profile):
+    """``ifm::coulomb_plate_partial_triton``: one plate's softmax-weighted mean and the float64
+    (max logit, log-sum-exp) combined from the stats pass's chunks (several chunks under the
+    H100 plan), against the float64 oracle; what ifm.distributed merges across ranks."""
+    if profile is not None:
+        monkeypatch.setattr(_launch, "device_profile", lambda device: profile)
+        plan = P.make_plan(10, 300, 21, 21, profile, 8)
+        assert plan.coef_chunks > 1
+    points, pos, _ = coulomb_case(10, 300, 3, 20, L=6.0, seed=6)
+    field, lognorm = torch.ops.ifm.coulomb_plate_partial_triton(points.to(DEVICE), pos.to(DEVICE))
+    want = reference.coulomb_field(points, pos, None, plate_gamma=None, sum_eps=0.0)
+    torch.testing.assert_close(field.cpu(), want, rtol=1e-9, atol=1e-9)
+    m, lse = ifm.distributed._coulomb_lognorm(points, pos)
+    assert lognorm.dtype == torch.float64 and lognorm.shape == (10, 2)
+    torch.testing.assert_close(lognorm.cpu(), torch.stack([m, lse], 1), rtol=1e-12, atol=1e-9)
+    empty, empty_ln = torch.ops.ifm.coulomb_plate_partial_triton(
+        points[:0].to(DEVICE), pos.to(DEVICE)
+    )
+    assert empty.shape == (0, 21) and empty_ln.shape == (0, 2)
+
+
 @pytest.mark.parametrize("profile", [H100, A100], ids=["H100", "A100"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("string", [True, False], ids=["string", "coulomb"])

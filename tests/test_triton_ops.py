@@ -1,6 +1,7 @@
 """The Triton launchers as operators (``torch.ops.ifm.string_field_triton`` /
-``coulomb_field_triton``): schema, fake kernels and dispatch by ``opcheck``, one op per call in a
-profile, and launch plans computed once per shape and device kind."""
+``coulomb_field_triton`` / ``coulomb_plate_partial_triton``): schema, fake kernels and dispatch
+by ``opcheck``, one op per call in a profile, and launch plans computed once per shape and device
+kind."""
 
 import importlib
 import math
@@ -44,6 +45,7 @@ def test_opcheck(dtype):
     torch.library.opcheck(STRING_OP, _string_args(dtype, normalize=False, stable=True))
     torch.library.opcheck(COULOMB_OP, _coulomb_args(dtype))
     torch.library.opcheck(COULOMB_OP, _coulomb_args(dtype, two_plates=False, normalize="pfgm"))
+    torch.library.opcheck(torch.ops.ifm.coulomb_plate_partial_triton, _coulomb_args(dtype)[:2])
 
 
 def test_op_equals_the_launcher():

@@ -11,7 +11,7 @@ Strategies (``strategy=``):
 
 * ``"auto"`` (default): ``"queries"`` where it moves fewer rows than gathering the charges and its
   partial fields merge without the extra pass below (the raw string field; the Coulomb field on
-  the CPU kernels, which return their log-normalisers), else ``"allgather"``.
+  the CPU and Triton kernels, which return their log-normalisers), else ``"allgather"``.
 * ``"allgather"``: every rank gathers all pairs / charges and makes one fused call
   (NCCL: ``all_gather_into_tensor`` of the rows padded to the largest rank's count; Gloo:
   ``batch_isend_irecv`` of each rank's block to every other rank, several times faster there).
@@ -27,8 +27,9 @@ Strategies (``strategy=``):
   rank: its own charges plus two chunks, at any world size. The fused kernels return the finished
   field of one chunk; the raw string field is a plain sum over chunks, while the Coulomb plate
   term (a softmax over the plate's charges) and the ``stable`` string mode (``E_i / max_j w_ij``)
-  need each chunk's log-normaliser, merged online (log-sum-exp). The CPU kernel returns the
-  Coulomb one with the field (``torch.ops.ifm.coulomb_plate_partial``); elsewhere, and for
+  need each chunk's log-normaliser, merged online (log-sum-exp). The CPU and Triton kernels
+  return the Coulomb one with the field (``torch.ops.ifm.coulomb_plate_partial[_triton]``); on
+  the CUDA kernels and the reference, and for
   ``stable``, this module computes it with torch from the chunk's distances in float64 (memory
   O(b x chunk); one extra GEMM-sized pass per chunk). Normalisation is applied after the last
   chunk.
@@ -482,15 +483,20 @@ def _string_logmax(points, quarks, antiquarks, L, sigma0, K, d):
     return logw.amax(1)
 
 
-def _kernel_lognorm(backend: str, device: torch.device) -> bool:
-    """Whether the compiled kernel returns the Coulomb log-normalisers itself (the CPU op
-    ``coulomb_plate_partial``); otherwise :func:`_plate_partial` computes them with torch."""
-    return fields._resolve_backend(backend, device, "coulomb_field") == "cpu" and _ops.has_kernel(
-        "coulomb_plate_partial", "CPU"
-    )
+def _partial_op(backend: str, device: torch.device):
+    """The compiled op that returns a plate's field with its Coulomb log-normalisers
+    (``ifm::coulomb_plate_partial`` on the CPU kernels, ``ifm::coulomb_plate_partial_triton``),
+    or ``None`` for a backend without one (CUDA, the reference): then :func:`_plate_partial`
+    computes them with torch."""
+    which = fields._resolve_backend(backend, device, "coulomb_field")
+    if which == "cpu" and _ops.has_kernel("coulomb_plate_partial", "CPU"):
+        return torch.ops.ifm.coulomb_plate_partial.default
+    if which == "triton" and hasattr(torch.ops.ifm, "coulomb_plate_partial_triton"):
+        return torch.ops.ifm.coulomb_plate_partial_triton.default
+    return None
 
 
-def _plate_partial(rows, charges, backend: str, fast: bool):
+def _plate_partial(rows, charges, backend: str, op):
     """One plate's softmax-weighted mean field at ``rows`` (no plate or final normalisation,
     ``sum_eps`` 0) and its ``[n, 2]`` float64 ``(max_j l_ij, logsumexp_j l_ij)``; zeros and
     ``-inf`` without rows or charges."""
@@ -499,8 +505,8 @@ def _plate_partial(rows, charges, backend: str, fast: bool):
         return rows.new_zeros(n, rows.shape[1]), torch.full(
             (n, 2), -math.inf, dtype=torch.float64, device=rows.device
         )
-    if fast:
-        return torch.ops.ifm.coulomb_plate_partial(rows, charges)
+    if op is not None:
+        return op(rows, charges)
     # the single-plate field of ifm.fields wants its charges at z = 0: shifting queries and
     # charges by the plate's z keeps every difference p - c as the kernel computes it
     # (fl(z_p - z_c) either way)
@@ -796,8 +802,8 @@ def coulomb_field(
         width, two_plates=two, plate_gamma=plate_gamma, normalize=normalize, eps=eps
     )
     counts = [a + b for a, b in zip(cp, cn, strict=False)]
-    exact = _kernel_lognorm(backend, points.device)
-    strategy = _choose(strategy, sum(r["b"] for r in records), sum(counts), 1 + two, exact)
+    op = _partial_op(backend, points.device)
+    strategy = _choose(strategy, sum(r["b"] for r in records), sum(counts), 1 + two, op is not None)
     with torch.no_grad():
         p = points.detach().to(cd)
         if strategy == "allgather":
@@ -828,7 +834,6 @@ def coulomb_field(
             }
             for _ in range(1 + two)
         ]
-        fast = exact
 
         def merge(st, part, lognorm):
             st["E"], st["lse"] = _average(st["E"], st["lse"], part.double(), lognorm[:, 1])
@@ -838,7 +843,7 @@ def coulomb_field(
             own = [positive.detach().to(cd)] + ([negative.detach().to(cd)] if two else [])
 
             def partial(rows):
-                return [t for ch in own for t in _plate_partial(rows, ch, backend, fast)]
+                return [t for ch in own for t in _plate_partial(rows, ch, backend, op)]
 
             qcounts = [rec["b"] for rec in records]
             blocks = _by_queries(p, qcounts, group, partial)
@@ -853,7 +858,7 @@ def coulomb_field(
                 chunk = chunk.to(cd)
                 for k, part in enumerate((chunk[: cp[origin]], chunk[cp[origin] :])[: 1 + two]):
                     if part.shape[0] > 0:
-                        merge(plates[k], *_plate_partial(p, part, backend, fast))
+                        merge(plates[k], *_plate_partial(p, part, backend, op))
 
             own = (
                 positive.detach()
