@@ -305,6 +305,7 @@ class _Emulated:
             i64,
             ci,
         ]
+        self.lib.ifm_emu_coulomb_plate_partial.argtypes = [ci, vp, i64, vp, i64, i64, vp, vp, i64]
         self.lib.ifm_emu_launches.restype = ctypes.c_long
         self.lib.ifm_emu_set_schedule.argtypes = [ci, ctypes.c_uint64]
         self.lib.ifm_emu_report.restype = ctypes.c_char_p
@@ -417,6 +418,26 @@ class _Emulated:
         self._check(rc, "coulomb_field")
         return torch.from_numpy(out)
 
+    def coulomb_plate_partial(self, points, charges, *, dtype=torch.float64, chunk=0):
+        """``(field, lognorm)`` of the launcher ``coulomb_plate_partial``."""
+        npd = np.float64 if dtype == torch.float64 else np.float32
+        p, c = self._arr(points, npd), self._arr(charges, npd)
+        out = np.full_like(p, np.nan)
+        lognorm = np.full((p.shape[0], 2), np.nan)
+        rc = self.lib.ifm_emu_coulomb_plate_partial(
+            int(npd == np.float64),
+            p.ctypes.data,
+            p.shape[0],
+            c.ctypes.data,
+            c.shape[0],
+            p.shape[1] - 1,
+            out.ctypes.data,
+            lognorm.ctypes.data,
+            chunk,
+        )
+        self._check(rc, "coulomb_plate_partial")
+        return torch.from_numpy(out), torch.from_numpy(lognorm)
+
 
 SCHEDULES = dict(forward=0, reverse=1, random=2, mixed=3)
 
@@ -493,6 +514,20 @@ def test_emulated_coulomb_random(emu, shape, mode, plates, dtype):
     oracle, standin = _coulomb_oracles(points, pos, neg, mode)
     out = emu.coulomb_field(points, pos, neg, **mode, dtype=dtype)
     assert_parity(out, oracle, standin, what=f"emulated coulomb {shape} {mode} plates={plates}")
+
+
+@pytest.mark.parametrize("chunk", [0, 40], ids=["one-chunk", "query-chunks"])
+def test_emulated_coulomb_plate_partial(emu, chunk):
+    """The partial launcher: one plate's softmax-weighted mean and the float64 (max logit,
+    log-sum-exp) per row (what ifm.distributed merges), also over several query chunks."""
+    from ifm import distributed
+
+    points, pos, _ = coulomb_case(9, 7, 3, 5, L=6.0, seed=8)
+    field, lognorm = emu.coulomb_plate_partial(points, pos, chunk=chunk)
+    want = reference.coulomb_field(points, pos, None, plate_gamma=None, sum_eps=0.0)
+    torch.testing.assert_close(field, want, rtol=1e-9, atol=1e-9)
+    m, lse = distributed._coulomb_lognorm(points, pos)
+    torch.testing.assert_close(lognorm, torch.stack([m, lse], 1), rtol=1e-12, atol=1e-9)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])

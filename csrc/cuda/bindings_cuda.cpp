@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <tuple>
 
 #include "../op_checks.h"
 #include "kernels.cuh"
@@ -67,9 +68,31 @@ at::Tensor coulomb_field_cuda(const at::Tensor& points, const at::Tensor& positi
   return out;
 }
 
+std::tuple<at::Tensor, at::Tensor> coulomb_plate_partial_cuda(const at::Tensor& points,
+                                                              const at::Tensor& charges) {
+  ifm::check_op_input(points, "points", points, c10::DeviceType::CUDA, "cuda", true);
+  ifm::check_op_input(charges, "charges", points, c10::DeviceType::CUDA, "cuda", true);
+  TORCH_CHECK(charges.size(0) >= 1, "ifm (cuda): charges must have at least one row");
+  const c10::cuda::CUDAGuard guard(points.device());
+  at::Tensor out = at::empty_like(points, at::MemoryFormat::Contiguous);
+  const int64_t b = points.size(0), B = charges.size(0), D = points.size(1) - 1;
+  at::Tensor lognorm = at::empty({b, 2}, points.options().dtype(at::kDouble));
+  if (b == 0) return {out, lognorm};
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream(points.device().index()).stream();
+  AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "ifm_coulomb_plate_partial_cuda", [&] {
+    const size_t bytes = ifm::cuda::coulomb_field_workspace_bytes<scalar_t>(b, B, 0, D, false);
+    at::Tensor ws = workspace(bytes, points);
+    C10_CUDA_CHECK(ifm::cuda::coulomb_plate_partial<scalar_t>(
+        points.data_ptr<scalar_t>(), b, charges.data_ptr<scalar_t>(), B, D,
+        out.data_ptr<scalar_t>(), lognorm.data_ptr<double>(), ws.data_ptr(), bytes, stream));
+  });
+  return {out, lognorm};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(ifm, CUDA, m) {
   m.impl("string_field", &string_field_cuda);
   m.impl("coulomb_field", &coulomb_field_cuda);
+  m.impl("coulomb_plate_partial", &coulomb_plate_partial_cuda);
 }

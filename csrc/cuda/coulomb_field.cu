@@ -30,6 +30,7 @@ struct CoulombCoefArgs {
   int64_t rows, n, nslices, dim;
   double sum_eps;
   PairLists lists;
+  double* lognorm;  // nullable: [rows, 2] (max logit, log-normaliser) per row
 };
 
 // min blocks 1: with the thread bound alone, ptxas for sm_120 holds this kernel to 64 registers
@@ -58,6 +59,10 @@ __global__ void __launch_bounds__(kThreads, 1) coulomb_coefficients(CoulombCoefA
   s = block_reduce(s, red, SumOp());
   top = block_reduce(top, red, MaxOp());
   const double inv = 1.0 / (s + a.sum_eps);
+  if (a.lognorm != nullptr && threadIdx.x == 0) {
+    a.lognorm[2 * i] = m;
+    a.lognorm[2 * i + 1] = m + log(s);
+  }
 
   const double floor_size = skip_ratio(sizeof(T) == 8) * top;
   int filled = 0;
@@ -103,11 +108,12 @@ CoulombLayout<T> coulomb_layout(Carver& cv, int64_t b, int64_t Bp, int64_t Bn, b
   return l;
 }
 
-// E of one plate for `rows` queries into target [rows, width] (raw, toward the charges).
+// E of one plate for `rows` queries into target [rows, width] (raw, toward the charges);
+// lognorm (nullable, n >= 1): the rows' [rows, 2] (max logit, log-normaliser).
 template <typename T>
 cudaError_t plate_field(const T* pts, int64_t rows, const T* charges, int64_t n, int64_t width,
                         double sum_eps, const CoulombLayout<T>& l, T* target, const Tuning& tune,
-                        cudaStream_t stream) {
+                        cudaStream_t stream, double* lognorm = nullptr) {
   if (n == 0) return cudaMemsetAsync(target, 0, sizeof(T) * size_t(rows * width), stream);
   PairLists lists = l.lists;
   lists.n = n;
@@ -121,6 +127,7 @@ cudaError_t plate_field(const T* pts, int64_t rows, const T* charges, int64_t n,
                               ca.dim = width;
                               ca.sum_eps = sum_eps;
                               ca.lists = lists;
+                              ca.lognorm = lognorm;
                               auto coef_kernel = coulomb_coefficients<T>;
                               IFM_LAUNCH(coef_kernel, dim3((unsigned)rows), dim3(kThreads), stream,
                                          ca);
@@ -175,12 +182,36 @@ cudaError_t coulomb_field(const T* points, int64_t b, const T* positive, int64_t
   return cudaSuccess;
 }
 
-#define IFM_INSTANTIATE_COULOMB(T)                                                               \
-  template size_t coulomb_field_workspace_bytes<T>(int64_t, int64_t, int64_t, int64_t, bool,     \
-                                                   const Tuning&);                               \
-  template cudaError_t coulomb_field<T>(const T*, int64_t, const T*, int64_t, const T*, int64_t, \
-                                        int64_t, bool, double, double, const NormParams&, T*,    \
-                                        void*, size_t, cudaStream_t, const Tuning&);
+template <typename T>
+cudaError_t coulomb_plate_partial(const T* points, int64_t b, const T* charges, int64_t B,
+                                  int64_t D, T* out, double* lognorm, void* workspace,
+                                  size_t workspace_bytes, cudaStream_t stream, const Tuning& tune) {
+  using namespace detail;
+  if (b < 0 || B < 1 || D < 1 || B > 0x7fffffff) return cudaErrorInvalidValue;
+  if (b == 0) return cudaSuccess;
+  const int64_t width = D + 1;
+  ScopedWorkspace ws(workspace, workspace_bytes,
+                     coulomb_field_workspace_bytes<T>(b, B, 0, D, false, tune), stream);
+  IFM_CUDA_TRY(ws.status());
+  Carver cv(align256(ws.get()));
+  const CoulombLayout<T> l = coulomb_layout<T>(cv, b, B, 0, false, D, tune);
+  for (int64_t i0 = 0; i0 < b; i0 += l.rc) {
+    const int64_t rows = min64(l.rc, b - i0);
+    IFM_CUDA_TRY(plate_field<T>(points + i0 * width, rows, charges, B, width, 0.0, l,
+                                out + i0 * width, tune, stream, lognorm + 2 * i0));
+  }
+  return cudaSuccess;
+}
+
+#define IFM_INSTANTIATE_COULOMB(T)                                                                 \
+  template size_t coulomb_field_workspace_bytes<T>(int64_t, int64_t, int64_t, int64_t, bool,       \
+                                                   const Tuning&);                                 \
+  template cudaError_t coulomb_field<T>(const T*, int64_t, const T*, int64_t, const T*, int64_t,   \
+                                        int64_t, bool, double, double, const NormParams&, T*,      \
+                                        void*, size_t, cudaStream_t, const Tuning&);               \
+  template cudaError_t coulomb_plate_partial<T>(const T*, int64_t, const T*, int64_t, int64_t, T*, \
+                                                double*, void*, size_t, cudaStream_t,              \
+                                                const Tuning&);
 IFM_INSTANTIATE_COULOMB(float)
 IFM_INSTANTIATE_COULOMB(double)
 #undef IFM_INSTANTIATE_COULOMB

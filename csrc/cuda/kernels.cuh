@@ -66,5 +66,14 @@ cudaError_t coulomb_field(const T* points, int64_t b, const T* positive, int64_t
                           void* workspace, size_t workspace_bytes, cudaStream_t stream,
                           const Tuning& tune = Tuning());
 
+// One plate's softmax-weighted mean (no plate or final normalisation, sum_eps 0) into out and
+// per row lognorm[2i] = max_j l_ij, lognorm[2i + 1] = log sum_j e^(l_ij) (as the CPU kernel's
+// coulomb_plate_partial; B >= 1). Workspace: coulomb_field_workspace_bytes(b, B, 0, D, false).
+template <typename T>
+cudaError_t coulomb_plate_partial(const T* points, int64_t b, const T* charges, int64_t B,
+                                  int64_t D, T* out, double* lognorm, void* workspace,
+                                  size_t workspace_bytes, cudaStream_t stream,
+                                  const Tuning& tune = Tuning());
+
 }  // namespace cuda
 }  // namespace ifm

@@ -11,7 +11,7 @@ Strategies (``strategy=``):
 
 * ``"auto"`` (default): ``"queries"`` where it moves fewer rows than gathering the charges and its
   partial fields merge without the extra pass below (the raw string field; the Coulomb field on
-  the CPU and Triton kernels, which return their log-normalisers), else ``"allgather"``.
+  the compiled kernels, which return their log-normalisers), else ``"allgather"``.
 * ``"allgather"``: every rank gathers all pairs / charges and makes one fused call
   (NCCL: ``all_gather_into_tensor`` of the rows padded to the largest rank's count; Gloo:
   ``batch_isend_irecv`` of each rank's block to every other rank, several times faster there).
@@ -27,9 +27,9 @@ Strategies (``strategy=``):
   rank: its own charges plus two chunks, at any world size. The fused kernels return the finished
   field of one chunk; the raw string field is a plain sum over chunks, while the Coulomb plate
   term (a softmax over the plate's charges) and the ``stable`` string mode (``E_i / max_j w_ij``)
-  need each chunk's log-normaliser, merged online (log-sum-exp). The CPU and Triton kernels
-  return the Coulomb one with the field (``torch.ops.ifm.coulomb_plate_partial[_triton]``); on
-  the CUDA kernels and the reference, and for
+  need each chunk's log-normaliser, merged online (log-sum-exp). The compiled kernels return
+  the Coulomb one with the field (``torch.ops.ifm.coulomb_plate_partial[_triton]``); on the
+  reference backend, and for
   ``stable``, this module computes it with torch from the chunk's distances in float64 (memory
   O(b x chunk); one extra GEMM-sized pass per chunk). Normalisation is applied after the last
   chunk.
@@ -485,11 +485,12 @@ def _string_logmax(points, quarks, antiquarks, L, sigma0, K, d):
 
 def _partial_op(backend: str, device: torch.device):
     """The compiled op that returns a plate's field with its Coulomb log-normalisers
-    (``ifm::coulomb_plate_partial`` on the CPU kernels, ``ifm::coulomb_plate_partial_triton``),
-    or ``None`` for a backend without one (CUDA, the reference): then :func:`_plate_partial`
-    computes them with torch."""
+    (``ifm::coulomb_plate_partial`` on the CPU and CUDA kernels,
+    ``ifm::coulomb_plate_partial_triton``), or ``None`` for the reference backend: then
+    :func:`_plate_partial` computes them with torch."""
     which = fields._resolve_backend(backend, device, "coulomb_field")
-    if which == "cpu" and _ops.has_kernel("coulomb_plate_partial", "CPU"):
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(which)
+    if key is not None and _ops.has_kernel("coulomb_plate_partial", key):
         return torch.ops.ifm.coulomb_plate_partial.default
     if which == "triton" and hasattr(torch.ops.ifm, "coulomb_plate_partial_triton"):
         return torch.ops.ifm.coulomb_plate_partial_triton.default

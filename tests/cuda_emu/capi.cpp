@@ -63,6 +63,14 @@ int run_coulomb(const void* points, int64_t b, const void* positive, int64_t Bp,
       norm_params(normalize, scale, eps), static_cast<T*>(out), ws.ptr, ws.bytes, nullptr, tune);
 }
 
+template <typename T>
+int run_plate_partial(const void* points, int64_t b, const void* charges, int64_t B, int64_t D,
+                      void* out, double* lognorm, const ifm::cuda::Tuning& tune) {
+  return (int)ifm::cuda::coulomb_plate_partial<T>(
+      static_cast<const T*>(points), b, static_cast<const T*>(charges), B, D,
+      static_cast<T*>(out), lognorm, nullptr, 0, nullptr, tune);
+}
+
 }  // namespace
 
 extern "C" {
@@ -91,6 +99,14 @@ int ifm_emu_coulomb_field(int is_double, const void* points, int64_t b, const vo
                    : run_coulomb<float>(points, b, positive, Bp, negative, Bn, D, plate_normalize,
                                         plate_gamma, sum_eps, normalize, scale, eps, out, t,
                                         use_workspace);
+}
+
+int ifm_emu_coulomb_plate_partial(int is_double, const void* points, int64_t b,
+                                  const void* charges, int64_t B, int64_t D, void* out,
+                                  double* lognorm, int64_t max_pairs_per_chunk) {
+  const ifm::cuda::Tuning t = tuning(max_pairs_per_chunk, 0);
+  return is_double ? run_plate_partial<double>(points, b, charges, B, D, out, lognorm, t)
+                   : run_plate_partial<float>(points, b, charges, B, D, out, lognorm, t);
 }
 
 long ifm_emu_launches() { return ifm_emu::launches; }
