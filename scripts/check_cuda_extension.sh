@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the full CUDA extension (ifm._C with csrc/cuda/) against a CUDA build of torch, import
-# it, check that torch.ops.ifm.string_field / coulomb_field have CUDA and CPU kernels, and check
+# it, check that every torch.ops.ifm op of ifm._ops.OPS has CUDA and CPU kernels, and check
 # with cuobjdump that the library holds SASS for every arch of scripts/cuda_arch_list.txt and
 # PTX for the one marked +PTX (and that ifm._build_info records the same). Needs no GPU: only
 # nvcc (CUDA_HOME, default /usr/local/cuda) and the torch wheel. When a GPU is visible it also
@@ -69,14 +69,14 @@ import torch
 from ifm import _ops
 if _ops.LOAD_ERROR is not None:
     sys.exit(f"import ifm._C failed: {_ops.LOAD_ERROR}")
-missing = [f"ifm::{op} ({key})" for op in ("string_field", "coulomb_field")
+missing = [f"ifm::{op} ({key})" for op in _ops.OPS
            for key in ("CPU", "CUDA")
            if not torch._C._dispatch_has_kernel_for_dispatch_key(f"ifm::{op}", key)]
 if missing:
     sys.exit("no kernel registered for " + ", ".join(missing))
 import ifm
 print(f"check_cuda_extension: ifm._C from {ifm.__file__}: CPU and CUDA kernels registered "
-      f"for ifm::string_field and ifm::coulomb_field")
+      f"for " + ", ".join(f"ifm::{op}" for op in _ops.OPS))
 PY
   ) && check_archs
 }
