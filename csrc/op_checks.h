@@ -12,9 +12,10 @@
 namespace ifm {
 
 // `t` is a 2-D float32/float64 tensor of `points`' width, dtype and device, on `device_type`
-// (and contiguous when `contiguous`). `label` names the backend in messages ("cpu", "cuda").
+// (any strides: the implementations make their inputs contiguous). `label` names the backend in
+// messages ("cpu", "cuda").
 inline void check_op_input(const at::Tensor& t, const char* name, const at::Tensor& points,
-                           c10::DeviceType device_type, const char* label, bool contiguous) {
+                           c10::DeviceType device_type, const char* label) {
   TORCH_CHECK(t.device().type() == device_type, "ifm (", label, "): ", name, " must be a ",
               c10::DeviceTypeName(device_type), " tensor, got a tensor on ", t.device());
   TORCH_CHECK(t.device() == points.device(), "ifm (", label, "): ", name, " is on ", t.device(),
@@ -30,17 +31,15 @@ inline void check_op_input(const at::Tensor& t, const char* name, const at::Tens
               "): ", name, " must be float32 or float64, got ", t.scalar_type());
   TORCH_CHECK(t.size(0) <= std::numeric_limits<int32_t>::max(), "ifm (", label, "): ", name,
               " has too many rows (", t.size(0), ")");
-  TORCH_CHECK(!contiguous || t.is_contiguous(), "ifm (", label, "): ", name,
-              " must be contiguous (row-major)");
 }
 
 // The tensors of ifm::string_field: index-aligned pairs, one width, dtype and device.
 inline void check_string_op(const at::Tensor& points, const at::Tensor& quarks,
                             const at::Tensor& antiquarks, c10::DeviceType device_type,
-                            const char* label, bool contiguous) {
-  check_op_input(points, "points", points, device_type, label, contiguous);
-  check_op_input(quarks, "quarks", points, device_type, label, contiguous);
-  check_op_input(antiquarks, "antiquarks", points, device_type, label, contiguous);
+                            const char* label) {
+  check_op_input(points, "points", points, device_type, label);
+  check_op_input(quarks, "quarks", points, device_type, label);
+  check_op_input(antiquarks, "antiquarks", points, device_type, label);
   TORCH_CHECK(quarks.size(0) == antiquarks.size(0), "ifm (", label,
               "): quarks and antiquarks must have the same number of rows");
 }
@@ -51,12 +50,12 @@ inline void check_string_op(const at::Tensor& points, const at::Tensor& quarks,
 // negative plate, whose data pointer may be null, must not reach them.
 inline void check_coulomb_op(const at::Tensor& points, const at::Tensor& positive,
                              const std::optional<at::Tensor>& negative, c10::DeviceType device_type,
-                             const char* label, bool contiguous) {
-  check_op_input(points, "points", points, device_type, label, contiguous);
-  check_op_input(positive, "positive", points, device_type, label, contiguous);
+                             const char* label) {
+  check_op_input(points, "points", points, device_type, label);
+  check_op_input(positive, "positive", points, device_type, label);
   TORCH_CHECK(positive.size(0) >= 1, "ifm (", label, "): positive must have at least one row");
   if (negative.has_value() && negative->defined()) {
-    check_op_input(*negative, "negative", points, device_type, label, contiguous);
+    check_op_input(*negative, "negative", points, device_type, label);
     TORCH_CHECK(negative->size(0) >= 1, "ifm (", label,
                 "): negative must have at least one row (pass None for one plate)");
   }

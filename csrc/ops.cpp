@@ -21,7 +21,7 @@ namespace {
 at::Tensor string_field_cpu(const at::Tensor& points_in, const at::Tensor& quarks_in,
                             const at::Tensor& antiquarks_in, double L, double sigma0, double K,
                             double d, bool stable, bool normalize, double norm_scale, double eps) {
-  ifm::check_string_op(points_in, quarks_in, antiquarks_in, c10::DeviceType::CPU, "cpu", false);
+  ifm::check_string_op(points_in, quarks_in, antiquarks_in, c10::DeviceType::CPU, "cpu");
   const at::Tensor points = points_in.contiguous();
   const at::Tensor quarks = quarks_in.contiguous();
   const at::Tensor antiquarks = antiquarks_in.contiguous();
@@ -43,7 +43,7 @@ at::Tensor coulomb_field_cpu(const at::Tensor& points_in, const at::Tensor& posi
                              const std::optional<at::Tensor>& negative_in,
                              std::optional<double> plate_gamma, double sum_eps, bool normalize,
                              double norm_scale, double eps) {
-  ifm::check_coulomb_op(points_in, positive_in, negative_in, c10::DeviceType::CPU, "cpu", false);
+  ifm::check_coulomb_op(points_in, positive_in, negative_in, c10::DeviceType::CPU, "cpu");
   const at::Tensor points = points_in.contiguous();
   const at::Tensor positive = positive_in.contiguous();
   at::Tensor negative;  // undefined for one plate: the kernel gets nullptr and Bn = 0
@@ -67,8 +67,8 @@ at::Tensor coulomb_field_cpu(const at::Tensor& points_in, const at::Tensor& posi
 // partial fields over disjoint charge sets merge exactly by log-sum-exp (ifm.distributed).
 std::tuple<at::Tensor, at::Tensor> coulomb_plate_partial_cpu(const at::Tensor& points_in,
                                                              const at::Tensor& charges_in) {
-  ifm::check_op_input(points_in, "points", points_in, c10::DeviceType::CPU, "cpu", false);
-  ifm::check_op_input(charges_in, "charges", points_in, c10::DeviceType::CPU, "cpu", false);
+  ifm::check_op_input(points_in, "points", points_in, c10::DeviceType::CPU, "cpu");
+  ifm::check_op_input(charges_in, "charges", points_in, c10::DeviceType::CPU, "cpu");
   TORCH_CHECK(charges_in.size(0) >= 1, "ifm (cpu): charges must have at least one row");
   const at::Tensor points = points_in.contiguous();
   const at::Tensor charges = charges_in.contiguous();

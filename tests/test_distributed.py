@@ -129,6 +129,8 @@ def _parity_worker(rank, world, init_file):
                     )
     for case in ("random", "near-tie"):
         _coulomb_parity(rank, case)
+    # an odd width: the packed float32 partials hold float64 log-normaliser columns at odd offsets
+    _coulomb_parity(rank, "random", dim=2, strategies=("queries", "auto"))
     # no gradients through the collectives: inputs that require grad are read as constants
     pts, pos, neg = _coulomb_inputs("random")
     mine = [_mine(t, s, rank) for t, s in ((pts, QUERIES), (pos, POSITIVE), (neg, NEGATIVE))]
@@ -138,11 +140,11 @@ def _parity_worker(rank, world, init_file):
     dist.destroy_process_group()
 
 
-def _coulomb_inputs(case):
+def _coulomb_inputs(case, dim=D):
     """``random``: tests/cases.py; ``near-tie``: far from the origin (x ~ 100) with query 0 on the
     plate at 1e-4 and 2e-4 from charges held by ranks 0 and 2, so the two chunks' weights compete
     and their log-normalisers need distances free of cancellation."""
-    pts, pos, neg = coulomb_case(sum(QUERIES), sum(POSITIVE), sum(NEGATIVE), D, 3.0, seed=5)
+    pts, pos, neg = coulomb_case(sum(QUERIES), sum(POSITIVE), sum(NEGATIVE), dim, 3.0, seed=5)
     if case == "near-tie":
         for t in (pts, pos, neg):
             t[:, 1:] += 100.0
@@ -155,9 +157,9 @@ def _coulomb_inputs(case):
     return pts, pos, neg
 
 
-def _coulomb_parity(rank, case, configs=None, strategies=None):
-    width = D + 1
-    pts, pos, neg = _coulomb_inputs(case)
+def _coulomb_parity(rank, case, configs=None, strategies=None, dim=D):
+    width = dim + 1
+    pts, pos, neg = _coulomb_inputs(case, dim)
     mine = [_mine(t, s, rank) for t, s in ((pts, QUERIES), (pos, POSITIVE), (neg, NEGATIVE))]
     for two in (False, True):
         for mode, mode_id in zip(COULOMB_MODES, COULOMB_MODE_IDS, strict=False):

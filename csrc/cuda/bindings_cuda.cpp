@@ -22,10 +22,13 @@ at::Tensor workspace(size_t bytes, const at::Tensor& like) {
   return at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
 }
 
-at::Tensor string_field_cuda(const at::Tensor& points, const at::Tensor& quarks,
-                             const at::Tensor& antiquarks, double L, double sigma0, double K,
+at::Tensor string_field_cuda(const at::Tensor& points_in, const at::Tensor& quarks_in,
+                             const at::Tensor& antiquarks_in, double L, double sigma0, double K,
                              double d, bool stable, bool normalize, double norm_scale, double eps) {
-  ifm::check_string_op(points, quarks, antiquarks, c10::DeviceType::CUDA, "cuda", true);
+  ifm::check_string_op(points_in, quarks_in, antiquarks_in, c10::DeviceType::CUDA, "cuda");
+  const at::Tensor points = points_in.contiguous();  // the launchers read row-major rows
+  const at::Tensor quarks = quarks_in.contiguous();
+  const at::Tensor antiquarks = antiquarks_in.contiguous();
   const c10::cuda::CUDAGuard guard(points.device());
   at::Tensor out = at::empty_like(points, at::MemoryFormat::Contiguous);
   const int64_t b = points.size(0), B = quarks.size(0);
@@ -43,12 +46,16 @@ at::Tensor string_field_cuda(const at::Tensor& points, const at::Tensor& quarks,
   return out;
 }
 
-at::Tensor coulomb_field_cuda(const at::Tensor& points, const at::Tensor& positive,
-                              const std::optional<at::Tensor>& negative,
+at::Tensor coulomb_field_cuda(const at::Tensor& points_in, const at::Tensor& positive_in,
+                              const std::optional<at::Tensor>& negative_in,
                               std::optional<double> plate_gamma, double sum_eps, bool normalize,
                               double norm_scale, double eps) {
-  ifm::check_coulomb_op(points, positive, negative, c10::DeviceType::CUDA, "cuda", true);
-  const bool two = negative.has_value() && negative->defined();
+  ifm::check_coulomb_op(points_in, positive_in, negative_in, c10::DeviceType::CUDA, "cuda");
+  const bool two = negative_in.has_value() && negative_in->defined();
+  const at::Tensor points = points_in.contiguous();  // the launchers read row-major rows
+  const at::Tensor positive = positive_in.contiguous();
+  const std::optional<at::Tensor> negative =
+      two ? std::optional<at::Tensor>(negative_in->contiguous()) : std::nullopt;
   const c10::cuda::CUDAGuard guard(points.device());
   at::Tensor out = at::empty_like(points, at::MemoryFormat::Contiguous);
   const int64_t b = points.size(0), D = points.size(1) - 1;
@@ -68,11 +75,13 @@ at::Tensor coulomb_field_cuda(const at::Tensor& points, const at::Tensor& positi
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> coulomb_plate_partial_cuda(const at::Tensor& points,
-                                                              const at::Tensor& charges) {
-  ifm::check_op_input(points, "points", points, c10::DeviceType::CUDA, "cuda", true);
-  ifm::check_op_input(charges, "charges", points, c10::DeviceType::CUDA, "cuda", true);
-  TORCH_CHECK(charges.size(0) >= 1, "ifm (cuda): charges must have at least one row");
+std::tuple<at::Tensor, at::Tensor> coulomb_plate_partial_cuda(const at::Tensor& points_in,
+                                                              const at::Tensor& charges_in) {
+  ifm::check_op_input(points_in, "points", points_in, c10::DeviceType::CUDA, "cuda");
+  ifm::check_op_input(charges_in, "charges", points_in, c10::DeviceType::CUDA, "cuda");
+  TORCH_CHECK(charges_in.size(0) >= 1, "ifm (cuda): charges must have at least one row");
+  const at::Tensor points = points_in.contiguous();  // the launchers read row-major rows
+  const at::Tensor charges = charges_in.contiguous();
   const c10::cuda::CUDAGuard guard(points.device());
   at::Tensor out = at::empty_like(points, at::MemoryFormat::Contiguous);
   const int64_t b = points.size(0), B = charges.size(0), D = points.size(1) - 1;

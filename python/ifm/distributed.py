@@ -68,7 +68,9 @@ __all__ = [
 
 STRATEGIES = ("auto", "allgather", "ring", "queries")
 # all_gather_into_tensor under its newer name where torch has it
-_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_gather_single = getattr(dist, "all_gather_single", None) or getattr(
+    dist, "all_gather_into_tensor", None
+)
 _CANCEL = 1e-6  # squared distances below this fraction of their scale are recomputed exactly
 _PAIR_BLOCK = 1 << 20  # elements of the exact-recompute temporary
 
@@ -538,7 +540,10 @@ def _by_queries(p, qcounts: list[int], group, partial) -> list[torch.Tensor]:
     out, col = [], 0
     for t in parts:
         k = t.contiguous().view(p.dtype).shape[1]
-        out.append(block[:, :, col : col + k].contiguous().view(t.dtype))
+        # a fresh copy starts at offset 0, so float64 columns reinterpret at any width
+        out.append(
+            block[:, :, col : col + k].clone(memory_format=torch.contiguous_format).view(t.dtype)
+        )
         col += k
     return out
 
@@ -588,7 +593,8 @@ def string_field(
 
     Ranks may hold different numbers of queries and pairs (zero included; the group needs at
     least one pair). Keyword arguments must be equal on every rank. ``strategy``:
-    ``"allgather"`` or ``"ring"`` (module docstring). Returns ``[b, D+1]`` (this rank's rows).
+    ``"auto"`` (default), ``"allgather"``, ``"queries"`` or ``"ring"`` (module docstring).
+    Returns ``[b, D+1]`` (this rank's rows).
     """
     group = resolve_group(group)
     public = dict(
@@ -729,7 +735,8 @@ def coulomb_field(
 
     Ranks may hold different numbers of queries and charges per plate (zero included; each plate
     needs at least one charge in the group); ``negative`` is ``None`` on every rank or on none.
-    ``strategy``: ``"allgather"`` or ``"ring"`` (module docstring). Returns ``[b, D+1]``.
+    ``strategy``: ``"auto"`` (default), ``"allgather"``, ``"queries"`` or ``"ring"`` (module
+    docstring). Returns ``[b, D+1]``.
     """
     group = resolve_group(group)
     two = negative is not None
@@ -768,8 +775,8 @@ def coulomb_field(
         plate_z = None  # the ranks' plates are compared when the value checks run
         if checked and two and negative.shape[0] > 0:
             plate_z = _checks.round_to(float(negative[0, 0]), cd)
-        fields._resolve_backend(backend, points.device, "coulomb_field")
         return dict(
+            exact=int(_partial_op(backend, points.device) is not None),
             b=int(points.shape[0]),
             Bp=int(positive.shape[0]),
             Bn=int(negative.shape[0]) if two else 0,
@@ -781,7 +788,7 @@ def coulomb_field(
         "coulomb_field",
         check,
         dict(_tensor_meta(points), kwargs=repr(sorted(public.items())), negative=two),
-        ("b", "Bp", "Bn", "neg_z"),
+        ("b", "Bp", "Bn", "neg_z", "exact"),
     )
     cp = [rec["Bp"] for rec in records]
     cn = [rec["Bn"] for rec in records]
@@ -804,7 +811,10 @@ def coulomb_field(
     )
     counts = [a + b for a, b in zip(cp, cn, strict=False)]
     op = _partial_op(backend, points.device)
-    strategy = _choose(strategy, sum(r["b"] for r in records), sum(counts), 1 + two, op is not None)
+    # every rank's kernels must return the log-normalisers for "auto" to take "queries" (a
+    # rank's backend may differ from its peers': GPU arch, Triton installed)
+    exact = all(r["exact"] for r in records)
+    strategy = _choose(strategy, sum(r["b"] for r in records), sum(counts), 1 + two, exact)
     with torch.no_grad():
         p = points.detach().to(cd)
         if strategy == "allgather":
