@@ -61,4 +61,13 @@ inline void check_coulomb_op(const at::Tensor& points, const at::Tensor& positiv
   }
 }
 
+// The tensors of ifm::coulomb_plate_partial: one plate of `points`' width, dtype and device,
+// with at least one charge.
+inline void check_plate_partial_op(const at::Tensor& points, const at::Tensor& charges,
+                                   c10::DeviceType device_type, const char* label) {
+  check_op_input(points, "points", points, device_type, label);
+  check_op_input(charges, "charges", points, device_type, label);
+  TORCH_CHECK(charges.size(0) >= 1, "ifm (", label, "): charges must have at least one row");
+}
+
 }  // namespace ifm

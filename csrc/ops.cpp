@@ -67,9 +67,7 @@ at::Tensor coulomb_field_cpu(const at::Tensor& points_in, const at::Tensor& posi
 // partial fields over disjoint charge sets merge exactly by log-sum-exp (ifm.distributed).
 std::tuple<at::Tensor, at::Tensor> coulomb_plate_partial_cpu(const at::Tensor& points_in,
                                                              const at::Tensor& charges_in) {
-  ifm::check_op_input(points_in, "points", points_in, c10::DeviceType::CPU, "cpu");
-  ifm::check_op_input(charges_in, "charges", points_in, c10::DeviceType::CPU, "cpu");
-  TORCH_CHECK(charges_in.size(0) >= 1, "ifm (cpu): charges must have at least one row");
+  ifm::check_plate_partial_op(points_in, charges_in, c10::DeviceType::CPU, "cpu");
   const at::Tensor points = points_in.contiguous();
   const at::Tensor charges = charges_in.contiguous();
   at::Tensor out = at::empty_like(points);

@@ -206,6 +206,12 @@ class _Spec:
         self.coeff_cx = dict(BR=plan.coef_br, BJ=plan.coef_bj, SBJ=plan.sums_bj)
 
 
+def _plate_spec(b: int, n: int, width: int, profile, itemsize: int) -> _Spec:
+    """The cached launch constants of one plate of ``n`` charges for ``b`` queries."""
+    plan = _cached_plan(b, n, width, width, profile, itemsize)
+    return _launch.per_plan(_Spec, plan, b, n, width, itemsize)
+
+
 def _plate_field(spec: _Spec, points, charges, sum_eps: float, dest, ws, log_skip: float) -> None:
     """One plate's raw field ``sum_j coeff_ij (y_j - x_i)`` into ``dest [b, D+1]``
     (``sum_eps`` a float), in the call's byte workspace ``ws``."""
@@ -271,17 +277,11 @@ def coulomb_field_op(points, positive, negative, plate_gamma, sum_eps, normalize
     sum_eps = float(sum_eps)
     log_skip = fm.log_skip_ratio(points.dtype)
     with _launch.launch_guard(dev):
-        n = positive.shape[0]
-        spec_p = _launch.per_plan(
-            _Spec, _cached_plan(b, n, width, width, profile, itemsize), b, n, width, itemsize
-        )
+        spec_p = _plate_spec(b, positive.shape[0], width, profile, itemsize)
         spec_n = en = None
         if negative is not None:
             en = torch.empty_like(points)
-            n = negative.shape[0]
-            spec_n = _launch.per_plan(
-                _Spec, _cached_plan(b, n, width, width, profile, itemsize), b, n, width, itemsize
-            )
+            spec_n = _plate_spec(b, negative.shape[0], width, profile, itemsize)
         # the plates run one after the other in stream order: they share the workspace
         nbytes = spec_p.pa.ws_bytes
         if spec_n is not None and spec_n.pa.ws_bytes > nbytes:
@@ -319,10 +319,8 @@ def coulomb_plate_partial_op(points, charges):
         return out, points.new_empty(0, 2, dtype=torch.float64)
     dev = points.device
     itemsize = points.element_size()
-    n = charges.shape[0]
     with _launch.launch_guard(dev):
-        plan = _cached_plan(b, n, width, width, _launch.device_profile(dev), itemsize)
-        spec = _launch.per_plan(_Spec, plan, b, n, width, itemsize)
+        spec = _plate_spec(b, charges.shape[0], width, _launch.device_profile(dev), itemsize)
         ws = _launch.workspace(spec.pa.ws_bytes, dev)
         _plate_field(spec, points, charges, 0.0, out, ws, fm.log_skip_ratio(points.dtype))
         stats = _launch.regions(spec.pa, ws, points.dtype)["stats"][1]

@@ -77,9 +77,7 @@ at::Tensor coulomb_field_cuda(const at::Tensor& points_in, const at::Tensor& pos
 
 std::tuple<at::Tensor, at::Tensor> coulomb_plate_partial_cuda(const at::Tensor& points_in,
                                                               const at::Tensor& charges_in) {
-  ifm::check_op_input(points_in, "points", points_in, c10::DeviceType::CUDA, "cuda");
-  ifm::check_op_input(charges_in, "charges", points_in, c10::DeviceType::CUDA, "cuda");
-  TORCH_CHECK(charges_in.size(0) >= 1, "ifm (cuda): charges must have at least one row");
+  ifm::check_plate_partial_op(points_in, charges_in, c10::DeviceType::CUDA, "cuda");
   const at::Tensor points = points_in.contiguous();  // the launchers read row-major rows
   const at::Tensor charges = charges_in.contiguous();
   const c10::cuda::CUDAGuard guard(points.device());

@@ -535,11 +535,11 @@ def _by_queries(p, qcounts: list[int], group, partial) -> list[torch.Tensor]:
     ranks: packed side by side in the queries' dtype (float64 columns reinterpreted)."""
     allq = _gather([p], [qcounts], group)[0]
     parts = partial(allq)
-    packed = torch.cat([t.contiguous().view(p.dtype) for t in parts], 1)
-    block = _all_to_all([packed], qcounts, group)[0]
+    views = [t.contiguous().view(p.dtype) for t in parts]
+    block = _all_to_all([torch.cat(views, 1)], qcounts, group)[0]
     out, col = [], 0
-    for t in parts:
-        k = t.contiguous().view(p.dtype).shape[1]
+    for t, v in zip(parts, views, strict=False):
+        k = v.shape[1]
         # a fresh copy starts at offset 0, so float64 columns reinterpret at any width
         out.append(
             block[:, :, col : col + k].clone(memory_format=torch.contiguous_format).view(t.dtype)
@@ -673,23 +673,14 @@ def string_field(
                 p, qcounts, group, lambda rows: _string_partial(rows, qo, ao, stable, kw, geo)
             )
             for r in range(len(qcounts)):
-                part = blocks[0][r].double()
-                if stable:
-                    E, m = _rescale(E, m, part, blocks[1][r][:, 0])
-                else:
-                    E += part
+                E, m = _add_string(E, m, [blk[r] for blk in blocks], stable)
         else:  # ring: raw sums (or stable units) per chunk, merged online
             state = {"E": E, "m": m}
 
             def consume(chunk, origin):
                 n = counts[origin]
                 part = _string_partial(p, chunk[:n].to(cd), chunk[n:].to(cd), stable, kw, geo)
-                if stable:
-                    state["E"], state["m"] = _rescale(
-                        state["E"], state["m"], part[0].double(), part[1][:, 0]
-                    )
-                else:
-                    state["E"] += part[0].double()
+                state["E"], state["m"] = _add_string(state["E"], state["m"], part, stable)
 
             own = torch.cat([quarks.detach(), antiquarks.detach()], 0)
             _ring(own, [2 * c for c in counts], group, consume)
@@ -698,6 +689,14 @@ def string_field(
             norm = fields.string_kernel_args(width, normalize=True, eps=eps)
             E = reference.normalize_rows(E, norm["norm_scale"], norm["eps"])
         return E.to(points.dtype)
+
+
+def _add_string(E, m, part, stable):
+    """``(E, m)`` with one :func:`_string_partial` result merged in: a plain sum (raw field) or
+    the online rescaling of ``stable`` units."""
+    if stable:
+        return _rescale(E, m, part[0].double(), part[1][:, 0])
+    return E + part[0].double(), m
 
 
 def _string_partial(rows, quarks, antiquarks, stable, kw, geo) -> list[torch.Tensor]:
