@@ -377,8 +377,9 @@ def _compiled_summary(rec, sm: int) -> dict:
     return _SASS_CACHE[key]
 
 
-def _call(case, dtype, sms: int):
-    """Record the launches of one call of ``case`` on a GPU with ``sms`` SMs."""
+def _call(case, dtype, sms: int, fast_fp64: bool = True):
+    """Record the launches of one call of ``case`` on a GPU with ``sms`` SMs (``fast_fp64``:
+    float64 at half the float32 rate; else float32 data gets the float32 coefficient pass)."""
     import torch
 
     import ifm_kernels
@@ -390,7 +391,7 @@ def _call(case, dtype, sms: int):
     def t(n):
         return torch.empty(n, D + 1, dtype=dtype, device="meta")
 
-    with _introspect.record_launches(_plan.gpu_profile(sms)) as rec:
+    with _introspect.record_launches(_plan.gpu_profile(sms, fast_fp64)) as rec:
         if case.kind == "string":
             kw = fields.string_kernel_args(D + 1)
             ifm_kernels.string_field(
@@ -455,6 +456,32 @@ def _program_count(summary: dict, top_trips, inner_trip: float):
     return sum(total_cls.values()), total_cls
 
 
+def _coef_trips(summary: dict, stats: bool, string: bool, f32: bool, chunks, steps) -> list:
+    """Trips of each top-level loop of a stats or coefficient kernel, in code order: the pair
+    loops (those holding the loop over the partials' slices) ``steps`` in all, the other loops
+    (the coefficient kernels' loops over the chunks' statistics: string 1, Coulomb 2, or 3
+    with the float32 pass) ``chunks`` each, split evenly over the loops the compiler made of
+    them (it peels and unrolls a runtime-bounded loop into a main and a remainder loop); the
+    local-memory loops of the rare slow paths of ``sin`` / ``tan`` once."""
+    loops = _loops(summary)
+    top = [lp for lp in loops if lp["depth"] == 0]
+
+    def holds_inner(lp):
+        return any(
+            o["depth"] == 1 and lp["start"] <= o["start"] and o["end"] <= lp["end"] for o in loops
+        )
+
+    kinds = [
+        "pair" if holds_inner(lp) else "slow" if lp["classes"].get("mem_local") else "combine"
+        for lp in top
+    ]
+    logical = 0 if stats else 1 if string else 3 if f32 else 2
+    n_pair = max(kinds.count("pair"), 1)
+    n_comb = max(kinds.count("combine"), 1)
+    trips = {"pair": steps / n_pair, "combine": logical * chunks / n_comb, "slow": 1.0}
+    return [trips[k] for k in kinds]
+
+
 def _itemsize(dtype) -> int:
     import torch
 
@@ -464,7 +491,9 @@ def _itemsize(dtype) -> int:
 def triton_kernel_estimates(field: str, case, dtype, arch: str) -> list[dict]:
     """Per launch of one Triton call: the dict of the contract at the top of this module."""
     a = ARCHS[arch]
-    rec = _call(case, dtype, a.sms)
+    from ifm_kernels import _plan
+
+    rec = _call(case, dtype, a.sms, _plan.fast_fp64(a.sm // 10, a.sm % 10))
     it = _itemsize(dtype)
     _b, _D = case.b, case.D
     out = []
@@ -495,8 +524,9 @@ def triton_kernel_estimates(field: str, case, dtype, arch: str) -> list[dict]:
             rows, n, nslices, chunk_len = (r.arg(k) for k in ("rows", "n", "nslices", "chunk_len"))
             chunks = r.grid[1]
             steps = -(-n // c["BJ"]) / chunks
-            combine = [] if stats else [chunks] * (1 if string else 2)
-            per, cls = _program_count(s, combine + [steps], nslices)
+            per, cls = _program_count(
+                s, _coef_trips(s, stats, string, bool(c.get("F32")), chunks, steps), nslices
+            )
             l2 = nslices * rows * n * it  # the partials, read once here
             if stats:
                 dram = rows * chunks * 8 * (1 if string else 3)

@@ -2,8 +2,11 @@
 
 Triton cannot include a C header, so this is the one other copy of ``field_math.h``
 (tests/test_triton_kernels.py parses the header and checks the constants here against it; both
-are tested against the same float64 reference). Everything here works in float64, whatever the
-data precision (FIELDS.md §7, "Logit precision"): it runs in the ``[b, B]`` coefficient pass.
+are tested against the same float64 reference). It runs in the ``[b, B]`` coefficient pass,
+in float64 whatever the data precision (FIELDS.md §7, "Logit precision"), except for float32 data
+on GPUs with slow float64 (:attr:`ifm_kernels._plan.Plan.coef_f32`): there the per-pair functions
+run in float32 (they work in the precision of their arguments) and the Coulomb logits are taken
+relative to the row's nearest charge (:func:`coulomb_rel_logit`), which float32 keeps accurate.
 """
 
 from __future__ import annotations
@@ -115,7 +118,8 @@ def string_pair(inside, s, inv_2s2, kappa, pow_s, r2):
     cos_a = tl.where(inf_t, 0.0, cos_f)
     sin_a = tl.where(inf_t, tl.where(tan_a > 0.0, 1.0, -1.0), tan_f * cos_f)
     sr = sin_a / (r + STRING_R_EPS)
-    expo = -r2 * inv_2s2  # 0 when s == 0 and r == 0 (the limit)
+    # 0 when r == 0 (the limit at s == 0); also where float32 rounds 1 / (2 s^2) to inf
+    expo = tl.where(r2 > 0.0, -r2 * inv_2s2, 0.0)
     den = (cos_a + STRING_COS_EPS) * pow_s + STRING_DEN_EPS
     logw = expo - tl.log(den)
     dead = (~inside) | ((s == 0.0) & (r2 > 0.0))
@@ -129,6 +133,44 @@ def string_pair(inside, s, inv_2s2, kappa, pow_s, r2):
 def coulomb_logit(d2, dim):
     """``log((1 / (d + 1e-7))^DIM)`` (``field_math.h: coulomb_logit``), float64."""
     return -dim * tl.log(tl.sqrt(d2) + COULOMB_D_EPS)
+
+
+@triton.jit
+def log1p_small(x):
+    """``log(1 + x)`` for ``x > -1/16`` in the precision of ``x``, to a few ulps of the result
+    also for tiny ``x`` (``log(1 + x)`` in float32 keeps only the digits of ``x`` above 2^-24):
+    the series through ``x^7`` below 1/16 (truncation below ``x^8 / 8 < 2^-31 x``), else
+    ``log(1 + x)``."""
+    small = x < 0.0625
+    t = tl.where(small, x, 0.0)
+    series = t * (
+        1.0
+        - t
+        * (
+            0.5
+            - t
+            * (
+                0.3333333333333333
+                - t * (0.25 - t * (0.2 - t * (0.16666666666666666 - t * 0.14285714285714285)))
+            )
+        )
+    )
+    return tl.where(small, series, tl.log(1.0 + tl.where(small, 0.0, x)))
+
+
+@triton.jit
+def coulomb_rel_logit(d2, d2_ref, half_dim):
+    """``coulomb_logit(d2) - coulomb_logit(d2_ref)`` for ``d2 >= d2_ref``, in the precision of
+    ``d2``: ``-DIM log((d + 1e-7) / (d_ref + 1e-7)) = -(DIM / 2) log1p(x)`` with
+    ``x = (d2 - d2_ref + 2e-7 (d - d_ref)) / (d_ref + 1e-7)^2``. The difference ``d2 - d2_ref``
+    is exact for the terms that matter (Sterbenz), so the logit loses ``~ DIM/2 x eps``, below
+    30 ulps wherever the weight is above e^-30; the absolute logit ``-DIM log(d + 1e-7)`` in
+    float32 would lose ~1e-3 at DIM = 3073 (FIELDS.md §7). ``half_dim`` = DIM / 2."""
+    d = tl.sqrt(d2)
+    dr = tl.sqrt(d2_ref)
+    u = dr + COULOMB_D_EPS
+    x = (d2 - d2_ref + 2.0 * COULOMB_D_EPS * (d - dr)) / (u * u)
+    return -half_dim * log1p_small(x)
 
 
 @triton.jit

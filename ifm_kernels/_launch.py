@@ -10,7 +10,7 @@ import threading
 import torch
 
 from . import _introspect, _passes
-from ._plan import INTERPRETER_PROFILE, Plan, Profile, gpu_profile
+from ._plan import INTERPRETER_PROFILE, Plan, Profile, fast_fp64, gpu_profile
 
 # Launch constants per (kind, plan): plans come from lru caches, so a plan object lives as long
 # as its cache entry; the identity check guards against a reused id() after an eviction.
@@ -44,7 +44,9 @@ def device_profile(device: torch.device) -> Profile:
         profile = _GPU_PROFILES.get(index)
         if profile is None:
             props = torch.cuda.get_device_properties(index)
-            profile = _GPU_PROFILES[index] = gpu_profile(props.multi_processor_count)
+            profile = _GPU_PROFILES[index] = gpu_profile(
+                props.multi_processor_count, fast_fp64(props.major, props.minor)
+            )
         return profile
     return INTERPRETER_PROFILE
 
@@ -113,7 +115,7 @@ class PlanArgs:
     * data precision: ``partial[S, rows, n]`` at 0; string: ``nsq[S, n]``, the queries'
       ``t[rows]``, ``c1[rows, n]``, ``c2[rows, n]``; Coulomb: ``coeff[rows, n]`` at ``c1_off``;
     * float64: the coefficient pass's statistics at ``stats_off`` (string: the chunks' row
-      maxima ``[rows, chunks]``; Coulomb: ``[3, rows, chunks]``); string: ``ez[rows, chunks]``;
+      maxima ``[rows, chunks]``; Coulomb: ``[4, rows, chunks]``); string: ``ez[rows, chunks]``;
     * int32: the live-block lists ``list[tiles_i, list_stride]`` and their counts
       ``count[tiles_i, chunks]``;
     * int8, string: the queries' from-antiquark flags ``fa[rows]``.
@@ -155,7 +157,7 @@ class PlanArgs:
         specs.append(("c1", None, (rows, n)))
         if string:
             specs.append(("c2", None, (rows, n)))
-        specs.append(("stats", torch.float64, (rows, chunks) if string else (3, rows, chunks)))
+        specs.append(("stats", torch.float64, (rows, chunks) if string else (4, rows, chunks)))
         if string:
             specs.append(("ez", torch.float64, (rows, chunks)))
         specs += [

@@ -12,7 +12,8 @@ Steps of a field call (docs/DESIGN.md, "Numerics every kernel follows"):
   partial ``||Delta_j||^2`` (``nsq[S, B]``).
 * coefficient pass, per field, two kernels over (block of query rows, chunk of pairs): the first
   adds the ``S`` partials in slice order in float64, evaluates the log-weights in float64
-  (``_field_math.py``) and keeps the chunk's row maxima (and sums); the second combines the
+  (``_field_math.py``; both in float32 for float32 data on a GPU with slow float64,
+  ``Plan.coef_f32``) and keeps the chunk's row maxima (and sums); the second combines the
   chunks in order, evaluates the coefficients again, zeroes the pairs below ``skip_ratio`` of
   the row's largest and stores the coefficients (``[b, B]``, data precision) and, per block of
   rows of the sums pass, the ordered list of pair blocks with a non-zero coefficient
@@ -45,12 +46,14 @@ def region(ws_ptr, off, dtype: tl.constexpr):
 
 
 @triton.jit
-def summed_partials(part_ptr, nslices, rows, n, offs_i, offs_j, mask):
-    """``sum_s partial[s, i, j]`` in slice order, in float64 (``[R, J]`` tile)."""
+def summed_partials(part_ptr, nslices, rows, n, offs_i, offs_j, mask, F32: tl.constexpr):
+    """``sum_s partial[s, i, j]`` in slice order (``[R, J]`` tile), in float64, or in float32
+    when ``F32`` (the float32 coefficient pass of float32 data)."""
     idx = offs_i.to(tl.int64)[:, None] * n + offs_j[None, :]
-    acc = tl.zeros(idx.shape, dtype=tl.float64)
+    dt: tl.constexpr = tl.float32 if F32 else tl.float64
+    acc = tl.zeros(idx.shape, dtype=dt)
     for s in range(0, nslices):
-        acc += tl.load(part_ptr + (s * rows * n + idx), mask=mask, other=0.0).to(tl.float64)
+        acc += tl.load(part_ptr + (s * rows * n + idx), mask=mask, other=0.0).to(dt)
     return acc
 
 

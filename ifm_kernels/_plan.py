@@ -34,7 +34,9 @@ class Profile:
     tiles of the coefficient and finalisation passes; ``sm_count`` x ``resident``: programs
     resident at once (one wave); ``min_steps_per_slice``: fewest BK steps a column slice of the
     distance pass gets; ``sums_maxnreg``: register cap of the sums pass (``maxnreg``; 0 = the
-    compiler's choice).
+    compiler's choice); ``fast_fp64``: the device runs float64 at half the float32 rate or
+    better (False on consumer GPUs, 1/32 to 1/64: float32 data then gets the float32
+    coefficient pass, :attr:`Plan.coef_f32`).
     """
 
     name: str
@@ -54,6 +56,7 @@ class Profile:
     min_steps_per_slice: int
     num_warps: int
     sums_maxnreg: int = 0
+    fast_fp64: bool = True
 
     def __post_init__(self):
         # hashed on every cached-plan lookup: the field tuple's hash, computed once
@@ -68,13 +71,23 @@ class Profile:
         return max(self.sm_count * self.resident, 1)
 
 
-def gpu_profile(sm_count: int) -> Profile:
+# CUDA compute capabilities whose FP64 rate is half the FP32 rate (P100, V100, A100/A30, H100/H200,
+# B200); every other part (T4, RTX 30xx/40xx/50xx, L4, L40, A10, ...) runs FP64 at 1/32 to 1/64.
+FAST_FP64_CAPABILITIES = frozenset({(6, 0), (7, 0), (8, 0), (9, 0), (10, 0)})
+
+
+def fast_fp64(major: int, minor: int) -> bool:
+    """Whether a GPU of compute capability ``major.minor`` runs float64 at half the float32 rate."""
+    return (int(major), int(minor)) in FAST_FP64_CAPABILITIES
+
+
+def gpu_profile(sm_count: int, fast_fp64: bool = True) -> Profile:
     """GPU: 4 warps (128 threads) per program, planned for 4 programs resident per SM, so one
     wave is ``4 x sm_count`` programs (528 on an H100, 432 on an A100). Most float32 kernels
     compile to <= 128 registers per thread on sm_80 / sm_90 (4 resident); the string form of
     the sums pass would take 141 (3 resident) and is capped at 128 (``maxnreg``; no spills, one
     more instruction per loop iteration). benchmarks/gpu_model.py reports each kernel's
-    registers and charges the residency they allow."""
+    registers and charges the residency they allow. ``fast_fp64``: see :class:`Profile`."""
     return Profile(
         "gpu",
         sm_count=max(int(sm_count), 1),
@@ -93,6 +106,7 @@ def gpu_profile(sm_count: int) -> Profile:
         min_steps_per_slice=8,
         num_warps=4,
         sums_maxnreg=128,
+        fast_fp64=bool(fast_fp64),
     )
 
 
@@ -149,6 +163,9 @@ class Plan:
     fin_grid: tuple
     num_warps: int
     sums_maxnreg: int = 0
+    # the coefficient pass in float32 (float32 data on a device without fast float64,
+    # docs/FIELDS.md §7); else in float64
+    coef_f32: bool = False
 
 
 def sm_cost(programs: int, work: float, profile: Profile) -> float:
@@ -225,6 +242,7 @@ def make_plan(
       steps, as many as fill the device (``ceil(slots / row blocks)``, at most one per step).
     * finalisation: ``BR = clamp(np2(ceil(b / slots)), 1, 8)`` on a GPU, ``min(np2(b), 64)``
       under the interpreter; ``BW = clamp(row_budget // BR, 1, np2(width))``.
+    * ``coef_f32``: float32 data (``itemsize == 4``) on a profile without ``fast_fp64``.
     """
     p = profile
     tile_bytes = p.dist_tile_bytes if string else p.coulomb_dist_tile_bytes
@@ -282,4 +300,5 @@ def make_plan(
         fin_grid=(cdiv(rows, fbr),),
         num_warps=p.num_warps,
         sums_maxnreg=p.sums_maxnreg,
+        coef_f32=itemsize == 4 and not p.fast_fp64,
     )

@@ -7,7 +7,9 @@ Per plate (docs/DESIGN.md, "Numerics every kernel follows"; the shared kernels a
 2. ``coulomb_stats_kernel``: per (block of query rows, chunk of charges), in float64: the
    chunk's largest logit ``-DIM log(d + 1e-7)``, its sum of exponentials (running maximum,
    online rescaling) and its largest log-contribution; chunks split the charges so that the
-   coefficient pass fills the GPU.
+   coefficient pass fills the GPU. For float32 data on a GPU with slow float64
+   (``Plan.coef_f32``) the terms are evaluated in float32 relative to the nearest charge
+   (``_field_math.coulomb_rel_logit``); only the per-row results are float64.
    ``coulomb_coeff_kernel``: same grid: the row's maximum and sum from the chunks', then
    ``coeff = e / (sum e + sum_eps)`` (``e`` relative to the row's largest), zero where the
    charge's contribution ``e_j d_j`` is below ``skip_ratio`` of the largest ``e_k d_k`` (a
@@ -47,6 +49,51 @@ def _log_contribution(logit, d2):
 
 
 @triton.jit
+def _chunk_stats_f64(part_ptr, nslices, rows, n, offs_i, mi, j_begin, j_end, dim, BR, BJ):
+    """``(m, sum, g_max)`` of :func:`coulomb_stats_kernel` over one chunk, in float64."""
+    m = tl.full([BR], -fm.INF, tl.float64)
+    acc = tl.zeros([BR], dtype=tl.float64)
+    g_max = tl.full([BR], -fm.INF, tl.float64)
+    for j0 in range(j_begin, j_end, BJ):
+        offs_j = j0 + tl.arange(0, BJ)
+        mask = mi[:, None] & (offs_j < j_end)[None, :]
+        d2 = _passes.summed_partials(part_ptr, nslices, rows, n, offs_i, offs_j, mask, False)
+        logit = tl.where(mask, fm.coulomb_logit(d2, dim), -fm.INF)
+        m_new = tl.maximum(m, tl.max(logit, axis=1))
+        m_safe = tl.where(m_new > -fm.INF, m_new, 0.0)
+        acc = acc * tl.exp(m - m_safe) + tl.sum(tl.exp(logit - m_safe[:, None]), axis=1)
+        m = m_new
+        g_max = tl.maximum(g_max, tl.max(_log_contribution(logit, d2), axis=1))
+    return m, acc, g_max
+
+
+@triton.jit
+def _chunk_stats_f32(part_ptr, nslices, rows, n, offs_i, mi, j_begin, j_end, dim, BR, BJ):
+    """``(d2_min, sum, g_rel)`` over one chunk in float32: the smallest ``d^2`` (the largest
+    logit's charge), ``sum exp(logit - logit(d2_min))`` and the largest log-contribution
+    relative to ``logit(d2_min)``, with the logits relative to the running nearest charge
+    (:func:`ifm_kernels._field_math.coulomb_rel_logit`, online rescaling)."""
+    half_dim = tl.full([], 0.5 * dim, tl.float32)
+    ref = tl.full([BR], fm.INF, tl.float32)
+    acc = tl.zeros([BR], dtype=tl.float32)
+    g_rel = tl.full([BR], -fm.INF, tl.float32)
+    for j0 in range(j_begin, j_end, BJ):
+        offs_j = j0 + tl.arange(0, BJ)
+        mask = mi[:, None] & (offs_j < j_end)[None, :]
+        d2 = _passes.summed_partials(part_ptr, nslices, rows, n, offs_i, offs_j, mask, True)
+        ref_new = tl.minimum(ref, tl.min(tl.where(mask, d2, fm.INF), axis=1))
+        r_safe = tl.where(ref_new < fm.INF, ref_new, 0.0)  # inf only on rows past the end
+        # the old terms, relative to the old nearest charge, moved to the new one
+        had = ref < fm.INF
+        old = tl.where(had, fm.coulomb_rel_logit(tl.where(had, ref, 0.0), r_safe, half_dim), 0.0)
+        rel = tl.where(mask, fm.coulomb_rel_logit(d2, r_safe[:, None], half_dim), -fm.INF)
+        acc = acc * tl.exp(old) + tl.sum(tl.exp(rel), axis=1)
+        g_rel = tl.maximum(g_rel + old, tl.max(_log_contribution(rel, d2), axis=1))
+        ref = ref_new
+    return ref, acc, g_rel
+
+
+@triton.jit
 def coulomb_stats_kernel(
     p_ptr,
     ws_ptr,
@@ -59,13 +106,16 @@ def coulomb_stats_kernel(
     dim: tl.float64,
     BR: tl.constexpr,
     BJ: tl.constexpr,
+    F32: tl.constexpr,
 ):
     """Grid ``(ceil(b / BR), chunks)``: per row, over one chunk of ``chunk_len`` charges
     (float64): the largest logit ``m``, ``sum exp(logit - m)`` (running maximum with online
     rescaling) and the largest log-contribution ``logit + log d``, into
-    ``stats[0 | 1 | 2, row, chunk]``. ``partial`` and ``stats`` are regions of the byte
-    workspace ``ws`` (:class:`ifm_kernels._launch.PlanArgs`); ``p`` (the queries) gives the
-    data precision only."""
+    ``stats[0 | 1 | 2, row, chunk]``. With ``F32`` the terms are evaluated in float32 relative
+    to the chunk's nearest charge, whose ``d^2`` goes to ``stats[3, row, chunk]`` (``m`` is
+    its logit, in float64). ``partial`` and ``stats`` are regions of the byte workspace ``ws``
+    (:class:`ifm_kernels._launch.PlanArgs`); ``p`` (the queries) gives the data precision
+    only."""
     part_ptr = _passes.region(ws_ptr, 0, p_ptr.dtype.element_ty)
     stats_ptr = _passes.region(ws_ptr, stats_off, tl.float64)
     offs_i = tl.program_id(0) * BR + tl.arange(0, BR)
@@ -73,21 +123,21 @@ def coulomb_stats_kernel(
     mi = offs_i < rows
     j_begin = ch * chunk_len
     j_end = tl.minimum(n, j_begin + chunk_len)
-    m = tl.full([BR], -fm.INF, tl.float64)
-    acc = tl.zeros([BR], dtype=tl.float64)
-    g_max = tl.full([BR], -fm.INF, tl.float64)
-    for j0 in range(j_begin, j_end, BJ):
-        offs_j = j0 + tl.arange(0, BJ)
-        mask = mi[:, None] & (offs_j < j_end)[None, :]
-        d2 = _passes.summed_partials(part_ptr, nslices, rows, n, offs_i, offs_j, mask)
-        logit = tl.where(mask, fm.coulomb_logit(d2, dim), -fm.INF)
-        m_new = tl.maximum(m, tl.max(logit, axis=1))
-        m_safe = tl.where(m_new > -fm.INF, m_new, 0.0)
-        acc = acc * tl.exp(m - m_safe) + tl.sum(tl.exp(logit - m_safe[:, None]), axis=1)
-        m = m_new
-        g_max = tl.maximum(g_max, tl.max(_log_contribution(logit, d2), axis=1))
     at = offs_i.to(tl.int64) * nchunks + ch
     plane = rows * nchunks
+    if F32:
+        ref, acc32, g_rel = _chunk_stats_f32(
+            part_ptr, nslices, rows, n, offs_i, mi, j_begin, j_end, dim, BR, BJ
+        )
+        ref64 = ref.to(tl.float64)
+        m = fm.coulomb_logit(ref64, dim)  # -inf on rows past the end (ref = inf)
+        acc = acc32.to(tl.float64)
+        g_max = m + g_rel.to(tl.float64)
+        tl.store(stats_ptr + 3 * plane + at, ref64, mask=mi)
+    else:
+        m, acc, g_max = _chunk_stats_f64(
+            part_ptr, nslices, rows, n, offs_i, mi, j_begin, j_end, dim, BR, BJ
+        )
     tl.store(stats_ptr + at, m, mask=mi)
     tl.store(stats_ptr + plane + at, acc, mask=mi)
     tl.store(stats_ptr + 2 * plane + at, g_max, mask=mi)
@@ -113,13 +163,15 @@ def coulomb_coeff_kernel(
     BR: tl.constexpr,
     BJ: tl.constexpr,
     SBJ: tl.constexpr,
+    F32: tl.constexpr,
 ):
-    """Grid ``(ceil(b / BR), chunks)``: softmax coefficients (float64) of one block of rows over
-    one chunk of charges, the row's maximum, sum and largest contribution combined from all
-    chunks' ``stats`` in chunk order; the chunk's live charge blocks (of SBJ charges; BJ is a
-    multiple of SBJ, ``chunk_len`` of BJ) into the row block's list. The buffers are regions of
-    the byte workspace ``ws`` at their offsets (:class:`ifm_kernels._launch.PlanArgs`); ``p``
-    (the queries) gives the data precision only."""
+    """Grid ``(ceil(b / BR), chunks)``: softmax coefficients (float64; float32 relative to the
+    row's nearest charge when ``F32``) of one block of rows over one chunk of charges, the
+    row's maximum, sum and largest contribution combined from all chunks' ``stats`` in chunk
+    order; the chunk's live charge blocks (of SBJ charges; BJ is a multiple of SBJ,
+    ``chunk_len`` of BJ) into the row block's list. The buffers are regions of the byte
+    workspace ``ws`` at their offsets (:class:`ifm_kernels._launch.PlanArgs`); ``p`` (the
+    queries) gives the data precision only."""
     dt = p_ptr.dtype.element_ty
     part_ptr = _passes.region(ws_ptr, 0, dt)
     stats_ptr = _passes.region(ws_ptr, stats_off, tl.float64)
@@ -144,6 +196,15 @@ def coulomb_coeff_kernel(
         sc = tl.load(stats_ptr + plane + srow + c, mask=mi, other=0.0)
         acc += tl.where(mc > -fm.INF, sc * tl.exp(mc - m_safe), 0.0)
     inv = 1.0 / tl.where(mi, acc + sum_eps, 1.0)  # acc >= 1 on real rows
+    if F32:
+        # the row's nearest charge: the smallest of the chunks' (their d^2 are float32 values)
+        ref = tl.full([BR], fm.INF, tl.float64)
+        for c in range(0, nchunks):
+            ref = tl.minimum(ref, tl.load(stats_ptr + 3 * plane + srow + c, mask=mi, other=fm.INF))
+        ref32 = tl.where(mi, ref, 0.0).to(tl.float32)[:, None]
+        half_dim = tl.full([], 0.5 * dim, tl.float32)
+        floor = (g_max - m_safe + log_skip).to(tl.float32)[:, None]
+        inv = inv.to(tl.float32)
     crow = offs_i.to(tl.int64) * n
     cnt = rb * 0
     j_begin = ch * chunk_len
@@ -152,10 +213,15 @@ def coulomb_coeff_kernel(
     for j0 in range(j_begin, j_end, BJ):
         offs_j = j0 + tl.arange(0, BJ)
         mask = mi[:, None] & (offs_j < j_end)[None, :]
-        d2 = _passes.summed_partials(part_ptr, nslices, rows, n, offs_i, offs_j, mask)
-        logit = fm.coulomb_logit(d2, dim)
-        keep = mask & (_log_contribution(logit, d2) >= (g_max + log_skip)[:, None])
-        coeff = tl.exp(tl.where(keep, logit - m_safe[:, None], -fm.INF)) * inv[:, None]
+        d2 = _passes.summed_partials(part_ptr, nslices, rows, n, offs_i, offs_j, mask, F32)
+        if F32:
+            rel = fm.coulomb_rel_logit(d2, ref32, half_dim)
+            keep = mask & (_log_contribution(rel, d2) >= floor)
+            coeff = tl.exp(tl.where(keep, rel, -fm.INF)) * inv[:, None]
+        else:
+            logit = fm.coulomb_logit(d2, dim)
+            keep = mask & (_log_contribution(logit, d2) >= (g_max + log_skip)[:, None])
+            coeff = tl.exp(tl.where(keep, logit - m_safe[:, None], -fm.INF)) * inv[:, None]
         coeff = coeff.to(dt)
         tl.store(c_ptr + crow[:, None] + offs_j[None, :], coeff, mask=mask)
         live = (mask & (coeff != 0.0)).to(tl.int32)
@@ -189,7 +255,7 @@ class _Spec:
             pa.stats_off,
             float(width),
         )
-        self.stats_cx = dict(BR=plan.coef_br, BJ=plan.coef_bj)
+        self.stats_cx = dict(BR=plan.coef_br, BJ=plan.coef_bj, F32=plan.coef_f32)
         self.coeff_ints = (
             b,
             n,
@@ -203,7 +269,7 @@ class _Spec:
             pa.cnt_off,
             float(width),
         )
-        self.coeff_cx = dict(BR=plan.coef_br, BJ=plan.coef_bj, SBJ=plan.sums_bj)
+        self.coeff_cx = dict(BR=plan.coef_br, BJ=plan.coef_bj, SBJ=plan.sums_bj, F32=plan.coef_f32)
 
 
 def _plate_spec(b: int, n: int, width: int, profile, itemsize: int) -> _Spec:
@@ -251,7 +317,7 @@ def coulomb_field(
     ``plate_gamma`` not None: each plate term becomes ``sqrt(D+1) E / (||E|| + plate_gamma)``
     first. ``normalize``: ``norm_scale E / (||E|| + eps)`` last. Extra memory, in one workspace
     shared by the plates (:class:`ifm_kernels._launch.PlanArgs`; sized for the larger plate):
-    ``partial [S, b, B]``, ``coeff [b, B]``, ``stats [3, b, chunks]`` and the live-block lists;
+    ``partial [S, b, B]``, ``coeff [b, B]``, ``stats [4, b, chunks]`` and the live-block lists;
     with two plates one ``[b, D+1]`` buffer for E-.
     """
     return coulomb_field_op(

@@ -35,11 +35,17 @@ _cached_plan = functools.lru_cache(maxsize=1024)(_plan.make_plan)
 
 
 @triton.jit
-def _query_terms(p_ptr, offs_i, mi, width, L, sigma0, K, d):
-    """``string_query`` of a block of rows, as ``[BR, 1]`` columns."""
+def _query_terms(p_ptr, offs_i, mi, width, L, sigma0, K, d, F32: tl.constexpr):
+    """``string_query`` of a block of rows (float64, once per row), as ``[BR, 1]`` columns in
+    the coefficient pass's precision (float32 when ``F32``)."""
     z = tl.load(p_ptr + offs_i.to(tl.int64) * width, mask=mi, other=0.0).to(tl.float64)
     D = (width - 1).to(tl.float64)
     inside, s, inv_2s2, kappa, pow_s = fm.string_query(z, L, sigma0, K, d, D)
+    if F32:
+        s = s.to(tl.float32)
+        inv_2s2 = inv_2s2.to(tl.float32)
+        kappa = kappa.to(tl.float32)
+        pow_s = pow_s.to(tl.float32)
     return inside[:, None], s[:, None], inv_2s2[:, None], kappa[:, None], pow_s[:, None]
 
 
@@ -60,26 +66,28 @@ def string_stats_kernel(
     d: tl.float64,
     BR: tl.constexpr,
     BJ: tl.constexpr,
+    F32: tl.constexpr,
 ):
     """Grid ``(ceil(b / BR), chunks)``: the largest log-weight of each row over one chunk of
-    ``chunk_len`` pairs into ``stats[row, chunk]`` (float64). ``partial`` and ``stats`` are
-    regions of the byte workspace ``ws`` (:class:`ifm_kernels._launch.PlanArgs`)."""
+    ``chunk_len`` pairs into ``stats[row, chunk]`` (float64; evaluated in float32 when
+    ``F32``). ``partial`` and ``stats`` are regions of the byte workspace ``ws``
+    (:class:`ifm_kernels._launch.PlanArgs`)."""
     part_ptr = _passes.region(ws_ptr, 0, p_ptr.dtype.element_ty)
     stats_ptr = _passes.region(ws_ptr, stats_off, tl.float64)
     offs_i = tl.program_id(0) * BR + tl.arange(0, BR)
     ch = tl.program_id(1)
     mi = offs_i < rows
-    inside, s, inv_2s2, kappa, pow_s = _query_terms(p_ptr, offs_i, mi, width, L, sigma0, K, d)
+    inside, s, inv_2s2, kappa, pow_s = _query_terms(p_ptr, offs_i, mi, width, L, sigma0, K, d, F32)
     j_begin = ch * chunk_len
     j_end = tl.minimum(n, j_begin + chunk_len)
-    m = tl.full([BR], -fm.INF, tl.float64)
+    m = tl.full([BR], -fm.INF, tl.float32 if F32 else tl.float64)
     for j0 in range(j_begin, j_end, BJ):
         offs_j = j0 + tl.arange(0, BJ)
         mask = mi[:, None] & (offs_j < j_end)[None, :]
-        r2 = _passes.summed_partials(part_ptr, nslices, rows, n, offs_i, offs_j, mask)
+        r2 = _passes.summed_partials(part_ptr, nslices, rows, n, offs_i, offs_j, mask, F32)
         logw, cos_a, sr = fm.string_pair(inside, s, inv_2s2, kappa, pow_s, r2)
         m = tl.maximum(m, tl.max(tl.where(mask, logw, -fm.INF), axis=1))
-    tl.store(stats_ptr + offs_i.to(tl.int64) * nchunks + ch, m, mask=mi)
+    tl.store(stats_ptr + offs_i.to(tl.int64) * nchunks + ch, m.to(tl.float64), mask=mi)
 
 
 @triton.jit
@@ -109,12 +117,14 @@ def string_coeff_kernel(
     BR: tl.constexpr,
     BJ: tl.constexpr,
     SBJ: tl.constexpr,
+    F32: tl.constexpr,
 ):
     """Grid ``(ceil(b / BR), chunks)``: the coefficients of one block of rows over one chunk of
     pairs, with the row maximum from ``stats`` (all chunks, in order); ``sum_j c1`` of the chunk
     into ``ez[row, chunk]`` (float64) and the chunk's live blocks of SBJ pairs into the row
-    block's list (BJ is a multiple of SBJ, ``chunk_len`` of BJ). The buffers are regions of the
-    byte workspace ``ws`` at their offsets (:class:`ifm_kernels._launch.PlanArgs`)."""
+    block's list (BJ is a multiple of SBJ, ``chunk_len`` of BJ). The per-pair terms are
+    evaluated in float64, or in float32 when ``F32``. The buffers are regions of the byte
+    workspace ``ws`` at their offsets (:class:`ifm_kernels._launch.PlanArgs`)."""
     dt = p_ptr.dtype.element_ty
     part_ptr = _passes.region(ws_ptr, 0, dt)
     nsq_ptr = _passes.region(ws_ptr, nsq_off, dt)
@@ -128,16 +138,18 @@ def string_coeff_kernel(
     ch = tl.program_id(1)
     offs_i = rb * BR + tl.arange(0, BR)
     mi = offs_i < rows
-    inside, s, inv_2s2, kappa, pow_s = _query_terms(p_ptr, offs_i, mi, width, L, sigma0, K, d)
+    ct: tl.constexpr = tl.float32 if F32 else tl.float64
+    inside, s, inv_2s2, kappa, pow_s = _query_terms(p_ptr, offs_i, mi, width, L, sigma0, K, d, F32)
     srow = offs_i.to(tl.int64) * nchunks
     m = tl.full([BR], -fm.INF, tl.float64)
     for c in range(0, nchunks):
         m = tl.maximum(m, tl.load(stats_ptr + srow + c, mask=mi, other=-fm.INF))
     if STABLE:
-        shift = tl.where(m > -fm.INF, m, 0.0)
+        shift = tl.where(m > -fm.INF, m, 0.0).to(ct)
     else:
-        shift = tl.zeros([BR], dtype=tl.float64)
-    floor = (m + log_skip)[:, None]
+        shift = tl.zeros([BR], dtype=ct)
+    floor = (m + log_skip).to(ct)[:, None]
+    LL = tl.full([], L * L, ct)
 
     ez = tl.zeros([BR], dtype=tl.float64)
     crow = offs_i.to(tl.int64) * n
@@ -149,17 +161,17 @@ def string_coeff_kernel(
         offs_j = j0 + tl.arange(0, BJ)
         mj = offs_j < j_end
         mask = mi[:, None] & mj[None, :]
-        r2 = _passes.summed_partials(part_ptr, nslices, rows, n, offs_i, offs_j, mask)
+        r2 = _passes.summed_partials(part_ptr, nslices, rows, n, offs_i, offs_j, mask, F32)
         logw, cos_a, sr = fm.string_pair(inside, s, inv_2s2, kappa, pow_s, r2)
-        nsq = tl.zeros([BJ], dtype=tl.float64)
+        nsq = tl.zeros([BJ], dtype=ct)
         for sl in range(0, nslices):
-            nsq += tl.load(nsq_ptr + sl * n + offs_j, mask=mj, other=0.0).to(tl.float64)
-        nu = 1.0 / tl.sqrt(L * L + nsq)
+            nsq += tl.load(nsq_ptr + sl * n + offs_j, mask=mj, other=0.0).to(ct)
+        nu = 1.0 / tl.sqrt(LL + nsq)
         keep = mask & (logw >= floor) & (logw > -fm.INF)
         w = tl.exp(tl.where(keep, logw - shift[:, None], -fm.INF))
         c1 = w * cos_a * nu[None, :]
         c2 = w * sr
-        ez += tl.sum(c1, axis=1)
+        ez += tl.sum(c1, axis=1).to(tl.float64)
         idx = crow[:, None] + offs_j[None, :]
         c1 = c1.to(dt)
         c2 = c2.to(dt)
@@ -197,7 +209,7 @@ class _Spec:
             plan.coef_chunks,
             pa.stats_off,
         )
-        self.stats_cx = dict(BR=plan.coef_br, BJ=plan.coef_bj)
+        self.stats_cx = dict(BR=plan.coef_br, BJ=plan.coef_bj, F32=plan.coef_f32)
         self.coeff_ints = self.stats_ints + (
             plan.list_stride,
             pa.nsq_off,
@@ -209,7 +221,7 @@ class _Spec:
         )
         # indexed by STABLE
         self.coeff_cx = tuple(
-            dict(STABLE=st, BR=plan.coef_br, BJ=plan.coef_bj, SBJ=plan.sums_bj)
+            dict(STABLE=st, BR=plan.coef_br, BJ=plan.coef_bj, SBJ=plan.sums_bj, F32=plan.coef_f32)
             for st in (False, True)
         )
 

@@ -75,11 +75,18 @@ def test_thread_count_does_not_change_bits(threaded_backend, restore_threads):
     assert one == two
 
 
-def test_fresh_process_gives_the_same_bytes(backend):
+def test_fresh_process_gives_the_same_bytes(backend, request):
     bname, device = backend
+    # the child plans as this process does (triton-f32coef: the float32 coefficient pass)
+    force = "f32coef" in request.node.callspec.id
     code = (
         f"import sys, json; sys.path.insert(0, {str(TESTS)!r}); import conftest; "
-        "import test_determinism as t; "
+        + (
+            "import pytest; conftest.force_f32_coefficients(pytest.MonkeyPatch()); "
+            if force
+            else ""
+        )
+        + "import test_determinism as t; "
         f"print(json.dumps(t.digests(t.outputs({bname!r}, {device!r}))))"
     )
     env = dict(os.environ)
