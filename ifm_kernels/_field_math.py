@@ -44,11 +44,6 @@ def log_skip_ratio(dtype: torch.dtype) -> float:
 
 
 @triton.jit
-def _tan(a):
-    return tl.sin(a) / tl.cos(a)
-
-
-@triton.jit
 def _f64(x):
     """``x`` as a float64 scalar tensor: the operand of every comparison with a float parameter.
     Triton 3.6's comparison operators turn a Python float operand into a float32 constant
@@ -79,16 +74,16 @@ def string_query(z, L, sigma0, K, d, D):
     inside = (z >= 0.0) & (z <= _f64(L))
     left = z < _f64(d)
     right = (z > _f64(L - d)) & (~left)
-    zl = tl.where(left, z, 0.0)
-    zr = tl.where(right, L - z, 0.0)
-    s_left = sigma0 * tl.sin(K * zl)
-    kappa_left = K / (_tan(K * zl) + STRING_TAN_EPS)
+    # one sine and one cosine: the end regions exclude each other, and both take the form
+    # sin / tan of K times the distance to their plate (the SIMT lanes evaluate every branch)
+    a = K * tl.where(left, z, tl.where(right, L - z, 0.0))
+    sin_a = tl.sin(a)
+    tan_a = sin_a / tl.cos(a)
+    kappa_left = K / (tan_a + STRING_TAN_EPS)
     # sigma0 * sin(K (L - z)) == sigma0 * cos(K (z - L + d)) since d = pi / (2K);
     # -K / tan(K (L - z)) is the well-conditioned form of the authors' K * tan(pi - K (z - L + d)).
-    s_right = sigma0 * tl.sin(K * zr)
-    tr = _tan(K * zr)
-    kappa_right = tl.where(tr > 0.0, -K / tl.where(tr > 0.0, tr, 1.0), -INF)
-    s = tl.where(left, s_left, tl.where(right, s_right, sigma0))
+    kappa_right = tl.where(tan_a > 0.0, -K / tl.where(tan_a > 0.0, tan_a, 1.0), -INF)
+    s = tl.where(left | right, sigma0 * sin_a, sigma0)
     kappa = tl.where(left, kappa_left, tl.where(right, kappa_right, 0.0))
     s = tl.where(inside, s, 0.0)
     kappa = tl.where(inside, kappa, 0.0)

@@ -114,8 +114,10 @@ class PlanArgs:
 
     * data precision: ``partial[S, rows, n]`` at 0; string: ``nsq[S, n]``, the queries'
       ``t[rows]``, ``c1[rows, n]``, ``c2[rows, n]``; Coulomb: ``coeff[rows, n]`` at ``c1_off``;
-    * float64: the coefficient pass's statistics at ``stats_off`` (string: the chunks' row
-      maxima ``[rows, chunks]``; Coulomb: ``[4, rows, chunks]``); string: ``ez[rows, chunks]``;
+    * float64 (float32 with ``plan.coef_f32``): the coefficient pass's statistics at
+      ``stats_off`` (string: the chunks' row maxima ``[rows, chunks]``; Coulomb:
+      ``[3, rows, chunks]``); string: the queries' tube terms ``q[4, rows]``; float64: string
+      ``ez[rows, chunks]``;
     * int32: the live-block lists ``list[tiles_i, list_stride]`` and their counts
       ``count[tiles_i, chunks]``;
     * int8, string: the queries' from-antiquark flags ``fa[rows]``.
@@ -138,6 +140,7 @@ class PlanArgs:
         "list_off",
         "cnt_off",
         "fa_off",
+        "q_off",
         "dist_ints",
         "dist_cx",
         "sums_ints",
@@ -157,9 +160,14 @@ class PlanArgs:
         specs.append(("c1", None, (rows, n)))
         if string:
             specs.append(("c2", None, (rows, n)))
-        specs.append(("stats", torch.float64, (rows, chunks) if string else (4, rows, chunks)))
+        # float32 with the float32 coefficient pass (Coulomb: nearest d^2, sum, contribution)
+        stats_dt = torch.float32 if plan.coef_f32 else torch.float64
+        specs.append(("stats", stats_dt, (rows, chunks) if string else (3, rows, chunks)))
         if string:
             specs.append(("ez", torch.float64, (rows, chunks)))
+            # the queries' string_query terms (s, or -1 outside the plates; 1 / (2 s^2); kappa;
+            # (s / sigma0)^D) in the coefficient pass's precision, from the stats kernel
+            specs.append(("q", stats_dt, (4, rows)))
         specs += [
             ("list", torch.int32, (tiles_i, plan.list_stride)),
             ("count", torch.int32, (tiles_i, chunks)),
@@ -178,8 +186,8 @@ class PlanArgs:
         self.nsq_off, self.t_off, self.c1_off, self.c2_off = (
             off(k) for k in ("nsq", "t", "c1", "c2")
         )
-        self.stats_off, self.ez_off, self.list_off, self.cnt_off, self.fa_off = (
-            off(k) for k in ("stats", "ez", "list", "count", "fa")
+        self.stats_off, self.ez_off, self.list_off, self.cnt_off, self.fa_off, self.q_off = (
+            off(k) for k in ("stats", "ez", "list", "count", "fa", "q")
         )
 
         self.dist_ints = (

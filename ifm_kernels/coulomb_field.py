@@ -94,6 +94,29 @@ def _chunk_stats_f32(part_ptr, nslices, rows, n, offs_i, mi, j_begin, j_end, dim
 
 
 @triton.jit
+def _row_stats_f32(stats_ptr, srow, plane, nchunks, mi, dim, sum_eps, BR):
+    """The row's ``(d2_min, 1 / (sum + sum_eps), largest log-contribution)`` from the chunks'
+    float32 statistics (:func:`_chunk_stats_f32`), in chunk order, all relative to the row's
+    nearest charge; float32 throughout."""
+    half_dim = tl.full([], 0.5 * dim, tl.float32)
+    ref = tl.full([BR], fm.INF, tl.float32)
+    for c in range(0, nchunks):
+        ref = tl.minimum(ref, tl.load(stats_ptr + srow + c, mask=mi, other=fm.INF))
+    ref = tl.where(mi, ref, 0.0)
+    acc = tl.zeros([BR], dtype=tl.float32)
+    g = tl.full([BR], -fm.INF, tl.float32)
+    for c in range(0, nchunks):
+        rc = tl.load(stats_ptr + srow + c, mask=mi, other=0.0)
+        sc = tl.load(stats_ptr + plane + srow + c, mask=mi, other=0.0)
+        gc = tl.load(stats_ptr + 2 * plane + srow + c, mask=mi, other=-fm.INF)
+        shift = fm.coulomb_rel_logit(rc, ref, half_dim)
+        acc += sc * tl.exp(shift)
+        g = tl.maximum(g, gc + shift)
+    inv = 1.0 / tl.where(mi, acc + tl.full([], sum_eps, tl.float32), 1.0)
+    return ref, inv, g
+
+
+@triton.jit
 def coulomb_stats_kernel(
     p_ptr,
     ws_ptr,
@@ -111,13 +134,13 @@ def coulomb_stats_kernel(
     """Grid ``(ceil(b / BR), chunks)``: per row, over one chunk of ``chunk_len`` charges
     (float64): the largest logit ``m``, ``sum exp(logit - m)`` (running maximum with online
     rescaling) and the largest log-contribution ``logit + log d``, into
-    ``stats[0 | 1 | 2, row, chunk]``. With ``F32`` the terms are evaluated in float32 relative
-    to the chunk's nearest charge, whose ``d^2`` goes to ``stats[3, row, chunk]`` (``m`` is
-    its logit, in float64). ``partial`` and ``stats`` are regions of the byte workspace ``ws``
-    (:class:`ifm_kernels._launch.PlanArgs`); ``p`` (the queries) gives the data precision
-    only."""
+    ``stats[0 | 1 | 2, row, chunk]``. With ``F32`` (float32 statistics): the chunk's smallest
+    ``d^2`` instead of ``m``, and the sum and contribution relative to its logit
+    (:func:`_chunk_stats_f32`). ``partial`` and ``stats`` are regions of the byte workspace
+    ``ws`` (:class:`ifm_kernels._launch.PlanArgs`); ``p`` (the queries) gives the data
+    precision only."""
     part_ptr = _passes.region(ws_ptr, 0, p_ptr.dtype.element_ty)
-    stats_ptr = _passes.region(ws_ptr, stats_off, tl.float64)
+    stats_ptr = _passes.region(ws_ptr, stats_off, tl.float32 if F32 else tl.float64)
     offs_i = tl.program_id(0) * BR + tl.arange(0, BR)
     ch = tl.program_id(1)
     mi = offs_i < rows
@@ -126,14 +149,9 @@ def coulomb_stats_kernel(
     at = offs_i.to(tl.int64) * nchunks + ch
     plane = rows * nchunks
     if F32:
-        ref, acc32, g_rel = _chunk_stats_f32(
+        m, acc, g_max = _chunk_stats_f32(
             part_ptr, nslices, rows, n, offs_i, mi, j_begin, j_end, dim, BR, BJ
         )
-        ref64 = ref.to(tl.float64)
-        m = fm.coulomb_logit(ref64, dim)  # -inf on rows past the end (ref = inf)
-        acc = acc32.to(tl.float64)
-        g_max = m + g_rel.to(tl.float64)
-        tl.store(stats_ptr + 3 * plane + at, ref64, mask=mi)
     else:
         m, acc, g_max = _chunk_stats_f64(
             part_ptr, nslices, rows, n, offs_i, mi, j_begin, j_end, dim, BR, BJ
@@ -174,7 +192,7 @@ def coulomb_coeff_kernel(
     queries) gives the data precision only."""
     dt = p_ptr.dtype.element_ty
     part_ptr = _passes.region(ws_ptr, 0, dt)
-    stats_ptr = _passes.region(ws_ptr, stats_off, tl.float64)
+    stats_ptr = _passes.region(ws_ptr, stats_off, tl.float32 if F32 else tl.float64)
     c_ptr = _passes.region(ws_ptr, c_off, dt)
     list_ptr = _passes.region(ws_ptr, list_off, tl.int32)
     count_ptr = _passes.region(ws_ptr, cnt_off, tl.int32)
@@ -184,27 +202,27 @@ def coulomb_coeff_kernel(
     mi = offs_i < rows
     srow = offs_i.to(tl.int64) * nchunks
     plane = rows * nchunks
-    m = tl.full([BR], -fm.INF, tl.float64)
-    g_max = tl.full([BR], -fm.INF, tl.float64)
-    for c in range(0, nchunks):
-        m = tl.maximum(m, tl.load(stats_ptr + srow + c, mask=mi, other=-fm.INF))
-        g_max = tl.maximum(g_max, tl.load(stats_ptr + 2 * plane + srow + c, mask=mi, other=-fm.INF))
-    m_safe = tl.where(m > -fm.INF, m, 0.0)
-    acc = tl.zeros([BR], dtype=tl.float64)
-    for c in range(0, nchunks):
-        mc = tl.load(stats_ptr + srow + c, mask=mi, other=-fm.INF)
-        sc = tl.load(stats_ptr + plane + srow + c, mask=mi, other=0.0)
-        acc += tl.where(mc > -fm.INF, sc * tl.exp(mc - m_safe), 0.0)
-    inv = 1.0 / tl.where(mi, acc + sum_eps, 1.0)  # acc >= 1 on real rows
     if F32:
-        # the row's nearest charge: the smallest of the chunks' (their d^2 are float32 values)
-        ref = tl.full([BR], fm.INF, tl.float64)
-        for c in range(0, nchunks):
-            ref = tl.minimum(ref, tl.load(stats_ptr + 3 * plane + srow + c, mask=mi, other=fm.INF))
-        ref32 = tl.where(mi, ref, 0.0).to(tl.float32)[:, None]
+        # float32 statistics relative to each chunk's nearest charge, moved to the row's
+        ref, inv, floor = _row_stats_f32(stats_ptr, srow, plane, nchunks, mi, dim, sum_eps, BR)
+        ref = ref[:, None]
+        floor = (floor + tl.full([], log_skip, tl.float32))[:, None]
         half_dim = tl.full([], 0.5 * dim, tl.float32)
-        floor = (g_max - m_safe + log_skip).to(tl.float32)[:, None]
-        inv = inv.to(tl.float32)
+    else:
+        m = tl.full([BR], -fm.INF, tl.float64)
+        g_max = tl.full([BR], -fm.INF, tl.float64)
+        for c in range(0, nchunks):
+            m = tl.maximum(m, tl.load(stats_ptr + srow + c, mask=mi, other=-fm.INF))
+            g_max = tl.maximum(
+                g_max, tl.load(stats_ptr + 2 * plane + srow + c, mask=mi, other=-fm.INF)
+            )
+        m_safe = tl.where(m > -fm.INF, m, 0.0)
+        acc = tl.zeros([BR], dtype=tl.float64)
+        for c in range(0, nchunks):
+            mc = tl.load(stats_ptr + srow + c, mask=mi, other=-fm.INF)
+            sc = tl.load(stats_ptr + plane + srow + c, mask=mi, other=0.0)
+            acc += tl.where(mc > -fm.INF, sc * tl.exp(mc - m_safe), 0.0)
+        inv = 1.0 / tl.where(mi, acc + sum_eps, 1.0)  # acc >= 1 on real rows
     crow = offs_i.to(tl.int64) * n
     cnt = rb * 0
     j_begin = ch * chunk_len
@@ -215,7 +233,7 @@ def coulomb_coeff_kernel(
         mask = mi[:, None] & (offs_j < j_end)[None, :]
         d2 = _passes.summed_partials(part_ptr, nslices, rows, n, offs_i, offs_j, mask, F32)
         if F32:
-            rel = fm.coulomb_rel_logit(d2, ref32, half_dim)
+            rel = fm.coulomb_rel_logit(d2, ref, half_dim)
             keep = mask & (_log_contribution(rel, d2) >= floor)
             coeff = tl.exp(tl.where(keep, rel, -fm.INF)) * inv[:, None]
         else:
@@ -317,7 +335,7 @@ def coulomb_field(
     ``plate_gamma`` not None: each plate term becomes ``sqrt(D+1) E / (||E|| + plate_gamma)``
     first. ``normalize``: ``norm_scale E / (||E|| + eps)`` last. Extra memory, in one workspace
     shared by the plates (:class:`ifm_kernels._launch.PlanArgs`; sized for the larger plate):
-    ``partial [S, b, B]``, ``coeff [b, B]``, ``stats [4, b, chunks]`` and the live-block lists;
+    ``partial [S, b, B]``, ``coeff [b, B]``, ``stats [3, b, chunks]`` and the live-block lists;
     with two plates one ``[b, D+1]`` buffer for E-.
     """
     return coulomb_field_op(
@@ -390,7 +408,13 @@ def coulomb_plate_partial_op(points, charges):
         ws = _launch.workspace(spec.pa.ws_bytes, dev)
         _plate_field(spec, points, charges, 0.0, out, ws, fm.log_skip_ratio(points.dtype))
         stats = _launch.regions(spec.pa, ws, points.dtype)["stats"][1]
-    m_chunk, s_chunk = stats[0], stats[1]
+    if spec.plan.coef_f32:
+        # float32 statistics: the chunks' nearest d^2 and sums relative to its logit
+        stats = stats.double()
+        m_chunk = -width * torch.log(torch.sqrt(stats[0]) + 1e-7)
+    else:
+        m_chunk = stats[0]
+    s_chunk = stats[1]
     m = m_chunk.amax(1)
     finite = m > -float("inf")
     m_safe = torch.where(finite, m, torch.zeros_like(m))

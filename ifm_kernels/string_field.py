@@ -36,8 +36,8 @@ _cached_plan = functools.lru_cache(maxsize=1024)(_plan.make_plan)
 
 @triton.jit
 def _query_terms(p_ptr, offs_i, mi, width, L, sigma0, K, d, F32: tl.constexpr):
-    """``string_query`` of a block of rows (float64, once per row), as ``[BR, 1]`` columns in
-    the coefficient pass's precision (float32 when ``F32``)."""
+    """``string_query`` of a block of rows (float64, once per row), in the coefficient pass's
+    precision (float32 when ``F32``), as ``[BR]`` vectors."""
     z = tl.load(p_ptr + offs_i.to(tl.int64) * width, mask=mi, other=0.0).to(tl.float64)
     D = (width - 1).to(tl.float64)
     inside, s, inv_2s2, kappa, pow_s = fm.string_query(z, L, sigma0, K, d, D)
@@ -46,6 +46,19 @@ def _query_terms(p_ptr, offs_i, mi, width, L, sigma0, K, d, F32: tl.constexpr):
         inv_2s2 = inv_2s2.to(tl.float32)
         kappa = kappa.to(tl.float32)
         pow_s = pow_s.to(tl.float32)
+    return inside, s, inv_2s2, kappa, pow_s
+
+
+@triton.jit
+def _load_query_terms(q_ptr, rows, offs_i, mi):
+    """The terms the stats kernel stored (:func:`string_stats_kernel`), as ``[BR, 1]``
+    columns: ``(inside, s, inv_2s2, kappa, pow_s)``."""
+    s = tl.load(q_ptr + offs_i, mask=mi, other=-1.0)
+    inv_2s2 = tl.load(q_ptr + rows + offs_i, mask=mi, other=0.0)
+    kappa = tl.load(q_ptr + 2 * rows + offs_i, mask=mi, other=0.0)
+    pow_s = tl.load(q_ptr + 3 * rows + offs_i, mask=mi, other=0.0)
+    inside = s >= 0.0
+    s = tl.where(inside, s, 0.0)
     return inside[:, None], s[:, None], inv_2s2[:, None], kappa[:, None], pow_s[:, None]
 
 
@@ -60,6 +73,7 @@ def string_stats_kernel(
     chunk_len,
     nchunks,
     stats_off,
+    q_off,
     L: tl.float64,
     sigma0: tl.float64,
     K: tl.float64,
@@ -69,15 +83,24 @@ def string_stats_kernel(
     F32: tl.constexpr,
 ):
     """Grid ``(ceil(b / BR), chunks)``: the largest log-weight of each row over one chunk of
-    ``chunk_len`` pairs into ``stats[row, chunk]`` (float64; evaluated in float32 when
-    ``F32``). ``partial`` and ``stats`` are regions of the byte workspace ``ws``
-    (:class:`ifm_kernels._launch.PlanArgs`)."""
+    ``chunk_len`` pairs into ``stats[row, chunk]`` (float64; float32, evaluated and stored,
+    when ``F32``); the programs of chunk 0 also store their rows' ``string_query`` terms into
+    ``q`` for the coefficient kernel. ``partial``, ``stats`` and ``q`` are regions of the byte
+    workspace ``ws`` (:class:`ifm_kernels._launch.PlanArgs`)."""
     part_ptr = _passes.region(ws_ptr, 0, p_ptr.dtype.element_ty)
-    stats_ptr = _passes.region(ws_ptr, stats_off, tl.float64)
+    stats_ptr = _passes.region(ws_ptr, stats_off, tl.float32 if F32 else tl.float64)
     offs_i = tl.program_id(0) * BR + tl.arange(0, BR)
     ch = tl.program_id(1)
     mi = offs_i < rows
     inside, s, inv_2s2, kappa, pow_s = _query_terms(p_ptr, offs_i, mi, width, L, sigma0, K, d, F32)
+    q_ptr = _passes.region(ws_ptr, q_off, tl.float32 if F32 else tl.float64)
+    first = mi & (offs_i * 0 + ch == 0)  # a [BR] mask (ch is a scalar)
+    tl.store(q_ptr + offs_i, tl.where(inside, s, -1.0), mask=first)
+    tl.store(q_ptr + rows + offs_i, inv_2s2, mask=first)
+    tl.store(q_ptr + 2 * rows + offs_i, kappa, mask=first)
+    tl.store(q_ptr + 3 * rows + offs_i, pow_s, mask=first)
+    inside, s, inv_2s2 = inside[:, None], s[:, None], inv_2s2[:, None]
+    kappa, pow_s = kappa[:, None], pow_s[:, None]
     j_begin = ch * chunk_len
     j_end = tl.minimum(n, j_begin + chunk_len)
     m = tl.full([BR], -fm.INF, tl.float32 if F32 else tl.float64)
@@ -87,7 +110,7 @@ def string_stats_kernel(
         r2 = _passes.summed_partials(part_ptr, nslices, rows, n, offs_i, offs_j, mask, F32)
         logw, cos_a, sr = fm.string_pair(inside, s, inv_2s2, kappa, pow_s, r2)
         m = tl.maximum(m, tl.max(tl.where(mask, logw, -fm.INF), axis=1))
-    tl.store(stats_ptr + offs_i.to(tl.int64) * nchunks + ch, m.to(tl.float64), mask=mi)
+    tl.store(stats_ptr + offs_i.to(tl.int64) * nchunks + ch, m, mask=mi)
 
 
 @triton.jit
@@ -101,6 +124,7 @@ def string_coeff_kernel(
     chunk_len,
     nchunks,
     stats_off,
+    q_off,
     list_stride,
     nsq_off,
     c1_off,
@@ -122,15 +146,17 @@ def string_coeff_kernel(
     """Grid ``(ceil(b / BR), chunks)``: the coefficients of one block of rows over one chunk of
     pairs, with the row maximum from ``stats`` (all chunks, in order); ``sum_j c1`` of the chunk
     into ``ez[row, chunk]`` (float64) and the chunk's live blocks of SBJ pairs into the row
-    block's list (BJ is a multiple of SBJ, ``chunk_len`` of BJ). The per-pair terms are
-    evaluated in float64, or in float32 when ``F32``. The buffers are regions of the byte
-    workspace ``ws`` at their offsets (:class:`ifm_kernels._launch.PlanArgs`)."""
+    block's list (BJ is a multiple of SBJ, ``chunk_len`` of BJ). The queries' terms come from
+    ``q`` (the stats kernel); the per-pair terms are evaluated in float64, or in float32 when
+    ``F32``. The buffers are regions of the byte workspace ``ws`` at their offsets
+    (:class:`ifm_kernels._launch.PlanArgs`)."""
     dt = p_ptr.dtype.element_ty
     part_ptr = _passes.region(ws_ptr, 0, dt)
     nsq_ptr = _passes.region(ws_ptr, nsq_off, dt)
     c1_ptr = _passes.region(ws_ptr, c1_off, dt)
     c2_ptr = _passes.region(ws_ptr, c2_off, dt)
-    stats_ptr = _passes.region(ws_ptr, stats_off, tl.float64)
+    ct: tl.constexpr = tl.float32 if F32 else tl.float64
+    stats_ptr = _passes.region(ws_ptr, stats_off, ct)
     ez_ptr = _passes.region(ws_ptr, ez_off, tl.float64)
     list_ptr = _passes.region(ws_ptr, list_off, tl.int32)
     count_ptr = _passes.region(ws_ptr, cnt_off, tl.int32)
@@ -138,20 +164,21 @@ def string_coeff_kernel(
     ch = tl.program_id(1)
     offs_i = rb * BR + tl.arange(0, BR)
     mi = offs_i < rows
-    ct: tl.constexpr = tl.float32 if F32 else tl.float64
-    inside, s, inv_2s2, kappa, pow_s = _query_terms(p_ptr, offs_i, mi, width, L, sigma0, K, d, F32)
+    inside, s, inv_2s2, kappa, pow_s = _load_query_terms(
+        _passes.region(ws_ptr, q_off, ct), rows, offs_i, mi
+    )
     srow = offs_i.to(tl.int64) * nchunks
-    m = tl.full([BR], -fm.INF, tl.float64)
+    m = tl.full([BR], -fm.INF, ct)
     for c in range(0, nchunks):
         m = tl.maximum(m, tl.load(stats_ptr + srow + c, mask=mi, other=-fm.INF))
     if STABLE:
-        shift = tl.where(m > -fm.INF, m, 0.0).to(ct)
+        shift = tl.where(m > -fm.INF, m, 0.0)
     else:
         shift = tl.zeros([BR], dtype=ct)
-    floor = (m + log_skip).to(ct)[:, None]
+    floor = (m + tl.full([], log_skip, ct))[:, None]
     LL = tl.full([], L * L, ct)
 
-    ez = tl.zeros([BR], dtype=tl.float64)
+    ez = tl.zeros([BR], dtype=ct)
     crow = offs_i.to(tl.int64) * n
     cnt = rb * 0
     j_begin = ch * chunk_len
@@ -171,7 +198,7 @@ def string_coeff_kernel(
         w = tl.exp(tl.where(keep, logw - shift[:, None], -fm.INF))
         c1 = w * cos_a * nu[None, :]
         c2 = w * sr
-        ez += tl.sum(c1, axis=1).to(tl.float64)
+        ez += tl.sum(c1, axis=1)
         idx = crow[:, None] + offs_j[None, :]
         c1 = c1.to(dt)
         c2 = c2.to(dt)
@@ -179,7 +206,7 @@ def string_coeff_kernel(
         tl.store(c2_ptr + idx, c2, mask=mask)
         live = (mask & ((c1 != 0.0) | (c2 != 0.0))).to(tl.int32)
         cnt = _passes.live_blocks(seg, rb, list_stride, j0, live, cnt, BJ // SBJ, SBJ, BR)
-    tl.store(ez_ptr + srow + ch, ez, mask=mi)
+    tl.store(ez_ptr + srow + ch, ez.to(tl.float64), mask=mi)
     tl.store(count_ptr + rb * nchunks + ch, cnt)
 
 
@@ -208,6 +235,7 @@ class _Spec:
             plan.coef_chunk_len,
             plan.coef_chunks,
             pa.stats_off,
+            pa.q_off,
         )
         self.stats_cx = dict(BR=plan.coef_br, BJ=plan.coef_bj, F32=plan.coef_f32)
         self.coeff_ints = self.stats_ints + (

@@ -452,7 +452,7 @@ def test_f32_string_coefficients_track_the_f64_pass(monkeypatch, geometry, stabl
     f64 = _with_profile(monkeypatch, P.INTERPRETER_PROFILE, call)
     assert torch.isfinite(f32).all()
     assert f64[9].norm() > 1.0
-    assert _row_error(f32, f64) < 1e-5
+    assert _row_error(f32, f64) < 5e-6
 
 
 @pytest.mark.parametrize("profile", [None, H100], ids=["interpreter-plan", "H100"])
@@ -606,8 +606,8 @@ _COMPILE_SCRIPT = textwrap.dedent("""
     import ifm_kernels
     from ifm_kernels import _introspect, _plan
     out = {}
-    for arch, sms in ((90, 132), (80, 108)):
-        prof = _plan.gpu_profile(sms)
+    for arch, sms, fast in ((90, 132, True), (80, 108, True), (89, 128, False)):
+        prof = _plan.gpu_profile(sms, fast)
         meta = lambda *s, dt: torch.empty(*s, dtype=dt, device="meta")
         for dt in (torch.float32, torch.float64):
             with _introspect.record_launches(prof) as rec:
@@ -630,9 +630,10 @@ _COMPILE_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_kernels_compile_for_sm80_and_sm90():
+def test_kernels_compile_for_sm80_sm89_and_sm90():
     """Every kernel variant of a CIFAR-size string call and an EFM two-plate call compiles for
-    sm_80 and sm_90 (float32 and float64) without register spills."""
+    sm_80, sm_90 and sm_89 (float32 and float64; sm_89 with the float32 coefficient pass)
+    without register spills."""
     nvidia = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     if not os.path.exists(os.path.join(nvidia, "ptxas")):
         pytest.skip("this triton build has no bundled ptxas")
@@ -653,7 +654,7 @@ def test_kernels_compile_for_sm80_and_sm90():
     import json
 
     res = json.loads(proc.stdout)
-    assert len(res) >= 2 * 2 * 6
+    assert len(res) >= 3 * 2 * 6
     for key, r in res.items():
         assert not r["spill"] and r["local_bytes"] == 0, f"{key} spills: {r}"
         assert r["registers"] <= 255 and r["shared_bytes"] <= 160 * 1024, (key, r)
