@@ -57,10 +57,23 @@ def _f64(x):
 def string_offset_params(z, L):
     """``(from_antiquark, t)`` of ``field_math.h: string_query``: offsets are taken from the
     nearer plate, ``rho = (x - base) - t * Delta`` with ``base = A, t = z / L`` for ``z <= L/2``
-    and ``base = C, t = -(L - z) / L`` otherwise. ``z`` float64."""
-    from_anti = z > 0.5 * _f64(L)
-    t = tl.where(from_anti, -(L - z) / L, z / L)
+    and ``base = C, t = -(L - z) / L`` otherwise. ``z`` and ``L`` (a scalar tensor) of one
+    precision, that of the result; the quotients are correctly rounded (``L - z`` is exact
+    there: Sterbenz), so ``t`` is the float64 quotient of the rounded ``L`` rounded, up to a
+    double rounding."""
+    from_anti = z > 0.5 * L
+    t = tl.where(from_anti, -_div_rn(L - z, L), _div_rn(z, L))
     return from_anti, t
+
+
+@triton.jit
+def _div_rn(a, b):
+    """``a / b`` correctly rounded: ``div_rn`` in float32 (Triton's float32 ``/`` is the
+    faster approximate division), ``/`` in float64 (IEEE there)."""
+    if a.dtype == tl.float32:
+        return tl.math.div_rn(a, b)
+    else:
+        return a / b
 
 
 @triton.jit

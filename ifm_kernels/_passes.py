@@ -62,12 +62,13 @@ def summed_partials(part_ptr, nslices, rows, n, offs_i, offs_j, mask, F32: tl.co
 # ----------------------------------------------------------------------------------------------
 @triton.jit
 def _query_offsets(p_ptr, prow, mi, L, STRING: tl.constexpr):
-    """``(from_antiquark, t)`` of a block of queries in the data precision (string); all
+    """``(from_antiquark, t)`` of a block of queries (string), computed in the data precision
+    with correctly rounded divisions (the row vectors live in every thread of the 3-D tile's
+    layout: float64 here would cost ~20 float64 instructions per row in every program); all
     False / 0 for the Coulomb form (unused there)."""
     if STRING:
-        z = tl.load(p_ptr + prow, mask=mi, other=0.0).to(tl.float64)
-        fa, t64 = fm.string_offset_params(z, L)
-        t = t64.to(p_ptr.dtype.element_ty)
+        z = tl.load(p_ptr + prow, mask=mi, other=0.0)
+        fa, t = fm.string_offset_params(z, tl.full([], L, p_ptr.dtype.element_ty))
     else:
         fa = prow < 0
         t = tl.zeros(prow.shape, dtype=p_ptr.dtype.element_ty)
