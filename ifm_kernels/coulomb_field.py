@@ -9,7 +9,7 @@ Per plate (docs/DESIGN.md, "Numerics every kernel follows"; the shared kernels a
    online rescaling) and its largest log-contribution; chunks split the charges so that the
    coefficient pass fills the GPU. For float32 data on a GPU with slow float64
    (``Plan.coef_f32``) the terms are evaluated in float32 relative to the nearest charge
-   (``_field_math.coulomb_rel_logit``); only the per-row results are float64.
+   (``_field_math.coulomb_rel_logit``), and so are the statistics.
    ``coulomb_coeff_kernel``: same grid: the row's maximum and sum from the chunks', then
    ``coeff = e / (sum e + sum_eps)`` (``e`` relative to the row's largest), zero where the
    charge's contribution ``e_j d_j`` is below ``skip_ratio`` of the largest ``e_k d_k`` (a
@@ -68,12 +68,12 @@ def _chunk_stats_f64(part_ptr, nslices, rows, n, offs_i, mi, j_begin, j_end, dim
 
 
 @triton.jit
-def _chunk_stats_f32(part_ptr, nslices, rows, n, offs_i, mi, j_begin, j_end, dim, BR, BJ):
+def _chunk_stats_f32(part_ptr, nslices, rows, n, offs_i, mi, j_begin, j_end, half_dim, BR, BJ):
     """``(d2_min, sum, g_rel)`` over one chunk in float32: the smallest ``d^2`` (the largest
     logit's charge), ``sum exp(logit - logit(d2_min))`` and the largest log-contribution
     relative to ``logit(d2_min)``, with the logits relative to the running nearest charge
-    (:func:`ifm_kernels._field_math.coulomb_rel_logit`, online rescaling)."""
-    half_dim = tl.full([], 0.5 * dim, tl.float32)
+    (:func:`ifm_kernels._field_math.coulomb_rel_logit`, online rescaling; ``half_dim`` =
+    DIM / 2, a float32 argument)."""
     ref = tl.full([BR], fm.INF, tl.float32)
     acc = tl.zeros([BR], dtype=tl.float32)
     g_rel = tl.full([BR], -fm.INF, tl.float32)
@@ -94,11 +94,10 @@ def _chunk_stats_f32(part_ptr, nslices, rows, n, offs_i, mi, j_begin, j_end, dim
 
 
 @triton.jit
-def _row_stats_f32(stats_ptr, srow, plane, nchunks, mi, dim, sum_eps, BR):
+def _row_stats_f32(stats_ptr, srow, plane, nchunks, mi, half_dim, sum_eps, BR):
     """The row's ``(d2_min, 1 / (sum + sum_eps), largest log-contribution)`` from the chunks'
     float32 statistics (:func:`_chunk_stats_f32`), in chunk order, all relative to the row's
     nearest charge; float32 throughout."""
-    half_dim = tl.full([], 0.5 * dim, tl.float32)
     ref = tl.full([BR], fm.INF, tl.float32)
     for c in range(0, nchunks):
         ref = tl.minimum(ref, tl.load(stats_ptr + srow + c, mask=mi, other=fm.INF))
@@ -127,6 +126,7 @@ def coulomb_stats_kernel(
     nchunks,
     stats_off,
     dim: tl.float64,
+    half_dim: tl.float32,
     BR: tl.constexpr,
     BJ: tl.constexpr,
     F32: tl.constexpr,
@@ -150,7 +150,7 @@ def coulomb_stats_kernel(
     plane = rows * nchunks
     if F32:
         m, acc, g_max = _chunk_stats_f32(
-            part_ptr, nslices, rows, n, offs_i, mi, j_begin, j_end, dim, BR, BJ
+            part_ptr, nslices, rows, n, offs_i, mi, j_begin, j_end, half_dim, BR, BJ
         )
     else:
         m, acc, g_max = _chunk_stats_f64(
@@ -176,6 +176,7 @@ def coulomb_coeff_kernel(
     list_off,
     cnt_off,
     dim: tl.float64,
+    half_dim: tl.float32,
     sum_eps: tl.float64,
     log_skip: tl.float64,
     BR: tl.constexpr,
@@ -204,10 +205,9 @@ def coulomb_coeff_kernel(
     plane = rows * nchunks
     if F32:
         # float32 statistics relative to each chunk's nearest charge, moved to the row's
-        ref, inv, floor = _row_stats_f32(stats_ptr, srow, plane, nchunks, mi, dim, sum_eps, BR)
+        ref, inv, floor = _row_stats_f32(stats_ptr, srow, plane, nchunks, mi, half_dim, sum_eps, BR)
         ref = ref[:, None]
         floor = (floor + tl.full([], log_skip, tl.float32))[:, None]
-        half_dim = tl.full([], 0.5 * dim, tl.float32)
     else:
         m = tl.full([BR], -fm.INF, tl.float64)
         g_max = tl.full([BR], -fm.INF, tl.float64)
@@ -272,6 +272,7 @@ class _Spec:
             plan.coef_chunks,
             pa.stats_off,
             float(width),
+            0.5 * width,
         )
         self.stats_cx = dict(BR=plan.coef_br, BJ=plan.coef_bj, F32=plan.coef_f32)
         self.coeff_ints = (
@@ -286,6 +287,7 @@ class _Spec:
             pa.list_off,
             pa.cnt_off,
             float(width),
+            0.5 * width,
         )
         self.coeff_cx = dict(BR=plan.coef_br, BJ=plan.coef_bj, SBJ=plan.sums_bj, F32=plan.coef_f32)
 

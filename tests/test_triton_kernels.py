@@ -601,9 +601,12 @@ def test_interpreter_smoke():
 # offline compile for real GPUs (no GPU needed: Triton's bundled ptxas)
 # ----------------------------------------------------------------------------------------------
 _COMPILE_SCRIPT = textwrap.dedent("""
-    import json, math, sys
+    import json, math, os, sys
     import torch
     import ifm_kernels
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(ifm_kernels.__file__)),
+                                    "benchmarks"))
+    import gpu_sass
     from ifm_kernels import _introspect, _plan
     out = {}
     for arch, sms, fast in ((90, 132, True), (80, 108, True), (89, 128, False)):
@@ -625,6 +628,15 @@ _COMPILE_SCRIPT = textwrap.dedent("""
                     continue
                 seen.add(key)
                 res = _introspect.compile_resources(r, arch=arch)
+                if r.constexprs.get("F32"):
+                    # float64 instructions in the pair loops (those holding the slice loop)
+                    summary = gpu_sass.kernel_summary(_introspect.compile_kernel(r, arch).asm["cubin"])
+                    loops = summary["loops"]
+                    pair = [lp for lp in loops if lp["depth"] == 0 and any(
+                        o["depth"] == 1 and lp["start"] <= o["start"] and o["end"] <= lp["end"]
+                        for o in loops)]
+                    res["pair_loops"] = len(pair)
+                    res["fp64_in_pair_loops"] = sum(lp["classes"].get("fp64", 0) for lp in pair)
                 out[f"sm{arch}/{dt}/{r.name}/{r.constexprs}"] = res
     json.dump(out, sys.stdout)
 """)
@@ -658,6 +670,11 @@ def test_kernels_compile_for_sm80_sm89_and_sm90():
     for key, r in res.items():
         assert not r["spill"] and r["local_bytes"] == 0, f"{key} spills: {r}"
         assert r["registers"] <= 255 and r["shared_bytes"] <= 160 * 1024, (key, r)
+    # the float32 coefficient pass: no float64 instruction left in the per-pair loops
+    f32 = {k: r for k, r in res.items() if "fp64_in_pair_loops" in r}
+    assert len(f32) == 4, sorted(res)  # string and Coulomb, stats and coefficients
+    for key, r in f32.items():
+        assert r["pair_loops"] >= 1 and r["fp64_in_pair_loops"] == 0, (key, r)
 
 
 def _header_constants() -> dict:
