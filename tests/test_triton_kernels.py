@@ -630,7 +630,8 @@ _COMPILE_SCRIPT = textwrap.dedent("""
                 res = _introspect.compile_resources(r, arch=arch)
                 if r.constexprs.get("F32"):
                     # float64 instructions in the pair loops (those holding the slice loop)
-                    summary = gpu_sass.kernel_summary(_introspect.compile_kernel(r, arch).asm["cubin"])
+                    cubin = _introspect.compile_kernel(r, arch).asm["cubin"]
+                    summary = gpu_sass.kernel_summary(cubin)
                     loops = summary["loops"]
                     pair = [lp for lp in loops if lp["depth"] == 0 and any(
                         o["depth"] == 1 and lp["start"] <= o["start"] and o["end"] <= lp["end"]
