@@ -53,7 +53,7 @@ def _chunk_stats_f64(part_ptr, nslices, rows, n, offs_i, mi, j_begin, j_end, dim
     """``(m, sum, g_max)`` of :func:`coulomb_stats_kernel` over one chunk, in float64."""
     m = tl.full([BR], -fm.INF, tl.float64)
     acc = tl.zeros([BR], dtype=tl.float64)
-    g_max = tl.full([BR], -fm.INF, tl.float64)
+    g2 = tl.full([BR, BJ], -fm.INF, tl.float64)  # per (row, lane); reduced after the loop
     for j0 in range(j_begin, j_end, BJ):
         offs_j = j0 + tl.arange(0, BJ)
         mask = mi[:, None] & (offs_j < j_end)[None, :]
@@ -63,8 +63,8 @@ def _chunk_stats_f64(part_ptr, nslices, rows, n, offs_i, mi, j_begin, j_end, dim
         m_safe = tl.where(m_new > -fm.INF, m_new, 0.0)
         acc = acc * tl.exp(m - m_safe) + tl.sum(tl.exp(logit - m_safe[:, None]), axis=1)
         m = m_new
-        g_max = tl.maximum(g_max, tl.max(_log_contribution(logit, d2), axis=1))
-    return m, acc, g_max
+        g2 = tl.maximum(g2, _log_contribution(logit, d2))
+    return m, acc, tl.max(g2, axis=1)
 
 
 @triton.jit

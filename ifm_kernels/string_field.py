@@ -103,13 +103,15 @@ def string_stats_kernel(
     kappa, pow_s = kappa[:, None], pow_s[:, None]
     j_begin = ch * chunk_len
     j_end = tl.minimum(n, j_begin + chunk_len)
-    m = tl.full([BR], -fm.INF, tl.float32 if F32 else tl.float64)
+    # one running maximum per (row, lane): reduced across the lanes once, after the loop
+    m2 = tl.full([BR, BJ], -fm.INF, tl.float32 if F32 else tl.float64)
     for j0 in range(j_begin, j_end, BJ):
         offs_j = j0 + tl.arange(0, BJ)
         mask = mi[:, None] & (offs_j < j_end)[None, :]
         r2 = _passes.summed_partials(part_ptr, nslices, rows, n, offs_i, offs_j, mask, F32)
         logw, cos_a, sr = fm.string_pair(inside, s, inv_2s2, kappa, pow_s, r2)
-        m = tl.maximum(m, tl.max(tl.where(mask, logw, -fm.INF), axis=1))
+        m2 = tl.maximum(m2, tl.where(mask, logw, -fm.INF))
+    m = tl.max(m2, axis=1)
     tl.store(stats_ptr + offs_i.to(tl.int64) * nchunks + ch, m, mask=mi)
 
 
@@ -178,7 +180,7 @@ def string_coeff_kernel(
     floor = (m + tl.full([], log_skip, ct))[:, None]
     LL = tl.full([], L * L, ct)
 
-    ez = tl.zeros([BR], dtype=ct)
+    ez2 = tl.zeros([BR, BJ], dtype=ct)  # per (row, lane), summed over the lanes after the loop
     crow = offs_i.to(tl.int64) * n
     cnt = rb * 0
     j_begin = ch * chunk_len
@@ -198,7 +200,7 @@ def string_coeff_kernel(
         w = tl.exp(tl.where(keep, logw - shift[:, None], -fm.INF))
         c1 = w * cos_a * nu[None, :]
         c2 = w * sr
-        ez += tl.sum(c1, axis=1)
+        ez2 += c1
         idx = crow[:, None] + offs_j[None, :]
         c1 = c1.to(dt)
         c2 = c2.to(dt)
@@ -206,7 +208,7 @@ def string_coeff_kernel(
         tl.store(c2_ptr + idx, c2, mask=mask)
         live = (mask & ((c1 != 0.0) | (c2 != 0.0))).to(tl.int32)
         cnt = _passes.live_blocks(seg, rb, list_stride, j0, live, cnt, BJ // SBJ, SBJ, BR)
-    tl.store(ez_ptr + srow + ch, ez.to(tl.float64), mask=mi)
+    tl.store(ez_ptr + srow + ch, tl.sum(ez2, axis=1).to(tl.float64), mask=mi)
     tl.store(count_ptr + rb * nchunks + ch, cnt)
 
 

@@ -393,7 +393,14 @@ def _row_error(out, want):
     return ((out - want).norm(dim=1) / torch.where(norm > 0, norm, 1.0)).max().item()
 
 
-SLOW_FP64 = dataclasses.replace(P.INTERPRETER_PROFILE, fast_fp64=False)
+def _fp64_profiles():
+    """This device's plan profile with fast float64 (the float64 coefficient pass for float32
+    data) and without (the float32 pass)."""
+    base = _launch.device_profile(torch.device(DEVICE))
+    return (
+        dataclasses.replace(base, fast_fp64=True),
+        dataclasses.replace(base, fast_fp64=False),
+    )
 
 
 @pytest.mark.parametrize("D", [200, 3072])
@@ -421,13 +428,14 @@ def test_f32_coulomb_coefficients_track_the_f64_pass(monkeypatch, D, plates):
     def call():
         return ifm_kernels.coulomb_field(*args, **kw)
 
-    f32 = _with_profile(monkeypatch, SLOW_FP64, call)
-    f64 = _with_profile(monkeypatch, P.INTERPRETER_PROFILE, call)
+    fast, slow = _fp64_profiles()
+    f32 = _with_profile(monkeypatch, slow, call)
+    f64 = _with_profile(monkeypatch, fast, call)
     assert _row_error(f32, f64) < 1e-6
     if not two:
         part = torch.ops.ifm.coulomb_plate_partial_triton
-        (e32, ln32) = _with_profile(monkeypatch, SLOW_FP64, lambda: part(args[0], args[1]))
-        (e64, ln64) = _with_profile(monkeypatch, P.INTERPRETER_PROFILE, lambda: part(*args[:2]))
+        (e32, ln32) = _with_profile(monkeypatch, slow, lambda: part(*args[:2]))
+        (e64, ln64) = _with_profile(monkeypatch, fast, lambda: part(*args[:2]))
         assert _row_error(e32, e64) < 1e-6
         torch.testing.assert_close(ln32, ln64, rtol=1e-7, atol=0)
 
@@ -448,8 +456,9 @@ def test_f32_string_coefficients_track_the_f64_pass(monkeypatch, geometry, stabl
     def call():
         return ifm_kernels.string_field(*args, **kw)
 
-    f32 = _with_profile(monkeypatch, SLOW_FP64, call)
-    f64 = _with_profile(monkeypatch, P.INTERPRETER_PROFILE, call)
+    fast, slow = _fp64_profiles()
+    f32 = _with_profile(monkeypatch, slow, call)
+    f64 = _with_profile(monkeypatch, fast, call)
     assert torch.isfinite(f32).all()
     assert f64[9].norm() > 1.0
     assert _row_error(f32, f64) < 5e-6
