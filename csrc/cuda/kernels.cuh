@@ -31,7 +31,9 @@ namespace cuda {
 
 // Launch tuning. The defaults are what the kernels are designed for; the fields exist so that
 // tests can force the rarely taken paths (query chunking, split-D) at small sizes. Results do not
-// depend on the GPU model: every choice below depends on the shapes and these numbers only.
+// depend on the GPU model: every choice below depends on the shapes and these numbers only (the
+// torch binding sets coef_f32 from the device, so results are the same on every GPU of one FP64
+// class).
 struct Tuning {
   // Queries are processed in chunks of at most max(1, max_pairs_per_chunk / B) rows, which
   // bounds the workspace (and keeps 1-D grids far below their limits) for any b.
@@ -40,6 +42,14 @@ struct Tuning {
   // spread its work evenly over 108-132 SMs (see plan_distance in common.cuh), with at most
   // this many blocks.
   int64_t target_blocks = 2376;
+  // Float32 coefficient path (float32 data only; float64 data ignores it): pass-1 partial sums,
+  // the [rows, B] coefficients, the kept-pair lists, pair_inv_norms, pair_sums and the
+  // finalisation's per-element work in float, with no FP64 instruction in a per-pair or
+  // per-element loop; per-query and per-row terms stay double (docs/DESIGN.md, "CUDA kernels").
+  // For GPUs whose FP64 runs at 1/32-1/64 of FP32 (sm_75, sm_86, sm_89, sm_120): the binding sets
+  // it when cudaDevAttrSingleToDoublePrecisionPerfRatio > 4. false: the double path (float64
+  // data, and A100 / H100-class GPUs), unchanged.
+  bool coef_f32 = false;
 };
 
 // String (IFM) field of FIELDS.md §2, then §4 (see csrc/cpu/kernels.h for the arguments).
