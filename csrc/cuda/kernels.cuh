@@ -13,7 +13,9 @@
 // coefficients; bounded by processing the queries in chunks, see Tuning). Either pass a device
 // buffer of at least *_workspace_bytes(...) bytes (the torch binding does, through the caching
 // allocator), or pass workspace == nullptr: the launcher then allocates it with cudaMallocAsync
-// on `stream` and frees it with cudaFreeAsync on the same stream (stream-ordered, no sync).
+// on `stream` and frees it with cudaFreeAsync on the same stream (stream-ordered, no sync). The
+// size depends on the Tuning (coef_f32 halves the partial sums and lists): pass the same one to
+// *_workspace_bytes and to the launcher.
 #pragma once
 
 #include <cstddef>
@@ -78,7 +80,9 @@ cudaError_t coulomb_field(const T* points, int64_t b, const T* positive, int64_t
 
 // One plate's softmax-weighted mean (no plate or final normalisation, sum_eps 0) into out and
 // per row lognorm[2i] = max_j l_ij, lognorm[2i + 1] = log sum_j e^(l_ij) (as the CPU kernel's
-// coulomb_plate_partial; B >= 1). Workspace: coulomb_field_workspace_bytes(b, B, 0, D, false).
+// coulomb_plate_partial; B >= 1; in double; on the float32 coefficient path max_j l_ij =
+// -DIM log(u*) from the float nearest distance u* and the sum is the float softmax sum).
+// Workspace: coulomb_field_workspace_bytes(b, B, 0, D, false, tune).
 template <typename T>
 cudaError_t coulomb_plate_partial(const T* points, int64_t b, const T* charges, int64_t B,
                                   int64_t D, T* out, double* lognorm, void* workspace,
