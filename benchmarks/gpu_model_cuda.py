@@ -17,6 +17,10 @@ gpu_model.py. How each figure is obtained:
   coefficient / norm kernels ``LDG / loads-per-element`` elements per thread. Loops that only
   the rare slow paths run (``sin`` / ``tan`` argument reduction, using local memory) and the
   one-instruction trap loop at the end of each kernel are not charged.
+* Coefficient path: the one the torch binding picks on the arch's GPU (csrc/cuda/bindings_cuda.cpp:
+  ``coef_f32`` when FP32 / FP64 > 4, :data:`FP64_RATIO`): for float32 data on sm_89 (RTX 4090,
+  FP64 at 1/64) the float32 coefficient path (the ``<..., float>`` instantiations: float partial
+  sums, coefficients and lists, half the bytes), elsewhere and for float64 data the double path.
 * Kept pairs per query row: those the coefficient kernels keep for the published float32 inputs
   (string: weight >= skip_ratio x the row's largest; Coulomb: contribution >= skip_ratio x the
   largest), evaluated in float64 by :func:`kept_per_row` (gpu_model.live_mask when present).
@@ -54,6 +58,14 @@ SKIP_RATIO = {4: 2.0**-44, 8: 2.0**-80}
 SUM_ROWS = 4  # kSumRows
 SUM_WIN = 128  # kSumWin
 TILED_MIN_COLS = 128  # kTiledMinCols
+# FP32 : FP64 throughput of the modelled GPUs (cudaDevAttrSingleToDoublePrecisionPerfRatio)
+FP64_RATIO = {"sm_90": 2, "sm_80": 2, "sm_89": 64}
+
+
+def coef_f32(itemsize: int, arch: str) -> bool:
+    """Whether the binding runs the float32 coefficient path (Tuning::coef_f32) for data of
+    ``itemsize`` bytes on ``arch``."""
+    return itemsize == 4 and FP64_RATIO.get(arch, 2) > 4
 
 
 def _chunk_cols(itemsize: int) -> int:
@@ -61,14 +73,21 @@ def _chunk_cols(itemsize: int) -> int:
 
 
 def plan_distance(
-    rows: int, n: int, ncols: int, itemsize: int, string: bool, target_blocks: int = TARGET_BLOCKS
+    rows: int,
+    n: int,
+    ncols: int,
+    itemsize: int,
+    string: bool,
+    target_blocks: int = TARGET_BLOCKS,
+    csize: int = 8,
 ) -> dict:
-    """The distance pass's slices, as csrc/cuda/common.cuh plan_distance."""
+    """The distance pass's slices, as csrc/cuda/common.cuh plan_distance (``csize``: bytes of
+    the compute type C, the partial sums' element)."""
     kc = _chunk_cols(itemsize)
     tiles = math.ceil(rows / TILE) * math.ceil(n / TILE)
     chunks = math.ceil(ncols / kc)
     input_bytes = (rows + (2 if string else 1) * n) * ncols * itemsize
-    slice_bytes = rows * n * 8
+    slice_bytes = rows * n * csize
     max_partial = max(0.25 * input_bytes, float(1 << 24))
     best_cps, best = chunks, 0.0
     for cps in range(chunks, 0, -1):
@@ -294,6 +313,7 @@ def _two_pass(
     field: str,
     arch: str,
     itemsize: int,
+    csize: int,
     rows: int,
     n: int,
     width: int,
@@ -306,13 +326,13 @@ def _two_pass(
     string = field == "string"
     ncols = width - (1 if string else 0)
     sets = 2 if string else 1
-    t = _tag(itemsize)
+    t, c = _tag(itemsize), _tag(csize)
     out = []
     # step 1: distance tiles
-    plan = plan_distance(rows, n, ncols, itemsize, string)
+    plan = plan_distance(rows, n, ncols, itemsize, string, csize=csize)
     kc = _chunk_cols(itemsize)
     cps = plan["cols_per_slice"] // kc
-    k = _kernel(src, arch, rf"distance_tilesI{t}Lb{int(string)}E")
+    k = _kernel(src, arch, rf"distance_tilesI{t}Lb{int(string)}E{c}E")
     per_col = 12 if string else 8  # LDS per staged column (4 queries, 4 pairs (x2 string))
     cols_per_chunk = [min(kc, ncols - c) for c in range(0, ncols, kc)]
     mean_kc4 = sum(((c + 3) // 4) * 4 for c in cols_per_chunk) / len(cols_per_chunk)
@@ -325,10 +345,10 @@ def _two_pass(
     q_tiles, p_tiles = math.ceil(rows / TILE), math.ceil(n / TILE)
     staged = plan["nslices"] * (q_tiles * p_tiles) * TILE * (1 + sets) * plan["cols_per_slice"]
     unique = (rows + sets * n) * ncols * itemsize
-    partial = plan["nslices"] * rows * n * 8
+    partial = plan["nslices"] * rows * n * csize
     out.append(
         _estimate(
-            f"distance_tiles<{t},{string}>",
+            f"distance_tiles<{t},{string},{c}>",
             k,
             plan["blocks"],
             dist_trips,
@@ -346,7 +366,7 @@ def _two_pass(
             return per_thread * max(plan["nslices"] - 1, 0) / max(lp["ldg"], 1)
         return per_thread
 
-    lists = sum(kept) * (4 + 8 + (8 if string else 0))
+    lists = sum(kept) * (4 + csize + (csize if string else 0))
     out.append(
         _estimate(
             coef_name,
@@ -380,6 +400,7 @@ def _two_pass(
                 kept,
                 lists,
                 case_live,
+                c,
             )
         )
         return out
@@ -388,7 +409,7 @@ def _two_pass(
         kw *= 2
     lanes = THREADS // kw
     chunks = math.ceil(ncols / kw)
-    k = _kernel(src, arch, rf"pair_sumsI{t}Lb{int(string)}E{idx_t}E")
+    k = _kernel(src, arch, rf"pair_sumsI{t}Lb{int(string)}E{c}{idx_t}E")
     per_pair = 5 if string else 3  # LDG per kept pair: idx, c1, (c2), y0, (y1)
     main_trips = sum(math.ceil(c / lanes) for c in kept) * chunks / max(rows * chunks, 1)
     lp_all = _profile(k)["loops"]
@@ -402,7 +423,7 @@ def _two_pass(
     pair_bytes = kept_total * ncols * itemsize * sets
     out.append(
         _estimate(
-            f"pair_sums<{t},{string}>",
+            f"pair_sums<{t},{string},{c}>",
             k,
             rows * chunks,
             sums_trips,
@@ -415,11 +436,11 @@ def _two_pass(
 
 
 def _tiled_sums(
-    arch, t, string, src, idx_t, rows, n, ncols, width, itemsize, sets, kept, lists, live
+    arch, t, string, src, idx_t, rows, n, ncols, width, itemsize, sets, kept, lists, live, c
 ):
     """pair_sums_tiled: per block of SUM_ROWS rows, n / SUM_WIN windows (zero, scatter, two
     scans) and one pass of the main loop per pair any of the rows keeps."""
-    k = _kernel(src, arch, rf"pair_sums_tiledI{t}Lb{int(string)}E{idx_t}E")
+    k = _kernel(src, arch, rf"pair_sums_tiledI{t}Lb{int(string)}E{c}{idx_t}E")
     tiles = math.ceil(rows / SUM_ROWS)
     chunks = math.ceil(ncols / THREADS)
     windows = math.ceil(n / SUM_WIN)
@@ -439,7 +460,7 @@ def _tiled_sums(
     live_rows = sum(union) * ncols * itemsize * sets
     unique = sets * n * ncols * itemsize
     return _estimate(
-        f"pair_sums_tiled<{t},{string}>",
+        f"pair_sums_tiled<{t},{string},{c}>",
         k,
         tiles * chunks,
         trips,
@@ -483,14 +504,17 @@ def kernel_estimates(field: str, case, dtype, arch: str) -> list[dict]:
     import torch
 
     itemsize = 8 if dtype == torch.float64 else 4
-    t = _tag(itemsize)
+    csize = 4 if coef_f32(itemsize, arch) else 8
+    t, c = _tag(itemsize), _tag(csize)
     b, B, D = case.b, case.B, case.D
     width = D + 1
     out: list[dict] = []
     if field == "string":
-        k = _kernel(SOURCES["string"], arch, rf"pair_inv_normsI{t}E")
+        k = _kernel(SOURCES["string"], arch, rf"pair_inv_normsI{t}{c}E")
         out.append(
-            _row_kernel(f"pair_inv_norms<{t}>", k, B, D, 2, dram=2 * B * width * itemsize + B * 8)
+            _row_kernel(
+                f"pair_inv_norms<{t},{c}>", k, B, D, 2, dram=2 * B * width * itemsize + B * csize
+            )
         )
         kept = kept_per_row(case, 0, itemsize)
         rc = max(1, min(b, MAX_PAIRS_PER_CHUNK // max(B, 1)))
@@ -500,20 +524,26 @@ def kernel_estimates(field: str, case, dtype, arch: str) -> list[dict]:
                 "string",
                 arch,
                 itemsize,
+                csize,
                 rows,
                 B,
                 width,
                 kept[i0 : i0 + rows],
                 SOURCES["string"],
-                rf"string_coefficientsI{t}E",
-                f"string_coefficients<{t}>",
+                rf"string_coefficientsI{t}{c}E",
+                f"string_coefficients<{t},{c}>",
                 kept_mask(case, 0, itemsize)[i0 : i0 + rows],
             )
             if case.params.get("normalize", True):
-                k = _kernel(SOURCES["finalize"], arch, rf"finalize_rowsI{t}E")
+                k = _kernel(SOURCES["finalize"], arch, rf"finalize_rowsI{t}{c}E")
                 out.append(
                     _row_kernel(
-                        f"finalize_rows<{t}>", k, rows, width, 1, dram=2 * rows * width * itemsize
+                        f"finalize_rows<{t},{c}>",
+                        k,
+                        rows,
+                        width,
+                        1,
+                        dram=2 * rows * width * itemsize,
                     )
                 )
         return out
@@ -527,13 +557,14 @@ def kernel_estimates(field: str, case, dtype, arch: str) -> list[dict]:
                 "coulomb",
                 arch,
                 itemsize,
+                csize,
                 rows,
                 B,
                 width,
                 kept,
                 SOURCES["coulomb"],
-                rf"coulomb_coefficientsI{t}E",
-                f"coulomb_coefficients<{t}>",
+                rf"coulomb_coefficientsI{t}{c}E",
+                f"coulomb_coefficients<{t},{c}>",
                 kept_mask(case, plate, itemsize)[i0 : i0 + rows],
             )
         if (
@@ -541,10 +572,10 @@ def kernel_estimates(field: str, case, dtype, arch: str) -> list[dict]:
             or case.params.get("plate_gamma") is not None
             or case.params.get("normalize")
         ):
-            k = _kernel(SOURCES["finalize"], arch, rf"finalize_rowsI{t}E")
+            k = _kernel(SOURCES["finalize"], arch, rf"finalize_rowsI{t}{c}E")
             out.append(
                 _row_kernel(
-                    f"finalize_rows<{t}>",
+                    f"finalize_rows<{t},{c}>",
                     k,
                     rows,
                     width,

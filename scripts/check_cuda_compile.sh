@@ -121,23 +121,29 @@ max(1, 2^22 / B) rows, so scratch memory and grids stay bounded for any b. A non
 without spills is the double-precision `sin`/`tan` slow path of `field_math.h` (argument
 reduction array), not a spill.
 
-* `distance_tiles<T, STRING>` (both passes' O(b B D) distance work): block -> 64 queries x 64
+Every kernel takes the data type T and the compute type C: `<float, ..., double>` /
+`<double, ..., double>` are the double coefficient path (float64 data; float32 data on GPUs with
+fast FP64), `<float, ..., float>` the float32 coefficient path (float32 data on GPUs with slow
+FP64: `Tuning::coef_f32`, docs/DESIGN.md "CUDA kernels").
+
+* `distance_tiles<T, STRING, C>` (both passes' O(b B D) distance work): block -> 64 queries x 64
   pairs x one slice of the columns; 16 x 16 threads, each a 4 x 4 register tile (queries
   `ty + 16 m`, pairs `tx + 16 m'`: conflict-free shared reads, coalesced stores). Staging:
   queries, quarks (charges) and antiquarks, `[KC][65]` each (KC = 32 float / 16 double, about
-  25 KB). Per staged chunk the tile is summed in the data precision and folded into double.
+  25 KB). Per staged chunk the tile is summed in the data precision and folded into C (float:
+  compensated).
   When the 64 x 64 tiles alone give fewer than ~528 blocks (b = 64, B = 256: 4 tiles), D is split
   into slices of >= 4 chunks whose partial sums the next kernel adds in a fixed order.
-* `string_coefficients<T>` / `coulomb_coefficients<T>`: one block per query row, threads stride
-  over the pairs; double coefficients through `field_math.h`, row max / sum / largest term by
+* `string_coefficients<T, C>` / `coulomb_coefficients<T, C>`: one block per query row, threads
+  stride over the pairs; coefficients in C through `field_math.h`, row max / sum / largest term by
   fixed-tree shared-memory reductions, then a block-wide scan compacts the kept pairs in pair
   order (2 KB + 1 KB shared memory).
-* `pair_sums<T, STRING>`: block -> (query row, KW columns), KW = min(256, next power of two >=
+* `pair_sums<T, STRING, C, I>`: block -> (query row, KW columns), KW = min(256, next power of two >=
   D); the 256 threads are (256 / KW) lanes x KW columns, lane l sums kept pairs l, l + lanes, ...
-  in double, lanes combined by a fixed tree (2 KB shared memory). D = 49152 gives 192 blocks per
+  in C, lanes combined by a fixed tree (2 KB shared memory for double). D = 49152 gives 192 blocks per
   row; D = 2 gives 128 lanes per row.
-* `pair_inv_norms<T>` (one block per pair) and `finalize_rows<T>` (one block per row):
-  fixed-tree norms in double, 2 KB shared memory.
+* `pair_inv_norms<T, C>` (one block per pair) and `finalize_rows<T, C>` (one block per row):
+  fixed-tree norms' sums in C (the factors in double), 2 KB shared memory for double.
 """
 begin, end = "<!-- cuda-resources:begin -->", "<!-- cuda-resources:end -->"
 body = "\n".join(table) + "\n" + explanation

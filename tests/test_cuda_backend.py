@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import torch
 from cases import coulomb_case, string_case
-from parity import assert_parity, golden_names, load_golden
+from parity import assert_parity, golden_names, load_golden, row_errors
 
 import ifm
 from ifm import _checks, _ops, reference
@@ -82,6 +82,11 @@ STRING_SIZES = [(1, 1, 1), (5, 37, 5), (37, 5, 123), (65, 129, 33), (70, 3, 700)
 COULOMB_SIZES = [(1, 1, 1, 1), (7, 5, 3, 2), (65, 130, 64, 37), (5, 6, 9, 600)]
 # The emulation runs every thread as a fiber on one core: the same boundaries, smaller D.
 EMU_STRING_SIZES = STRING_SIZES[:4] + [(66, 3, 300)]
+# (data dtype, coefficient path) of the emulated launches: float32 data on the double path (what
+# A100 / H100-class GPUs run) and on the float32 coefficient path (Tuning::coef_f32: GPUs with
+# slow FP64), float64 data (always the double path).
+EMU_PRECISIONS = [(torch.float32, "f64"), (torch.float32, "f32"), (torch.float64, "f64")]
+EMU_PRECISION_IDS = ["f32", "f32-coef32", "f64"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,6 +289,7 @@ class _Emulated:
             i64,
             i64,
             ci,
+            ci,
         ]
         self.lib.ifm_emu_coulomb_field.argtypes = [
             ci,
@@ -304,8 +310,20 @@ class _Emulated:
             i64,
             i64,
             ci,
+            ci,
         ]
-        self.lib.ifm_emu_coulomb_plate_partial.argtypes = [ci, vp, i64, vp, i64, i64, vp, vp, i64]
+        self.lib.ifm_emu_coulomb_plate_partial.argtypes = [
+            ci,
+            vp,
+            i64,
+            vp,
+            i64,
+            i64,
+            vp,
+            vp,
+            i64,
+            ci,
+        ]
         self.lib.ifm_emu_launches.restype = ctypes.c_long
         self.lib.ifm_emu_set_schedule.argtypes = [ci, ctypes.c_uint64]
         self.lib.ifm_emu_report.restype = ctypes.c_char_p
@@ -342,6 +360,7 @@ class _Emulated:
         chunk=0,
         target_blocks=0,
         workspace=False,
+        coef="f64",
     ):
         npd = np.float64 if dtype == torch.float64 else np.float32
         L, sigma0, K, d = _checks.string_geometry(L, sigma0, K, d)
@@ -369,6 +388,7 @@ class _Emulated:
             chunk,
             target_blocks,
             int(workspace),
+            _coef_flag(coef),
         )
         self._check(rc, "string_field")
         return torch.from_numpy(out)
@@ -385,6 +405,7 @@ class _Emulated:
         chunk=0,
         target_blocks=0,
         workspace=False,
+        coef="f64",
     ):
         npd = np.float64 if dtype == torch.float64 else np.float32
         p, pos = self._arr(points, npd), self._arr(positive, npd)
@@ -414,11 +435,12 @@ class _Emulated:
             chunk,
             target_blocks,
             int(workspace),
+            _coef_flag(coef),
         )
         self._check(rc, "coulomb_field")
         return torch.from_numpy(out)
 
-    def coulomb_plate_partial(self, points, charges, *, dtype=torch.float64, chunk=0):
+    def coulomb_plate_partial(self, points, charges, *, dtype=torch.float64, chunk=0, coef="f64"):
         """``(field, lognorm)`` of the launcher ``coulomb_plate_partial``."""
         npd = np.float64 if dtype == torch.float64 else np.float32
         p, c = self._arr(points, npd), self._arr(charges, npd)
@@ -434,12 +456,21 @@ class _Emulated:
             out.ctypes.data,
             lognorm.ctypes.data,
             chunk,
+            _coef_flag(coef),
         )
         self._check(rc, "coulomb_plate_partial")
         return torch.from_numpy(out), torch.from_numpy(lognorm)
 
 
 SCHEDULES = dict(forward=0, reverse=1, random=2, mixed=3)
+
+
+def _coef_flag(coef: str) -> int:
+    """Tuning::coef_f32 of the emulated launch: "f64" the double coefficient path (float64 data,
+    fast-FP64 GPUs), "f32" the float32 coefficient path (float32 data on slow-FP64 GPUs; float64
+    data ignores it)."""
+    assert coef in ("f64", "f32"), coef
+    return int(coef == "f32")
 
 
 def _build_emulation(out, source, extra_flags=()):
@@ -481,57 +512,202 @@ def emu(tmp_path_factory):
     return _Emulated(_build_emulation(lib, ROOT / "tests/cuda_emu/capi.cpp"))
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("dtype,coef", EMU_PRECISIONS, ids=EMU_PRECISION_IDS)
 @pytest.mark.parametrize("name", golden_names())
-def test_emulated_golden(emu, name, dtype):
+def test_emulated_golden(emu, name, dtype, coef):
     kind, inputs, params, oracle, field = _golden_case(name)
     if kind == "string":
-        out = emu.string_field(*inputs, **params, dtype=dtype)
+        out = emu.string_field(*inputs, **params, dtype=dtype, coef=coef)
     else:
-        out = emu.coulomb_field(*inputs, **params, dtype=dtype)
-    assert_parity(out, oracle, field, what=f"{name}/emulated-cuda/{dtype}")
+        out = emu.coulomb_field(*inputs, **params, dtype=dtype, coef=coef)
+    assert_parity(out, oracle, field, what=f"{name}/emulated-cuda/{dtype}/coef-{coef}")
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("dtype,coef", EMU_PRECISIONS, ids=EMU_PRECISION_IDS)
 @pytest.mark.parametrize("mode", STRING_MODES, ids=STRING_MODE_IDS)
 @pytest.mark.parametrize("geometry", ["toy", "cifar", "w2s", "cmnist"])
 @pytest.mark.parametrize("shape", EMU_STRING_SIZES, ids=lambda s: "b{}-B{}-D{}".format(*s))
-def test_emulated_string_random(emu, shape, geometry, mode, dtype):
+def test_emulated_string_random(emu, shape, geometry, mode, dtype, coef):
     points, quarks, antiquarks, params = string_case(*shape, geometry, seed=sum(shape))
     oracle, standin = _string_oracles(points, quarks, antiquarks, params, mode)
-    out = emu.string_field(points, quarks, antiquarks, **params, **mode, dtype=dtype)
-    assert_parity(out, oracle, standin, what=f"emulated string {shape} {geometry} {mode}")
+    out = emu.string_field(points, quarks, antiquarks, **params, **mode, dtype=dtype, coef=coef)
+    assert_parity(out, oracle, standin, what=f"emulated string {shape} {geometry} {mode} {coef}")
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("dtype,coef", EMU_PRECISIONS, ids=EMU_PRECISION_IDS)
 @pytest.mark.parametrize("plates", [1, 2])
 @pytest.mark.parametrize("mode", COULOMB_MODES, ids=COULOMB_MODE_IDS)
 @pytest.mark.parametrize("shape", COULOMB_SIZES, ids=lambda s: "b{}-Bp{}-Bn{}-D{}".format(*s))
-def test_emulated_coulomb_random(emu, shape, mode, plates, dtype):
+def test_emulated_coulomb_random(emu, shape, mode, plates, dtype, coef):
     b, Bp, Bn, D = shape
     points, pos, neg = coulomb_case(b, Bp, Bn, D, L=6.0, seed=sum(shape))
     neg = neg if plates == 2 else None
     oracle, standin = _coulomb_oracles(points, pos, neg, mode)
-    out = emu.coulomb_field(points, pos, neg, **mode, dtype=dtype)
-    assert_parity(out, oracle, standin, what=f"emulated coulomb {shape} {mode} plates={plates}")
+    out = emu.coulomb_field(points, pos, neg, **mode, dtype=dtype, coef=coef)
+    assert_parity(
+        out, oracle, standin, what=f"emulated coulomb {shape} {mode} plates={plates} {coef}"
+    )
 
 
-@pytest.mark.parametrize("chunk", [0, 40], ids=["one-chunk", "query-chunks"])
-def test_emulated_coulomb_plate_partial(emu, chunk):
-    """The partial launcher: one plate's softmax-weighted mean and the float64 (max logit,
-    log-sum-exp) per row (what ifm.distributed merges), also over several query chunks."""
+def _check_plate_partial(emu, points, pos, dtype, coef, chunk=0):
+    """The partial launcher against the float64 oracle: the field by the parity rule (float64:
+    1e-9), the log-normalisers (max logit, log-sum-exp) within float64 rounding, or for float32
+    data within DIM * 2^-17 (the logits amplify the float rounding of d2 by DIM / 2), computed
+    on the float32-rounded inputs the launcher sees."""
     from ifm import distributed
 
-    points, pos, _ = coulomb_case(9, 7, 3, 5, L=6.0, seed=8)
-    field, lognorm = emu.coulomb_plate_partial(points, pos, chunk=chunk)
+    if dtype == torch.float32:
+        points, pos = points.float().double(), pos.float().double()
+    field, lognorm = emu.coulomb_plate_partial(points, pos, dtype=dtype, chunk=chunk, coef=coef)
     want = reference.coulomb_field(points, pos, None, plate_gamma=None, sum_eps=0.0)
-    torch.testing.assert_close(field, want, rtol=1e-9, atol=1e-9)
     m, lse = distributed._coulomb_lognorm(points, pos)
-    torch.testing.assert_close(lognorm, torch.stack([m, lse], 1), rtol=1e-12, atol=1e-9)
+    if dtype == torch.float64:
+        torch.testing.assert_close(field, want, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(lognorm, torch.stack([m, lse], 1), rtol=1e-12, atol=1e-9)
+        return
+    standin = reference.coulomb_field(
+        points.float(), pos.float(), None, plate_gamma=None, sum_eps=0.0
+    )
+    assert_parity(field, want, standin, what=f"emulated plate partial {coef}")
+    tol = points.shape[1] * 2.0**-17
+    torch.testing.assert_close(lognorm, torch.stack([m, lse], 1), rtol=0.0, atol=tol)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-def test_emulated_chunking_and_split_do_not_change_the_field(emu, dtype):
+@pytest.mark.parametrize("dtype,coef", EMU_PRECISIONS, ids=EMU_PRECISION_IDS)
+@pytest.mark.parametrize("chunk", [0, 40], ids=["one-chunk", "query-chunks"])
+def test_emulated_coulomb_plate_partial(emu, chunk, dtype, coef):
+    """The partial launcher: one plate's softmax-weighted mean and the float64 (max logit,
+    log-sum-exp) per row (what ifm.distributed merges), also over several query chunks."""
+    points, pos, _ = coulomb_case(9, 7, 3, 5, L=6.0, seed=8)
+    _check_plate_partial(emu, points, pos, dtype, coef, chunk=chunk)
+
+
+def _competing(y0, y1, dlam, dim):
+    """A point off the axis of charges y0, y1 (at a quarter of their distance) whose logits
+    -DIM log d differ by ``dlam`` (weights 1 : e^-dlam): its field moves with the logits'
+    difference, d E / E ~ dlam-sized weights x their error."""
+    delta = y1 - y0
+    length = delta.norm()
+    axis = delta / length
+    side = torch.zeros_like(y0)
+    side[1] = 1.0
+    side -= (side @ axis) * axis
+    side /= side.norm()
+    h = 0.25 * length
+    lo, hi = 0.0, 0.5 * float(length)  # the logit difference falls from > dlam to 0 on [0, L/2]
+    for _ in range(200):
+        t = 0.5 * (lo + hi)
+        d0, d1 = t * t + h * h, (length - t) ** 2 + h * h
+        lo, hi = (t, hi) if 0.5 * dim * torch.log(d1 / d0) > dlam else (lo, t)
+    return y0 + lo * axis + h * side
+
+
+def _image_coulomb_case(D=3071, b=12, Bp=40, Bn=24, seed=11, scale=1.0):
+    """float64 Coulomb inputs at image dimension (DIM = D + 1 = 3072) with queries at many
+    distances: on a charge, within 1e-6, 1e-4, 1e-2, 0.3 and 3 of one, between two charges whose
+    logits differ by 0.7 to 3 (not multiples of 2^-10, where the float32 reference's logits would
+    round to the exact difference; the softmax's accuracy shows), near the other plate and far from
+    both (the logits span DIM * log(d_max / d_min), thousands); every coordinate times
+    ``scale`` (|log d| and so the logits' own size grow with it)."""
+    points, pos, neg = coulomb_case(b, Bp, Bn, D, L=100.0, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    noise = torch.randn(b, D + 1, generator=g, dtype=torch.float64)
+    noise /= noise.norm(dim=1, keepdim=True)
+    points[0] = pos[3]
+    for i, r in zip(range(1, 6), [1e-6, 1e-4, 1e-2, 0.3, 3.0], strict=True):
+        points[i] = pos[i + 3] + r * noise[i]
+    points[7] = neg[2] + 1e-3 * noise[7]
+    points[8:10] *= 30.0  # far from both plates
+    for i, (j, k, dlam) in zip(
+        [6, 10, 11], [(0, 1, 0.7371), (10, 12, 1.3119), (13, 14, 3.0807)], strict=True
+    ):
+        points[i] = _competing(pos[j], pos[k], dlam, D + 1)
+    return points * scale, pos * scale, neg * scale
+
+
+@pytest.mark.parametrize("scale", [1.0, 100.0, 0.01])
+def test_emulated_coulomb_image_dimension(emu, scale):
+    """float32 data at DIM = 3072 under both coefficient paths, every mode and plate form and
+    the partial op, by the parity rule; and the float32 path as accurate as the double one (per
+    row within max(2e-4, 4 x its error)): its relative logits keep the softmax at float32
+    accuracy where -DIM log(d) itself is ~1e4 (a float32 logit, as the float32 reference's,
+    loses ~1e-3 there and fails this)."""
+    points, pos, neg = _image_coulomb_case(scale=scale)
+    points, pos, neg = (t.float().double() for t in (points, pos, neg))
+    for plates in (1, 2):
+        n = neg if plates == 2 else None
+        for mode in COULOMB_MODES:
+            oracle, standin = _coulomb_oracles(points, pos, n, mode)
+            err = {}
+            for coef in ("f64", "f32"):
+                out = emu.coulomb_field(points, pos, n, **mode, dtype=torch.float32, coef=coef)
+                what = f"emulated coulomb DIM 3072 x{scale} {mode} plates={plates} coef-{coef}"
+                assert_parity(out, oracle, standin, what=what)
+                err[coef] = row_errors(out, oracle)
+            bad = err["f32"] > torch.clamp(4.0 * err["f64"], min=2e-4)
+            assert not bad.any(), (
+                f"{what}: rows {bad.nonzero().flatten().tolist()} err {err['f32'][bad].tolist()}"
+                f" vs the double path's {err['f64'][bad].tolist()}"
+            )
+    for coef in ("f64", "f32"):
+        _check_plate_partial(emu, points, pos, torch.float32, coef)
+
+
+def _near_plate_string_case(geometry="cifar", B=20, D=40, seed=12):
+    """float32-exact string inputs with queries within 1e-6 of a plate (tiny tube width s), on
+    both sides, and at z = 1e-22, where 1 / (2 s^2) overflows float32 (inf) but not float64 and
+    the query sits exactly on a degenerate pair (A = C) so that r^2 == 0: the float path must give
+    exp(0), not 0 * inf."""
+    points, quarks, antiquarks, params = string_case(12, B, D, geometry, seed=seed)
+    L = params["L"]
+    A, Cq = quarks[:, 1:], antiquarks[:, 1:]
+    Cq[5] = A[5]  # a degenerate pair
+    z = (
+        torch.tensor(
+            [
+                1e-6,
+                5e-7,
+                1e-7,
+                3e-7,
+                1e-9,
+                L - 2.0**-19 * 2,
+                L - 2.0**-19,
+                1e-22,
+                4e-7,
+                2e-6,
+                1e-6,
+                8e-7,
+            ],
+            dtype=torch.float64,
+        )
+        .float()
+        .double()
+    )
+    idx = torch.arange(12) % B
+    tau = (z / L)[:, None]
+    x = (1 - tau) * A[idx] + tau * Cq[idx]
+    x[7] = A[5]  # on the degenerate pair at z = 1e-22: r^2 == 0 exactly
+    x[10] += 1e-5  # off the segment by more than s
+    points = torch.cat([z[:, None], x], 1)
+    quarks = torch.cat([quarks[:, :1], A], 1)
+    antiquarks = torch.cat([antiquarks[:, :1], Cq], 1)
+    return [t.float().double() for t in (points, quarks, antiquarks)], params
+
+
+@pytest.mark.parametrize("dtype,coef", EMU_PRECISIONS, ids=EMU_PRECISION_IDS)
+@pytest.mark.parametrize("mode", STRING_MODES, ids=STRING_MODE_IDS)
+def test_emulated_string_near_plate(emu, mode, dtype, coef):
+    """Queries within 1e-6 of a plate (s ~ 1e-8 and below; 1 / (2 s^2) = inf in float32 at
+    z = 1e-22) under every path."""
+    for geometry in ("cifar", "toy"):
+        (points, quarks, antiquarks), params = _near_plate_string_case(geometry)
+        oracle, standin = _string_oracles(points, quarks, antiquarks, params, mode)
+        out = emu.string_field(points, quarks, antiquarks, **params, **mode, dtype=dtype, coef=coef)
+        assert_parity(out, oracle, standin, what=f"emulated string near plate {geometry} {coef}")
+
+
+@pytest.mark.parametrize("dtype,coef", EMU_PRECISIONS, ids=EMU_PRECISION_IDS)
+def test_emulated_chunking_and_split_do_not_change_the_field(emu, dtype, coef):
     """Query chunks (tiny max_pairs_per_chunk), split-D slices (many target blocks) and a
     caller-given, misaligned workspace reproduce the default launch within rounding, and each
     configuration is bitwise reproducible."""
@@ -547,7 +723,7 @@ def test_emulated_chunking_and_split_do_not_change_the_field(emu, dtype):
 
         def run(cfg=cfg):
             return emu.string_field(
-                points, quarks, antiquarks, **params, normalize=True, dtype=dtype, **cfg
+                points, quarks, antiquarks, **params, normalize=True, dtype=dtype, coef=coef, **cfg
             )
 
         out = run()
@@ -557,12 +733,12 @@ def test_emulated_chunking_and_split_do_not_change_the_field(emu, dtype):
     mode = dict(plate_gamma=5.0, normalize=True)
     oracle, standin = _coulomb_oracles(pts, pos, neg, mode)
     for cfg in configs:
-        out = emu.coulomb_field(pts, pos, neg, **mode, dtype=dtype, **cfg)
+        out = emu.coulomb_field(pts, pos, neg, **mode, dtype=dtype, coef=coef, **cfg)
         assert_parity(out, oracle, standin, what=f"emulated coulomb {cfg}")
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-def test_emulated_schedules_agree(emu, dtype):
+@pytest.mark.parametrize("dtype,coef", EMU_PRECISIONS, ids=EMU_PRECISION_IDS)
+def test_emulated_schedules_agree(emu, dtype, coef):
     """Forward, reverse and seeded random thread orders between barriers give bitwise identical
     fields (rows with more than one block-wide chunk of pairs, so the compaction scan and its
     buffers are reused within a block)."""
@@ -585,9 +761,16 @@ def test_emulated_schedules_agree(emu, dtype):
             emu.schedule(sched, seed)
             results[sched, seed] = (
                 emu.string_field(
-                    points, quarks, antiquarks, **params, normalize=True, stable=True, dtype=dtype
+                    points,
+                    quarks,
+                    antiquarks,
+                    **params,
+                    normalize=True,
+                    stable=True,
+                    dtype=dtype,
+                    coef=coef,
                 ),
-                emu.coulomb_field(pts, pos, neg, **cmode, dtype=dtype),
+                emu.coulomb_field(pts, pos, neg, **cmode, dtype=dtype, coef=coef),
             )
     finally:
         emu.schedule("mixed", 1)

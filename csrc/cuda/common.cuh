@@ -4,19 +4,26 @@
 // follows"); this header holds the two O(b * B * D) passes, which differ only in what they read:
 //
 //   1. distance_tiles  r2 / d2 for every (query, pair or charge) from direct differences in the
-//                      data precision (sums of 16-32 columns, folded into a double accumulator),
-//                      as partial sums over S slices of the columns.
-//   2. (per field)     one block per query row: the S partials summed in a fixed order (double),
-//                      the coefficients in double through field_math.h, the row maximum, and a
+//                      data precision (sums of 16-32 columns, folded into an accumulator of the
+//                      compute type C), as partial sums over S slices of the columns.
+//   2. (per field)     one block per query row: the S partials summed in a fixed order (C),
+//                      the coefficients in C through field_math.h, the row maximum, and a
 //                      stable compaction of the pairs whose weight is >= skip_ratio of that max.
 //   3. pair_sums       the weighted sum over each row's kept pairs, in list (= pair index)
-//                      order, from differences, in double (the inputs are exact in double, so
-//                      near-plate offsets keep every digit), rounded once to the data
-//                      precision: pair_sums_tiled (4 query rows x 256 columns per block, each
-//                      kept pair row read once per row tile) when D >= 128, else pair_sums
-//                      (one block per query row and column chunk, lanes x columns).
+//                      order, from differences, in C (in double the float inputs are exact, so
+//                      near-plate offsets keep every digit; in float the nearer-plate form keeps
+//                      them, as in step 1), rounded once to the data precision:
+//                      pair_sums_tiled (4 query rows x 256 columns per block, each kept pair row
+//                      read once per row tile) when D >= 128, else pair_sums (one block per query
+//                      row and column chunk, lanes x columns).
 //   4. finalize_rows   per-plate / final normalisation (finalize_rows.cuh / .cu, used by both
 //                      fields).
+//
+// The compute type C of steps 1-4 is double (float64 data, and float32 data on GPUs with fast
+// FP64: the reference path), or float: the float32 coefficient path of float32 data on GPUs with
+// slow FP64 (Tuning::coef_f32; docs/DESIGN.md, "CUDA kernels"), whose per-pair and per-element
+// loops contain no FP64 instruction. Per-row and per-launch terms (string_query, norms'
+// factors, the Coulomb log-normalisers) stay double on both.
 //
 // Nothing here includes a torch header. Every kernel uses kThreads threads per block, only
 // shared-memory block reductions (no warp intrinsics, no atomics) and block-uniform control flow
@@ -116,27 +123,71 @@ __host__ __device__ __forceinline__ T bit_select(typename Bits<T>::type mask, T 
   return out;
 }
 
-// ------------------------------------------------------------------------------------------
-// Block-wide reductions in shared memory with a fixed tree (deterministic): `red` holds
-// kThreads doubles. Every thread of the block must call them (they synchronise).
-// ------------------------------------------------------------------------------------------
-struct SumOp {
-  __device__ __forceinline__ double operator()(double a, double b) const { return a + b; }
+// A running sum (of the distance pass's non-negative chunk and slice partials) in the compute
+// type: double adds plainly (the reference path); float is compensated (Kahan), so that a sum of
+// n partials keeps its error near 2 eps instead of growing ~n eps / 2: at DIM = 3072 the
+// logits amplify d2's relative error by DIM / 2, and a plain float sum of 96 chunk sums loses
+// ~1e-3 in the logits' differences (more than the float32 reference's own error).
+template <typename C>
+struct RunningSum;
+template <>
+struct RunningSum<double> {
+  double s;
+  __host__ __device__ __forceinline__ RunningSum() : s(0.0) {}
+  __host__ __device__ __forceinline__ explicit RunningSum(double v) : s(v) {}
+  __host__ __device__ __forceinline__ void add(double v) { s += v; }
+  __host__ __device__ __forceinline__ double value() const { return s; }
 };
-struct MaxOp {
-  __device__ __forceinline__ double operator()(double a, double b) const { return a > b ? a : b; }
+template <>
+struct RunningSum<float> {
+  float s, c;  // the sum and the (negated) low part it has lost
+  __host__ __device__ __forceinline__ RunningSum() : s(0.0f), c(0.0f) {}
+  __host__ __device__ __forceinline__ explicit RunningSum(float v) : s(v), c(0.0f) {}
+  __host__ __device__ __forceinline__ void add(float v) {
+    const float y = v - c;
+    const float t = s + y;
+    c = (t - s) - y;
+    s = t;
+  }
+  __host__ __device__ __forceinline__ float value() const { return s - c; }
 };
 
-template <typename Op, typename Buf>
-__device__ __forceinline__ double block_reduce(double v, Buf& red, Op op) {
+// ------------------------------------------------------------------------------------------
+// Block-wide reductions in shared memory with a fixed tree (deterministic): `red` holds
+// kThreads values of v's type. Every thread of the block must call them (they synchronise).
+// ------------------------------------------------------------------------------------------
+struct SumOp {
+  template <typename V>
+  __device__ __forceinline__ V operator()(V a, V b) const {
+    return a + b;
+  }
+};
+struct MaxOp {
+  template <typename V>
+  __device__ __forceinline__ V operator()(V a, V b) const {
+    return a > b ? a : b;
+  }
+};
+struct MinOp {
+  template <typename V>
+  __device__ __forceinline__ V operator()(V a, V b) const {
+    return a < b ? a : b;
+  }
+};
+
+template <typename Op, typename Buf, typename V>
+__device__ __forceinline__ V block_reduce(V v, Buf& red, Op op) {
   const int tid = threadIdx.x;
   red[tid] = v;
   __syncthreads();
+  // not unrolled: the unrolled tree keeps one hoisted `tid < s` predicate per level live across
+  // the callers' loops (ptxas spilled one in the float coefficient kernel)
+#pragma unroll 1
   for (int s = kThreads / 2; s > 0; s >>= 1) {
-    if (tid < s) red[tid] = op(red[tid], red[tid + s]);
+    if (tid < s) red[tid] = op(V(red[tid]), V(red[tid + s]));
     __syncthreads();
   }
-  const double r = red[0];
+  const V r = red[0];
   __syncthreads();
   return r;
 }
@@ -161,13 +212,15 @@ __device__ __forceinline__ int block_exclusive_scan(int flag, Buf& buf, int* tot
 }
 
 // Per-row lists of kept pairs, written by the coefficient kernels: row i keeps count[i] pairs,
-// their indices idx[i * n + p] (ascending) and double coefficients c1/c2 at the same positions.
-// String: c1 = w cos(alpha) nu_j, c2 = w sr. Coulomb: c1 = softmax coefficient (c2 unused).
+// their indices idx[i * n + p] (ascending) and coefficients c1/c2 (compute type C) at the same
+// positions. String: c1 = w cos(alpha) nu_j, c2 = w sr. Coulomb: c1 = softmax coefficient (c2
+// unused).
+template <typename C>
 struct PairLists {
   int* count;
   int* idx;
-  double* c1;
-  double* c2;
+  C* c1;
+  C* c2;
   int64_t n;  // row stride: pairs (or charges) of the plate
 };
 
@@ -184,13 +237,14 @@ struct PairLists {
 // String (STRING = true): y0 = quarks A, y1 = antiquarks C, columns 1..D, and
 //   rho = (x - base) - t * (C - A) with base/t from the nearer plate (field_math.h string_query);
 // Coulomb: y0 = the plate's charges, all D + 1 columns, plain differences x - y.
-// Each thread sums one staged chunk (KC columns) in the data precision and folds it into a
-// double accumulator, so float32 rounding grows with KC, not with D (the logits amplify the
-// relative error of d2 by DIM / 2). partial[(s * rows + i) * n + j] receives slice s's sum in
-// double; step 2 adds the slices in order s.
+// Each thread sums one staged chunk (KC columns) in the data precision and folds it into an
+// accumulator of the compute type C: in double, float32 rounding grows with KC, not with D (the
+// logits amplify the relative error of d2 by DIM / 2); in float (the float32 coefficient path)
+// the two-level sum grows with KC + D / KC. partial[(s * rows + i) * n + j] receives slice s's
+// sum in C; step 2 adds the slices in order s.
 // ------------------------------------------------------------------------------------------
 // Arguments of steps 1 and 3 (one struct: both passes read the same rows and columns).
-template <typename T>
+template <typename T, typename C>
 struct PassArgs {
   const T* points;  // [rows, width] (this chunk of queries)
   const T* y0;      // quarks / charges [n, width]
@@ -200,10 +254,10 @@ struct PassArgs {
   StringParams sp;      // string only
   // step 1
   int64_t cols_per_slice, nslices;
-  double* partial;  // [nslices, rows, n]
+  C* partial;  // [nslices, rows, n]
   // step 3
   int lanes_log2;
-  PairLists lists;
+  PairLists<C> lists;
   T* out;  // [rows, width]
 };
 
@@ -220,15 +274,16 @@ struct DistancePlan {
 // smallest (ties: the larger cps, fewer partial sums), among the plans with at most
 // tune.target_blocks blocks and at most max(input bytes / 4, 16 MiB) of partial sums (written
 // once and read once by step 2, which folds them into slice 0; 16 MiB stays in the L2 of
-// both). The plan depends on the shapes and the tuning only, never on the device, so results
-// are the same on every GPU.
-template <typename T, bool STRING>
+// both). The plan depends on the shapes, the tuning and the compute type C (the partial sums'
+// size) only, never on the device, so results are the same on every GPU that takes the same
+// coefficient path.
+template <typename T, bool STRING, typename C>
 inline DistancePlan plan_distance(int64_t rows, int64_t n, int64_t ncols, const Tuning& tune) {
   constexpr int KC = ChunkCols<T>::value;
   const int64_t tiles = ceil_div(rows, kTile) * ceil_div(n, kTile);
   const int64_t chunks = ceil_div(ncols, KC);
   const double input_bytes = double(rows + (STRING ? 2 : 1) * n) * double(ncols) * sizeof(T);
-  const double slice_bytes = double(rows) * double(n) * sizeof(double);
+  const double slice_bytes = double(rows) * double(n) * sizeof(C);
   const double max_partial =
       0.25 * input_bytes > double(1 << 24) ? 0.25 * input_bytes : double(1 << 24);
   const int64_t sms[2] = {132, 108};
@@ -262,8 +317,9 @@ inline DistancePlan plan_distance(int64_t rows, int64_t n, int64_t ncols, const 
 
 // Float tiles are held to <= 128 registers (two blocks, 16 warps per SM); the double tile (the
 // oracle precision) needs ~130-160 and runs one block per SM rather than spill.
-template <typename T, bool STRING>
-__global__ void __launch_bounds__(kThreads, sizeof(T) == 4 ? 2 : 1) distance_tiles(PassArgs<T> a) {
+template <typename T, bool STRING, typename C>
+__global__ void __launch_bounds__(kThreads, sizeof(T) == 4 ? 2 : 1)
+    distance_tiles(PassArgs<T, C> a) {
   constexpr int KC = ChunkCols<T>::value;
   IFM_SHARED(T, xs, [KC][kTile + 1]);
   IFM_SHARED(T, ys0, [KC][kTile + 1]);
@@ -303,11 +359,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 4 ? 2 : 1) distance_til
                                                     : typename Bits<T>::type(0);
   }
 
-  double acc[kSub][kSub];
-#pragma unroll
-  for (int mq = 0; mq < kSub; ++mq)
-#pragma unroll
-    for (int mp = 0; mp < kSub; ++mp) acc[mq][mp] = 0.0;
+  RunningSum<C> acc[kSub][kSub];
 
   // Staging: element e = tid + kThreads * s of the [64 rows x KC columns] tile is (row e / KC,
   // column e % KC); kThreads is a multiple of KC, so each thread keeps one column and steps
@@ -375,7 +427,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 4 ? 2 : 1) distance_til
 #pragma unroll
     for (int mq = 0; mq < kSub; ++mq)
 #pragma unroll
-      for (int mp = 0; mp < kSub; ++mp) acc[mq][mp] += (double)part[mq][mp];
+      for (int mp = 0; mp < kSub; ++mp) acc[mq][mp].add((C)part[mq][mp]);
     __syncthreads();
   }
 
@@ -385,29 +437,29 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 4 ? 2 : 1) distance_til
 #pragma unroll
     for (int mp = 0; mp < kSub; ++mp) {
       const int64_t j = j0 + tx + kSide * mp;
-      if (i < a.rows && j < a.n) a.partial[(slice * a.rows + i) * a.n + j] = acc[mq][mp];
+      if (i < a.rows && j < a.n) a.partial[(slice * a.rows + i) * a.n + j] = acc[mq][mp].value();
     }
   }
 }
 
 // Sum of the S partial distances of (row i, pair j), in slice order, stored back into slice 0
 // (so the later phases of step 2 read one value; only the thread of pair j touches it).
-__device__ __forceinline__ double fold_partials(double* partial, int64_t nslices, int64_t rows,
-                                                int64_t n, int64_t i, int64_t j) {
-  double r2 = partial[i * n + j];
-  if (nslices > 1) {
-    for (int64_t s = 1; s < nslices; ++s) r2 += partial[(s * rows + i) * n + j];
-    partial[i * n + j] = r2;
-  }
-  return r2;
+template <typename C>
+__device__ __forceinline__ C fold_partials(C* partial, int64_t nslices, int64_t rows, int64_t n,
+                                           int64_t i, int64_t j) {
+  if (nslices <= 1) return partial[i * n + j];
+  RunningSum<C> r2(partial[i * n + j]);
+  for (int64_t s = 1; s < nslices; ++s) r2.add(partial[(s * rows + i) * n + j]);
+  partial[i * n + j] = r2.value();
+  return r2.value();
 }
 
 // Ordered compaction of one block-wide chunk of pairs into row i's list (see PairLists).
 // `keep` is the calling thread's flag for pair j; *filled is the row's list length so far
 // (identical in every thread). Every thread of the block must call it.
-template <typename Buf>
-__device__ __forceinline__ void append_kept(const PairLists& lists, int64_t i, int64_t j, bool keep,
-                                            double c1, double c2, Buf& scan_buf, int* filled) {
+template <typename C, typename Buf>
+__device__ __forceinline__ void append_kept(const PairLists<C>& lists, int64_t i, int64_t j,
+                                            bool keep, C c1, C c2, Buf& scan_buf, int* filled) {
   int total = 0;
   const int pos = *filled + block_exclusive_scan(keep ? 1 : 0, scan_buf, &total);
   if (keep) {
@@ -441,9 +493,9 @@ inline int lanes_log2_for(int64_t ncols) {
   return threads_log2 - kw_log2;
 }
 
-template <typename T, bool STRING, typename I>
-__global__ void __launch_bounds__(kThreads) pair_sums(PassArgs<T> a) {
-  IFM_SHARED(double, red, [kThreads]);
+template <typename T, bool STRING, typename C, typename I>
+__global__ void __launch_bounds__(kThreads) pair_sums(PassArgs<T, C> a) {
+  IFM_SHARED(C, red, [kThreads]);
   const int lanes = 1 << a.lanes_log2;
   const int kw = kThreads >> a.lanes_log2;
   const int64_t nchunks = ceil_div(a.ncols, kw);
@@ -456,51 +508,51 @@ __global__ void __launch_bounds__(kThreads) pair_sums(PassArgs<T> a) {
   const bool valid = k < a.ncols;
   const int64_t gcol = a.col0 + k;
   const T* prow = a.points + i * a.width;
-  const double x = valid ? (double)prow[gcol] : 0.0;
+  const C x = valid ? (C)prow[gcol] : C(0);
 
-  double t = 0.0;
+  C t = C(0);
   bool from_c = false;
   if (STRING) {
     const StringQuery q = string_query((double)prow[0], a.sp);
-    t = q.t;
+    t = (C)q.t;
     from_c = q.from_antiquark;
   }
 
   // Two accumulators (pairs p and p + lanes of each step of 2 * lanes), added once in a fixed
   // order: half the dependent chain per lane. The list is walked with pointers and pair rows
   // are addressed with index type I (32-bit when every offset fits; see launch_pair_sums).
-  double acc0 = 0.0, acc1 = 0.0;
+  C acc0 = C(0), acc1 = C(0);
   if (valid) {
     const int cnt = a.lists.count[i];
     const int64_t off = i * a.lists.n + lane;
     const int* ip = a.lists.idx + off;
-    const double* c1p = a.lists.c1 + off;
-    const double* c2p = STRING ? a.lists.c2 + off : nullptr;
+    const C* c1p = a.lists.c1 + off;
+    const C* c2p = STRING ? a.lists.c2 + off : nullptr;
     const I w = (I)a.width;
     const T* y0c = a.y0 + gcol;
     const T* y1c = STRING ? a.y1 + gcol : nullptr;
-    auto term = [&](int j, double c1, double c2) -> double {
+    auto term = [&](int j, C c1, C c2) -> C {
       const I at = (I)j * w;
-      const double yv = (double)y0c[at];
+      const C yv = (C)y0c[at];
       if (STRING) {
-        const double cv = (double)y1c[at];
-        const double delta = cv - yv;
-        const double rho = (x - (from_c ? cv : yv)) - t * delta;
+        const C cv = (C)y1c[at];
+        const C delta = cv - yv;
+        const C rho = (x - (from_c ? cv : yv)) - t * delta;
         return fmadd(c2, rho, c1 * delta);
       }
       return c1 * (yv - x);
     };
     int p = lane;
     for (; p + lanes < cnt; p += 2 * lanes) {
-      acc0 += term(ip[0], c1p[0], STRING ? c2p[0] : 0.0);
-      acc1 += term(ip[lanes], c1p[lanes], STRING ? c2p[lanes] : 0.0);
+      acc0 += term(ip[0], c1p[0], STRING ? c2p[0] : C(0));
+      acc1 += term(ip[lanes], c1p[lanes], STRING ? c2p[lanes] : C(0));
       ip += 2 * lanes;
       c1p += 2 * lanes;
       if (STRING) c2p += 2 * lanes;
     }
-    if (p < cnt) acc0 += term(ip[0], c1p[0], STRING ? c2p[0] : 0.0);
+    if (p < cnt) acc0 += term(ip[0], c1p[0], STRING ? c2p[0] : C(0));
   }
-  const double acc = acc0 + acc1;
+  const C acc = acc0 + acc1;
   red[tid] = acc;
   __syncthreads();
   for (int s = lanes / 2; s > 0; s >>= 1) {
@@ -527,15 +579,15 @@ static_assert(kRowThreads * kSumRows == kThreads && kSumWin % kRowThreads == 0 &
                   kSumWin <= kThreads,
               "scatter layout");
 
-template <typename T, bool STRING, typename I>
-__global__ void __launch_bounds__(kThreads) pair_sums_tiled(PassArgs<T> a) {
-  IFM_SHARED(double, cw1, [kSumRows][kSumWin]);
-  IFM_SHARED(double, cw2, [STRING ? kSumRows : 1][kSumWin]);
+template <typename T, bool STRING, typename C, typename I>
+__global__ void __launch_bounds__(kThreads) pair_sums_tiled(PassArgs<T, C> a) {
+  IFM_SHARED(C, cw1, [kSumRows][kSumWin]);
+  IFM_SHARED(C, cw2, [STRING ? kSumRows : 1][kSumWin]);
   IFM_SHARED(int, live, [kSumWin]);
   IFM_SHARED(int, scan_buf, [kThreads]);
   IFM_SHARED(int, incl, [kThreads]);
   IFM_SHARED(int, cursor, [kSumRows]);
-  IFM_SHARED(double, tq_s, [kSumRows]);
+  IFM_SHARED(C, tq_s, [kSumRows]);
   IFM_SHARED(int, fq_s, [kSumRows]);
 
   const int64_t nchunks = ceil_div(a.ncols, kThreads);
@@ -548,25 +600,25 @@ __global__ void __launch_bounds__(kThreads) pair_sums_tiled(PassArgs<T> a) {
 
   if (tid < kSumRows) {
     cursor[tid] = 0;
-    double t = 0.0;
+    C t = C(0);
     int f = 0;
     if (STRING && tid < nrows) {
       const StringQuery q = string_query((double)a.points[(r0 + tid) * a.width], a.sp);
-      t = q.t;
+      t = (C)q.t;
       f = q.from_antiquark ? 1 : 0;
     }
     tq_s[tid] = t;
     fq_s[tid] = f;
   }
   __syncthreads();
-  double x[kSumRows], tq[kSumRows], acc[kSumRows];
+  C x[kSumRows], tq[kSumRows], acc[kSumRows];
   bool fq[kSumRows];
 #pragma unroll
   for (int q = 0; q < kSumRows; ++q) {
-    x[q] = (valid && q < nrows) ? (double)a.points[(r0 + q) * a.width + gcol] : 0.0;
+    x[q] = (valid && q < nrows) ? (C)a.points[(r0 + q) * a.width + gcol] : C(0);
     tq[q] = tq_s[q];
     fq[q] = fq_s[q] != 0;
-    acc[q] = 0.0;
+    acc[q] = C(0);
   }
 
   // This thread's part of the scatter: row sq, list positions cursor + sl + kRowThreads m.
@@ -580,8 +632,8 @@ __global__ void __launch_bounds__(kThreads) pair_sums_tiled(PassArgs<T> a) {
 
   for (int64_t w0 = 0; w0 < a.n; w0 += kSumWin) {
     for (int e = tid; e < kSumRows * kSumWin; e += kThreads) {
-      cw1[e / kSumWin][e % kSumWin] = 0.0;
-      if (STRING) cw2[e / kSumWin][e % kSumWin] = 0.0;
+      cw1[e / kSumWin][e % kSumWin] = C(0);
+      if (STRING) cw2[e / kSumWin][e % kSumWin] = C(0);
     }
     __syncthreads();
     // Scatter the rows' list entries with index in [w0, w0 + kSumWin) (a prefix of what is
@@ -614,7 +666,7 @@ __global__ void __launch_bounds__(kThreads) pair_sums_tiled(PassArgs<T> a) {
     if (tid < kSumWin && w0 + tid < a.n) {
 #pragma unroll
       for (int q = 0; q < kSumRows; ++q) {
-        keep = keep || cw1[q][tid] != 0.0 || (STRING && cw2[q][tid] != 0.0);
+        keep = keep || cw1[q][tid] != C(0) || (STRING && cw2[q][tid] != C(0));
       }
     }
     int nlive = 0;
@@ -625,14 +677,14 @@ __global__ void __launch_bounds__(kThreads) pair_sums_tiled(PassArgs<T> a) {
       for (int l = 0; l < nlive; ++l) {
         const int jl = live[l];
         const I at = (I)(w0 + jl) * w;
-        const double yv = (double)y0c[at];
+        const C yv = (C)y0c[at];
         if (STRING) {
-          const double cv = (double)y1c[at];
-          const double delta = cv - yv;
+          const C cv = (C)y1c[at];
+          const C delta = cv - yv;
 #pragma unroll
           for (int q = 0; q < kSumRows; ++q) {
-            const double rho = (x[q] - (fq[q] ? cv : yv)) - tq[q] * delta;
-            const double c1 = cw1[q][jl], c2 = cw2[q][jl];
+            const C rho = (x[q] - (fq[q] ? cv : yv)) - tq[q] * delta;
+            const C c1 = cw1[q][jl], c2 = cw2[q][jl];
             acc[q] += fmadd(c2, rho, c1 * delta);
           }
         } else {
@@ -651,18 +703,18 @@ __global__ void __launch_bounds__(kThreads) pair_sums_tiled(PassArgs<T> a) {
   }
 }
 
-template <typename T, bool STRING>
-cudaError_t launch_pair_sums(const PassArgs<T>& args, cudaStream_t stream) {
+template <typename T, bool STRING, typename C>
+cudaError_t launch_pair_sums(const PassArgs<T, C>& args, cudaStream_t stream) {
   // 32-bit pair-row offsets when the largest, (n - 1) * width, fits (8 GB of float pairs).
   const bool narrow = args.n * args.width <= int64_t(0xffffffff);
   if (args.ncols >= kTiledMinCols) {
     const int64_t blocks = ceil_div(args.rows, kSumRows) * ceil_div(args.ncols, kThreads);
     if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
     if (narrow) {
-      auto kernel = pair_sums_tiled<T, STRING, uint32_t>;
+      auto kernel = pair_sums_tiled<T, STRING, C, uint32_t>;
       IFM_LAUNCH(kernel, dim3((unsigned)blocks), dim3(kThreads), stream, args);
     } else {
-      auto kernel = pair_sums_tiled<T, STRING, int64_t>;
+      auto kernel = pair_sums_tiled<T, STRING, C, int64_t>;
       IFM_LAUNCH(kernel, dim3((unsigned)blocks), dim3(kThreads), stream, args);
     }
     return cudaGetLastError();
@@ -671,20 +723,20 @@ cudaError_t launch_pair_sums(const PassArgs<T>& args, cudaStream_t stream) {
   const int64_t blocks = args.rows * ceil_div(args.ncols, kw);
   if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
   if (narrow) {
-    auto kernel = pair_sums<T, STRING, uint32_t>;
+    auto kernel = pair_sums<T, STRING, C, uint32_t>;
     IFM_LAUNCH(kernel, dim3((unsigned)blocks), dim3(kThreads), stream, args);
   } else {
-    auto kernel = pair_sums<T, STRING, int64_t>;
+    auto kernel = pair_sums<T, STRING, C, int64_t>;
     IFM_LAUNCH(kernel, dim3((unsigned)blocks), dim3(kThreads), stream, args);
   }
   return cudaGetLastError();
 }
 
-template <typename T, bool STRING>
-cudaError_t launch_distance(const PassArgs<T>& args, const DistancePlan& plan,
+template <typename T, bool STRING, typename C>
+cudaError_t launch_distance(const PassArgs<T, C>& args, const DistancePlan& plan,
                             cudaStream_t stream) {
   if (plan.blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  auto kernel = distance_tiles<T, STRING>;
+  auto kernel = distance_tiles<T, STRING, C>;
   IFM_LAUNCH(kernel, dim3((unsigned)plan.blocks), dim3(kThreads), stream, args);
   return cudaGetLastError();
 }
@@ -693,12 +745,12 @@ cudaError_t launch_distance(const PassArgs<T>& args, const DistancePlan& plan,
 // y1 = antiquarks, columns 1..D) or charges (Coulomb: y1 = nullptr, columns 0..D):
 // distance_tiles, then `launch_coefficients(plan)` (the field's step 2, which fills `lists` from
 // `partial`), then pair_sums into out[:, col0:].
-template <typename T, bool STRING, typename CoefficientLaunch>
+template <typename T, bool STRING, typename C, typename CoefficientLaunch>
 cudaError_t two_pass(const T* points, int64_t rows, const T* y0, const T* y1, int64_t n,
-                     int64_t width, const StringParams& sp, double* partial, const PairLists& lists,
+                     int64_t width, const StringParams& sp, C* partial, const PairLists<C>& lists,
                      T* out, const Tuning& tune, cudaStream_t stream,
                      CoefficientLaunch&& launch_coefficients) {
-  PassArgs<T> a;
+  PassArgs<T, C> a;
   a.points = points;
   a.y0 = y0;
   a.y1 = y1;
@@ -708,16 +760,16 @@ cudaError_t two_pass(const T* points, int64_t rows, const T* y0, const T* y1, in
   a.col0 = STRING ? 1 : 0;
   a.ncols = width - a.col0;
   a.sp = sp;
-  const DistancePlan plan = plan_distance<T, STRING>(rows, n, a.ncols, tune);
+  const DistancePlan plan = plan_distance<T, STRING, C>(rows, n, a.ncols, tune);
   a.cols_per_slice = plan.cols_per_slice;
   a.nslices = plan.nslices;
   a.partial = partial;
   a.lanes_log2 = lanes_log2_for(a.ncols);
   a.lists = lists;
   a.out = out;
-  IFM_CUDA_TRY((launch_distance<T, STRING>(a, plan, stream)));
+  IFM_CUDA_TRY((launch_distance<T, STRING, C>(a, plan, stream)));
   IFM_CUDA_TRY(launch_coefficients(plan));
-  return launch_pair_sums<T, STRING>(a, stream);
+  return launch_pair_sums<T, STRING, C>(a, stream);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -752,13 +804,26 @@ inline int64_t rows_per_chunk(int64_t b, int64_t n, const Tuning& tune) {
 }
 
 // Largest S * rows over the chunk sizes used (chunks of rc rows and the last, shorter one).
-template <typename T, bool STRING>
+template <typename T, bool STRING, typename C>
 inline int64_t max_partial_rows(int64_t b, int64_t rc, int64_t n, int64_t ncols,
                                 const Tuning& tune) {
-  int64_t best = plan_distance<T, STRING>(rc, n, ncols, tune).nslices * rc;
+  int64_t best = plan_distance<T, STRING, C>(rc, n, ncols, tune).nslices * rc;
   const int64_t tail = b % rc;
-  if (tail > 0) best = max64(best, plan_distance<T, STRING>(tail, n, ncols, tune).nslices * tail);
+  if (tail > 0) {
+    best = max64(best, plan_distance<T, STRING, C>(tail, n, ncols, tune).nslices * tail);
+  }
   return best;
+}
+
+// f(C()) with the compute type C of a launch on data of type T: float on the float32
+// coefficient path (float32 data and tune.coef_f32), else double. The float instantiations
+// exist for float data only.
+template <typename T, typename F>
+inline auto with_compute_type(const Tuning& tune, F&& f) {
+  if constexpr (sizeof(T) == 4) {
+    if (tune.coef_f32) return f(float());
+  }
+  return f(double());
 }
 
 // The caller's workspace, or a stream-ordered allocation released at scope exit.

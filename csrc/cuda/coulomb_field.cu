@@ -4,17 +4,20 @@
 // Launches, per chunk of query rows and per plate (see common.cuh for steps 1 and 3):
 //   distance_tiles        d2_ij partial sums over all D + 1 columns (z included), direct
 //                         differences.
-//   coulomb_coefficients  grid = rows, one block per query row: logit = coulomb_logit(d2) in
-//                         double, row max, sum of e = exp(logit - max) over every charge (fixed
-//                         tree), coeff = e / (sum + sum_eps). A charge is dropped when its term's
-//                         size e * d is below skip_ratio of the row's largest term size (sizes,
-//                         not weights, as the CPU kernel: a query on a charge gets its whole
-//                         field from charges whose weights are far below the nearest one's).
+//   coulomb_coefficients  grid = rows, one block per query row: e = exp(logit - max logit) of
+//                         every charge, sum of e over every charge (fixed tree), coeff =
+//                         e / (sum + sum_eps). double: logit = coulomb_logit(d2), row max; float
+//                         (the float32 coefficient path): u = sqrt(d2) + 1e-7, row min u*, and
+//                         the relative logit -DIM log1p((u - u*) / u*) (field_math.h). A charge
+//                         is dropped when its term's size e * d is below skip_ratio of the row's
+//                         largest term size (sizes, not weights, as the CPU kernel: a query on a
+//                         charge gets its whole field from charges whose weights are far below
+//                         the nearest one's).
 //   pair_sums             E = sum coeff (y_j - x_i) over the kept charges, from differences:
 //                         plate 0 straight into `out`, plate 1 into a workspace row block.
 // then once per chunk (when anything is left to do):
 //   finalize_rows         per-plate sqrt(D+1) E / (||E|| + plate_gamma), -E+ + E-, and the
-//                         final normalisation; norms in double, fixed tree.
+//                         final normalisation; norms' sums in the compute type, fixed tree.
 #include <cmath>
 
 #include "common.cuh"
@@ -24,84 +27,118 @@ namespace ifm {
 namespace cuda {
 namespace detail {
 
-template <typename T>
+template <typename C>
 struct CoulombCoefArgs {
-  double* partial;  // [nslices, rows, n]; slice 0 receives the sums
+  C* partial;  // [nslices, rows, n]; slice 0 receives the sums
   int64_t rows, n, nslices, dim;
   double sum_eps;
-  PairLists lists;
+  PairLists<C> lists;
   double* lognorm;  // nullable: [rows, 2] (max logit, log-normaliser) per row
+};
+
+// The per-charge terms of one row in the compute type: key(d2) is reduced over the row (with
+// Reduce, from `init`) to the reference `ref`; weight(d2, ref) = e_j = exp(l_j - max_k l_k);
+// max_logit(ref) = max_k l_k in double (the partial op's log-normaliser).
+template <typename C>
+struct CoulombRow;
+
+template <>
+struct CoulombRow<double> {  // l_j = coulomb_logit(d2_j), ref = max_k l_k
+  using Reduce = MaxOp;
+  static constexpr double init = -INFINITY;  // logits are finite (d + 1e-7 > 0)
+  __device__ static double key(double d2, int64_t dim) { return coulomb_logit(d2, dim); }
+  __device__ static double weight(double d2, double ref, int64_t dim) {
+    return exp(coulomb_logit(d2, dim) - ref);
+  }
+  __device__ static double max_logit(double ref, int64_t) { return ref; }
+};
+
+template <>
+struct CoulombRow<float> {  // u_j = sqrt(d2_j) + 1e-7, ref = u* = min_k u_k: the nearest charge
+  using Reduce = MinOp;
+  static constexpr float init = INFINITY;
+  __device__ static float key(float d2, int64_t) { return coulomb_distance(d2); }
+  __device__ static float weight(float d2, float ref, int64_t dim) {
+    return expf(coulomb_relative_logit(coulomb_distance(d2), ref, dim));
+  }
+  __device__ static double max_logit(float ref, int64_t dim) {
+    return -(double)dim * log((double)ref);
+  }
 };
 
 // min blocks 1: with the thread bound alone, ptxas for sm_120 holds this kernel to 64 registers
 // and spills; one resident block per SM is all the per-row grid needs.
-template <typename T>
-__global__ void __launch_bounds__(kThreads, 1) coulomb_coefficients(CoulombCoefArgs<T> a) {
-  IFM_SHARED(double, red, [kThreads]);
+template <typename T, typename C>
+__global__ void __launch_bounds__(kThreads, 1) coulomb_coefficients(CoulombCoefArgs<C> a) {
+  using Row = CoulombRow<C>;
+  IFM_SHARED(C, red, [kThreads]);
   IFM_SHARED(int, scan_buf, [kThreads]);
   const int64_t i = blockIdx.x;
-  double m = -INFINITY;  // logits are finite (d + 1e-7 > 0), so m is finite for n >= 1
+  C ref = Row::init;  // finite for n >= 1
   for (int64_t j = threadIdx.x; j < a.n; j += kThreads) {
-    const double v = coulomb_logit(fold_partials(a.partial, a.nslices, a.rows, a.n, i, j), a.dim);
-    m = v > m ? v : m;
+    const C v = Row::key(fold_partials(a.partial, a.nslices, a.rows, a.n, i, j), a.dim);
+    ref = typename Row::Reduce()(v, ref);
   }
-  m = block_reduce(m, red, MaxOp());
+  ref = block_reduce(ref, red, typename Row::Reduce());
 
   // Softmax denominator over every charge (skipped ones included) and the largest term size.
-  double s = 0.0, top = 0.0;
+  C s = C(0), top = C(0);
   for (int64_t j = threadIdx.x; j < a.n; j += kThreads) {
-    const double d2 = a.partial[i * a.n + j];
-    const double e = exp(coulomb_logit(d2, a.dim) - m);
+    const C d2 = a.partial[i * a.n + j];
+    const C e = Row::weight(d2, ref, a.dim);
     s += e;
-    const double size = e * sqrt(d2);
+    const C size = e * fm_sqrt(d2);
     top = size > top ? size : top;
   }
   s = block_reduce(s, red, SumOp());
   top = block_reduce(top, red, MaxOp());
-  const double inv = 1.0 / (s + a.sum_eps);
+  const C inv = C(1) / (s + (C)a.sum_eps);
   if (a.lognorm != nullptr && threadIdx.x == 0) {
+    const double m = Row::max_logit(ref, a.dim);
     a.lognorm[2 * i] = m;
-    a.lognorm[2 * i + 1] = m + log(s);
+    a.lognorm[2 * i + 1] = m + log((double)s);
   }
 
-  const double floor_size = skip_ratio(sizeof(T) == 8) * top;
+  const C floor_size = (C)skip_ratio(sizeof(T) == 8) * top;
   int filled = 0;
   for (int64_t j0 = 0; j0 < a.n; j0 += kThreads) {
     const int64_t j = j0 + threadIdx.x;
     bool keep = false;
-    double c = 0.0;
+    C c = C(0);
     if (j < a.n) {
-      const double d2 = a.partial[i * a.n + j];
-      const double e = exp(coulomb_logit(d2, a.dim) - m);
-      keep = e > 0.0 && e * sqrt(d2) >= floor_size;
+      const C d2 = a.partial[i * a.n + j];
+      const C e = Row::weight(d2, ref, a.dim);
+      keep = e > C(0) && e * fm_sqrt(d2) >= floor_size;
       c = e * inv;
     }
-    append_kept(a.lists, i, j, keep, c, 0.0, scan_buf, &filled);
+    append_kept(a.lists, i, j, keep, c, C(0), scan_buf, &filled);
   }
   if (threadIdx.x == 0) a.lists.count[i] = filled;
 }
 
-template <typename T>
+template <typename T, typename C>
 struct CoulombLayout {
   int64_t rc;  // query rows per chunk
-  double* partial;
-  PairLists lists;
+  C* partial;
+  PairLists<C> lists;
   T* en;  // [rc, D + 1] plate-1 term (two plates only)
 };
 
-template <typename T>
-CoulombLayout<T> coulomb_layout(Carver& cv, int64_t b, int64_t Bp, int64_t Bn, bool two, int64_t D,
-                                const Tuning& tune) {
-  CoulombLayout<T> l;
+template <typename T, typename C>
+CoulombLayout<T, C> coulomb_layout(Carver& cv, int64_t b, int64_t Bp, int64_t Bn, bool two,
+                                   int64_t D, const Tuning& tune) {
+  CoulombLayout<T, C> l;
   const int64_t width = D + 1;
   const int64_t nmax = max64(Bp, two ? Bn : 0);
   l.rc = rows_per_chunk(b, nmax, tune);
-  int64_t partial = max_partial_rows<T, false>(b, l.rc, Bp, width, tune) * Bp;
-  if (two) partial = max64(partial, max_partial_rows<T, false>(b, l.rc, Bn, width, tune) * Bn);
-  l.partial = cv.take<double>(partial);
+  int64_t partial = max_partial_rows<T, false, C>(b, l.rc, Bp, width, tune) * Bp;
+  if (two) {
+    partial = max64(partial, max_partial_rows<T, false, C>(b, l.rc, Bn, width, tune) * Bn);
+  }
+  l.partial = cv.take<C>(partial);
   l.lists.count = cv.take<int>(l.rc);
   l.lists.idx = cv.take<int>(l.rc * nmax);
-  l.lists.c1 = cv.take<double>(l.rc * nmax);
+  l.lists.c1 = cv.take<C>(l.rc * nmax);
   l.lists.c2 = nullptr;
   l.lists.n = nmax;
   l.en = two ? cv.take<T>(l.rc * width) : nullptr;
@@ -110,29 +147,87 @@ CoulombLayout<T> coulomb_layout(Carver& cv, int64_t b, int64_t Bp, int64_t Bn, b
 
 // E of one plate for `rows` queries into target [rows, width] (raw, toward the charges);
 // lognorm (nullable, n >= 1): the rows' [rows, 2] (max logit, log-normaliser).
-template <typename T>
+template <typename T, typename C>
 cudaError_t plate_field(const T* pts, int64_t rows, const T* charges, int64_t n, int64_t width,
-                        double sum_eps, const CoulombLayout<T>& l, T* target, const Tuning& tune,
+                        double sum_eps, const CoulombLayout<T, C>& l, T* target, const Tuning& tune,
                         cudaStream_t stream, double* lognorm = nullptr) {
   if (n == 0) return cudaMemsetAsync(target, 0, sizeof(T) * size_t(rows * width), stream);
-  PairLists lists = l.lists;
+  PairLists<C> lists = l.lists;
   lists.n = n;
-  return two_pass<T, false>(pts, rows, charges, nullptr, n, width, StringParams{}, l.partial, lists,
-                            target, tune, stream, [&](const DistancePlan& plan) {
-                              CoulombCoefArgs<T> ca;
-                              ca.partial = l.partial;
-                              ca.rows = rows;
-                              ca.n = n;
-                              ca.nslices = plan.nslices;
-                              ca.dim = width;
-                              ca.sum_eps = sum_eps;
-                              ca.lists = lists;
-                              ca.lognorm = lognorm;
-                              auto coef_kernel = coulomb_coefficients<T>;
-                              IFM_LAUNCH(coef_kernel, dim3((unsigned)rows), dim3(kThreads), stream,
-                                         ca);
-                              return cudaGetLastError();
-                            });
+  return two_pass<T, false, C>(pts, rows, charges, nullptr, n, width, StringParams{}, l.partial,
+                               lists, target, tune, stream, [&](const DistancePlan& plan) {
+                                 CoulombCoefArgs<C> ca;
+                                 ca.partial = l.partial;
+                                 ca.rows = rows;
+                                 ca.n = n;
+                                 ca.nslices = plan.nslices;
+                                 ca.dim = width;
+                                 ca.sum_eps = sum_eps;
+                                 ca.lists = lists;
+                                 ca.lognorm = lognorm;
+                                 auto coef_kernel = coulomb_coefficients<T, C>;
+                                 IFM_LAUNCH(coef_kernel, dim3((unsigned)rows), dim3(kThreads),
+                                            stream, ca);
+                                 return cudaGetLastError();
+                               });
+}
+
+template <typename T, typename C>
+size_t coulomb_workspace_bytes(int64_t b, int64_t Bp, int64_t Bn, int64_t D, bool two,
+                               const Tuning& tune) {
+  Carver cv(nullptr);
+  coulomb_layout<T, C>(cv, b, Bp, two ? Bn : 0, two, D, tune);
+  return cv.bytes();
+}
+
+template <typename T, typename C>
+cudaError_t coulomb_field_impl(const T* points, int64_t b, const T* positive, int64_t Bp,
+                               const T* negative, int64_t Bn, int64_t D, bool plate_normalize,
+                               double plate_gamma, double sum_eps, const NormParams& norm, T* out,
+                               void* workspace, size_t workspace_bytes, cudaStream_t stream,
+                               const Tuning& tune) {
+  const bool two = negative != nullptr;
+  const int64_t width = D + 1;
+  ScopedWorkspace ws(workspace, workspace_bytes,
+                     coulomb_workspace_bytes<T, C>(b, Bp, Bn, D, two, tune), stream);
+  IFM_CUDA_TRY(ws.status());
+  Carver cv(align256(ws.get()));
+  const CoulombLayout<T, C> l = coulomb_layout<T, C>(cv, b, Bp, Bn, two, D, tune);
+
+  for (int64_t i0 = 0; i0 < b; i0 += l.rc) {
+    const int64_t rows = min64(l.rc, b - i0);
+    const T* pts = points + i0 * width;
+    T* o = out + i0 * width;
+    IFM_CUDA_TRY((plate_field<T, C>(pts, rows, positive, Bp, width, sum_eps, l, o, tune, stream)));
+    if (two) {
+      IFM_CUDA_TRY(
+          (plate_field<T, C>(pts, rows, negative, Bn, width, sum_eps, l, l.en, tune, stream)));
+    }
+    if (two || plate_normalize || norm.normalize) {
+      IFM_CUDA_TRY((launch_finalize_rows<T, C>(o, l.en, o, rows, width, plate_normalize,
+                                               plate_gamma, norm, stream)));
+    }
+  }
+  return cudaSuccess;
+}
+
+template <typename T, typename C>
+cudaError_t coulomb_plate_partial_impl(const T* points, int64_t b, const T* charges, int64_t B,
+                                       int64_t D, T* out, double* lognorm, void* workspace,
+                                       size_t workspace_bytes, cudaStream_t stream,
+                                       const Tuning& tune) {
+  const int64_t width = D + 1;
+  ScopedWorkspace ws(workspace, workspace_bytes,
+                     coulomb_workspace_bytes<T, C>(b, B, 0, D, false, tune), stream);
+  IFM_CUDA_TRY(ws.status());
+  Carver cv(align256(ws.get()));
+  const CoulombLayout<T, C> l = coulomb_layout<T, C>(cv, b, B, 0, false, D, tune);
+  for (int64_t i0 = 0; i0 < b; i0 += l.rc) {
+    const int64_t rows = min64(l.rc, b - i0);
+    IFM_CUDA_TRY((plate_field<T, C>(points + i0 * width, rows, charges, B, width, 0.0, l,
+                                    out + i0 * width, tune, stream, lognorm + 2 * i0)));
+  }
+  return cudaSuccess;
 }
 
 }  // namespace detail
@@ -140,9 +235,9 @@ cudaError_t plate_field(const T* pts, int64_t rows, const T* charges, int64_t n,
 template <typename T>
 size_t coulomb_field_workspace_bytes(int64_t b, int64_t Bp, int64_t Bn, int64_t D, bool two_plates,
                                      const Tuning& tune) {
-  detail::Carver cv(nullptr);
-  detail::coulomb_layout<T>(cv, b, Bp, two_plates ? Bn : 0, two_plates, D, tune);
-  return cv.bytes();
+  return detail::with_compute_type<T>(tune, [&](auto c) {
+    return detail::coulomb_workspace_bytes<T, decltype(c)>(b, Bp, Bn, D, two_plates, tune);
+  });
 }
 
 template <typename T>
@@ -151,56 +246,29 @@ cudaError_t coulomb_field(const T* points, int64_t b, const T* positive, int64_t
                           double plate_gamma, double sum_eps, const NormParams& norm, T* out,
                           void* workspace, size_t workspace_bytes, cudaStream_t stream,
                           const Tuning& tune) {
-  using namespace detail;
   const bool two = negative != nullptr;
   if (!two) Bn = 0;  // not read with one plate
   if (b < 0 || Bp < 0 || D < 1 || Bp > 0x7fffffff || (two && (Bn < 0 || Bn > 0x7fffffff))) {
     return cudaErrorInvalidValue;
   }
   if (b == 0) return cudaSuccess;
-  const int64_t width = D + 1;
-
-  ScopedWorkspace ws(workspace, workspace_bytes,
-                     coulomb_field_workspace_bytes<T>(b, Bp, Bn, D, two, tune), stream);
-  IFM_CUDA_TRY(ws.status());
-  Carver cv(align256(ws.get()));
-  const CoulombLayout<T> l = coulomb_layout<T>(cv, b, Bp, Bn, two, D, tune);
-
-  for (int64_t i0 = 0; i0 < b; i0 += l.rc) {
-    const int64_t rows = min64(l.rc, b - i0);
-    const T* pts = points + i0 * width;
-    T* o = out + i0 * width;
-    IFM_CUDA_TRY(plate_field<T>(pts, rows, positive, Bp, width, sum_eps, l, o, tune, stream));
-    if (two) {
-      IFM_CUDA_TRY(plate_field<T>(pts, rows, negative, Bn, width, sum_eps, l, l.en, tune, stream));
-    }
-    if (two || plate_normalize || norm.normalize) {
-      IFM_CUDA_TRY(launch_finalize_rows<T>(o, l.en, o, rows, width, plate_normalize, plate_gamma,
-                                           norm, stream));
-    }
-  }
-  return cudaSuccess;
+  return detail::with_compute_type<T>(tune, [&](auto c) {
+    return detail::coulomb_field_impl<T, decltype(c)>(
+        points, b, positive, Bp, negative, Bn, D, plate_normalize, plate_gamma, sum_eps, norm, out,
+        workspace, workspace_bytes, stream, tune);
+  });
 }
 
 template <typename T>
 cudaError_t coulomb_plate_partial(const T* points, int64_t b, const T* charges, int64_t B,
                                   int64_t D, T* out, double* lognorm, void* workspace,
                                   size_t workspace_bytes, cudaStream_t stream, const Tuning& tune) {
-  using namespace detail;
   if (b < 0 || B < 1 || D < 1 || B > 0x7fffffff) return cudaErrorInvalidValue;
   if (b == 0) return cudaSuccess;
-  const int64_t width = D + 1;
-  ScopedWorkspace ws(workspace, workspace_bytes,
-                     coulomb_field_workspace_bytes<T>(b, B, 0, D, false, tune), stream);
-  IFM_CUDA_TRY(ws.status());
-  Carver cv(align256(ws.get()));
-  const CoulombLayout<T> l = coulomb_layout<T>(cv, b, B, 0, false, D, tune);
-  for (int64_t i0 = 0; i0 < b; i0 += l.rc) {
-    const int64_t rows = min64(l.rc, b - i0);
-    IFM_CUDA_TRY(plate_field<T>(points + i0 * width, rows, charges, B, width, 0.0, l,
-                                out + i0 * width, tune, stream, lognorm + 2 * i0));
-  }
-  return cudaSuccess;
+  return detail::with_compute_type<T>(tune, [&](auto c) {
+    return detail::coulomb_plate_partial_impl<T, decltype(c)>(
+        points, b, charges, B, D, out, lognorm, workspace, workspace_bytes, stream, tune);
+  });
 }
 
 #define IFM_INSTANTIATE_COULOMB(T)                                                                 \

@@ -9,10 +9,13 @@
 
 namespace {
 
-ifm::cuda::Tuning tuning(int64_t max_pairs_per_chunk, int64_t target_blocks) {
+// coef_f32: the float32 coefficient path (Tuning::coef_f32, what the torch binding chooses on
+// GPUs with slow FP64); float64 data ignores it.
+ifm::cuda::Tuning tuning(int64_t max_pairs_per_chunk, int64_t target_blocks, int coef_f32) {
   ifm::cuda::Tuning t;
   if (max_pairs_per_chunk > 0) t.max_pairs_per_chunk = max_pairs_per_chunk;
   if (target_blocks > 0) t.target_blocks = target_blocks;
+  t.coef_f32 = coef_f32 != 0;
   return t;
 }
 
@@ -38,9 +41,9 @@ struct GivenWorkspace {
 };
 
 template <typename T>
-int run_string(const void* points, const void* quarks, const void* antiquarks, int64_t b,
-               int64_t B, int64_t D, double L, double sigma0, double K, double d, int stable,
-               int normalize, double scale, double eps, void* out, const ifm::cuda::Tuning& tune,
+int run_string(const void* points, const void* quarks, const void* antiquarks, int64_t b, int64_t B,
+               int64_t D, double L, double sigma0, double K, double d, int stable, int normalize,
+               double scale, double eps, void* out, const ifm::cuda::Tuning& tune,
                int use_workspace) {
   ifm::StringParams p{L, sigma0, K, d, D};
   GivenWorkspace ws(use_workspace != 0, ifm::cuda::string_field_workspace_bytes<T>(b, B, D, tune));
@@ -67,8 +70,8 @@ template <typename T>
 int run_plate_partial(const void* points, int64_t b, const void* charges, int64_t B, int64_t D,
                       void* out, double* lognorm, const ifm::cuda::Tuning& tune) {
   return (int)ifm::cuda::coulomb_plate_partial<T>(
-      static_cast<const T*>(points), b, static_cast<const T*>(charges), B, D,
-      static_cast<T*>(out), lognorm, nullptr, 0, nullptr, tune);
+      static_cast<const T*>(points), b, static_cast<const T*>(charges), B, D, static_cast<T*>(out),
+      lognorm, nullptr, 0, nullptr, tune);
 }
 
 }  // namespace
@@ -77,48 +80,58 @@ extern "C" {
 
 int ifm_emu_string_field(int is_double, const void* points, const void* quarks,
                          const void* antiquarks, int64_t b, int64_t B, int64_t D, double L,
-                         double sigma0, double K, double d, int stable, int normalize,
-                         double scale, double eps, void* out, int64_t max_pairs_per_chunk,
-                         int64_t target_blocks, int use_workspace) {
-  const ifm::cuda::Tuning t = tuning(max_pairs_per_chunk, target_blocks);
+                         double sigma0, double K, double d, int stable, int normalize, double scale,
+                         double eps, void* out, int64_t max_pairs_per_chunk, int64_t target_blocks,
+                         int use_workspace, int coef_f32) {
+  const ifm::cuda::Tuning t = tuning(max_pairs_per_chunk, target_blocks, coef_f32);
   return is_double ? run_string<double>(points, quarks, antiquarks, b, B, D, L, sigma0, K, d,
                                         stable, normalize, scale, eps, out, t, use_workspace)
-                   : run_string<float>(points, quarks, antiquarks, b, B, D, L, sigma0, K, d,
-                                       stable, normalize, scale, eps, out, t, use_workspace);
+                   : run_string<float>(points, quarks, antiquarks, b, B, D, L, sigma0, K, d, stable,
+                                       normalize, scale, eps, out, t, use_workspace);
 }
 
 int ifm_emu_coulomb_field(int is_double, const void* points, int64_t b, const void* positive,
                           int64_t Bp, const void* negative, int64_t Bn, int64_t D,
                           int plate_normalize, double plate_gamma, double sum_eps, int normalize,
                           double scale, double eps, void* out, int64_t max_pairs_per_chunk,
-                          int64_t target_blocks, int use_workspace) {
-  const ifm::cuda::Tuning t = tuning(max_pairs_per_chunk, target_blocks);
-  return is_double ? run_coulomb<double>(points, b, positive, Bp, negative, Bn, D,
-                                         plate_normalize, plate_gamma, sum_eps, normalize, scale,
-                                         eps, out, t, use_workspace)
+                          int64_t target_blocks, int use_workspace, int coef_f32) {
+  const ifm::cuda::Tuning t = tuning(max_pairs_per_chunk, target_blocks, coef_f32);
+  return is_double ? run_coulomb<double>(points, b, positive, Bp, negative, Bn, D, plate_normalize,
+                                         plate_gamma, sum_eps, normalize, scale, eps, out, t,
+                                         use_workspace)
                    : run_coulomb<float>(points, b, positive, Bp, negative, Bn, D, plate_normalize,
                                         plate_gamma, sum_eps, normalize, scale, eps, out, t,
                                         use_workspace);
 }
 
-int ifm_emu_coulomb_plate_partial(int is_double, const void* points, int64_t b,
-                                  const void* charges, int64_t B, int64_t D, void* out,
-                                  double* lognorm, int64_t max_pairs_per_chunk) {
-  const ifm::cuda::Tuning t = tuning(max_pairs_per_chunk, 0);
+int ifm_emu_coulomb_plate_partial(int is_double, const void* points, int64_t b, const void* charges,
+                                  int64_t B, int64_t D, void* out, double* lognorm,
+                                  int64_t max_pairs_per_chunk, int coef_f32) {
+  const ifm::cuda::Tuning t = tuning(max_pairs_per_chunk, 0, coef_f32);
   return is_double ? run_plate_partial<double>(points, b, charges, B, D, out, lognorm, t)
                    : run_plate_partial<float>(points, b, charges, B, D, out, lognorm, t);
 }
 
-long ifm_emu_launches() { return ifm_emu::launches; }
+long ifm_emu_launches() {
+  return ifm_emu::launches;
+}
 
 // Schedule of the threads between barriers: 0 forward, 1 reverse, 2 seeded random, 3 mixed
 // (each block one of the three in turn; the default).
-void ifm_emu_set_schedule(int mode, uint64_t seed) { ifm_emu::set_schedule(mode, seed); }
+void ifm_emu_set_schedule(int mode, uint64_t seed) {
+  ifm_emu::set_schedule(mode, seed);
+}
 
 // Violations recorded since the last ifm_emu_clear_report() (races, uninitialised shared
 // reads, divergent barriers, invalid launches), one message a line; empty when none.
-const char* ifm_emu_report() { return ifm_emu::report(); }
-long ifm_emu_violations() { return ifm_emu::violations; }
-void ifm_emu_clear_report() { ifm_emu::clear_report(); }
+const char* ifm_emu_report() {
+  return ifm_emu::report();
+}
+long ifm_emu_violations() {
+  return ifm_emu::violations;
+}
+void ifm_emu_clear_report() {
+  ifm_emu::clear_report();
+}
 
 }  // extern "C"
