@@ -413,7 +413,7 @@ def coulomb_plate_partial_op(points, charges):
     if spec.plan.coef_f32:
         # float32 statistics: the chunks' nearest d^2 and sums relative to its logit
         stats = stats.double()
-        m_chunk = -width * torch.log(torch.sqrt(stats[0]) + 1e-7)
+        m_chunk = -width * torch.log(torch.sqrt(stats[0]) + fm.COULOMB_D_EPS.value)
     else:
         m_chunk = stats[0]
     s_chunk = stats[1]

@@ -121,7 +121,6 @@ def string_coeff_kernel(
     ws_ptr,
     rows,
     n,
-    width,
     nslices,
     chunk_len,
     nchunks,
@@ -135,9 +134,6 @@ def string_coeff_kernel(
     list_off,
     cnt_off,
     L: tl.float64,
-    sigma0: tl.float64,
-    K: tl.float64,
-    d: tl.float64,
     log_skip: tl.float64,
     STABLE: tl.constexpr,
     BR: tl.constexpr,
@@ -240,7 +236,14 @@ class _Spec:
             pa.q_off,
         )
         self.stats_cx = dict(BR=plan.coef_br, BJ=plan.coef_bj, F32=plan.coef_f32)
-        self.coeff_ints = self.stats_ints + (
+        self.coeff_ints = (
+            b,
+            B,
+            plan.nslices,
+            plan.coef_chunk_len,
+            plan.coef_chunks,
+            pa.stats_off,
+            pa.q_off,
             plan.list_stride,
             pa.nsq_off,
             pa.c1_off,
@@ -322,7 +325,7 @@ def string_field_op(
         _launch.launch(
             string_coeff_kernel,
             plan.coef_grid,
-            (points, ws) + spec.coeff_ints + params + (fm.log_skip_ratio(dt),),
+            (points, ws) + spec.coeff_ints + (L, fm.log_skip_ratio(dt)),
             spec.coeff_cx[bool(stable)],
             plan.num_warps,
         )
