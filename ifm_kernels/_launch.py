@@ -229,6 +229,7 @@ class PlanArgs:
                 NORMALIZE=bool(k & 1),
                 BR=plan.fin_br,
                 BW=plan.fin_bw,
+                F32=plan.coef_f32,
             )
             for k in range(8)
         )

@@ -311,10 +311,12 @@ def live_blocks(
 # ----------------------------------------------------------------------------------------------
 @triton.jit
 def _combined(ep_ptr, en_ptr, idx, mask, fp, fn, HAS_NEG: tl.constexpr):
-    """``fn * en - fp * ep`` (two plates) or ``fp * ep``, float64 ``[R, W]`` tile."""
-    v = fp[:, None] * tl.load(ep_ptr + idx, mask=mask, other=0.0).to(tl.float64)
+    """``fn * en - fp * ep`` (two plates) or ``fp * ep``, ``[R, W]`` tile in the type of
+    ``fp`` (the finalisation's compute type)."""
+    ct = fp.dtype
+    v = fp[:, None] * tl.load(ep_ptr + idx, mask=mask, other=0.0).to(ct)
     if HAS_NEG:
-        v = fn[:, None] * tl.load(en_ptr + idx, mask=mask, other=0.0).to(tl.float64) - v
+        v = fn[:, None] * tl.load(en_ptr + idx, mask=mask, other=0.0).to(ct) - v
     return v
 
 
@@ -334,39 +336,43 @@ def finalize_kernel(
     NORMALIZE: tl.constexpr,
     BR: tl.constexpr,
     BW: tl.constexpr,
+    F32: tl.constexpr,
 ):
     """Grid ``(tiles_r,)``. For each row: ``v = fn * en - fp * ep`` (``HAS_NEG``) or ``fp * ep``
     with ``fp, fn = plate_scale / (||e|| + plate_gamma)`` when ``PLATE_NORM`` (else 1); then
-    ``out = norm_scale * v / (||v|| + eps)`` when ``NORMALIZE`` (else ``v``). Norms in
-    float64, columns in blocks of BW in order. ``ep`` may alias ``out``."""
+    ``out = norm_scale * v / (||v|| + eps)`` when ``NORMALIZE`` (else ``v``). Norms and the
+    combination in float64, or in float32 when ``F32`` (float32 data on GPUs with slow float64:
+    a row norm's relative error stays ~1e-6 there); columns in blocks of BW in order. ``ep``
+    may alias ``out``."""
+    ct: tl.constexpr = tl.float32 if F32 else tl.float64
     offs_i = tl.program_id(0) * BR + tl.arange(0, BR)
     mi = offs_i < rows
     prow = offs_i.to(tl.int64) * width
-    fp = tl.full([BR], 1.0, tl.float64)
-    fn = tl.full([BR], 1.0, tl.float64)
+    fp = tl.full([BR], 1.0, ct)
+    fn = tl.full([BR], 1.0, ct)
     if PLATE_NORM:
-        sp = tl.zeros([BR], dtype=tl.float64)
-        sn = tl.zeros([BR], dtype=tl.float64)
+        sp = tl.zeros([BR], dtype=ct)
+        sn = tl.zeros([BR], dtype=ct)
         for c in range(0, width, BW):
             ks = c + tl.arange(0, BW)
             m = mi[:, None] & (ks < width)[None, :]
             idx = prow[:, None] + ks[None, :]
-            e = tl.load(ep_ptr + idx, mask=m, other=0.0).to(tl.float64)
+            e = tl.load(ep_ptr + idx, mask=m, other=0.0).to(ct)
             sp += tl.sum(e * e, axis=1)
             if HAS_NEG:
-                e = tl.load(en_ptr + idx, mask=m, other=0.0).to(tl.float64)
+                e = tl.load(en_ptr + idx, mask=m, other=0.0).to(ct)
                 sn += tl.sum(e * e, axis=1)
-        fp = fm.normalize_factor(sp, plate_scale, plate_gamma)
-        fn = fm.normalize_factor(sn, plate_scale, plate_gamma)
-    f = tl.full([BR], 1.0, tl.float64)
+        fp = fm.normalize_factor(sp, tl.full([], plate_scale, ct), tl.full([], plate_gamma, ct))
+        fn = fm.normalize_factor(sn, tl.full([], plate_scale, ct), tl.full([], plate_gamma, ct))
+    f = tl.full([BR], 1.0, ct)
     if NORMALIZE:
-        sv = tl.zeros([BR], dtype=tl.float64)
+        sv = tl.zeros([BR], dtype=ct)
         for c in range(0, width, BW):
             ks = c + tl.arange(0, BW)
             m = mi[:, None] & (ks < width)[None, :]
             v = _combined(ep_ptr, en_ptr, prow[:, None] + ks[None, :], m, fp, fn, HAS_NEG)
             sv += tl.sum(v * v, axis=1)
-        f = fm.normalize_factor(sv, norm_scale, eps)
+        f = fm.normalize_factor(sv, tl.full([], norm_scale, ct), tl.full([], eps, ct))
     for c in range(0, width, BW):
         ks = c + tl.arange(0, BW)
         m = mi[:, None] & (ks < width)[None, :]

@@ -4,10 +4,13 @@ Launches (docs/DESIGN.md, "Numerics every kernel follows"; the shared kernels ar
 ``_passes.py``):
 
 1. ``distance_kernel`` (string form): partial ``r^2`` and ``||Delta_j||^2`` per column slice.
-2. ``string_stats_kernel``: per (block of query rows, chunk of pairs), in float64: ``r^2``
-   (slices summed in order), ``logw`` (``string_pair``) and the chunk's largest ``logw`` per
-   row. Rows are the rows of one block of the sums pass; chunks split the pairs so that the
-   coefficient pass fills the GPU (``_plan.make_plan``).
+   With the float32 coefficient pass (``Plan.coef_f32``, GPUs with slow float64) then
+   ``string_query_kernel``: the queries' float64 tube terms, once per query.
+2. ``string_stats_kernel``: per (block of query rows, chunk of pairs), in float64 (float32 with
+   ``coef_f32``): the query terms (computed here, or loaded), ``r^2`` (slices summed in order),
+   ``logw`` (``string_pair``) and the chunk's largest ``logw`` per row. Rows are the rows of
+   one block of the sums pass; chunks split the pairs so that the coefficient pass fills the
+   GPU (``_plan.make_plan``).
 3. ``string_coeff_kernel``: same grid: the row maximum ``m`` from the chunks' maxima; then
    ``w = exp(logw)`` (default) or ``exp(logw - m)`` (stable), zero below ``skip_ratio`` of the
    row's largest weight, ``c1 = w cos_a nu_j``, ``c2 = w sr`` into ``[b, B]`` buffers (data
@@ -32,6 +35,8 @@ from . import _launch, _passes, _plan
 # Launch plans depend only on ints and the (hashable, frozen) device profile: computed once per
 # shape and device kind.
 _cached_plan = functools.lru_cache(maxsize=1024)(_plan.make_plan)
+# rows per program of string_query_kernel: one warp, one row per thread
+QUERY_ROWS = 32
 
 
 @triton.jit
@@ -63,6 +68,51 @@ def _load_query_terms(q_ptr, rows, offs_i, mi):
 
 
 @triton.jit
+def string_query_kernel(
+    p_ptr,
+    ws_ptr,
+    rows,
+    width,
+    q_off,
+    L: tl.float64,
+    sigma0: tl.float64,
+    K: tl.float64,
+    d: tl.float64,
+    BR: tl.constexpr,
+    F32: tl.constexpr,
+):
+    """Grid ``ceil(b / BR)``, one warp, one query row per thread: the rows' ``string_query``
+    terms (float64), rounded to the coefficient pass's precision, into ``q``
+    (:func:`_load_query_terms` reads them). Used where float64 is slow: there the stats kernel's
+    programs, whose threads each hold a row vector, would evaluate the float64 terms once per
+    chunk and thread holding the row."""
+    offs_i = tl.program_id(0) * BR + tl.arange(0, BR)
+    mi = offs_i < rows
+    inside, s, inv_2s2, kappa, pow_s = _query_terms(p_ptr, offs_i, mi, width, L, sigma0, K, d, F32)
+    _store_query_terms(
+        _passes.region(ws_ptr, q_off, tl.float32 if F32 else tl.float64),
+        rows,
+        offs_i,
+        mi,
+        inside,
+        s,
+        inv_2s2,
+        kappa,
+        pow_s,
+    )
+
+
+@triton.jit
+def _store_query_terms(q_ptr, rows, offs_i, mask, inside, s, inv_2s2, kappa, pow_s):
+    """Stores ``[BR]`` query terms in the layout of :func:`_load_query_terms` (``s = -1``
+    outside the plates)."""
+    tl.store(q_ptr + offs_i, tl.where(inside, s, -1.0), mask=mask)
+    tl.store(q_ptr + rows + offs_i, inv_2s2, mask=mask)
+    tl.store(q_ptr + 2 * rows + offs_i, kappa, mask=mask)
+    tl.store(q_ptr + 3 * rows + offs_i, pow_s, mask=mask)
+
+
+@triton.jit
 def string_stats_kernel(
     p_ptr,
     ws_ptr,
@@ -81,26 +131,30 @@ def string_stats_kernel(
     BR: tl.constexpr,
     BJ: tl.constexpr,
     F32: tl.constexpr,
+    QUERY_STORED: tl.constexpr,
 ):
     """Grid ``(ceil(b / BR), chunks)``: the largest log-weight of each row over one chunk of
     ``chunk_len`` pairs into ``stats[row, chunk]`` (float64; float32, evaluated and stored,
-    when ``F32``); the programs of chunk 0 also store their rows' ``string_query`` terms into
-    ``q`` for the coefficient kernel. ``partial``, ``stats`` and ``q`` are regions of the byte
-    workspace ``ws`` (:class:`ifm_kernels._launch.PlanArgs`)."""
+    when ``F32``). The rows' ``string_query`` terms: with ``QUERY_STORED`` loaded from ``q``
+    (:func:`string_query_kernel` ran first), otherwise computed here and stored into ``q`` for
+    the coefficient kernel by the programs of chunk 0. ``partial``, ``stats`` and ``q`` are
+    regions of the byte workspace ``ws`` (:class:`ifm_kernels._launch.PlanArgs`)."""
     part_ptr = _passes.region(ws_ptr, 0, p_ptr.dtype.element_ty)
     stats_ptr = _passes.region(ws_ptr, stats_off, tl.float32 if F32 else tl.float64)
     offs_i = tl.program_id(0) * BR + tl.arange(0, BR)
     ch = tl.program_id(1)
     mi = offs_i < rows
-    inside, s, inv_2s2, kappa, pow_s = _query_terms(p_ptr, offs_i, mi, width, L, sigma0, K, d, F32)
     q_ptr = _passes.region(ws_ptr, q_off, tl.float32 if F32 else tl.float64)
-    first = mi & (offs_i * 0 + ch == 0)  # a [BR] mask (ch is a scalar)
-    tl.store(q_ptr + offs_i, tl.where(inside, s, -1.0), mask=first)
-    tl.store(q_ptr + rows + offs_i, inv_2s2, mask=first)
-    tl.store(q_ptr + 2 * rows + offs_i, kappa, mask=first)
-    tl.store(q_ptr + 3 * rows + offs_i, pow_s, mask=first)
-    inside, s, inv_2s2 = inside[:, None], s[:, None], inv_2s2[:, None]
-    kappa, pow_s = kappa[:, None], pow_s[:, None]
+    if QUERY_STORED:
+        inside, s, inv_2s2, kappa, pow_s = _load_query_terms(q_ptr, rows, offs_i, mi)
+    else:
+        inside, s, inv_2s2, kappa, pow_s = _query_terms(
+            p_ptr, offs_i, mi, width, L, sigma0, K, d, F32
+        )
+        first = mi & (offs_i * 0 + ch == 0)  # a [BR] mask (ch is a scalar)
+        _store_query_terms(q_ptr, rows, offs_i, first, inside, s, inv_2s2, kappa, pow_s)
+        inside, s, inv_2s2 = inside[:, None], s[:, None], inv_2s2[:, None]
+        kappa, pow_s = kappa[:, None], pow_s[:, None]
     j_begin = ch * chunk_len
     j_end = tl.minimum(n, j_begin + chunk_len)
     # one running maximum per (row, lane): reduced across the lanes once, after the loop
@@ -220,6 +274,7 @@ class _Spec:
         "stats_cx",
         "coeff_ints",
         "coeff_cx",
+        "query_ints",
     )
 
     def __init__(self, plan, b, B, width, itemsize):
@@ -235,7 +290,10 @@ class _Spec:
             pa.stats_off,
             pa.q_off,
         )
-        self.stats_cx = dict(BR=plan.coef_br, BJ=plan.coef_bj, F32=plan.coef_f32)
+        self.stats_cx = dict(
+            BR=plan.coef_br, BJ=plan.coef_bj, F32=plan.coef_f32, QUERY_STORED=plan.coef_f32
+        )
+        self.query_ints = (b, width, pa.q_off)
         self.coeff_ints = (
             b,
             B,
@@ -315,6 +373,14 @@ def string_field_op(
     with _launch.launch_guard(dev):
         ws = _launch.workspace(pa.ws_bytes, dev)
         _launch.launch_distance(plan, points, quarks, antiquarks, ws, L, pa)
+        if plan.coef_f32:
+            _launch.launch(
+                string_query_kernel,
+                (triton.cdiv(b, QUERY_ROWS),),
+                (points, ws) + spec.query_ints + params,
+                dict(BR=QUERY_ROWS, F32=True),
+                1,
+            )
         _launch.launch(
             string_stats_kernel,
             plan.coef_grid,

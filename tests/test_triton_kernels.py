@@ -638,9 +638,11 @@ _COMPILE_SCRIPT = textwrap.dedent("""
                 seen.add(key)
                 res = _introspect.compile_resources(r, arch=arch)
                 if r.constexprs.get("F32"):
-                    # float64 instructions in the pair loops (those holding the slice loop)
                     cubin = _introspect.compile_kernel(r, arch).asm["cubin"]
                     summary = gpu_sass.kernel_summary(cubin)
+                    res["fp64"] = summary["classes"].get("fp64", 0)
+                if r.constexprs.get("F32") and r.name.endswith(("_stats_kernel", "_coeff_kernel")):
+                    # float64 instructions in the pair loops (those holding the slice loop)
                     loops = summary["loops"]
                     pair = [lp for lp in loops if lp["depth"] == 0 and any(
                         o["depth"] == 1 and lp["start"] <= o["start"] and o["end"] <= lp["end"]
@@ -685,6 +687,11 @@ def test_kernels_compile_for_sm80_sm89_and_sm90():
     assert len(f32) == 4, sorted(res)  # string and Coulomb, stats and coefficients
     for key, r in f32.items():
         assert r["pair_loops"] >= 1 and r["fp64_in_pair_loops"] == 0, (key, r)
+    # there the string query terms (float64) have their own one-warp kernel, the stats kernel
+    # loads them, and the finalisation runs in float32
+    fp64 = {k.split("/")[2]: r["fp64"] for k, r in res.items() if "fp64" in r}
+    assert fp64.get("string_query_kernel", 0) > 0, fp64
+    assert fp64["string_stats_kernel"] == 0 and fp64["finalize_kernel"] == 0, fp64
 
 
 def _header_constants() -> dict:
