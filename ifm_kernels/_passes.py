@@ -219,6 +219,7 @@ def pair_sums_kernel(
     BI: tl.constexpr,
     BJ: tl.constexpr,
     BK: tl.constexpr,
+    WIDE: tl.constexpr,
 ):
     """Grid ``(tiles_i, tiles_k)``: program -> (BI query rows, BK columns), loop over the live
     blocks of BJ pairs of its rows in pair order: per chunk ``c`` of pairs, the block indices
@@ -228,6 +229,8 @@ def pair_sums_kernel(
     ``c2 = w sr``), and ``out[i, 0] = L sum_chunks ez[i, chunk]`` from the programs of the first
     column block; Coulomb: ``out[i, k] = sum_j c1_ij (y_jk - x_ik)``. The buffers are regions of
     the byte workspace ``ws`` at their offsets (:class:`ifm_kernels._launch.PlanArgs`).
+
+    ``WIDE``: ``n width`` is past the int32 range (the pair tile's element offsets in int64).
     """
     dt = p_ptr.dtype.element_ty
     c1_ptr = region(ws_ptr, c1_off, dt)
@@ -266,7 +269,12 @@ def pair_sums_kernel(
             jb = tl.load(seg + q)
             offs_j = jb * BJ + tl.arange(0, BJ)
             cmask = mi[:, None] & (offs_j < n)[None, :]
-            yp = tl.minimum(offs_j, n - 1).to(tl.int64)[None, :] * width + lcols[:, None]
+            # element offsets of the pair tile: int32 (one multiply-add per element) unless
+            # n width is past the int32 range
+            jl = tl.minimum(offs_j, n - 1)
+            if WIDE:
+                jl = jl.to(tl.int64)
+            yp = jl[None, :] * width + lcols[:, None]
             c1 = tl.load(c1_ptr + crow[:, None] + offs_j[None, :], mask=cmask, other=0.0)
             a = tl.load(y0_ptr + yp)  # [BK, BJ]
             if STRING:
