@@ -250,12 +250,17 @@ def pair_sums_kernel(
     # (masked load) and their columns are not stored, so the pair tile needs no mask
     lcols = col0 + tl.minimum(ks, ncols - 1)
     x = tl.load(p_ptr + prow[:, None] + lcols[None, :], mask=mi[:, None], other=0.0)
+    # the data's bits as an integer type of the same width
+    it: tl.constexpr = tl.int32 if dt.primitive_bitwidth == 32 else tl.int64
     if STRING:
-        # the queries' t and plate from pass 1 (float64 work done once per query)
+        # the queries' t and plate from pass 1 (float64 work done once per query); the plate as
+        # a bit mask (all ones: from the antiquark) that picks the base of rho, A or C, with
+        # integer bit operations (exact, on the integer pipe, no predicate register per row)
         t = tl.load(region(ws_ptr, t_off, dt) + offs_i, mask=mi, other=0.0)
-        fa = tl.load(region(ws_ptr, fa_off, tl.int8) + offs_i, mask=mi, other=0) != 0
+        fa = tl.load(region(ws_ptr, fa_off, tl.int8) + offs_i, mask=mi, other=0)
+        fam = -(fa.to(it))
     else:
-        fa = offs_i < 0
+        fam = tl.zeros([BI], dtype=it)
         t = tl.zeros([BI], dtype=p_ptr.dtype.element_ty)
     # one running sum per (query, column, pair lane) in a [BI, BK, BJ] tile: the pairs are the
     # fastest dimension (lanes), so a thread holds several columns of a query and loads each
@@ -281,7 +286,10 @@ def pair_sums_kernel(
                 c2 = tl.load(c2_ptr + crow[:, None] + offs_j[None, :], mask=cmask, other=0.0)
                 cc = tl.load(y1_ptr + yp)
                 delta = cc - a
-                base = tl.where(fa[:, None, None], cc[None, :, :], a[None, :, :])
+                # base = C where the mask is all ones, else A: A ^ ((A ^ C) & mask)
+                ai = a.to(it, bitcast=True)
+                d = ai ^ cc.to(it, bitcast=True)
+                base = (ai[None, :, :] ^ (d[None, :, :] & fam[:, None, None])).to(dt, bitcast=True)
                 r = (x[:, :, None] - base) - t[:, None, None] * delta[None, :, :]
                 acc3 += c2[:, None, :] * r
                 acc3 += c1[:, None, :] * delta[None, :, :]
