@@ -266,14 +266,16 @@ def pair_sums_kernel(
     # fastest dimension (lanes), so a thread holds several columns of a query and loads each
     # coefficient once for them; reduced over BJ after the loop
     acc3 = tl.zeros([BI, BK, BJ], dtype=p_ptr.dtype.element_ty)
-    crow = offs_i.to(tl.int64) * n
+    # rows past the end read the last row's coefficients (in bounds, finite; their sums are not
+    # stored), so the coefficient mask is over the pairs only
+    crow = tl.minimum(offs_i, rows - 1).to(tl.int64) * n
     for ch in range(0, nchunks):
         count = tl.load(count_ptr + ib * nchunks + ch)
         seg = list_ptr + ib * stride + ch * seg_len
         for q in range(0, count):
             jb = tl.load(seg + q)
             offs_j = jb * BJ + tl.arange(0, BJ)
-            cmask = mi[:, None] & (offs_j < n)[None, :]
+            cmask = (offs_j < n)[None, :]
             # element offsets of the pair tile: int32 (one multiply-add per element) unless
             # n width is past the int32 range
             jl = tl.minimum(offs_j, n - 1)
