@@ -250,17 +250,22 @@ def pair_sums_kernel(
     # (masked load) and their columns are not stored, so the pair tile needs no mask
     lcols = col0 + tl.minimum(ks, ncols - 1)
     x = tl.load(p_ptr + prow[:, None] + lcols[None, :], mask=mi[:, None], other=0.0)
-    # the data's bits as an integer type of the same width
-    it: tl.constexpr = tl.int32 if dt.primitive_bitwidth == 32 else tl.int64
+    # float32: the base of rho, A or C by the query's plate, is picked with integer bit
+    # operations (exact, on the integer pipe, no predicate register per row; the float32 loop
+    # is bound by the FP32 pipe on an A100); float64 (half the FP64 rate; 64-bit masks in the
+    # prologue) with a select
+    BITSEL: tl.constexpr = dt.primitive_bitwidth == 32
     if STRING:
-        # the queries' t and plate from pass 1 (float64 work done once per query); the plate as
-        # a bit mask (all ones: from the antiquark) that picks the base of rho, A or C, with
-        # integer bit operations (exact, on the integer pipe, no predicate register per row)
+        # the queries' t and plate from pass 1 (float64 work done once per query); with BITSEL
+        # the plate as a bit mask (all ones: from the antiquark)
         t = tl.load(region(ws_ptr, t_off, dt) + offs_i, mask=mi, other=0.0)
         fa = tl.load(region(ws_ptr, fa_off, tl.int8) + offs_i, mask=mi, other=0)
-        fam = -(fa.to(it))
+        if BITSEL:
+            fam = -(fa.to(tl.int32))
+        else:
+            fam = fa != 0
     else:
-        fam = tl.zeros([BI], dtype=it)
+        fam = offs_i < 0
         t = tl.zeros([BI], dtype=p_ptr.dtype.element_ty)
     # one running sum per (query, column, pair lane) in a [BI, BK, BJ] tile: the pairs are the
     # fastest dimension (lanes), so a thread holds several columns of a query and loads each
@@ -288,10 +293,14 @@ def pair_sums_kernel(
                 c2 = tl.load(c2_ptr + crow[:, None] + offs_j[None, :], mask=cmask, other=0.0)
                 cc = tl.load(y1_ptr + yp)
                 delta = cc - a
-                # base = C where the mask is all ones, else A: A ^ ((A ^ C) & mask)
-                ai = a.to(it, bitcast=True)
-                d = ai ^ cc.to(it, bitcast=True)
-                base = (ai[None, :, :] ^ (d[None, :, :] & fam[:, None, None])).to(dt, bitcast=True)
+                if BITSEL:
+                    # base = C where the mask is all ones, else A: A ^ ((A ^ C) & mask)
+                    ai = a.to(tl.int32, bitcast=True)
+                    d = ai ^ cc.to(tl.int32, bitcast=True)
+                    base = ai[None, :, :] ^ (d[None, :, :] & fam[:, None, None])
+                    base = base.to(dt, bitcast=True)
+                else:
+                    base = tl.where(fam[:, None, None], cc[None, :, :], a[None, :, :])
                 r = (x[:, :, None] - base) - t[:, None, None] * delta[None, :, :]
                 acc3 += c2[:, None, :] * r
                 acc3 += c1[:, None, :] * delta[None, :, :]
