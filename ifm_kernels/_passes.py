@@ -252,8 +252,8 @@ def pair_sums_kernel(
     x = tl.load(p_ptr + prow[:, None] + lcols[None, :], mask=mi[:, None], other=0.0)
     # float32: the base of rho, A or C by the query's plate, is picked with integer bit
     # operations (exact, on the integer pipe, no predicate register per row; the float32 loop
-    # is bound by the FP32 pipe on an A100); float64 (half the FP64 rate; 64-bit masks in the
-    # prologue) with a select
+    # is bound by the FP32 pipe on an A100). float64 keeps a select: its loop is bound by the
+    # FP64 pipe, and 64-bit masks cost more outside the loop than they save in it
     BITSEL: tl.constexpr = dt.primitive_bitwidth == 32
     if STRING:
         # the queries' t and plate from pass 1 (float64 work done once per query); with BITSEL
