@@ -219,7 +219,11 @@ class PlanArgs:
             self.cnt_off,
             self.fa_off,
         )
-        self.sums_cx = dict(STRING=string, BI=plan.sums_bi, BJ=plan.sums_bj, BK=plan.sums_bk)
+        # the sums pass's pair offsets in int64 only where int32 could overflow
+        wide = n * width >= 2**31
+        self.sums_cx = dict(
+            STRING=string, BI=plan.sums_bi, BJ=plan.sums_bj, BK=plan.sums_bk, WIDE=wide
+        )
         self.fin_ints = (rows, width, math.sqrt(width))
         # indexed by 4 HAS_NEG + 2 PLATE_NORM + NORMALIZE
         self.fin_cx = tuple(

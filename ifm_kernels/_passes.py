@@ -219,6 +219,7 @@ def pair_sums_kernel(
     BI: tl.constexpr,
     BJ: tl.constexpr,
     BK: tl.constexpr,
+    WIDE: tl.constexpr,
 ):
     """Grid ``(tiles_i, tiles_k)``: program -> (BI query rows, BK columns), loop over the live
     blocks of BJ pairs of its rows in pair order: per chunk ``c`` of pairs, the block indices
@@ -228,6 +229,8 @@ def pair_sums_kernel(
     ``c2 = w sr``), and ``out[i, 0] = L sum_chunks ez[i, chunk]`` from the programs of the first
     column block; Coulomb: ``out[i, k] = sum_j c1_ij (y_jk - x_ik)``. The buffers are regions of
     the byte workspace ``ws`` at their offsets (:class:`ifm_kernels._launch.PlanArgs`).
+
+    ``WIDE``: ``n width`` is past the int32 range (the pair tile's element offsets in int64).
     """
     dt = p_ptr.dtype.element_ty
     c1_ptr = region(ws_ptr, c1_off, dt)
@@ -247,33 +250,57 @@ def pair_sums_kernel(
     # (masked load) and their columns are not stored, so the pair tile needs no mask
     lcols = col0 + tl.minimum(ks, ncols - 1)
     x = tl.load(p_ptr + prow[:, None] + lcols[None, :], mask=mi[:, None], other=0.0)
+    # float32: the base of rho, A or C by the query's plate, is picked with integer bit
+    # operations (exact, on the integer pipe, no predicate register per row; the float32 loop
+    # is bound by the FP32 pipe on an A100). float64 keeps a select: its loop is bound by the
+    # FP64 pipe, and 64-bit masks cost more outside the loop than they save in it
+    BITSEL: tl.constexpr = dt.primitive_bitwidth == 32
     if STRING:
-        # the queries' t and plate from pass 1 (float64 work done once per query)
+        # the queries' t and plate from pass 1 (float64 work done once per query); with BITSEL
+        # the plate as a bit mask (all ones: from the antiquark)
         t = tl.load(region(ws_ptr, t_off, dt) + offs_i, mask=mi, other=0.0)
-        fa = tl.load(region(ws_ptr, fa_off, tl.int8) + offs_i, mask=mi, other=0) != 0
+        fa = tl.load(region(ws_ptr, fa_off, tl.int8) + offs_i, mask=mi, other=0)
+        if BITSEL:
+            fam = -(fa.to(tl.int32))
+        else:
+            fam = fa != 0
     else:
-        fa = offs_i < 0
+        fam = offs_i < 0
         t = tl.zeros([BI], dtype=p_ptr.dtype.element_ty)
     # one running sum per (query, column, pair lane) in a [BI, BK, BJ] tile: the pairs are the
     # fastest dimension (lanes), so a thread holds several columns of a query and loads each
     # coefficient once for them; reduced over BJ after the loop
     acc3 = tl.zeros([BI, BK, BJ], dtype=p_ptr.dtype.element_ty)
-    crow = offs_i.to(tl.int64) * n
+    # rows past the end read the last row's coefficients (in bounds, finite; their sums are not
+    # stored), so the coefficient mask is over the pairs only
+    crow = tl.minimum(offs_i, rows - 1).to(tl.int64) * n
     for ch in range(0, nchunks):
         count = tl.load(count_ptr + ib * nchunks + ch)
         seg = list_ptr + ib * stride + ch * seg_len
         for q in range(0, count):
             jb = tl.load(seg + q)
             offs_j = jb * BJ + tl.arange(0, BJ)
-            cmask = mi[:, None] & (offs_j < n)[None, :]
-            yp = tl.minimum(offs_j, n - 1).to(tl.int64)[None, :] * width + lcols[:, None]
+            cmask = (offs_j < n)[None, :]
+            # element offsets of the pair tile: int32 (one multiply-add per element) unless
+            # n width is past the int32 range
+            jl = tl.minimum(offs_j, n - 1)
+            if WIDE:
+                jl = jl.to(tl.int64)
+            yp = jl[None, :] * width + lcols[:, None]
             c1 = tl.load(c1_ptr + crow[:, None] + offs_j[None, :], mask=cmask, other=0.0)
             a = tl.load(y0_ptr + yp)  # [BK, BJ]
             if STRING:
                 c2 = tl.load(c2_ptr + crow[:, None] + offs_j[None, :], mask=cmask, other=0.0)
                 cc = tl.load(y1_ptr + yp)
                 delta = cc - a
-                base = tl.where(fa[:, None, None], cc[None, :, :], a[None, :, :])
+                if BITSEL:
+                    # base = C where the mask is all ones, else A: A ^ ((A ^ C) & mask)
+                    ai = a.to(tl.int32, bitcast=True)
+                    d = ai ^ cc.to(tl.int32, bitcast=True)
+                    base = ai[None, :, :] ^ (d[None, :, :] & fam[:, None, None])
+                    base = base.to(dt, bitcast=True)
+                else:
+                    base = tl.where(fam[:, None, None], cc[None, :, :], a[None, :, :])
                 r = (x[:, :, None] - base) - t[:, None, None] * delta[None, :, :]
                 acc3 += c2[:, None, :] * r
                 acc3 += c1[:, None, :] * delta[None, :, :]

@@ -577,6 +577,40 @@ def test_live_block_lists(monkeypatch, field):
         assert total < plan.sums_grid[0] * plan.sums_blocks  # some blocks are skipped
 
 
+def test_sums_pass_wide_offsets(monkeypatch):
+    """The sums pass takes int64 pair offsets (``WIDE``) exactly where ``n width`` is past the
+    int32 range, and that path gives the same bits as the int32 one."""
+
+    def wide(n, width):
+        rec = _record_string(8, n, width - 1)
+        (r,) = [r for r in rec if r.name == "pair_sums_kernel"]
+        return r.constexprs["WIDE"]
+
+    assert not wide(256, 3073)
+    assert not wide(2**31 // 3073, 3073)
+    assert wide(2**31 // 3073 + 1, 3073)
+    points, quarks, antiquarks, params = string_case(6, 37, 21, "cmnist", seed=5)
+    cpoints, pos, neg = coulomb_case(6, 37, 9, 20, L=6.0, seed=5)
+
+    def both():
+        s = _string(points, quarks, antiquarks, params, torch.float32)
+        kw = ifm.fields.coulomb_kernel_args(21, two_plates=True, plate_gamma=5.0)
+        on = [t.to(DEVICE, torch.float32) for t in (cpoints, pos, neg)]
+        return s, ifm_kernels.coulomb_field(*on, **kw)
+
+    narrow = both()
+    launch = _launch.launch
+
+    def force_wide(kernel, grid, args, constexprs, *rest):
+        if "WIDE" in constexprs:
+            constexprs = {**constexprs, "WIDE": True}
+        return launch(kernel, grid, args, constexprs, *rest)
+
+    monkeypatch.setattr(_launch, "launch", force_wide)
+    for a, b in zip(narrow, both(), strict=True):
+        assert torch.equal(a, b)
+
+
 # ----------------------------------------------------------------------------------------------
 # determinism, interpreter smoke
 # ----------------------------------------------------------------------------------------------
