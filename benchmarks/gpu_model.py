@@ -304,15 +304,48 @@ def live_mask(case, plate: int = 0):
     return live
 
 
-def _block_counts(live, bi: int, bj: int) -> list:
-    """Per block of ``bi`` rows: the number of blocks of ``bj`` columns with a live term."""
+def _block_counts(live, bi: int, bj: int, seg: int | None = None) -> list:
+    """Per block of ``bi`` rows: the number of blocks of ``bj`` columns with a live term; with
+    ``seg``, per (row block, chunk of ``seg`` column blocks), flattened."""
     import torch
 
     b, n = live.shape
     rb, cb = -(-b // bi), -(-n // bj)
     pad = torch.zeros(rb * bi, cb * bj, dtype=torch.bool)
     pad[:b, :n] = live
-    return pad.view(rb, bi, cb, bj).any(3).any(1).sum(1).tolist()
+    blocks = pad.view(rb, bi, cb, bj).any(3).any(1)
+    if seg is None:
+        return blocks.sum(1).tolist()
+    nch = -(-cb // seg)
+    per = torch.zeros(rb, nch * seg, dtype=torch.bool)
+    per[:, :cb] = blocks
+    return per.view(rb, nch, seg).sum(2).flatten().tolist()
+
+
+def _nested(loops: list, lp: dict) -> list:
+    """The loops one level inside the top-level loop ``lp``."""
+    return [
+        o for o in loops if o["depth"] == 1 and lp["start"] <= o["start"] and o["end"] <= lp["end"]
+    ]
+
+
+def _unrolled_trips(inner: list, counts: list, reps: int) -> list:
+    """Trips of the sibling loops ptxas made of one runtime-bounded loop run ``counts[k]`` times
+    (``reps`` times over): a main loop unrolled ``u`` times (u from the ratio of the bodies'
+    sizes) and a remainder loop, ``c // u`` and ``c % u`` trips for a count ``c``; one loop,
+    or siblings of like size, share the iterations evenly."""
+    total = reps * sum(counts)
+    if len(inner) != 2:
+        return [total / max(len(inner), 1)] * len(inner)
+    sizes = [o["instructions"] for o in inner]
+    big = 0 if sizes[0] >= sizes[1] else 1
+    u = max(1, round(sizes[big] / max(sizes[1 - big], 1)))
+    if u == 1:
+        return [total / 2, total / 2]
+    trips = [0.0, 0.0]
+    trips[big] = reps * sum(c // u for c in counts)
+    trips[1 - big] = reps * sum(c % u for c in counts)
+    return trips
 
 
 # ----------------------------------------------------------------------------------------------
@@ -536,7 +569,7 @@ def triton_kernel_estimates(field: str, case, dtype, arch: str) -> list[dict]:
         elif name == "pair_sums_kernel":
             rows, n, ncols, chunks = (r.arg(k) for k in ("rows", "n", "ncols", "nchunks"))
             live = live_mask(case, plate)
-            counts = _block_counts(live, c["BI"], c["BJ"])
+            counts = _block_counts(live, c["BI"], c["BJ"], r.arg("seg_len"))
             plate += 1
             tiles_k = r.grid[1]
             total_iters = tiles_k * sum(counts)
@@ -546,15 +579,18 @@ def triton_kernel_estimates(field: str, case, dtype, arch: str) -> list[dict]:
             for lp in loops:
                 straight = _sub(straight, lp["classes"])
             cls = {k: v * grid for k, v in straight.items()}
-            for lp in top:
-                inner = [
-                    o
-                    for o in loops
-                    if o["depth"] == 1 and lp["start"] <= o["start"] and o["end"] <= lp["end"]
-                ]
-                cls = _add(cls, lp["classes"], chunks * grid)
-                for o in inner:
-                    cls = _add(cls, o["classes"], total_iters / len(inner))
+            chunk_loops = [lp for lp in top if _nested(loops, lp)]
+            # the loops without a nested one: the string E_z sum over the chunks, run by the
+            # programs of the first column block only
+            ez_loops = [lp for lp in top if not _nested(loops, lp)]
+            for lp in chunk_loops:
+                cls = _add(cls, lp["classes"], chunks * grid / len(chunk_loops))
+                inner = _nested(loops, lp)
+                reps = tiles_k / len(chunk_loops)
+                for o, trips in zip(inner, _unrolled_trips(inner, counts, reps), strict=True):
+                    cls = _add(cls, o["classes"], trips)
+            for lp in ez_loops:
+                cls = _add(cls, lp["classes"], chunks * (grid / tiles_k) / len(ez_loops))
             cls = {k: v / grid for k, v in cls.items()}
             per = sum(cls.values())
             ny = 2 if c["STRING"] else 1
