@@ -106,13 +106,20 @@ __global__ void __launch_bounds__(kThreads, 1) string_coefficients(StringCoefArg
           const C w = fm_exp(lw - shift);
           c1[r] = w * cos_s[j] * a.nu[j];
           c2[r] = w * sr_s[j];
-          ez += c1[r];
           keep |= 1u << r;
           ++count;
         }
+        if (RUN == 1) ez += c1[r];
+        if (RUN > 1) logw_s[j] = c1[r];  // 0 when dropped; summed below
       }
     }
     append_run(a.lists, i, jt, keep, count, c1, c2, scan_buf, &filled);
+  }
+  if (RUN > 1) {
+    // E_z's terms added as with RUN = 1 (thread t: pairs t, t + kThreads, ...), so that the sum
+    // does not depend on RUN.
+    __syncthreads();
+    for (int64_t j = threadIdx.x; j < a.n; j += kThreads) ez += logw_s[j];
   }
   ez = block_reduce(ez, red, SumOp());
   if (threadIdx.x == 0) {
