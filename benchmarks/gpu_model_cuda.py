@@ -14,7 +14,9 @@ gpu_model.py. How each figure is obtained:
   trips) x warps x blocks. A loop's trips come from what its body processes per iteration,
   read off the SASS: the distance tile's inner loop handles ``LDS / loads-per-column`` staged
   columns, pair_sums' main loop ``LDG / loads-per-pair`` kept pairs, the row loops of the
-  coefficient / norm kernels ``LDG / loads-per-element`` elements per thread. Loops that only
+  norm kernels ``LDG / loads-per-element`` elements per thread; the coefficient kernels' loops
+  as :func:`_coef_trips` tells them apart (the instantiation for the row's RUN, block
+  reductions' trees at log2(THREADS) levels). Loops that only
   the rare slow paths run (``sin`` / ``tan`` argument reduction, using local memory) and the
   one-instruction trap loop at the end of each kernel are not charged.
 * Coefficient path: the one the torch binding picks on the arch's GPU (csrc/cuda/bindings_cuda.cpp:
@@ -357,14 +359,10 @@ def _two_pass(
             note=f"{plan['nslices']} slices of {cps} chunks",
         )
     )
-    # step 2: coefficients, one block per row
-    k = _kernel(src, arch, coef_pattern)
-    per_thread = math.ceil(n / THREADS)
-
-    def coef_trips(lp):
-        if lp["depth"] >= 1:
-            return per_thread * max(plan["nslices"] - 1, 0) / max(lp["ldg"], 1)
-        return per_thread
+    # step 2: coefficients, one block per row, the instantiation for RUN = coefficient_run(n)
+    run = coefficient_run(n)
+    k = _kernel(src, arch, coef_pattern.format(run=run))
+    coef_trips = _coef_trips(_profile(k)["loops"], n, run, plan["nslices"])
 
     lists = sum(kept) * (4 + csize + (csize if string else 0))
     out.append(
@@ -433,6 +431,51 @@ def _two_pass(
         )
     )
     return out
+
+
+def coefficient_run(n: int) -> int:
+    """Pairs per thread and compaction step of the coefficient kernels (common.cuh)."""
+    return 1 if n <= THREADS else (4 if n <= 4 * THREADS else 16)
+
+
+def _coef_trips(loops: list, n: int, run: int, nslices: int):
+    """Trips per warp of each loop of a coefficient kernel (string_coefficients,
+    coulomb_coefficients), told apart by what they contain:
+
+    * the fold of the S partial sums (depth >= 1, inside the first row loop): S - 1 partials per
+      pair over the loop's loads;
+    * the compaction loop (depth 0, loads and the scan's shared-memory traffic): one trip per
+      step of RUN x THREADS pairs (its RUN-fold body is unrolled);
+    * a block reduction's tree (depth 0, shared memory, no global load): log2(THREADS) levels;
+    * the strided row loops (depth 0, global loads): ceil(n / THREADS) pairs per thread. ptxas
+      may compile the first of them twice, with the fold (S > 1) and without (S = 1): of such a
+      pair before the first reduction only the copy for this plan runs.
+    """
+    per_thread = math.ceil(n / THREADS)
+    steps = math.ceil(n / (run * THREADS))
+    top = sorted((lp for lp in loops if lp["depth"] == 0), key=lambda lp: lp["start"])
+    trees = [lp for lp in top if lp["ldg"] == 0 and lp["classes"].get("mem_shared")]
+    first_tree = trees[0]["start"] if trees else math.inf
+    first = [lp for lp in top if lp["ldg"] and lp["lds"] == 0 and lp["start"] < first_tree]
+    skipped = set()
+    if len(first) == 2:
+        with_fold = [lp for lp in first if lp["inner"]]
+        without = [lp for lp in first if not lp["inner"]]
+        if len(with_fold) == 1 and len(without) == 1:
+            skipped.add(id(without[0] if nslices > 1 else with_fold[0]))
+
+    def trips(lp):
+        if lp["depth"] >= 1:
+            return per_thread * max(nslices - 1, 0) / max(lp["ldg"], 1)
+        if id(lp) in skipped:
+            return 0.0
+        if lp["ldg"] and lp["lds"]:
+            return steps
+        if lp["ldg"] == 0 and lp["classes"].get("mem_shared"):
+            return math.log2(THREADS)
+        return per_thread
+
+    return trips
 
 
 def _tiled_sums(
@@ -530,7 +573,7 @@ def kernel_estimates(field: str, case, dtype, arch: str) -> list[dict]:
                 width,
                 kept[i0 : i0 + rows],
                 SOURCES["string"],
-                rf"string_coefficientsI{t}{c}E",
+                rf"string_coefficientsI{t}{c}Li{{run}}E",
                 f"string_coefficients<{t},{c}>",
                 kept_mask(case, 0, itemsize)[i0 : i0 + rows],
             )
@@ -563,7 +606,7 @@ def kernel_estimates(field: str, case, dtype, arch: str) -> list[dict]:
                 width,
                 kept,
                 SOURCES["coulomb"],
-                rf"coulomb_coefficientsI{t}{c}E",
+                rf"coulomb_coefficientsI{t}{c}Li{{run}}E",
                 f"coulomb_coefficients<{t},{c}>",
                 kept_mask(case, plate, itemsize)[i0 : i0 + rows],
             )

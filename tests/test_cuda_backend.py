@@ -782,6 +782,42 @@ def test_emulated_schedules_agree(emu, dtype, coef):
         assert torch.equal(c, c0), f"coulomb field differs between forward and {key} schedules"
 
 
+@pytest.mark.parametrize("dtype,coef", EMU_PRECISIONS, ids=EMU_PRECISION_IDS)
+def test_emulated_long_rows(emu, dtype, coef):
+    """Rows of more pairs than threads: the coefficient kernels give each thread runs of 4 or 16
+    consecutive pairs (common.cuh coefficient_run; here a short last run of 4, and a second
+    compaction step past 16 x 256 pairs), keep the parity rule and are bitwise the same under
+    forward, reverse and random thread orders (the runs read scratch the compaction overwrites)."""
+    cases = []
+    for B, geometry in [(1001, "toy"), (4100, "cifar")]:
+        points, quarks, antiquarks, params = string_case(3, B, 3, geometry, seed=B)
+        mode = dict(normalize=True, stable=True)
+        oracle, standin = _string_oracles(points, quarks, antiquarks, params, mode)
+
+        def run_string(points=points, quarks=quarks, antiquarks=antiquarks, p=params, m=mode):
+            return emu.string_field(points, quarks, antiquarks, **p, **m, dtype=dtype, coef=coef)
+
+        cases.append((f"string B={B}", run_string, oracle, standin))
+    pts, pos, neg = coulomb_case(3, 4100, 1001, 3, L=6.0, seed=11)
+    cmode = dict(plate_gamma=5.0, normalize=True)
+    oracle_c, standin_c = _coulomb_oracles(pts, pos, neg, cmode)
+
+    def run_coulomb():
+        return emu.coulomb_field(pts, pos, neg, **cmode, dtype=dtype, coef=coef)
+
+    cases.append(("coulomb Bp=4100 Bn=1001", run_coulomb, oracle_c, standin_c))
+    try:
+        for what, run, oracle, standin in cases:
+            emu.schedule("forward", 1)
+            first = run()
+            assert_parity(first, oracle, standin, what=f"emulated {what}")
+            for sched, seed in [("reverse", 1), ("random", 5)]:
+                emu.schedule(sched, seed)
+                assert torch.equal(run(), first), f"{what}: forward and {sched} schedules differ"
+    finally:
+        emu.schedule("mixed", 1)
+
+
 # (kernel of tests/cuda_emu/selftest.cpp, schedule, expected words of the report)
 PLANTED = [
     (0, "reverse", "write/read race"),

@@ -7,8 +7,9 @@
 //                      data precision (sums of 16-32 columns, folded into an accumulator of the
 //                      compute type C), as partial sums over S slices of the columns.
 //   2. (per field)     one block per query row: the S partials summed in a fixed order (C),
-//                      the coefficients in C through field_math.h, the row maximum, and a
-//                      stable compaction of the pairs whose weight is >= skip_ratio of that max.
+//                      the coefficients in C through field_math.h (each once per pair), the
+//                      row maximum, and a stable compaction of the pairs whose weight is >=
+//                      skip_ratio of that max (append_run).
 //   3. pair_sums       the weighted sum over each row's kept pairs, in list (= pair index)
 //                      order, from differences, in C (in double the float inputs are exact, so
 //                      near-plate offsets keep every digit; in float the nearer-plate form keeps
@@ -35,6 +36,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "kernels.cuh"
 
@@ -192,7 +194,28 @@ __device__ __forceinline__ V block_reduce(V v, Buf& red, Op op) {
   return r;
 }
 
-// Exclusive prefix sum of one 0/1 flag per thread (Hillis-Steele in shared memory, `buf` holds
+// Two reductions over one tree (one set of barriers): returns (op_a over a, op_b over b).
+template <typename OpA, typename OpB, typename Buf, typename V>
+__device__ __forceinline__ void block_reduce2(V* a, V* b, Buf& red_a, Buf& red_b, OpA op_a,
+                                              OpB op_b) {
+  const int tid = threadIdx.x;
+  red_a[tid] = *a;
+  red_b[tid] = *b;
+  __syncthreads();
+#pragma unroll 1
+  for (int s = kThreads / 2; s > 0; s >>= 1) {
+    if (tid < s) {
+      red_a[tid] = op_a(V(red_a[tid]), V(red_a[tid + s]));
+      red_b[tid] = op_b(V(red_b[tid]), V(red_b[tid + s]));
+    }
+    __syncthreads();
+  }
+  *a = red_a[0];
+  *b = red_b[0];
+  __syncthreads();
+}
+
+// Exclusive prefix sum of one count per thread (Hillis-Steele in shared memory, `buf` holds
 // kThreads ints); *total receives the block's sum. Used for the ordered compaction of kept pairs.
 template <typename Buf>
 __device__ __forceinline__ int block_exclusive_scan(int flag, Buf& buf, int* total) {
@@ -454,21 +477,52 @@ __device__ __forceinline__ C fold_partials(C* partial, int64_t nslices, int64_t 
   return r2.value();
 }
 
-// Ordered compaction of one block-wide chunk of pairs into row i's list (see PairLists).
-// `keep` is the calling thread's flag for pair j; *filled is the row's list length so far
-// (identical in every thread). Every thread of the block must call it.
-template <typename C, typename Buf>
-__device__ __forceinline__ void append_kept(const PairLists<C>& lists, int64_t i, int64_t j,
-                                            bool keep, C c1, C c2, Buf& scan_buf, int* filled) {
+// The coefficient kernels' ordered compaction, one step of RUN x kThreads consecutive pairs
+// starting at j0: thread t holds pairs jt = j0 + t * RUN, ..., jt + RUN - 1, their coefficients
+// in c1[r] / c2[r] and their keep flags in bit r of `keep` (`count` set bits). One block scan
+// of the per-thread counts places every run: the list stays in pair order with one scan per
+// RUN x kThreads pairs instead of one per kThreads. The coefficients are in registers before
+// the scan's first barrier, so a kernel may use the row's list slots as scratch for the pairs
+// of this step and later ones (every position written here is below jt + RUN). c2 is written
+// only when lists.c2 is set. Every thread must call it.
+template <int RUN, typename C, typename Buf>
+__device__ __forceinline__ void append_run(const PairLists<C>& lists, int64_t i, int64_t jt,
+                                           unsigned keep, int count, const C (&c1)[RUN],
+                                           const C (&c2)[RUN], Buf& scan_buf, int* filled) {
   int total = 0;
-  const int pos = *filled + block_exclusive_scan(keep ? 1 : 0, scan_buf, &total);
-  if (keep) {
-    const int64_t at = i * lists.n + pos;
-    lists.idx[at] = (int)j;
-    lists.c1[at] = c1;
-    if (lists.c2 != nullptr) lists.c2[at] = c2;
+  int pos = *filled + block_exclusive_scan(count, scan_buf, &total);
+  const int64_t row = i * lists.n;
+#pragma unroll
+  for (int r = 0; r < RUN; ++r) {
+    if ((keep >> r) & 1u) {
+      lists.idx[row + pos] = (int)(jt + r);
+      lists.c1[row + pos] = c1[r];
+      if (lists.c2 != nullptr) lists.c2[row + pos] = c2[r];
+      ++pos;
+    }
   }
   *filled += total;
+}
+
+// RUN of the coefficient kernels for rows of n pairs (each kernel is instantiated for 1, 4 and
+// 16): one compaction step covers the row up to 16 x kThreads pairs (the toys' 4096), and a
+// short row does not run the guarded code of a longer run.
+inline int coefficient_run(int64_t n) {
+  return n <= kThreads ? 1 : (n <= 4 * kThreads ? 4 : 16);
+}
+
+// f(std::integral_constant<int, RUN>()) with RUN = coefficient_run(n): the launcher picks the
+// coefficient kernel's instantiation.
+template <typename F>
+inline cudaError_t with_coefficient_run(int64_t n, F&& f) {
+  switch (coefficient_run(n)) {
+    case 1:
+      return f(std::integral_constant<int, 1>());
+    case 4:
+      return f(std::integral_constant<int, 4>());
+    default:
+      return f(std::integral_constant<int, 16>());
+  }
 }
 
 // ------------------------------------------------------------------------------------------

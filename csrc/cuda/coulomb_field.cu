@@ -12,7 +12,10 @@
 //                         is dropped when its term's size e * d is below skip_ratio of the row's
 //                         largest term size (sizes, not weights, as the CPU kernel: a query on a
 //                         charge gets its whole field from charges whose weights are far below
-//                         the nearest one's).
+//                         the nearest one's). Each charge's logit (or u) and e are evaluated
+//                         once and kept in the row's scratch; the sum and the largest size share
+//                         one reduction tree; compaction in runs of RUN = 1, 4 or 16
+//                         consecutive charges per thread (common.cuh append_run).
 //   pair_sums             E = sum coeff (y_j - x_i) over the kept charges, from differences:
 //                         plate 0 straight into `out`, plate 1 into a workspace row block.
 // then once per chunk (when anything is left to do):
@@ -37,29 +40,27 @@ struct CoulombCoefArgs {
 };
 
 // The per-charge terms of one row in the compute type: key(d2) is reduced over the row (with
-// Reduce, from `init`) to the reference `ref`; weight(d2, ref) = e_j = exp(l_j - max_k l_k);
+// Reduce, from `init`) to the reference `ref`; weight(key, ref) = e_j = exp(l_j - max_k l_k);
 // max_logit(ref) = max_k l_k in double (the partial op's log-normaliser).
 template <typename C>
 struct CoulombRow;
 
 template <>
-struct CoulombRow<double> {  // l_j = coulomb_logit(d2_j), ref = max_k l_k
+struct CoulombRow<double> {  // key = l_j = coulomb_logit(d2_j), ref = max_k l_k
   using Reduce = MaxOp;
   static constexpr double init = -INFINITY;  // logits are finite (d + 1e-7 > 0)
   __device__ static double key(double d2, int64_t dim) { return coulomb_logit(d2, dim); }
-  __device__ static double weight(double d2, double ref, int64_t dim) {
-    return exp(coulomb_logit(d2, dim) - ref);
-  }
+  __device__ static double weight(double key, double ref, int64_t) { return exp(key - ref); }
   __device__ static double max_logit(double ref, int64_t) { return ref; }
 };
 
 template <>
-struct CoulombRow<float> {  // u_j = sqrt(d2_j) + 1e-7, ref = u* = min_k u_k: the nearest charge
+struct CoulombRow<float> {  // key = u_j = sqrt(d2_j) + 1e-7, ref = u* = min_k u_k: the nearest
   using Reduce = MinOp;
   static constexpr float init = INFINITY;
   __device__ static float key(float d2, int64_t) { return coulomb_distance(d2); }
-  __device__ static float weight(float d2, float ref, int64_t dim) {
-    return expf(coulomb_relative_logit(coulomb_distance(d2), ref, dim));
+  __device__ static float weight(float key, float ref, int64_t dim) {
+    return expf(coulomb_relative_logit(key, ref, dim));
   }
   __device__ static double max_logit(float ref, int64_t dim) {
     return -(double)dim * log((double)ref);
@@ -67,31 +68,41 @@ struct CoulombRow<float> {  // u_j = sqrt(d2_j) + 1e-7, ref = u* = min_k u_k: th
 };
 
 // min blocks 1: with the thread bound alone, ptxas for sm_120 holds this kernel to 64 registers
-// and spills; one resident block per SM is all the per-row grid needs.
-template <typename T, typename C>
+// and spills; one resident block per SM is all the per-row grid needs. RUN: charges per thread
+// and compaction step (append_run, coefficient_run).
+template <typename T, typename C, int RUN>
 __global__ void __launch_bounds__(kThreads, 1) coulomb_coefficients(CoulombCoefArgs<C> a) {
   using Row = CoulombRow<C>;
   IFM_SHARED(C, red, [kThreads]);
+  IFM_SHARED(C, red2, [kThreads]);
   IFM_SHARED(int, scan_buf, [kThreads]);
   const int64_t i = blockIdx.x;
+  // Each charge's terms are evaluated once and kept in this row's scratch: its partial slice-0
+  // row holds d2, then e; its list row holds the key, then the term size e * d (append_run
+  // overwrites it only after it is read).
+  C* d2_s = a.partial + i * a.n;
+  C* aux_s = a.lists.c1 + i * a.lists.n;
   C ref = Row::init;  // finite for n >= 1
   for (int64_t j = threadIdx.x; j < a.n; j += kThreads) {
     const C v = Row::key(fold_partials(a.partial, a.nslices, a.rows, a.n, i, j), a.dim);
+    aux_s[j] = v;
     ref = typename Row::Reduce()(v, ref);
   }
   ref = block_reduce(ref, red, typename Row::Reduce());
 
-  // Softmax denominator over every charge (skipped ones included) and the largest term size.
+  // Softmax denominator over every charge (skipped ones included) and the largest term size
+  // (the same thread visits the same charges as above: no barrier needed for the scratch).
   C s = C(0), top = C(0);
   for (int64_t j = threadIdx.x; j < a.n; j += kThreads) {
-    const C d2 = a.partial[i * a.n + j];
-    const C e = Row::weight(d2, ref, a.dim);
+    const C d2 = d2_s[j];
+    const C e = Row::weight(aux_s[j], ref, a.dim);
     s += e;
     const C size = e * fm_sqrt(d2);
     top = size > top ? size : top;
+    d2_s[j] = e;
+    aux_s[j] = size;
   }
-  s = block_reduce(s, red, SumOp());
-  top = block_reduce(top, red, MaxOp());
+  block_reduce2(&s, &top, red, red2, SumOp(), MaxOp());  // also publishes the scratch
   const C inv = C(1) / (s + (C)a.sum_eps);
   if (a.lognorm != nullptr && threadIdx.x == 0) {
     const double m = Row::max_logit(ref, a.dim);
@@ -99,19 +110,29 @@ __global__ void __launch_bounds__(kThreads, 1) coulomb_coefficients(CoulombCoefA
     a.lognorm[2 * i + 1] = m + log((double)s);
   }
 
+  // The kept charges' coefficients, compacted in charge order, RUN consecutive charges per
+  // thread and step.
   const C floor_size = (C)skip_ratio(sizeof(T) == 8) * top;
   int filled = 0;
-  for (int64_t j0 = 0; j0 < a.n; j0 += kThreads) {
-    const int64_t j = j0 + threadIdx.x;
-    bool keep = false;
-    C c = C(0);
-    if (j < a.n) {
-      const C d2 = a.partial[i * a.n + j];
-      const C e = Row::weight(d2, ref, a.dim);
-      keep = e > C(0) && e * fm_sqrt(d2) >= floor_size;
-      c = e * inv;
+  for (int64_t j0 = 0; j0 < a.n; j0 += int64_t(RUN) * kThreads) {
+    const int64_t jt = j0 + int64_t(threadIdx.x) * RUN;
+    C c[RUN];
+    unsigned keep = 0;
+    int count = 0;
+#pragma unroll
+    for (int r = 0; r < RUN; ++r) {
+      const int64_t j = jt + r;
+      c[r] = C(0);
+      if (j < a.n) {
+        const C e = d2_s[j];
+        if (e > C(0) && aux_s[j] >= floor_size) {
+          c[r] = e * inv;
+          keep |= 1u << r;
+          ++count;
+        }
+      }
     }
-    append_kept(a.lists, i, j, keep, c, C(0), scan_buf, &filled);
+    append_run(a.lists, i, jt, keep, count, c, c, scan_buf, &filled);
   }
   if (threadIdx.x == 0) a.lists.count[i] = filled;
 }
@@ -154,22 +175,24 @@ cudaError_t plate_field(const T* pts, int64_t rows, const T* charges, int64_t n,
   if (n == 0) return cudaMemsetAsync(target, 0, sizeof(T) * size_t(rows * width), stream);
   PairLists<C> lists = l.lists;
   lists.n = n;
-  return two_pass<T, false, C>(pts, rows, charges, nullptr, n, width, StringParams{}, l.partial,
-                               lists, target, tune, stream, [&](const DistancePlan& plan) {
-                                 CoulombCoefArgs<C> ca;
-                                 ca.partial = l.partial;
-                                 ca.rows = rows;
-                                 ca.n = n;
-                                 ca.nslices = plan.nslices;
-                                 ca.dim = width;
-                                 ca.sum_eps = sum_eps;
-                                 ca.lists = lists;
-                                 ca.lognorm = lognorm;
-                                 auto coef_kernel = coulomb_coefficients<T, C>;
-                                 IFM_LAUNCH(coef_kernel, dim3((unsigned)rows), dim3(kThreads),
-                                            stream, ca);
-                                 return cudaGetLastError();
-                               });
+  return two_pass<T, false, C>(
+      pts, rows, charges, nullptr, n, width, StringParams{}, l.partial, lists, target, tune, stream,
+      [&](const DistancePlan& plan) {
+        CoulombCoefArgs<C> ca;
+        ca.partial = l.partial;
+        ca.rows = rows;
+        ca.n = n;
+        ca.nslices = plan.nslices;
+        ca.dim = width;
+        ca.sum_eps = sum_eps;
+        ca.lists = lists;
+        ca.lognorm = lognorm;
+        return with_coefficient_run(n, [&](auto run) {
+          auto coef_kernel = coulomb_coefficients<T, C, decltype(run)::value>;
+          IFM_LAUNCH(coef_kernel, dim3((unsigned)rows), dim3(kThreads), stream, ca);
+          return cudaGetLastError();
+        });
+      });
 }
 
 template <typename T, typename C>

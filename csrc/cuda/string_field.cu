@@ -7,10 +7,12 @@
 //   distance_tiles       r2_ij partial sums from rho = (x - base) - t * Delta (nearer plate).
 //   string_coefficients  grid = rows, one block per query row: string_query in double (once per
 //                        row, rounded to C), r2 = sum of the slices (C, slice order),
-//                        string_pair() in C, row max of log w, then w = exp(log w - shift)
-//                        (shift = row max in stable mode, 0 otherwise), c1 = w cos(alpha) nu_j,
-//                        c2 = w sr, pairs with w < skip_ratio * max dropped, E_z = L * sum c1
-//                        (C, fixed tree) written to column 0.
+//                        string_pair() in C once per pair (log w, cos(alpha) and sr kept in the
+//                        row's scratch), row max of log w, then w = exp(log w - shift) (shift =
+//                        row max in stable mode, 0 otherwise), c1 = w cos(alpha) nu_j, c2 = w sr,
+//                        pairs with w < skip_ratio * max dropped (compaction in runs of RUN = 1,
+//                        4 or 16 consecutive pairs per thread, common.cuh append_run), E_z = L *
+//                        sum c1 (C, fixed tree) written to column 0.
 //   pair_sums            E_x = sum c2 rho + c1 Delta over the kept pairs, from differences.
 //   finalize_rows        only when normalize: sqrt(D+1) E / (||E|| + eps).
 // No [b, B, D] buffer exists; the largest scratch is [S, rows, B] partial distances.
@@ -51,44 +53,73 @@ struct StringCoefArgs {
   T* out;  // column 0 receives E_z
 };
 
-template <typename T, typename C>
-__global__ void __launch_bounds__(kThreads) string_coefficients(StringCoefArgs<T, C> a) {
+// RUN: pairs per thread and compaction step (append_run, coefficient_run). min blocks 1: with
+// the thread bound alone, ptxas for sm_75 spills the RUN = 16 double instantiation; the per-row
+// grid needs one resident block per SM.
+template <typename T, typename C, int RUN>
+__global__ void __launch_bounds__(kThreads, 1) string_coefficients(StringCoefArgs<T, C> a) {
   IFM_SHARED(C, red, [kThreads]);
   IFM_SHARED(int, scan_buf, [kThreads]);
   const int64_t i = blockIdx.x;
   // the per-query terms in double, once per row
   const StringQueryT<C> q = query_as<C>(string_query((double)a.points[i * a.width], a.sp));
   const C inf = C(INFINITY);
+  // Phase 1 stores each pair's terms for phase 2 in this row's scratch: log w in its partial
+  // slice-0 row (r2 is not needed again), cos(alpha) and sr in its list rows (append_run
+  // overwrites them only after they are read).
+  C* logw_s = a.partial + i * a.n;
+  C* cos_s = a.lists.c1 + i * a.lists.n;
+  C* sr_s = a.lists.c2 + i * a.lists.n;
 
-  // Phase 1: the row's largest log-weight (every pair; -inf when none contributes).
+  // Phase 1: string_pair of every pair (coalesced) and the row's largest log-weight (-inf
+  // when none contributes).
   C m = -inf;
   for (int64_t j = threadIdx.x; j < a.n; j += kThreads) {
     const C r2 = fold_partials(a.partial, a.nslices, a.rows, a.n, i, j);
-    const C lw = string_pair(q, r2).logw;
-    m = lw > m ? lw : m;
+    const StringPairT<C> pr = string_pair(q, r2);
+    logw_s[j] = pr.logw;
+    cos_s[j] = pr.cos_a;
+    sr_s[j] = pr.sr;
+    m = pr.logw > m ? pr.logw : m;
   }
-  m = block_reduce(m, red, MaxOp());
+  m = block_reduce(m, red, MaxOp());  // its barriers also publish the scratch to the block
 
-  // Phase 2: coefficients of the kept pairs, compacted in pair order.
+  // Phase 2: coefficients of the kept pairs, compacted in pair order, RUN consecutive pairs per
+  // thread and step.
   const C log_ratio = (C)log(skip_ratio(sizeof(T) == 8));
   const C shift = (a.stable && m > -inf) ? m : C(0);
   C ez = C(0);
   int filled = 0;
-  for (int64_t j0 = 0; j0 < a.n; j0 += kThreads) {
-    const int64_t j = j0 + threadIdx.x;
-    bool keep = false;
-    C c1 = C(0), c2 = C(0);
-    if (j < a.n) {
-      const StringPairT<C> pr = string_pair(q, a.partial[i * a.n + j]);
-      if (pr.logw > -inf && pr.logw - m >= log_ratio) {
-        const C w = fm_exp(pr.logw - shift);
-        c1 = w * pr.cos_a * a.nu[j];
-        c2 = w * pr.sr;
-        ez += c1;
-        keep = true;
+  for (int64_t j0 = 0; j0 < a.n; j0 += int64_t(RUN) * kThreads) {
+    const int64_t jt = j0 + int64_t(threadIdx.x) * RUN;
+    C c1[RUN], c2[RUN];
+    unsigned keep = 0;
+    int count = 0;
+#pragma unroll
+    for (int r = 0; r < RUN; ++r) {
+      const int64_t j = jt + r;
+      c1[r] = C(0);
+      c2[r] = C(0);
+      if (j < a.n) {
+        const C lw = logw_s[j];
+        if (lw > -inf && lw - m >= log_ratio) {
+          const C w = fm_exp(lw - shift);
+          c1[r] = w * cos_s[j] * a.nu[j];
+          c2[r] = w * sr_s[j];
+          keep |= 1u << r;
+          ++count;
+        }
+        if (RUN == 1) ez += c1[r];
+        if (RUN > 1) logw_s[j] = c1[r];  // 0 when dropped; summed below
       }
     }
-    append_kept(a.lists, i, j, keep, c1, c2, scan_buf, &filled);
+    append_run(a.lists, i, jt, keep, count, c1, c2, scan_buf, &filled);
+  }
+  if (RUN > 1) {
+    // E_z's terms added as with RUN = 1 (thread t: pairs t, t + kThreads, ...), so that the sum
+    // does not depend on RUN.
+    __syncthreads();
+    for (int64_t j = threadIdx.x; j < a.n; j += kThreads) ez += logw_s[j];
   }
   ez = block_reduce(ez, red, SumOp());
   if (threadIdx.x == 0) {
@@ -162,10 +193,13 @@ cudaError_t string_field_impl(const T* points, const T* quarks, const T* antiqua
                                          ca.stable = stable;
                                          ca.lists = l.lists;
                                          ca.out = o;
-                                         auto coef_kernel = string_coefficients<T, C>;
-                                         IFM_LAUNCH(coef_kernel, dim3((unsigned)rows),
-                                                    dim3(kThreads), stream, ca);
-                                         return cudaGetLastError();
+                                         return with_coefficient_run(B, [&](auto run) {
+                                           auto coef_kernel =
+                                               string_coefficients<T, C, decltype(run)::value>;
+                                           IFM_LAUNCH(coef_kernel, dim3((unsigned)rows),
+                                                      dim3(kThreads), stream, ca);
+                                           return cudaGetLastError();
+                                         });
                                        })));
     if (norm.normalize) {
       IFM_CUDA_TRY(
