@@ -29,9 +29,11 @@ if [ ! -x "$PY" ]; then
   exit 1
 fi
 RUNTIMES="$("$CXX" -print-file-name=libasan.so) $("$CXX" -print-file-name=libubsan.so)"
-# The golden files, the launch-configuration / schedule / planted-defect tests and one
-# randomised mode per field (the whole emulated suite is ~10x slower under the sanitizers).
+# The golden files, the launch-configuration / schedule / planted-defect tests, the long rows
+# (every compaction run length) and one randomised mode per field (the whole emulated suite is
+# ~10x slower under the sanitizers).
 SUBSET="emulated_golden or chunking or schedules or planted or launch_limits or order_dep"
+SUBSET="$SUBSET or emulated_long_rows"
 SUBSET="$SUBSET or (emulated_string_random and cifar and stable-norm)"
 SUBSET="$SUBSET or (emulated_coulomb_random and pfgm)"
 IFM_EMU_CXXFLAGS="$FLAGS" LD_PRELOAD="$RUNTIMES" \
