@@ -7,7 +7,8 @@ distributed call is timed in 2 spawned ranks of 1 thread each (per repetition: a
 call, the slowest rank's time). Communication is timed on its own in the same ranks: the
 ``allgather`` strategy's gather of the charges, the ``queries`` strategy's gather of the queries
 and all-to-all of the partial fields, and the ``ring`` strategy's passes of the charges with no
-computation. ``benchmark.extra_info`` holds the figures and the ratio against the 1.3x
+computation; and the ``queries`` strategy's computation alone (every query against the rank's
+own charges, no transfer). ``benchmark.extra_info`` holds the figures and the ratio against the 1.3x
 target; BENCHMARKS.md quotes them. ``IFM_BENCH_QUICK=1`` shrinks the shapes (smoke run).
 
 Run::
@@ -154,6 +155,10 @@ def _worker(rank, world, init_file, name, reps, result_path):
     )
     plates = 1 if CASES[name][0] == "string" else 2
     res["comm-queries"] = _timed(lambda: _queries_comm(pts, plates), reps)
+    # the queries strategy's computation alone: every query of the group against this rank's
+    # pairs or charges, no communication (what the 2 ranks' cores give without Gloo)
+    every = global_inputs(name)[0]
+    res["compute-queries"] = _timed(lambda: call(name, every, lo, hi), reps)
     if rank == 0:
         with open(result_path, "w") as fh:
             json.dump(res, fh)
