@@ -166,7 +166,8 @@ class PlanArgs:
         if string:
             specs.append(("ez", torch.float64, (rows, chunks)))
             # the queries' string_query terms (s, or -1 outside the plates; 1 / (2 s^2); kappa;
-            # (s / sigma0)^D) in the coefficient pass's precision, from the stats kernel
+            # (s / sigma0)^D) in the coefficient pass's precision, from the stats kernel or,
+            # with the float32 coefficient pass, string_query_kernel
             specs.append(("q", stats_dt, (4, rows)))
         specs += [
             ("list", torch.int32, (tiles_i, plan.list_stride)),

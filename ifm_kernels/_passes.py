@@ -256,7 +256,7 @@ def pair_sums_kernel(
     # FP64 pipe, and 64-bit masks cost more outside the loop than they save in it
     BITSEL: tl.constexpr = dt.primitive_bitwidth == 32
     if STRING:
-        # the queries' t and plate from pass 1 (float64 work done once per query); with BITSEL
+        # the queries' t and plate from pass 1 (computed once per query there); with BITSEL
         # the plate as a bit mask (all ones: from the antiquark)
         t = tl.load(region(ws_ptr, t_off, dt) + offs_i, mask=mi, other=0.0)
         fa = tl.load(region(ws_ptr, fa_off, tl.int8) + offs_i, mask=mi, other=0)

@@ -56,8 +56,8 @@ def _query_terms(p_ptr, offs_i, mi, width, L, sigma0, K, d, F32: tl.constexpr):
 
 @triton.jit
 def _load_query_terms(q_ptr, rows, offs_i, mi):
-    """The terms the stats kernel stored (:func:`string_stats_kernel`), as ``[BR, 1]``
-    columns: ``(inside, s, inv_2s2, kappa, pow_s)``."""
+    """The terms :func:`_store_query_terms` stored (from :func:`string_query_kernel` or the
+    stats kernel), as ``[BR, 1]`` columns: ``(inside, s, inv_2s2, kappa, pow_s)``."""
     s = tl.load(q_ptr + offs_i, mask=mi, other=-1.0)
     inv_2s2 = tl.load(q_ptr + rows + offs_i, mask=mi, other=0.0)
     kappa = tl.load(q_ptr + 2 * rows + offs_i, mask=mi, other=0.0)
@@ -274,7 +274,9 @@ class _Spec:
         "stats_cx",
         "coeff_ints",
         "coeff_cx",
+        "query_grid",
         "query_ints",
+        "query_cx",
     )
 
     def __init__(self, plan, b, B, width, itemsize):
@@ -293,7 +295,10 @@ class _Spec:
         self.stats_cx = dict(
             BR=plan.coef_br, BJ=plan.coef_bj, F32=plan.coef_f32, QUERY_STORED=plan.coef_f32
         )
+        # string_query_kernel, launched with the float32 coefficient pass only
+        self.query_grid = (triton.cdiv(b, QUERY_ROWS),)
         self.query_ints = (b, width, pa.q_off)
+        self.query_cx = dict(BR=QUERY_ROWS, F32=plan.coef_f32)
         self.coeff_ints = (
             b,
             B,
@@ -376,9 +381,9 @@ def string_field_op(
         if plan.coef_f32:
             _launch.launch(
                 string_query_kernel,
-                (triton.cdiv(b, QUERY_ROWS),),
+                spec.query_grid,
                 (points, ws) + spec.query_ints + params,
-                dict(BR=QUERY_ROWS, F32=True),
+                spec.query_cx,
                 1,
             )
         _launch.launch(

@@ -723,9 +723,13 @@ def test_kernels_compile_for_sm80_sm89_and_sm90():
         assert r["pair_loops"] >= 1 and r["fp64_in_pair_loops"] == 0, (key, r)
     # there the string query terms (float64) have their own one-warp kernel, the stats kernel
     # loads them, and the finalisation runs in float32
-    fp64 = {k.split("/")[2]: r["fp64"] for k, r in res.items() if "fp64" in r}
-    assert fp64.get("string_query_kernel", 0) > 0, fp64
-    assert fp64["string_stats_kernel"] == 0 and fp64["finalize_kernel"] == 0, fp64
+    fp64 = {}  # kernel name -> float64 instruction counts of its float32-pass variants
+    for k, r in res.items():
+        if "fp64" in r:
+            fp64.setdefault(k.split("/")[2], []).append(r["fp64"])
+    assert fp64.get("string_query_kernel") and min(fp64["string_query_kernel"]) > 0, fp64
+    for name in ("string_stats_kernel", "finalize_kernel"):
+        assert fp64.get(name) and max(fp64[name]) == 0, (name, fp64)
 
 
 def _header_constants() -> dict:
