@@ -11,7 +11,9 @@ gpu_model.py. How each figure is obtained:
 * Launch plans are those of the launchers: :func:`plan_distance` mirrors common.cuh's (same
   loop, same constants), query chunks of ``max(1, 2^22 / B)`` rows, pair_sums' lanes x columns.
 * Warp instructions = per block (straight-line part + each loop's own instructions x its
-  trips) x warps x blocks. A loop's trips come from what its body processes per iteration,
+  trips) x warps x blocks. Straight-line code that only the first threads of a block run
+  (``if (threadIdx.x == 0)``, ``if (tid < 64)``: gpu_sass.thread_guarded) is charged to the
+  warps holding those threads. A loop's trips come from what its body processes per iteration,
   read off the SASS: the distance tile's inner loop handles ``LDS / loads-per-column`` staged
   columns, pair_sums' main loop ``LDG / loads-per-pair`` kept pairs, the row loops of the
   norm kernels ``LDG / loads-per-element`` elements per thread; the coefficient kernels' loops
@@ -215,9 +217,23 @@ def _profile(k: dict) -> dict:
         body = instrs[lp["start"] : lp["end"] + 1]
         lp["ldg"] = sum(1 for i in body if i.base == "LDG")
         lp["lds"] = sum(1 for i in body if i.base == "LDS")
+    # Straight-line code under `if (threadIdx.x < n)` is issued by the warps holding those
+    # threads only: its share per warp of the block is their fraction of the block's warps.
+    guarded = gpu_sass.thread_guarded(instrs)
+    warps = THREADS // 32
+    share = {
+        i.index: min(math.ceil(guarded[i.index] / 32), warps) / warps
+        for i in straight
+        if i.index in guarded
+    }
+    classes: dict = {}
+    for i in straight:
+        c = gpu_sass.classify(i.opcode)
+        classes[c] = classes.get(c, 0.0) + share.get(i.index, 1.0)
     return {
-        "straight": len(straight),
-        "straight_classes": gpu_sass.class_counts(straight),
+        "straight": sum(share.get(i.index, 1.0) for i in straight),
+        "straight_classes": classes,
+        "guarded": len(share),
         "loops": loops,
     }
 
@@ -448,8 +464,10 @@ def _coef_trips(loops: list, n: int, run: int, nslices: int):
       step of RUN x THREADS pairs (its RUN-fold body is unrolled);
     * a block reduction's tree (depth 0, shared memory, no global load): log2(THREADS) levels;
     * the strided row loops (depth 0, global loads): ceil(n / THREADS) pairs per thread. ptxas
-      may compile the first of them twice, with the fold (S > 1) and without (S = 1): of such a
-      pair before the first reduction only the copy for this plan runs.
+      may compile the first of them in several copies, with the fold (S > 1) and without
+      (S = 1), and unswitched on a row-invariant condition (the string query inside [0, L] or
+      not): of the copies before the first reduction one runs per block, charged as the largest
+      copy of this plan's fold kind (with its fold loops; the other copies' are not charged).
     """
     per_thread = math.ceil(n / THREADS)
     steps = math.ceil(n / (run * THREADS))
@@ -457,18 +475,22 @@ def _coef_trips(loops: list, n: int, run: int, nslices: int):
     trees = [lp for lp in top if lp["ldg"] == 0 and lp["classes"].get("mem_shared")]
     first_tree = trees[0]["start"] if trees else math.inf
     first = [lp for lp in top if lp["ldg"] and lp["lds"] == 0 and lp["start"] < first_tree]
-    skipped = set()
-    if len(first) == 2:
+    skipped = []
+    if len(first) >= 2:
         with_fold = [lp for lp in first if lp["inner"]]
         without = [lp for lp in first if not lp["inner"]]
-        if len(with_fold) == 1 and len(without) == 1:
-            skipped.add(id(without[0] if nslices > 1 else with_fold[0]))
+        pool = with_fold if (nslices > 1 and with_fold) or not without else without
+        keep = max(pool, key=lambda lp: lp["own"])
+        skipped = [lp for lp in first if lp is not keep]
+
+    def in_skipped(lp):
+        return any(o["start"] <= lp["start"] and lp["end"] <= o["end"] for o in skipped)
 
     def trips(lp):
+        if in_skipped(lp):
+            return 0.0
         if lp["depth"] >= 1:
             return per_thread * max(nslices - 1, 0) / max(lp["ldg"], 1)
-        if id(lp) in skipped:
-            return 0.0
         if lp["ldg"] and lp["lds"]:
             return steps
         if lp["ldg"] == 0 and lp["classes"].get("mem_shared"):

@@ -92,8 +92,9 @@ class Instr:
 
 
 _LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)\s*([^;]*);")
-_LABEL = re.compile(r"^\s*(\.L_\w+|\.L\w+):")
-_TARGET = re.compile(r"`?\(?\s*(\.L_\w+|\.L\w+)\s*\)?`?")
+# labels: ``.L_x_N`` (branch targets) and ``$...`` (subroutines: CALL targets)
+_LABEL = re.compile(r"^\s*(\.L_\w+|\.L\w+|\$[\w$]+):")
+_TARGET = re.compile(r"`?\(?\s*(\.L_\w+|\.L\w+|\$[\w$]+)\s*\)?`?")
 
 
 def parse_sass(text: str) -> list[Instr]:
@@ -252,6 +253,97 @@ def skippable(instrs: list[Instr], loop: Loop) -> int:
         if tgt is not None and ins.index < tgt <= loop.end:
             best = max(best, tgt - ins.index - 1)
     return best
+
+
+_REG = re.compile(r"^R(\d+)$")
+_IMM = re.compile(r"^(0x[0-9a-f]+|\d+)$")
+
+
+def _dest(ins: Instr) -> str:
+    return ins.operands.split(",")[0].strip() if ins.operands else ""
+
+
+def _writes_reg(ins: Instr, reg: int) -> bool:
+    """Whether ``ins`` may write register ``reg``: its first operand is ``reg`` or, for a 64- or
+    128-bit destination (``.64``, ``.128``, ``IMAD.WIDE``, FP64), the register pair or quad
+    starting just below it."""
+    m = _REG.match(_dest(ins))
+    if not m:
+        return False
+    op = ins.opcode
+    wide = ".64" in op or "WIDE" in op or "F64" in op or classify(op) == "fp64"
+    width = 4 if ".128" in op else (2 if wide else 1)
+    return 0 <= reg - int(m.group(1)) < width
+
+
+def _runs(cmp: str, bound: int, taken_when_true: bool) -> int | None:
+    """Threads (the lowest ``threadIdx.x``) that do not take a branch on ``tid <cmp> bound``:
+    the branch is taken when the comparison is true (``taken_when_true``) or false."""
+    skip_if_true = {"NE": 1 if bound == 0 else None, "GT": bound + 1, "GE": bound}
+    run_if_true = {"LT": bound, "LE": bound + 1, "EQ": 1 if bound == 0 else None}
+    return (skip_if_true if taken_when_true else run_if_true).get(cmp)
+
+
+def thread_guarded(instrs: list[Instr]) -> dict[int, int]:
+    """``{instruction index: threads}`` for the straight-line code that only the first
+    ``threads`` threads of a block run: the span of a forward ``@P BRA`` whose predicate is a
+    comparison of ``threadIdx.x`` (``S2R R, SR_TID.X``, unmodified) with zero or an immediate,
+    e.g. ``if (threadIdx.x == 0) {...}`` or ``if (tid < 64) {...}``, and the subroutines called
+    only from such spans. Warps whose threads all skip such a span do not issue it. A comparison
+    combined with another predicate counts where the span's threads can only be fewer (e.g.
+    ``if (tid == 0 && p)``). Comparisons of a register derived from the thread index are not
+    recognised (their code is charged to every warp)."""
+    where = _addr_index(instrs)
+    tid_regs: dict[int, int] = {}  # register -> index of its S2R
+    preds: dict[str, tuple[str, int, str]] = {}  # predicate -> (comparison, bound, combine)
+    out: dict[int, int] = {}
+    for ins in instrs:
+        ops = [o.strip() for o in ins.operands.split(",")]
+        # a predicate written here loses its meaning (ISETP/FSETP/... write their first two)
+        for o in ops[:2]:
+            preds.pop(o, None)
+        if ins.base == "ISETP" and len(ops) == 5 and ops[1] == "PT":
+            m = _REG.match(ops[2])
+            parts = ins.opcode.split(".")
+            if m and int(m.group(1)) in tid_regs and parts[-1] in ("AND", "OR"):
+                bound = 0 if ops[3] == "RZ" else (int(ops[3], 0) if _IMM.match(ops[3]) else None)
+                if bound is not None:
+                    # combined with another predicate: "AND" (or "OR" with PT) runs these threads
+                    # or fewer when the branch skips on false, "OR" when it skips on true
+                    combine = "any" if ops[4] == "PT" else parts[-1]
+                    preds[ops[0]] = (parts[1], bound, combine)
+        for r in [r for r in tid_regs if _writes_reg(ins, r)]:
+            del tid_regs[r]
+        if ins.base == "S2R" and len(ops) == 2 and ops[1] == "SR_TID.X":
+            m = _REG.match(ops[0])
+            if m:
+                tid_regs[int(m.group(1))] = ins.index
+        if ins.base == "BRA" and ins.pred and ins.target is not None and "," not in ins.operands:
+            neg = ins.pred.startswith("@!")
+            pred = ins.pred.lstrip("@!")
+            tgt = where.get(ins.target)
+            if pred in preds and tgt is not None and tgt > ins.index:
+                cmp, bound, combine = preds[pred]
+                # a skip on (cmp OR q) or a run on (cmp AND q) runs a subset of cmp's threads
+                safe = combine == "any" or combine == ("AND" if neg else "OR")
+                n = _runs(cmp, bound, taken_when_true=not neg) if safe else None
+                if n is not None:
+                    for k in range(ins.index + 1, tgt):
+                        out[k] = min(out.get(k, n), n)
+    # A subroutine (a CALL's target up to its RET, placed after the kernel's EXIT) called only
+    # from guarded code runs in the threads of its widest call site.
+    sites: dict[int, list[int]] = {}
+    for ins in instrs:
+        if ins.base == "CALL" and ins.target is not None and where.get(ins.target) is not None:
+            sites.setdefault(where[ins.target], []).append(ins.index)
+    for start, calls in sites.items():
+        if all(c in out for c in calls):
+            n = max(out[c] for c in calls)
+            for ins in instrs[start:]:
+                out[ins.index] = max(out.get(ins.index, 0), n)
+                if ins.base == "RET":
+                    break
+    return out
 
 
 def loop_summary(sass: str) -> list[dict]:

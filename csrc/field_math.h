@@ -72,6 +72,13 @@ IFM_HD double skip_ratio(bool is_double) {
   return is_double ? 0x1p-80 : 0x1p-44;
 }
 
+// log(skip_ratio(is_double)) without a call to log (device code would evaluate it per thread in
+// FP64): the ratio is 2^-n, and n * ln 2 rounds to the same double as log(2^-n) for n = 80 and
+// 44 (checked in csrc/tests/test_field_math.cpp).
+IFM_HD double log_skip_ratio(bool is_double) {
+  return (is_double ? -80.0 : -44.0) * 0.693147180559945309417;
+}
+
 // Everything about one query that depends on its z only (computed in double by string_query;
 // StringQueryT<float> is that result rounded, see query_as).
 template <typename C>

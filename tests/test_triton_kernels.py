@@ -816,6 +816,55 @@ def test_sass_loops():
     assert trap["instructions"] == 1
 
 
+_GUARDED_SASS = """
+        /*0000*/                   S2R R0, SR_TID.X ;
+        /*0010*/                   S2R R2, SR_CTAID.X ;
+        /*0020*/                   ISETP.NE.AND P0, PT, R0, RZ, PT ;
+        /*0030*/                   ISETP.GT.U32.AND P1, PT, R0, 0x3f, PT ;
+        /*0040*/              @P0  BRA `(.L_x_1) ;
+        /*0050*/                   DMUL R4, R4, R4 ;
+        /*0060*/                   CALL.REL.NOINC `($slow_path) ;
+.L_x_1:
+        /*0070*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+        /*0080*/              @P1  BRA `(.L_x_2) ;
+        /*0090*/                   FADD R6, R6, R6 ;
+.L_x_2:
+        /*00a0*/                   IADD3 R0, R0, 0x1, RZ ;
+        /*00b0*/                   ISETP.NE.AND P2, PT, R0, RZ, PT ;
+        /*00c0*/              @P2  BRA `(.L_x_3) ;
+        /*00d0*/                   FMUL R6, R6, R6 ;
+.L_x_3:
+        /*00e0*/                   S2R R8, SR_TID.X ;
+        /*00f0*/                   ISETP.NE.OR P3, PT, R8, RZ, !P4 ;
+        /*0100*/                   ISETP.NE.AND P5, PT, R8, RZ, P4 ;
+        /*0110*/              @P3  BRA `(.L_x_4) ;
+        /*0120*/                   FMUL R7, R7, R7 ;
+.L_x_4:
+        /*0130*/              @P5  BRA `(.L_x_5) ;
+        /*0140*/                   FMUL R7, R7, R7 ;
+.L_x_5:
+        /*0150*/                   EXIT ;
+$slow_path:
+        /*0160*/                   DADD R4, R4, R4 ;
+        /*0170*/                   RET.REL.NODEC R20 `(k) ;
+"""
+
+
+def test_sass_thread_guarded_code():
+    """Straight-line code under a comparison of threadIdx.x runs in the first threads only:
+    `tid == 0` (1 thread, with the subroutine it calls), `tid <= 63` (64 threads), `tid == 0 &&
+    q` (skip on `tid != 0 || !q`); a comparison of a register no longer holding the thread
+    index guards nothing, nor does a skip on `tid != 0 && q` (tid != 0 runs where q is false)."""
+    gpu_sass = _bench_module("gpu_sass")
+    instrs = gpu_sass.parse_sass(_GUARDED_SASS)
+    guarded = gpu_sass.thread_guarded(instrs)
+    by_addr = {i.address: guarded.get(i.index) for i in instrs}
+    assert by_addr[0x50] == 1 and by_addr[0x60] == 1 and by_addr[0x160] == 1
+    assert by_addr[0x90] == 64
+    assert by_addr[0x120] == 1
+    assert by_addr[0x70] is None and by_addr[0xD0] is None and by_addr[0x140] is None
+
+
 def test_model_charges_a_tail_wave():
     """544 blocks of 4 warps (128 registers: 4 resident per SM) on 132 SMs: 16 SMs run a fifth
     block alone, at a quarter of the issue rate (4 warps for 4 schedulers, SAT_WARPS = 4);

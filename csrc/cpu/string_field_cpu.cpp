@@ -32,7 +32,7 @@ void string_row_terms(const simd::PassKernels<T>& kern, const StringQuery& q, co
                       int64_t B, const double* nu, bool stable, bool is_double, RowTerms& out) {
   out.n = 0;
   if (!q.inside || B == 0) return;
-  const double log_ratio = std::log(skip_ratio(is_double));
+  const double log_ratio = log_skip_ratio(is_double);
   const StringPair nearest = string_pair(q, r2[argmin_row(r2, B)]);
   double thr = INFINITY;
   if (q.inv_2s2 > 0.0 && std::isfinite(nearest.logw))

@@ -5,14 +5,15 @@
 //   pair_inv_norms       once per call: nu_j = 1 / ||(L, C_j - A_j)||, grid B, one block per pair,
 //                        fixed-tree sum over D in C.
 //   distance_tiles       r2_ij partial sums from rho = (x - base) - t * Delta (nearer plate).
-//   string_coefficients  grid = rows, one block per query row: string_query in double (once per
-//                        row, rounded to C), r2 = sum of the slices (C, slice order),
-//                        string_pair() in C once per pair (log w, cos(alpha) and sr kept in the
-//                        row's scratch), row max of log w, then w = exp(log w - shift) (shift =
-//                        row max in stable mode, 0 otherwise), c1 = w cos(alpha) nu_j, c2 = w sr,
-//                        pairs with w < skip_ratio * max dropped (compaction in runs of RUN = 1,
-//                        4 or 16 consecutive pairs per thread, common.cuh append_run), E_z = L *
-//                        sum c1 (C, fixed tree) written to column 0.
+//   string_coefficients  grid = rows, one block per query row: string_query in double (by one
+//                        thread, shared with the block, rounded to C), r2 = sum of the slices
+//                        (C, slice order), string_pair() in C once per pair (log w, cos(alpha)
+//                        and sr kept in the row's scratch), row max of log w, then
+//                        w = exp(log w - shift) (shift = row max in stable mode, 0 otherwise),
+//                        c1 = w cos(alpha) nu_j, c2 = w sr, pairs with w < skip_ratio * max
+//                        dropped (compaction in runs of RUN = 1, 4 or 16 consecutive pairs per
+//                        thread, common.cuh append_run), E_z = L * sum c1 (C, fixed tree)
+//                        written to column 0.
 //   pair_sums            E_x = sum c2 rho + c1 Delta over the kept pairs, from differences.
 //   finalize_rows        only when normalize: sqrt(D+1) E / (||E|| + eps).
 // No [b, B, D] buffer exists; the largest scratch is [S, rows, B] partial distances.
@@ -60,9 +61,15 @@ template <typename T, typename C, int RUN>
 __global__ void __launch_bounds__(kThreads, 1) string_coefficients(StringCoefArgs<T, C> a) {
   IFM_SHARED(C, red, [kThreads]);
   IFM_SHARED(int, scan_buf, [kThreads]);
+  IFM_SHARED(StringQueryT<C>, qs, [1]);
   const int64_t i = blockIdx.x;
-  // the per-query terms in double, once per row
-  const StringQueryT<C> q = query_as<C>(string_query((double)a.points[i * a.width], a.sp));
+  // The per-query terms in double, once per row: one thread computes them and the block reads
+  // them from shared memory. This FP64 chain (a sine and a tangent of the tube) is the longest
+  // straight-line work of the kernel; on GPUs with slow FP64 (1/64 of FP32) eight warps each
+  // repeating it cost more than the row's pairs.
+  if (threadIdx.x == 0) qs[0] = query_as<C>(string_query((double)a.points[i * a.width], a.sp));
+  __syncthreads();
+  const StringQueryT<C> q = qs[0];
   const C inf = C(INFINITY);
   // Phase 1 stores each pair's terms for phase 2 in this row's scratch: log w in its partial
   // slice-0 row (r2 is not needed again), cos(alpha) and sr in its list rows (append_run
@@ -86,7 +93,7 @@ __global__ void __launch_bounds__(kThreads, 1) string_coefficients(StringCoefArg
 
   // Phase 2: coefficients of the kept pairs, compacted in pair order, RUN consecutive pairs per
   // thread and step.
-  const C log_ratio = (C)log(skip_ratio(sizeof(T) == 8));
+  const C log_ratio = (C)log_skip_ratio(sizeof(T) == 8);
   const C shift = (a.stable && m > -inf) ? m : C(0);
   C ez = C(0);
   int filled = 0;

@@ -31,6 +31,12 @@ int main() {
   // Toy geometry: L = 6, K = 10, d = pi / 20 (straight middle).
   const ifm::StringParams toy{6.0, 2.0, 10.0, pi / 20.0, 2};
 
+  // The log of the skip ratio, written without log, is the double log gives.
+  for (const bool is_double : {false, true}) {
+    expect_true("log_skip_ratio",
+                ifm::log_skip_ratio(is_double) == std::log(ifm::skip_ratio(is_double)));
+  }
+
   // Tube width and slope in the three regions.
   {
     const auto q = ifm::string_query(0.05, toy);  // left end
