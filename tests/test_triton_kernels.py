@@ -865,6 +865,34 @@ def test_sass_thread_guarded_code():
     assert by_addr[0x70] is None and by_addr[0xD0] is None and by_addr[0x140] is None
 
 
+def test_cuda_model_charges_one_copy_of_the_first_row_loop():
+    """ptxas compiles a coefficient kernel's first row loop in copies (with and without the
+    slice fold, unswitched ones): one runs per block. The trips function is asked about loops
+    of a fresh profile (new objects), as the estimator does."""
+    model = _bench_module("gpu_model_cuda")
+
+    def loops():
+        def lp(start, end, depth, inner, own, ldg, lds, shared=False):
+            cls = {"mem_shared": 1} if shared else {}
+            return dict(start=start, end=end, depth=depth, inner=inner, own=own, ldg=ldg, lds=lds,
+                        classes=cls)  # fmt: skip
+
+        return [
+            lp(10, 50, 0, 1, 200, 8, 0),  # with the fold
+            lp(20, 30, 1, 0, 40, 4, 0),  # the fold
+            lp(60, 90, 0, 0, 150, 2, 0),  # without the fold
+            lp(95, 99, 0, 0, 10, 0, 2, shared=True),  # the reduction tree
+            lp(120, 160, 0, 0, 100, 2, 0),  # a later row loop
+        ]
+
+    for nslices, charged in ((1, 60), (4, 10)):
+        trips = model._coef_trips(loops(), 1024, 4, nslices)
+        got = {lp["start"]: trips(lp) for lp in loops()}
+        assert got[charged] == 4 and got[120] == 4 and got[95] == 8
+        assert got[10 if charged == 60 else 60] == 0
+        assert got[20] == (0 if charged == 60 else 4 * 3 / 4)
+
+
 def test_model_charges_a_tail_wave():
     """544 blocks of 4 warps (128 registers: 4 resident per SM) on 132 SMs: 16 SMs run a fifth
     block alone, at a quarter of the issue rate (4 warps for 4 schedulers, SAT_WARPS = 4);
