@@ -155,7 +155,7 @@ class _Agreed:
 # took the "queries" strategy: (queries per rank, width, compute dtype). Every rank stores the
 # same layout (it follows from the metadata all ranks agreed on), so every rank sizes the next
 # call's fused messages alike. Weak keys: the entry goes with its group.
-_LAYOUTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _remember(group, fn_name: str, agreed: _Agreed, strategy: str, width: int, cd) -> None:
