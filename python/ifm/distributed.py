@@ -37,7 +37,17 @@ Strategies (``strategy=``):
 Every call first exchanges a small metadata record (one int64 row per rank: the outcome of the
 argument checks, row counts and a hash of the keyword arguments, widths, dtypes and devices; the
 full records follow with ``all_gather_object`` only when something differs or failed): a bad
-argument on any rank raises the same error on every rank, before any heavy collective. A rank
+argument on any rank raises the same error on every rank, before any heavy collective.
+
+In a steady loop the ``"queries"`` strategy's metadata row travels with the queries: every rank
+remembers, per group and function, the layout of the previous call's queries (rows per rank,
+width, compute dtype; the same on every rank, as it follows from the metadata they agreed on).
+The next call sends its row followed by its queries in one message sized from that layout, so a
+call makes two exchanges (row with queries, partial fields) instead of three. Each row carries a
+flag saying whether its queries fit the layout; every rank reads every row, so when one rank's
+counts, width or dtype changed, its checks failed or the hashes differ, every rank sees it and
+proceeds as without the cache (the same error on every rank, or a separate gather of the
+queries). A call that takes another strategy forgets the layout. A rank
 that fails later (inside the heavy collectives) makes its peers raise when the process group's
 timeout (``init_process_group(timeout=...)``) expires or its connection drops, instead of hanging
 forever.
