@@ -8,8 +8,11 @@ call, the slowest rank's time). Communication is timed on its own in the same ra
 ``allgather`` strategy's gather of the charges, the ``queries`` strategy's gather of the queries
 and all-to-all of the partial fields, and the ``ring`` strategy's passes of the charges with no
 computation; and the ``queries`` strategy's computation alone (every query against the rank's
-own charges, no transfer). ``benchmark.extra_info`` holds the figures and the ratio against the 1.3x
-target; BENCHMARKS.md quotes them. ``IFM_BENCH_QUICK=1`` shrinks the shapes (smoke run).
+own charges, no transfer). Each strategy's warm-up call precedes its timed calls, so the timed
+``auto`` and ``queries`` calls are those of a steady loop: their metadata row travels with the
+queries (ifm.distributed's fused exchange, two exchanges per call). ``benchmark.extra_info``
+holds the figures and the ratio against the 1.3x target; BENCHMARKS.md quotes them.
+``IFM_BENCH_QUICK=1`` shrinks the shapes (smoke run).
 
 Run::
 

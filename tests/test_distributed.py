@@ -458,3 +458,155 @@ def test_metadata_row_round_trip():
     assert ifm.distributed._encode(dict(rec, error=("ValueError", "x")), numbers)[0] == 1
     for key, other in (("kwargs", "k2"), ("width", 7), ("dtype", "torch.float64")):
         assert ifm.distributed._encode(dict(rec, **{key: other}), numbers)[1] != row[1]
+
+
+# --------------------------------------------------------------------------------------------
+# the fused exchange: metadata and queries in one message when the previous call's layout holds
+# --------------------------------------------------------------------------------------------
+def _counting_gathers():
+    """Wraps ``_start_gather`` (the metadata exchange, the gathers of queries or charges) to
+    count its calls; returns the list each call appends to and the function that restores it."""
+    calls = []
+    original = ifm.distributed._start_gather
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    ifm.distributed._start_gather = counted
+    return calls, lambda: setattr(ifm.distributed, "_start_gather", original)
+
+
+def _string_call(rank, sizes, pairs, dtype=torch.float32, group=None, nan_on=None, **extra):
+    """``(this rank's output, its rows of the single-process field)`` of the raw string field
+    with ``sizes[r]`` queries and ``pairs[r]`` pairs on rank r (strategy ``queries``); rank
+    ``nan_on`` puts a NaN in its quarks."""
+    pts, q, a, params = string_case(sum(sizes), sum(pairs), D, "toy", seed=4)
+    mine = [_mine(t, s, rank).to(dtype) for t, s in ((pts, sizes), (q, pairs), (a, pairs))]
+    if rank == nan_on:
+        mine[1][0, 2] = float("nan")
+    kw = dict(params, normalize=True, strategy="queries")
+    kw.update(extra)
+    out = ifm.distributed.string_field(*mine, **kw, group=group)
+    ref = ifm.fields.string_field(pts.to(dtype), q.to(dtype), a.to(dtype), **params, normalize=True)
+    return out, _mine(ref, sizes, rank)
+
+
+def _fused_worker(rank, world, init_file):
+    _init(rank, world, init_file)
+    group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=FAIL_TIMEOUT))
+    layouts = ifm.distributed._LAYOUTS
+    calls, restore = _counting_gathers()
+    try:
+        # first call: the metadata row, then the queries; the second, with the same counts
+        # (unequal, rank 1 without queries): one fused message; the same rows, bitwise
+        first, ref = _string_call(rank, QUERIES, PAIRS, group=group)
+        assert len(calls) == 2, calls
+        assert layouts[group]["string_field"] == (tuple(QUERIES), D + 1, "torch.float32")
+        calls.clear()
+        second, _ = _string_call(rank, QUERIES, PAIRS, group=group)
+        assert len(calls) == 1, calls
+        assert torch.equal(first, second)
+        torch.testing.assert_close(second, ref, rtol=1e-4, atol=1e-5)
+        # other query counts: the fused message's queries do not fit, every rank gathers them
+        other = [4, 2, 8]
+        calls.clear()
+        out, ref = _string_call(rank, other, PAIRS, group=group)
+        assert len(calls) == 2, calls
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+        assert layouts[group]["string_field"][0] == tuple(other)
+        calls.clear()
+        out, ref = _string_call(rank, other, PAIRS, group=group)  # fused again
+        assert len(calls) == 1, calls
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+        # other pair counts only: the queries still fit, fused
+        calls.clear()
+        out, ref = _string_call(rank, other, [2, 9, 3], group=group)
+        assert len(calls) == 1, calls
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+        # another dtype with the same counts: gathered again, in float64
+        calls.clear()
+        out, ref = _string_call(rank, other, PAIRS, dtype=torch.float64, group=group)
+        assert len(calls) == 2, calls
+        assert out.dtype == torch.float64
+        torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-12)
+        # the padded all-gather (NCCL's path) carries the fused message too
+        ifm.distributed.P2P_GATHER_BACKENDS = ()
+        try:
+            for _ in range(2):
+                calls.clear()
+                out, ref = _string_call(rank, QUERIES, PAIRS, group=group)
+                torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+            assert len(calls) == 1, calls
+        finally:
+            ifm.distributed.P2P_GATHER_BACKENDS = ("gloo",)
+        # another strategy clears the layout: the next call starts with the plain exchange
+        _string_call(rank, QUERIES, PAIRS, group=group, strategy="allgather")
+        assert "string_field" not in layouts[group]
+        # keyword arguments that differ on one rank after a fused call: the same error everywhere
+        _string_call(rank, QUERIES, PAIRS, group=group)
+        _same_error_everywhere(
+            lambda: _string_call(rank, QUERIES, PAIRS, group=group, eps=1e-5 * (1 + (rank == 2))),
+            ValueError,
+            "kwargs must be the same on every rank",
+        )
+        assert "string_field" not in layouts[group]
+        # a rank failing its checks after a fused call (its metadata hash unchanged): the same
+        # error, naming it, everywhere
+        _string_call(rank, QUERIES, PAIRS, group=group)
+        _string_call(rank, QUERIES, PAIRS, group=group)
+        _same_error_everywhere(
+            lambda: _string_call(rank, QUERIES, PAIRS, group=group, nan_on=1),
+            ValueError,
+            "rank 1 of the group",
+            "quarks has a non-finite value",
+        )
+        assert "string_field" not in layouts[group]
+        # and the group works again afterwards, fused from the second call on
+        for n in (2, 1):
+            calls.clear()
+            out, ref = _string_call(rank, QUERIES, PAIRS, group=group)
+            assert len(calls) == n, calls
+            torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+        # the Coulomb field with two plates: fused from the second call on, same rows
+        pts, pos, neg = _coulomb_inputs("random")
+        mine = [_mine(t, s, rank) for t, s in ((pts, QUERIES), (pos, POSITIVE), (neg, NEGATIVE))]
+        ref = _mine(ifm.fields.coulomb_field(pts, pos, neg), QUERIES, rank)
+        outs = []
+        for n in (2, 1):
+            calls.clear()
+            outs.append(
+                ifm.distributed.coulomb_field(*(t.float() for t in mine), strategy="queries")
+            )
+            assert len(calls) == n, calls
+        assert torch.equal(outs[0], outs[1])
+        torch.testing.assert_close(outs[1].double(), ref, rtol=1e-4, atol=1e-5)
+    finally:
+        restore()
+    # a rank failing inside the collectives after a fused call: its peers raise by the timeout
+    _string_call(rank, QUERIES, PAIRS, group=group)
+    original = ifm.distributed._all_to_all
+    if rank == 1:
+
+        def boom(*args, **kwargs):
+            raise MemoryError("simulated failure on rank 1")
+
+        ifm.distributed._all_to_all = boom
+    t0 = time.monotonic()
+    try:
+        _string_call(rank, QUERIES, PAIRS, group=group)
+    except MemoryError:
+        assert rank == 1
+        time.sleep(FAIL_TIMEOUT + 3)  # stay alive: the peers must give up by their timeout
+    except RuntimeError as exc:
+        assert rank != 1, exc
+        assert "with the group's other ranks failed" in str(exc), exc
+        assert time.monotonic() - t0 < FAIL_TIMEOUT + 10
+    else:
+        raise AssertionError(f"rank {rank}: no error for a failing peer")
+    finally:
+        ifm.distributed._all_to_all = original
+
+
+def test_fused_metadata_and_queries(tmp_path):
+    _spawn(_fused_worker, 3, tmp_path)

@@ -37,7 +37,17 @@ Strategies (``strategy=``):
 Every call first exchanges a small metadata record (one int64 row per rank: the outcome of the
 argument checks, row counts and a hash of the keyword arguments, widths, dtypes and devices; the
 full records follow with ``all_gather_object`` only when something differs or failed): a bad
-argument on any rank raises the same error on every rank, before any heavy collective. A rank
+argument on any rank raises the same error on every rank, before any heavy collective.
+
+In a steady loop the ``"queries"`` strategy's metadata row travels with the queries: every rank
+remembers, per group and function, the layout of the previous call's queries (rows per rank,
+width, compute dtype; the same on every rank, as it follows from the metadata they agreed on).
+The next call sends its row followed by its queries in one message sized from that layout, so a
+call makes two exchanges (row with queries, partial fields) instead of three. Each row carries a
+flag saying whether its queries fit the layout; every rank reads every row, so when one rank's
+counts, width or dtype changed, its checks failed or the hashes differ, every rank sees it and
+proceeds as without the cache (the same error on every rank, or a separate gather of the
+queries). A call that takes another strategy forgets the layout. A rank
 that fails later (inside the heavy collectives) makes its peers raise when the process group's
 timeout (``init_process_group(timeout=...)``) expires or its connection drops, instead of hanging
 forever.
@@ -51,6 +61,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
+import weakref
 
 import torch
 import torch.distributed as dist
@@ -138,32 +149,106 @@ def _meta_device(group) -> torch.device:
     return torch.device("cpu")
 
 
-def _exchange(group, fn_name: str, check, meta: dict, numbers: tuple) -> list[dict]:
+class _Agreed:
+    """What :func:`_exchange` returns: every rank's ``records`` (its numbers, in rank order),
+    ``queries`` (every rank's queries, concatenated in rank order, when they came with the
+    metadata; else ``None``) and ``fusable`` (every rank can send its queries with its
+    metadata: see :func:`_remember`)."""
+
+    __slots__ = ("records", "queries", "fusable")
+
+    def __init__(self, records, queries, fusable):
+        self.records, self.queries, self.fusable = records, queries, fusable
+
+
+# Per process group and function, the layout of the queries of the group's previous call that
+# took the "queries" strategy: (queries per rank, width, compute dtype). Every rank stores the
+# same layout (it follows from the metadata all ranks agreed on), so every rank sizes the next
+# call's fused messages alike. Weak keys: the entry goes with its group.
+_LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _remember(group, fn_name: str, agreed: _Agreed, strategy: str, width: int, cd) -> None:
+    """Keeps the layout of this call's queries for the next call on ``group`` when it took the
+    ``"queries"`` strategy and every rank can fuse (its queries live on the device of the
+    group's metadata); else the next call starts with the plain metadata exchange. Called on
+    every rank with the same arguments, so every rank's cache stays the same."""
+    if strategy == "queries" and agreed.fusable:
+        qcounts = tuple(rec["b"] for rec in agreed.records)
+        _LAYOUTS.setdefault(group, {})[fn_name] = (qcounts, int(width), str(cd))
+
+
+def _exchange(group, fn_name: str, check, meta: dict, numbers: tuple, queries=None) -> _Agreed:
     """Run ``check()`` locally (it returns this rank's ``numbers``: row counts, a plate's z),
     gather every rank's outcome and raise the same error on every rank when any rank failed or
-    the ranks' ``_SAME_KEYS`` differ; returns every rank's numbers, in rank order.
+    the ranks' ``_SAME_KEYS`` differ; returns every rank's numbers, in rank order (``_Agreed``).
 
     One exchange of a small int64 row per rank (the outcome, a hash of the metadata, the
-    numbers); only when some rank failed or the hashes differ are the full records gathered
-    (``all_gather_object``, a few times slower) to build the message.
+    numbers, and two flags: this rank can fuse, this rank's queries follow); only when some rank
+    failed or the hashes differ are the full records gathered (``all_gather_object``, a few
+    times slower) to build the message.
+
+    **Fused exchange.** When the previous call on ``group`` took the ``"queries"`` strategy
+    (:func:`_remember`), every rank appends its queries (``queries()``: this rank's rows in the
+    compute dtype) to its row, in a message sized from the remembered layout: ``len(row)``
+    int64 plus the remembered rows of this rank, padded to whole int64. A rank whose queries do
+    not fit that layout (other count, width or dtype, a failed check, another device) sends the
+    row and zeros, with its flag clear. Every rank reads every row, so every rank knows whether
+    all queries came (then the caller skips the gather of the queries) or not (then it gathers
+    them as without a cache); errors are detected and raised as on the plain exchange.
     """
+    layout = _LAYOUTS.get(group, {}).pop(fn_name, None)
+    world = dist.get_world_size(group)
+    rank = dist.get_rank(group)
+    device = _meta_device(group)
+    payload = None
     try:
         extra = check()
         err = None
+        if queries is not None:
+            payload = queries()
     except Exception as exc:  # noqa: BLE001  (sent to every rank and raised there)
-        extra, err = {}, _describe(exc)
+        extra, err, payload = {}, _describe(exc), None
     record = dict(meta, **(extra or {}), error=err)
-    world = dist.get_world_size(group)
-    row = torch.tensor(_encode(record, numbers), dtype=torch.int64, device=_meta_device(group))
-    rows = _start_gather([row[None]], [[1] * world], group)()[0].cpu().tolist()
+    fusable = payload is not None and payload.device == device
+    valid = (
+        fusable
+        and layout is not None
+        and (int(payload.shape[0]), int(payload.shape[1]), str(payload.dtype))
+        == (layout[0][rank], layout[1], layout[2])
+    )
+    row = _encode(record, numbers) + [int(fusable), int(valid)]
+    head = len(row)
+    sizes = [head] * world
+    if layout is not None:  # the fused message: the row, then the queries the layout says
+        qcounts, width, dtype = layout
+        itemsize = torch.empty(0, dtype=getattr(torch, dtype.split(".")[-1])).element_size()
+        sizes = [head + -(-c * width * itemsize // 8) for c in qcounts]
+    msg = torch.zeros(sizes[rank], dtype=torch.int64, device=device)
+    msg[:head] = torch.tensor(row, dtype=torch.int64)
+    if valid:
+        msg[head:].view(payload.dtype)[: payload.numel()] = payload.reshape(-1)
+    out = _start_gather([msg[:, None]], [sizes], group)()[0][:, 0]
+    offs = [sum(sizes[:r]) for r in range(world)]
+    rows = torch.cat([out[o : o + head] for o in offs]).cpu().view(world, head).tolist()
     if all(r[0] == 0 and r[1] == rows[0][1] for r in rows):
-        return [_decode(r, numbers) for r in rows]
+        gathered = None
+        if layout is not None and all(r[-1] for r in rows):
+            pdtype = payload.dtype
+            gathered = torch.cat(
+                [
+                    out[o + head : o + n].view(pdtype)[: c * layout[1]].view(c, layout[1])
+                    for o, n, c in zip(offs, sizes, layout[0], strict=False)
+                ]
+            )
+        records = [_decode(r, numbers) for r in rows]
+        return _Agreed(records, gathered, all(r[-2] for r in rows))
     records = [None] * world
     dist.all_gather_object(records, record, group=group)
     for rank, rec in enumerate(records):
         if rec["error"] is not None:
-            kind, msg = rec["error"]
-            raise _RAISED[kind](f"ifm.distributed.{fn_name}: rank {rank} of the group: {msg}")
+            kind, text = rec["error"]
+            raise _RAISED[kind](f"ifm.distributed.{fn_name}: rank {rank} of the group: {text}")
     for key in _SAME_KEYS:
         values = [rec.get(key) for rec in records]
         if any(v != values[0] for v in values):
@@ -172,7 +257,7 @@ def _exchange(group, fn_name: str, check, meta: dict, numbers: tuple) -> list[di
                 f"ifm.distributed.{fn_name}: {key} must be the same on every rank "
                 f"of the group, got {detail}"
             )
-    return [{key: rec.get(key) for key in numbers} for rec in records]
+    return _Agreed([{key: rec.get(key) for key in numbers} for rec in records], None, False)
 
 
 def _check_rows(name: str, t, width: int | None = None) -> None:
@@ -522,7 +607,7 @@ def _plate_partial(rows, charges, backend: str, op):
     return part, torch.stack([m, lse], 1)
 
 
-def _by_queries(p, qcounts: list[int], group, partial) -> list[torch.Tensor]:
+def _by_queries(p, qcounts: list[int], group, partial, allq=None) -> list[torch.Tensor]:
     """The ``"queries"`` strategy's communication: gathers every rank's queries, evaluates
     ``partial(rows)`` (a list of ``[n, k]`` tensors: this rank's charges' partial fields at
     ``rows``) at all of them in one call and sends each rank its rows. Returns per tensor of
@@ -531,9 +616,12 @@ def _by_queries(p, qcounts: list[int], group, partial) -> list[torch.Tensor]:
 
     The gather is waited for before computing: on a machine whose cores all compute (one rank
     per core), a transfer left in flight waits for a free core, and one call over all rows is
-    faster than two over their halves. The partial fields travel as one message per pair of
-    ranks: packed side by side in the queries' dtype (float64 columns reinterpreted)."""
-    allq = _gather([p], [qcounts], group)[0]
+    faster than two over their halves. ``allq``: the queries when they came with the metadata
+    (the fused exchange of :func:`_exchange`), then not gathered again. The partial fields
+    travel as one message per pair of ranks: packed side by side in the queries' dtype (float64
+    columns reinterpreted)."""
+    if allq is None:
+        allq = _gather([p], [qcounts], group)[0]
     parts = partial(allq)
     views = [t.contiguous().view(p.dtype) for t in parts]
     block = _all_to_all([torch.cat(views, 1)], qcounts, group)[0]
@@ -634,13 +722,15 @@ def string_field(
         fields._resolve_backend(backend, points.device, "string_field")
         return dict(b=int(points.shape[0]), B=int(quarks.shape[0]))
 
-    records = _exchange(
+    agreed = _exchange(
         group,
         "string_field",
         check,
         dict(_tensor_meta(points), kwargs=repr(sorted(public.items()))),
         ("b", "B"),
+        queries=lambda: points.detach().to(_checks.compute_dtype(points.dtype)),
     )
+    records = agreed.records
     counts = [rec["B"] for rec in records]
     if sum(counts) == 0:
         raise ValueError(
@@ -651,6 +741,7 @@ def string_field(
     cd = _checks.compute_dtype(points.dtype)
     kw = dict(L=L, sigma0=sigma0, K=K, d=d, eps=eps, backend=backend, check_finite=False)
     strategy = _choose(strategy, sum(r["b"] for r in records), 2 * sum(counts), 1, not stable)
+    _remember(group, "string_field", agreed, strategy, width, cd)
     with torch.no_grad():
         p = points.detach().to(cd)
         if strategy == "allgather":
@@ -670,7 +761,11 @@ def string_field(
             qo, ao = quarks.detach().to(cd), antiquarks.detach().to(cd)
             qcounts = [rec["b"] for rec in records]
             blocks = _by_queries(
-                p, qcounts, group, lambda rows: _string_partial(rows, qo, ao, stable, kw, geo)
+                p,
+                qcounts,
+                group,
+                lambda rows: _string_partial(rows, qo, ao, stable, kw, geo),
+                agreed.queries,
             )
             for r in range(len(qcounts)):
                 E, m = _add_string(E, m, [blk[r] for blk in blocks], stable)
@@ -782,13 +877,15 @@ def coulomb_field(
             neg_z=plate_z,
         )
 
-    records = _exchange(
+    agreed = _exchange(
         group,
         "coulomb_field",
         check,
         dict(_tensor_meta(points), kwargs=repr(sorted(public.items())), negative=two),
         ("b", "Bp", "Bn", "neg_z", "exact"),
+        queries=lambda: points.detach().to(_checks.compute_dtype(points.dtype)),
     )
+    records = agreed.records
     cp = [rec["Bp"] for rec in records]
     cn = [rec["Bn"] for rec in records]
     zs = sorted({rec["neg_z"] for rec in records if rec["neg_z"] is not None})
@@ -814,6 +911,7 @@ def coulomb_field(
     # rank's backend may differ from its peers': GPU arch, Triton installed)
     exact = all(r["exact"] for r in records)
     strategy = _choose(strategy, sum(r["b"] for r in records), sum(counts), 1 + two, exact)
+    _remember(group, "coulomb_field", agreed, strategy, width, cd)
     with torch.no_grad():
         p = points.detach().to(cd)
         if strategy == "allgather":
@@ -856,7 +954,7 @@ def coulomb_field(
                 return [t for ch in own for t in _plate_partial(rows, ch, backend, op)]
 
             qcounts = [rec["b"] for rec in records]
-            blocks = _by_queries(p, qcounts, group, partial)
+            blocks = _by_queries(p, qcounts, group, partial, agreed.queries)
             for r in range(len(qcounts)):
                 for k, st in enumerate(plates):
                     merge(st, blocks[2 * k][r], blocks[2 * k + 1][r])
