@@ -36,7 +36,8 @@ class Profile:
     distance pass gets; ``sums_maxnreg``: register cap of the sums pass (``maxnreg``; 0 = the
     compiler's choice); ``fast_fp64``: the device runs float64 at half the float32 rate or
     better (False on consumer GPUs, 1/32 to 1/64: float32 data then gets the float32
-    coefficient pass, :attr:`Plan.coef_f32`).
+    coefficient pass, :attr:`Plan.coef_f32`); ``sums_bi_max_f32``: the sums pass's row cap for
+    float32 data (0: ``sums_bi_max``).
     """
 
     name: str
@@ -57,6 +58,7 @@ class Profile:
     num_warps: int
     sums_maxnreg: int = 0
     fast_fp64: bool = True
+    sums_bi_max_f32: int = 0
 
     def __post_init__(self):
         # hashed on every cached-plan lookup: the field tuple's hash, computed once
@@ -87,7 +89,13 @@ def gpu_profile(sm_count: int, fast_fp64: bool = True) -> Profile:
     compile to <= 128 registers per thread on sm_80 / sm_90 (4 resident); the string form of
     the sums pass would take 141 (3 resident) and is capped at 128 (``maxnreg``; no spills, one
     more instruction per loop iteration). benchmarks/gpu_model.py reports each kernel's
-    registers and charges the residency they allow. ``fast_fp64``: see :class:`Profile`."""
+    registers and charges the residency they allow. ``fast_fp64``: see :class:`Profile`; the
+    consumer parts it is False for also have about half the L2 bandwidth per FP32 FLOP of the
+    data-centre parts (RTX 4090: 3.5 TB/s for 83 TFLOP/s; H100: 7 TB/s for 67), so their sums
+    pass takes up to 16 query rows per program instead of 8 for float32 data: each pair tile
+    read from L2 serves twice the rows (model, RTX 4090: W2S 200 -> 172 us, PFGM 642 -> 575).
+    On an H100, and for float64 data (FP64-bound there), the union of 16 rows' live blocks
+    costs more issue than the traffic it saves."""
     return Profile(
         "gpu",
         sm_count=max(int(sm_count), 1),
@@ -101,6 +109,7 @@ def gpu_profile(sm_count: int, fast_fp64: bool = True) -> Profile:
         coulomb_dist_bi_max=32,
         coulomb_dist_bj_max=32,
         sums_bi_max=8,
+        sums_bi_max_f32=8 if fast_fp64 else 16,
         sums_bj_max=64,
         sums_bk_max=16,
         min_steps_per_slice=8,
@@ -196,13 +205,13 @@ def _slices(tiles: int, steps: int, profile: Profile) -> int:
     return best
 
 
-def _sums_blocks(rows: int, ncols: int, budget: int, profile: Profile):
+def _sums_blocks(rows: int, ncols: int, budget: int, profile: Profile, bi_max: int):
     """``(BI, BK)`` of the sums pass: among powers of two up to the caps with ``BI BK <=
     budget``, the pair with the least :func:`sm_cost`, a program's work taken as ``BI BK (1 +
     2 / BI + 1 / BK)`` (per element: the FMAs, the pair tile loads shared by BI rows, the
-    coefficient loads shared by BK columns); the larger BI on ties."""
+    coefficient loads shared by BK columns); the larger BI on ties. ``bi_max``: the cap on BI."""
     best = None
-    bi = min(next_pow2(rows), profile.sums_bi_max)
+    bi = min(next_pow2(rows), bi_max)
     while bi >= 1:
         bk = min(next_pow2(ncols), profile.sums_bk_max)
         while bk >= 1:
@@ -258,7 +267,8 @@ def make_plan(
     cols_per_slice = cdiv(steps, s) * bk
     nslices = max(cdiv(ncols, cols_per_slice), 1)
     # sums
-    sbi, sbk = _sums_blocks(rows, ncols, sums_budget, p)
+    bi_max = p.sums_bi_max_f32 if itemsize == 4 and p.sums_bi_max_f32 else p.sums_bi_max
+    sbi, sbk = _sums_blocks(rows, ncols, sums_budget, p, bi_max)
     sbj = _clamp(sums_budget // (sbi * sbk), 1, min(next_pow2(n), p.sums_bj_max))
     sblocks = max(cdiv(n, sbj), 1)
     # coefficients: rows of one sums block, columns a multiple of the sums' pair block
