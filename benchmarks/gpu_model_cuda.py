@@ -233,7 +233,6 @@ def _profile(k: dict) -> dict:
     return {
         "straight": sum(share.get(i.index, 1.0) for i in straight),
         "straight_classes": classes,
-        "guarded": len(share),
         "loops": loops,
     }
 

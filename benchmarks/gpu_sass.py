@@ -294,7 +294,7 @@ def thread_guarded(instrs: list[Instr]) -> dict[int, int]:
     ``if (tid == 0 && p)``). Comparisons of a register derived from the thread index are not
     recognised (their code is charged to every warp)."""
     where = _addr_index(instrs)
-    tid_regs: dict[int, int] = {}  # register -> index of its S2R
+    tid_regs: set[int] = set()  # registers holding threadIdx.x
     preds: dict[str, tuple[str, int, str]] = {}  # predicate -> (comparison, bound, combine)
     out: dict[int, int] = {}
     for ins in instrs:
@@ -312,12 +312,11 @@ def thread_guarded(instrs: list[Instr]) -> dict[int, int]:
                     # or fewer when the branch skips on false, "OR" when it skips on true
                     combine = "any" if ops[4] == "PT" else parts[-1]
                     preds[ops[0]] = (parts[1], bound, combine)
-        for r in [r for r in tid_regs if _writes_reg(ins, r)]:
-            del tid_regs[r]
+        tid_regs -= {r for r in tid_regs if _writes_reg(ins, r)}
         if ins.base == "S2R" and len(ops) == 2 and ops[1] == "SR_TID.X":
             m = _REG.match(ops[0])
             if m:
-                tid_regs[int(m.group(1))] = ins.index
+                tid_regs.add(int(m.group(1)))
         if ins.base == "BRA" and ins.pred and ins.target is not None and "," not in ins.operands:
             neg = ins.pred.startswith("@!")
             pred = ins.pred.lstrip("@!")

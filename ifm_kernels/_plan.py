@@ -67,6 +67,10 @@ class Profile:
     def __hash__(self) -> int:
         return self._hash
 
+    def sums_rows_cap(self, itemsize: int) -> int:
+        """The sums pass's cap on query rows per program for data of ``itemsize`` bytes."""
+        return self.sums_bi_max_f32 if itemsize == 4 and self.sums_bi_max_f32 else self.sums_bi_max
+
     @property
     def slots(self) -> int:
         """Programs resident on the whole device at once (one wave)."""
@@ -267,8 +271,7 @@ def make_plan(
     cols_per_slice = cdiv(steps, s) * bk
     nslices = max(cdiv(ncols, cols_per_slice), 1)
     # sums
-    bi_max = p.sums_bi_max_f32 if itemsize == 4 and p.sums_bi_max_f32 else p.sums_bi_max
-    sbi, sbk = _sums_blocks(rows, ncols, sums_budget, p, bi_max)
+    sbi, sbk = _sums_blocks(rows, ncols, sums_budget, p, p.sums_rows_cap(itemsize))
     sbj = _clamp(sums_budget // (sbi * sbk), 1, min(next_pow2(n), p.sums_bj_max))
     sblocks = max(cdiv(n, sbj), 1)
     # coefficients: rows of one sums block, columns a multiple of the sums' pair block

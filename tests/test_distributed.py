@@ -502,7 +502,7 @@ def _fused_worker(rank, world, init_file):
         # (unequal, rank 1 without queries): one fused message; the same rows, bitwise
         first, ref = _string_call(rank, QUERIES, PAIRS, group=group)
         assert len(calls) == 2, calls
-        assert layouts[group]["string_field"] == (tuple(QUERIES), D + 1, "torch.float32")
+        assert layouts[group]["string_field"] == (tuple(QUERIES), D + 1, torch.float32)
         calls.clear()
         second, _ = _string_call(rank, QUERIES, PAIRS, group=group)
         assert len(calls) == 1, calls

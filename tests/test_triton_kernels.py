@@ -179,8 +179,7 @@ def test_plan_derivation(case, profile, itemsize):
         assert p.dist_bj <= profile.coulomb_dist_bj_max
     assert p.dist_bi * p.dist_bj * p.dist_bk <= max(dist_budget, p.dist_bi * p.dist_bj)
     assert p.sums_bi * p.sums_bj * p.sums_bk <= max(sums_budget, p.sums_bi * p.sums_bk)
-    bi_max = profile.sums_bi_max_f32 if itemsize == 4 and profile.sums_bi_max_f32 else None
-    assert p.sums_bk <= profile.sums_bk_max and p.sums_bi <= (bi_max or profile.sums_bi_max)
+    assert p.sums_bk <= profile.sums_bk_max and p.sums_bi <= profile.sums_rows_cap(itemsize)
     assert p.sums_bj <= profile.sums_bj_max
     # the coefficient pass owns whole row blocks of the sums pass and whole pair blocks
     assert p.coef_br == p.sums_bi and p.coef_bj % p.sums_bj == 0

@@ -105,12 +105,10 @@ __global__ void __launch_bounds__(kThreads, 1) coulomb_coefficients(CoulombCoefA
   block_reduce2(&s, &top, red, red2, SumOp(), MaxOp());  // also publishes the scratch
   const C inv = C(1) / (s + (C)a.sum_eps);
   // One thread writes the row's log-normalisers (FP64 logs: the other warps skip them).
-  if (threadIdx.x == 0) {
-    if (a.lognorm != nullptr) {
-      const double m = Row::max_logit(ref, a.dim);
-      a.lognorm[2 * i] = m;
-      a.lognorm[2 * i + 1] = m + log((double)s);
-    }
+  if (threadIdx.x == 0 && a.lognorm != nullptr) {
+    const double m = Row::max_logit(ref, a.dim);
+    a.lognorm[2 * i] = m;
+    a.lognorm[2 * i + 1] = m + log((double)s);
   }
 
   // The kept charges' coefficients, compacted in charge order, RUN consecutive charges per

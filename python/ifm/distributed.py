@@ -175,7 +175,7 @@ def _remember(group, fn_name: str, agreed: _Agreed, strategy: str, width: int, c
     every rank with the same arguments, so every rank's cache stays the same."""
     if strategy == "queries" and agreed.fusable:
         qcounts = tuple(rec["b"] for rec in agreed.records)
-        _LAYOUTS.setdefault(group, {})[fn_name] = (qcounts, int(width), str(cd))
+        _LAYOUTS.setdefault(group, {})[fn_name] = (qcounts, int(width), cd)
 
 
 def _exchange(group, fn_name: str, check, meta: dict, numbers: tuple, queries=None) -> _Agreed:
@@ -214,7 +214,7 @@ def _exchange(group, fn_name: str, check, meta: dict, numbers: tuple, queries=No
     valid = (
         fusable
         and layout is not None
-        and (int(payload.shape[0]), int(payload.shape[1]), str(payload.dtype))
+        and (int(payload.shape[0]), int(payload.shape[1]), payload.dtype)
         == (layout[0][rank], layout[1], layout[2])
     )
     row = _encode(record, numbers) + [int(fusable), int(valid)]
@@ -222,8 +222,7 @@ def _exchange(group, fn_name: str, check, meta: dict, numbers: tuple, queries=No
     sizes = [head] * world
     if layout is not None:  # the fused message: the row, then the queries the layout says
         qcounts, width, dtype = layout
-        itemsize = torch.empty(0, dtype=getattr(torch, dtype.split(".")[-1])).element_size()
-        sizes = [head + -(-c * width * itemsize // 8) for c in qcounts]
+        sizes = [head + -(-c * width * dtype.itemsize // 8) for c in qcounts]
     msg = torch.zeros(sizes[rank], dtype=torch.int64, device=device)
     msg[:head] = torch.tensor(row, dtype=torch.int64)
     if valid:
