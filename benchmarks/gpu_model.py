@@ -571,7 +571,7 @@ def triton_kernel_estimates(field: str, case, dtype, arch: str) -> list[dict]:
             live = live_mask(case, plate)
             counts = _block_counts(live, c["BI"], c["BJ"], r.arg("seg_len"))
             plate += 1
-            tiles_k = r.grid[1]
+            tiles_k = grid // -(-rows // c["BI"])
             total_iters = tiles_k * sum(counts)
             loops = _loops(s)
             top = [lp for lp in loops if lp["depth"] == 0]

@@ -152,7 +152,7 @@ class PlanArgs:
     def __init__(self, plan: Plan, rows, n, width, col0, ncols, string: bool, itemsize: int):
         rows, n, width, col0, ncols = int(rows), int(n), int(width), int(col0), int(ncols)
         self.plan = plan
-        tiles_i, chunks, S = plan.sums_grid[0], plan.coef_chunks, plan.nslices
+        tiles_i, chunks, S = plan.sums_tiles[0], plan.coef_chunks, plan.nslices
         # the regions in workspace order; the string form's own ones only for it
         specs = [("partial", None, (S, rows, n))]
         if string:

@@ -221,9 +221,10 @@ def pair_sums_kernel(
     BK: tl.constexpr,
     WIDE: tl.constexpr,
 ):
-    """Grid ``(tiles_i, tiles_k)``: program -> (BI query rows, BK columns), loop over the live
-    blocks of BJ pairs of its rows in pair order: per chunk ``c`` of pairs, the block indices
-    ``list[ib, c * seg_len : c * seg_len + count[ib, c]]``.
+    """Grid ``(tiles_i, tiles_k)``, the column blocks in slices of at most 65535 along axis 2
+    past D ~ 1M (CUDA's limit on axis 1): program -> (BI query rows, BK columns), loop over
+    the live blocks of BJ pairs of its rows in pair order: per chunk ``c`` of pairs, the
+    block indices ``list[ib, c * seg_len : c * seg_len + count[ib, c]]``.
 
     String: ``out[i, 1 + k] = sum_j c2_ij rho_ijk + c1_ij Delta_jk`` (``c1 = w cos_a nu_j``,
     ``c2 = w sr``), and ``out[i, 0] = L sum_chunks ez[i, chunk]`` from the programs of the first
@@ -238,7 +239,9 @@ def pair_sums_kernel(
     list_ptr = region(ws_ptr, list_off, tl.int32)
     count_ptr = region(ws_ptr, cnt_off, tl.int32)
     ib = tl.program_id(0)
-    kb = tl.program_id(1)
+    kb = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
+    if (kb > 0) & (kb * BK >= ncols):  # past the last column block (the last slice's tail)
+        return
     offs_i = ib * BI + tl.arange(0, BI)
     mi = offs_i < rows
     ks = kb * BK + tl.arange(0, BK)

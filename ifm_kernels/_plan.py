@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
+GRID_YZ_MAX = 65535  # CUDA: the most blocks along a grid's axis 1 or 2
+
 
 def next_pow2(n: int) -> int:
     """Smallest power of two >= max(n, 1)."""
@@ -169,6 +171,9 @@ class Plan:
     sums_bj: int
     sums_bk: int
     sums_blocks: int
+    sums_tiles: tuple  # (row blocks, column blocks)
+    # (row blocks, column blocks in slices of at most 65535 (CUDA's limit on axes 1 and 2),
+    # slices): one slice up to D ~ 1M
     sums_grid: tuple
     # finalisation
     fin_br: int
@@ -273,6 +278,7 @@ def make_plan(
     # sums
     sbi, sbk = _sums_blocks(rows, ncols, sums_budget, p, p.sums_rows_cap(itemsize))
     sbj = _clamp(sums_budget // (sbi * sbk), 1, min(next_pow2(n), p.sums_bj_max))
+    tiles_k = max(cdiv(ncols, sbk), 1)
     sblocks = max(cdiv(n, sbj), 1)
     # coefficients: rows of one sums block, columns a multiple of the sums' pair block
     cbr = sbi
@@ -307,7 +313,8 @@ def make_plan(
         sums_bj=sbj,
         sums_bk=sbk,
         sums_blocks=sblocks,
-        sums_grid=(cdiv(rows, sbi), max(cdiv(ncols, sbk), 1)),
+        sums_tiles=(cdiv(rows, sbi), tiles_k),
+        sums_grid=(cdiv(rows, sbi), min(tiles_k, GRID_YZ_MAX), cdiv(tiles_k, GRID_YZ_MAX)),
         fin_br=fbr,
         fin_bw=fbw,
         fin_grid=(cdiv(rows, fbr),),

@@ -196,8 +196,10 @@ def test_plan_derivation(case, profile, itemsize):
     assert p.dist_grid == (tiles, p.nslices)
     assert p.cols_per_slice % p.dist_bk == 0
     assert p.nslices * p.cols_per_slice >= ncols > (p.nslices - 1) * p.cols_per_slice
-    assert p.sums_grid[0] * p.sums_bi >= b and p.sums_grid[1] * p.sums_bk >= ncols
-    assert p.coef_grid == (p.sums_grid[0], p.coef_chunks) and p.fin_grid[0] * p.fin_br >= b
+    assert p.sums_tiles[0] * p.sums_bi >= b and p.sums_tiles[1] * p.sums_bk >= ncols
+    assert p.sums_grid[0] == p.sums_tiles[0] and p.sums_grid[1] <= 65535
+    assert 0 <= p.sums_grid[1] * p.sums_grid[2] - p.sums_tiles[1] < p.sums_grid[1]
+    assert p.coef_grid == (p.sums_tiles[0], p.coef_chunks) and p.fin_grid[0] * p.fin_br >= b
     # D is split only to fill the device: at most 16 waves of programs, partial buffer O(b B)
     assert p.nslices == 1 or tiles * p.nslices <= 16 * profile.slots
     steps = triton.cdiv(ncols, p.dist_bk)
@@ -230,6 +232,18 @@ def test_plan_examples_h100():
     assert p.dist_grid[0] * p.dist_grid[1] == 512  # one wave of 528 slots
     p = P.make_plan(64, 64, 49152, 49153, H100, 4, string=True)  # string CelebA-128
     assert p.nslices > 1 and p.dist_grid[0] * p.dist_grid[1] <= H100.slots
+
+
+@pytest.mark.parametrize("string", [True, False])
+@pytest.mark.parametrize("D", [2**20, 3 * 1024 * 1024, 2**24])
+def test_plan_grids_fit_cuda_limits(D, string):
+    """Every launch's grid fits CUDA's limits (axis 0 < 2^31, axes 1 and 2 <= 65535) up to
+    D = 16M: past D ~ 1M the sums pass's column blocks are sliced along axis 2."""
+    for profile in (H100, A100, RTX4090):
+        for b, B in ((64, 64), (1, 2), (128, 4096)):
+            p = P.make_plan(b, B, D + (0 if string else 1), D + 1, profile, 4, string=string)
+            for grid in (p.dist_grid, p.coef_grid, p.sums_grid, p.fin_grid):
+                assert grid[0] < 2**31 and all(g <= 65535 for g in grid[1:]), (grid, b, B)
 
 
 @pytest.mark.parametrize("normalize", [False, True])
@@ -346,12 +360,40 @@ def test_small_blocks_many_programs(monkeypatch, dtype):
     plan = P.make_plan(
         6, 5, 21, 22, SMALL_GPU_LIKE, torch.tensor([], dtype=dtype).element_size(), string=True
     )
-    assert plan.nslices > 1 and plan.dist_grid[0] > 1 and plan.sums_grid[1] > 1
+    assert plan.nslices > 1 and plan.dist_grid[0] > 1 and plan.sums_tiles[1] > 1
     points, quarks, antiquarks, params = string_case(6, 5, 21, "cmnist", seed=4)
     check_string(points, quarks, antiquarks, params, dtype, stable=True, normalize=True)
     check_string(points, quarks, antiquarks, params, dtype)
     points, pos, neg = coulomb_case(6, 5, 3, 20, L=6.0, seed=4)
     check_coulomb(points, pos, neg, dtype, plate_gamma=1e-7, normalize=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_sums_column_blocks_in_slices(monkeypatch, dtype):
+    """Past CUDA's 65535 blocks on axis 1 (D ~ 1M) the sums pass's column blocks go in slices
+    along axis 2; here forced at small D by a limit of 2 (an odd number of column blocks: the
+    last slice's second program is past the end)."""
+    import importlib
+
+    mods = [importlib.import_module(f"ifm_kernels.{m}") for m in ("string_field", "coulomb_field")]
+    caches = [m._cached_plan for m in mods]
+    monkeypatch.setattr(_launch, "device_profile", lambda device: SMALL_GPU_LIKE)
+    monkeypatch.setattr(P, "GRID_YZ_MAX", 2)
+    for c in caches:
+        c.cache_clear()
+    try:
+        size = torch.tensor([], dtype=dtype).element_size()
+        plan = P.make_plan(6, 5, 21, 22, SMALL_GPU_LIKE, size, string=True)
+        tk = plan.sums_tiles[1]
+        assert tk % 2 == 1 and plan.sums_grid[1:] == (2, (tk + 1) // 2)  # one program past
+        points, quarks, antiquarks, params = string_case(6, 5, 21, "cmnist", seed=4)
+        check_string(points, quarks, antiquarks, params, dtype, stable=True, normalize=True)
+        check_string(points, quarks, antiquarks, params, dtype)
+        points, pos, neg = coulomb_case(6, 5, 3, 20, L=6.0, seed=4)
+        check_coulomb(points, pos, neg, dtype, plate_gamma=1e-7, normalize=True)
+    finally:
+        for c in caches:
+            c.cache_clear()
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
@@ -364,7 +406,7 @@ def test_real_gpu_plans_under_the_interpreter(monkeypatch, profile, dtype):
     plan = P.make_plan(
         10, 70, 20, 21, profile, torch.tensor([], dtype=dtype).element_size(), string=True
     )
-    assert plan.dist_grid[0] > 1 and plan.sums_grid[0] > 1 and plan.sums_blocks > 1
+    assert plan.dist_grid[0] > 1 and plan.sums_tiles[0] > 1 and plan.sums_blocks > 1
     points, quarks, antiquarks, params = string_case(10, 70, 20, "cifar", seed=5)
     check_string(points, quarks, antiquarks, params, dtype, stable=True, normalize=True)
     points, pos, neg = coulomb_case(10, 70, 21, 20, L=20.0, seed=5)
@@ -561,7 +603,7 @@ def test_live_block_lists(monkeypatch, field):
     assert plan.coef_chunks > 1  # the lists have several segments
     nz = c1 != 0 if c2 is None else (c1 != 0) | (c2 != 0)
     total = 0
-    for rb in range(plan.sums_grid[0]):
+    for rb in range(plan.sums_tiles[0]):
         rows = nz[rb * plan.sums_bi : (rb + 1) * plan.sums_bi]
         want = [
             jb
@@ -576,7 +618,7 @@ def test_live_block_lists(monkeypatch, field):
         assert got == want, rb
         total += len(want)
     if field == "string":
-        assert total < plan.sums_grid[0] * plan.sums_blocks  # some blocks are skipped
+        assert total < plan.sums_tiles[0] * plan.sums_blocks  # some blocks are skipped
 
 
 def test_sums_pass_wide_offsets(monkeypatch):
