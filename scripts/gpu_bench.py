@@ -73,6 +73,87 @@ def measure(fn, ref):
     return dict(median_us=statistics.median(times), min_us=min(times), max_row_rel_err=err)
 
 
+def measure_shape(g, key, shape, row, failures):
+    """Time both backends and the PyTorch forms at one shape into ``row``."""
+    import cases as bench_cases
+
+    host = bench_cases.make_inputs(shape)
+    inputs = {k: v.cuda() for k, v in host.items()}
+    try:
+        ref = g.reference_at(shape, host, torch.float64)
+    except Exception as exc:  # e.g. out of memory: time the calls without the error
+        ref, row["reference_error"] = None, f"{type(exc).__name__}: {exc}"
+    for backend in ("cuda", "triton"):
+        reason = g._skip_reason(backend)
+        if reason:
+            row["backends"][backend] = dict(skipped=reason)
+            continue
+        try:
+            row["backends"][backend] = measure(g.backend_fn(shape, backend, inputs), ref)
+        except Exception as exc:
+            row["backends"][backend] = dict(error=f"{type(exc).__name__}: {exc}")
+            failures.append(f"{key} {backend}: {exc}")
+    for name, fn in baselines(shape, inputs).items():
+        try:
+            row["baselines"][name] = measure(fn, ref)
+        except Exception as exc:  # e.g. out of memory for a form that materialises
+            row["baselines"][name] = dict(error=f"{type(exc).__name__}: {exc}")
+    timed = {k: v["median_us"] for k, v in row["baselines"].items() if "median_us" in v}
+    # best: the fastest form accurate to ACCURATE (the float32 GEMM form cancels near the
+    # plates), the fastest of all when none is
+    accurate = {
+        k: t
+        for k, t in timed.items()
+        if (row["baselines"][k]["max_row_rel_err"] or 0.0) <= ACCURATE
+    }
+    if timed:
+        pool = accurate or timed
+        best = min(pool, key=pool.get)
+        row["best_pytorch"] = dict(
+            name=best,
+            median_us=timed[best],
+            max_row_rel_err=row["baselines"][best]["max_row_rel_err"],
+        )
+        for r in row["backends"].values():
+            if "median_us" in r:
+                r["speedup_vs_best_pytorch"] = timed[best] / r["median_us"]
+    del inputs, host, ref
+    torch.cuda.empty_cache()
+    print(
+        f"gpu_bench: {key}: "
+        + ", ".join(
+            f"{k} {v.get('median_us', float('nan')):.1f} us"
+            for k, v in {**row["backends"], **row["baselines"]}.items()
+        ),
+        flush=True,
+    )
+
+
+def write(path, device, arch, gpu, model, t0, rows, failures):
+    """The JSON of every shape so far (written after each shape: a killed run keeps them)."""
+    result = dict(
+        device=device,
+        arch=arch,
+        reps=REPS,
+        warmup=WARMUP,
+        dtype="float32",
+        measured=gpu,
+        model=None if model is None else "benchmarks/gpu_model.py",
+        seconds=round(time.monotonic() - t0, 1),
+        shapes=rows,
+        torch=torch.__version__,
+        failures=failures,
+    )
+    with open(f"{path}.tmp", "w") as f:
+        json.dump(
+            result,
+            f,
+            indent=1,
+            default=lambda o: None if isinstance(o, float) and not math.isfinite(o) else str(o),
+        )
+    os.replace(f"{path}.tmp", path)  # a run killed while writing keeps the previous file
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", required=True)
@@ -124,78 +205,13 @@ def main(argv=None) -> int:
         if time.monotonic() - t0 > a.budget_s:
             row["skipped"] = f"time budget of {a.budget_s:.0f} s spent"
             continue
-        import cases as bench_cases
-
-        host = bench_cases.make_inputs(shape)
-        inputs = {k: v.cuda() for k, v in host.items()}
         try:
-            ref = g.reference_at(shape, host, torch.float64)
-        except Exception as exc:  # e.g. out of memory: time the calls without the error
-            ref, row["reference_error"] = None, f"{type(exc).__name__}: {exc}"
-        for backend in ("cuda", "triton"):
-            reason = g._skip_reason(backend)
-            if reason:
-                row["backends"][backend] = dict(skipped=reason)
-                continue
-            try:
-                row["backends"][backend] = measure(g.backend_fn(shape, backend, inputs), ref)
-            except Exception as exc:
-                row["backends"][backend] = dict(error=f"{type(exc).__name__}: {exc}")
-                failures.append(f"{key} {backend}: {exc}")
-        for name, fn in baselines(shape, inputs).items():
-            try:
-                row["baselines"][name] = measure(fn, ref)
-            except Exception as exc:  # e.g. out of memory for a form that materialises
-                row["baselines"][name] = dict(error=f"{type(exc).__name__}: {exc}")
-        timed = {k: v["median_us"] for k, v in row["baselines"].items() if "median_us" in v}
-        # best: the fastest form accurate to ACCURATE (the float32 GEMM form cancels near the
-        # plates), the fastest of all when none is
-        accurate = {
-            k: t
-            for k, t in timed.items()
-            if (row["baselines"][k]["max_row_rel_err"] or 0.0) <= ACCURATE
-        }
-        if timed:
-            pool = accurate or timed
-            best = min(pool, key=pool.get)
-            row["best_pytorch"] = dict(
-                name=best,
-                median_us=timed[best],
-                max_row_rel_err=row["baselines"][best]["max_row_rel_err"],
-            )
-            for r in row["backends"].values():
-                if "median_us" in r:
-                    r["speedup_vs_best_pytorch"] = timed[best] / r["median_us"]
-        del inputs, host, ref
-        torch.cuda.empty_cache()
-        print(
-            f"gpu_bench: {key}: "
-            + ", ".join(
-                f"{k} {v.get('median_us', float('nan')):.1f} us"
-                for k, v in {**row["backends"], **row["baselines"]}.items()
-            ),
-            flush=True,
-        )
-    result = dict(
-        device=device,
-        arch=arch,
-        reps=REPS,
-        warmup=WARMUP,
-        dtype="float32",
-        measured=gpu,
-        model=None if model is None else "benchmarks/gpu_model.py",
-        seconds=round(time.monotonic() - t0, 1),
-        shapes=rows,
-        torch=torch.__version__,
-        failures=failures,
-    )
-    with open(a.json, "w") as f:
-        json.dump(
-            result,
-            f,
-            indent=1,
-            default=lambda o: None if isinstance(o, float) and not math.isfinite(o) else str(o),
-        )
+            measure_shape(g, key, shape, row, failures)
+        except Exception as exc:  # e.g. a sticky CUDA error: keep what was measured
+            row["error"] = f"{type(exc).__name__}: {exc}"
+            failures.append(f"{key}: {exc}")
+        write(a.json, device, arch, gpu, model, t0, rows, failures)
+    write(a.json, device, arch, gpu, model, t0, rows, failures)
     print(f"gpu_bench: {'measured' if gpu else 'dry run'}: {len(rows)} shapes -> {a.json}")
     for f in failures:
         print(f"gpu_bench: FAILED: {f}", file=sys.stderr)
