@@ -610,3 +610,22 @@ def _fused_worker(rank, world, init_file):
 
 def test_fused_metadata_and_queries(tmp_path):
     _spawn(_fused_worker, 3, tmp_path)
+
+
+def test_nccl_inputs_must_be_on_the_current_device(monkeypatch):
+    """With NCCL the collectives run on the current CUDA device: an input on another one (no
+    torch.cuda.set_device in the script) is a clear error on this rank, before any collective.
+    No GPU here: the backend and the device are stubbed (the check reads only ``.device``)."""
+    from types import SimpleNamespace
+
+    from ifm import distributed as D
+
+    monkeypatch.setattr(D.dist, "get_backend", lambda group=None: "nccl")
+    monkeypatch.setattr(D.torch.cuda, "current_device", lambda: 0)
+    on = lambda i: SimpleNamespace(device=torch.device("cuda", i))  # noqa: E731
+    D._check_nccl_device(None, "string_field", [("points", on(0)), ("quarks", on(None))])
+    D._check_nccl_device(None, "coulomb_field", [("negative", None), ("points", torch.ones(1))])
+    with pytest.raises(ValueError, match=r"quarks must be on the current CUDA device \(cuda:0\)"):
+        D._check_nccl_device(None, "string_field", [("points", on(0)), ("quarks", on(1))])
+    monkeypatch.setattr(D.dist, "get_backend", lambda group=None: "gloo")
+    D._check_nccl_device(None, "string_field", [("points", on(1))])

@@ -149,6 +149,27 @@ def _meta_device(group) -> torch.device:
     return torch.device("cpu")
 
 
+def _check_nccl_device(group, fn_name: str, named) -> None:
+    """With NCCL, the collectives run on the current CUDA device, so every CUDA input must be
+    there. A script that places its data on ``cuda:{local_rank}`` without calling
+    ``torch.cuda.set_device`` would otherwise run every rank's collectives on cuda:0 (an NCCL
+    error or a hang). Raised on this rank, before any collective."""
+    if dist.get_backend(group) != "nccl":
+        return
+    current = torch.cuda.current_device()
+    for name, t in named:
+        dev = getattr(t, "device", None)  # a non-tensor is the checks' business (every rank)
+        if not isinstance(dev, torch.device) or dev.type != "cuda":
+            continue
+        if (dev.index if dev.index is not None else current) != current:
+            raise ValueError(
+                f"ifm.distributed.{fn_name}: with the NCCL backend, {name} must be on the "
+                f"current CUDA device (cuda:{current}), got {dev}; call "
+                f"torch.cuda.set_device({dev}) (e.g. the LOCAL_RANK of torchrun) before the "
+                f"first collective"
+            )
+
+
 class _Agreed:
     """What :func:`_exchange` returns: every rank's ``records`` (its numbers, in rank order),
     ``queries`` (every rank's queries, concatenated in rank order, when they came with the
@@ -484,6 +505,7 @@ def all_gather_rows(t: torch.Tensor, group=None):
     """``(concatenation over the group's ranks of the rows of t, per-rank row counts)``; ranks
     may hold different numbers of rows (zero included) of the same width and dtype."""
     group = resolve_group(group)
+    _check_nccl_device(group, "all_gather_rows", [("t", t)])
     records = [None] * dist.get_world_size(group)
     dist.all_gather_object(
         records, (int(t.shape[0]), tuple(t.shape[1:]), str(t.dtype)), group=group
@@ -684,6 +706,9 @@ def string_field(
     Returns ``[b, D+1]`` (this rank's rows).
     """
     group = resolve_group(group)
+    _check_nccl_device(
+        group, "string_field", [("points", points), ("quarks", quarks), ("antiquarks", antiquarks)]
+    )
     public = dict(
         L=L,
         sigma0=sigma0,
@@ -832,6 +857,9 @@ def coulomb_field(
     docstring). Returns ``[b, D+1]``.
     """
     group = resolve_group(group)
+    _check_nccl_device(
+        group, "coulomb_field", [("points", points), ("positive", positive), ("negative", negative)]
+    )
     two = negative is not None
     public = dict(
         plate_gamma=None if plate_gamma is fields._DEFAULT else plate_gamma,

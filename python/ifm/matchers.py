@@ -195,7 +195,9 @@ class _FieldMatcher:
         a_all, counts = distributed.all_gather_rows(a, group)
         c_all, _ = distributed.all_gather_rows(c, group)
         pairing_all = distributed.broadcast_from_first(
-            lambda: torch.as_tensor(self.plan(a_all, c_all), dtype=torch.long), group
+            # on the CPU: a CUDA tensor in an object collective is unpickled on rank 0's GPU
+            lambda: torch.as_tensor(self.plan(a_all, c_all), dtype=torch.long).cpu(),
+            group,
         )
         rank = torch.distributed.get_rank(group)
         start = sum(counts[:rank])
