@@ -190,9 +190,7 @@ class Check:
         deadline."""
         if not self.gpu:
             return 3.0 * TIMEOUTS[key]
-        later = ORDER[ORDER.index(self.current) + 1 :]
-        left = self.deadline - now() - sum(RESERVE.get(s, 0) for s in later)
-        return max(10.0, min(TIMEOUTS[key], left))
+        return max(10.0, min(TIMEOUTS[key], self.time_left(self.current)))
 
     def time_left(self, name: str) -> float:
         """Seconds before the deadline less the reserves of the steps after ``name`` (infinite
