@@ -48,6 +48,7 @@ RESERVE = dict(parity=60, sanitizer=50, cuda_graph=15, bench=50)
 ORDER = ("build", "parity", "sanitizer", "cuda_graph", "bench")
 BUDGET_S = float(os.environ.get("IFM_GPU_BUDGET_S", "360"))
 MIN_STEP_S = 15.0
+SETUPTOOLS_MIN = 77  # pyproject.toml's build requirement
 # (share of the parity step's time, pytest arguments); a selection's unused time goes to the
 # next ones. The first is the contract (both backends against the float64 reference).
 PARITY_TESTS = [
@@ -220,8 +221,17 @@ class Check:
     # (a) --------------------------------------------------------------------------------
     def build(self):
         log = LOGS / "build.log"
-        if not self.env.get("setuptools"):
+        have = self.env.get("setuptools")
+        if not have:
             self.record("build", "failed", 0, "setuptools is not installed in this environment")
+            return
+        major = int(str(have).split(".")[0]) if str(have).split(".")[0].isdigit() else None
+        if major is not None and major < SETUPTOOLS_MIN:
+            # pyproject.toml's PEP 639 license fields; --no-build-isolation does not enforce
+            # the build requirements, so an older setuptools fails with a configuration error
+            self.record(
+                "build", "failed", 0, f"setuptools {have} < {SETUPTOOLS_MIN} (pyproject.toml)"
+            )
             return
         archs = os.environ.get("IFM_GPU_ARCHS") or self.env.get("capability") or "9.0"
         env = {
@@ -245,6 +255,8 @@ class Check:
                 f.write("\n[gpu_check] import check:\n" + rc2.stdout + rc2.stderr)
             rc = rc2.returncode
         note = f"TORCH_CUDA_ARCH_LIST={archs}" + (" (timed out)" if to else "")
+        if not self.env.get("ninja"):
+            note += "; ninja absent: serial build"
         self.record("build", "passed" if rc == 0 else "failed", sec, note, log)
 
     # (b), (d) -----------------------------------------------------------------------------
