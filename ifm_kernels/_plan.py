@@ -172,9 +172,6 @@ class Plan:
     sums_bk: int
     sums_blocks: int
     sums_tiles: tuple  # (row blocks, column blocks)
-    # (row blocks, column blocks in slices of at most 65535 (CUDA's limit on axes 1 and 2),
-    # slices): one slice up to D ~ 1M
-    sums_grid: tuple
     # finalisation
     fin_br: int
     fin_bw: int
@@ -184,6 +181,13 @@ class Plan:
     # the coefficient pass in float32 (float32 data on a device without fast float64,
     # docs/FIELDS.md §7); else in float64
     coef_f32: bool = False
+
+    @property
+    def sums_grid(self) -> tuple:
+        """``(row blocks, column blocks, 1)``; past CUDA's 65535 blocks on axis 1 (D ~ 1M) the
+        column blocks go in slices of ``GRID_YZ_MAX`` along axis 2."""
+        rows, cols = self.sums_tiles
+        return (rows, min(cols, GRID_YZ_MAX), cdiv(cols, GRID_YZ_MAX))
 
 
 def sm_cost(programs: int, work: float, profile: Profile) -> float:
@@ -278,7 +282,6 @@ def make_plan(
     # sums
     sbi, sbk = _sums_blocks(rows, ncols, sums_budget, p, p.sums_rows_cap(itemsize))
     sbj = _clamp(sums_budget // (sbi * sbk), 1, min(next_pow2(n), p.sums_bj_max))
-    tiles_k = max(cdiv(ncols, sbk), 1)
     sblocks = max(cdiv(n, sbj), 1)
     # coefficients: rows of one sums block, columns a multiple of the sums' pair block
     cbr = sbi
@@ -313,8 +316,7 @@ def make_plan(
         sums_bj=sbj,
         sums_bk=sbk,
         sums_blocks=sblocks,
-        sums_tiles=(cdiv(rows, sbi), tiles_k),
-        sums_grid=(cdiv(rows, sbi), min(tiles_k, GRID_YZ_MAX), cdiv(tiles_k, GRID_YZ_MAX)),
+        sums_tiles=(cdiv(rows, sbi), max(cdiv(ncols, sbk), 1)),
         fin_br=fbr,
         fin_bw=fbw,
         fin_grid=(cdiv(rows, fbr),),

@@ -552,14 +552,17 @@ __global__ void __launch_bounds__(kThreads) pair_sums(PassArgs<T, C> a) {
   IFM_SHARED(C, red, [kThreads]);
   IFM_SHARED(C, tq_s, [1]);
   IFM_SHARED(int, fq_s, [1]);
+  const int lanes = 1 << a.lanes_log2;
+  const int kw = kThreads >> a.lanes_log2;
+  // 32-bit division (the grid's x dimension is below 2^31): a 64-bit one is a subroutine call
+  const unsigned nchunks = (unsigned)ceil_div(a.ncols, kw);
+  const int64_t i = blockIdx.x / nchunks;
+  const int tid = threadIdx.x;
   // One thread evaluates the row's tube terms (FP64: a sine, a tangent and a power) for the
   // block: on GPUs with slow FP64, 256 threads repeating them cost more than a short row's sums.
-  // First in the kernel, with its own copy of the row index, so that nothing is live across the
-  // math library's calls (a register kept across them spills).
   if (STRING) {
-    if (threadIdx.x == 0) {
-      const int64_t row = blockIdx.x / (unsigned)ceil_div(a.ncols, kThreads >> a.lanes_log2);
-      const StringQuery q = string_query((double)a.points[row * a.width], a.sp);
+    if (tid == 0) {
+      const StringQuery q = string_query((double)a.points[i * a.width], a.sp);
       tq_s[0] = (C)q.t;
       fq_s[0] = q.from_antiquark ? 1 : 0;
     }
@@ -567,12 +570,6 @@ __global__ void __launch_bounds__(kThreads) pair_sums(PassArgs<T, C> a) {
   }
   const C t = STRING ? tq_s[0] : C(0);
   const bool from_c = STRING && fq_s[0] != 0;
-  const int lanes = 1 << a.lanes_log2;
-  const int kw = kThreads >> a.lanes_log2;
-  // 32-bit division (the grid's x dimension is below 2^31): a 64-bit one is a subroutine call
-  const unsigned nchunks = (unsigned)ceil_div(a.ncols, kw);
-  const int64_t i = blockIdx.x / nchunks;
-  const int tid = threadIdx.x;
   const int64_t chunk = blockIdx.x % nchunks;
   const int lane = tid / kw;
   const int cw = tid % kw;
